@@ -1,0 +1,161 @@
+//! `dynamokv put | get | delete`: talk to a node with the client library.
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use dynamokv_client::{Client, ReadResult};
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The node to talk to.
+#[derive(Args, Debug)]
+pub struct NodeArg {
+    /// Base URL of a node's HTTP API.
+    #[arg(
+        long,
+        env = "DYNAMOKV_NODE",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    node: String,
+}
+
+/// `dynamokv put KEY VALUE`.
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// The key (1 to 1024 bytes).
+    key: String,
+    /// The value; omit it and use --value-file to read the value from a file.
+    #[arg(required_unless_present = "value_file")]
+    value: Option<String>,
+    /// Read the value from FILE (`-` for standard input) instead of the VALUE argument.
+    #[arg(long, value_name = "FILE", conflicts_with = "value")]
+    value_file: Option<PathBuf>,
+    /// Context from an earlier `get`: the write replaces the versions that read returned.
+    /// Without it the value is kept beside any existing version (a sibling).
+    #[arg(long, short = 'x', value_name = "CONTEXT")]
+    context: Option<String>,
+    #[command(flatten)]
+    node: NodeArg,
+}
+
+/// `dynamokv get KEY`.
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// The key.
+    key: String,
+    /// Print the result as JSON (values as UTF-8 where possible, else base64 under `value_b64`).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    node: NodeArg,
+}
+
+/// `dynamokv delete KEY`.
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// The key.
+    key: String,
+    /// Context from an earlier `get`: deletes exactly the versions that read returned. Without
+    /// it, deletes every version the coordinating node holds.
+    #[arg(long, short = 'x', value_name = "CONTEXT")]
+    context: Option<String>,
+    #[command(flatten)]
+    node: NodeArg,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn print_context(out: &mut impl std::io::Write, ctx: &Option<String>) -> std::io::Result<()> {
+    match ctx {
+        Some(c) => writeln!(out, "context: {c}"),
+        None => Ok(()),
+    }
+}
+
+/// Runs `dynamokv put`.
+pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
+    let value = match (&args.value, &args.value_file) {
+        (Some(v), _) => v.clone().into_bytes(),
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            let mut v = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut v)
+                .context("reading standard input")?;
+            v
+        }
+        (None, Some(p)) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        (None, None) => bail!("give a VALUE or --value-file"),
+    };
+    let client = Client::new(&args.node.node)?;
+    let ctx =
+        runtime()?.block_on(client.put(args.key.as_bytes(), value, args.context.as_deref()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ok")?;
+    print_context(&mut out, &ctx)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `dynamokv delete`.
+pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.node.node)?;
+    let ctx = runtime()?.block_on(client.delete(args.key.as_bytes(), args.context.as_deref()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "deleted")?;
+    print_context(&mut out, &ctx)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_json(r: &ReadResult) -> serde_json::Value {
+    use serde_json::json;
+    let siblings: Vec<_> = r
+        .siblings
+        .iter()
+        .map(|s| match std::str::from_utf8(&s.value) {
+            Ok(text) => json!({ "value": text, "timestamp": s.timestamp }),
+            Err(_) => {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&s.value);
+                json!({ "value_b64": b64, "timestamp": s.timestamp })
+            }
+        })
+        .collect();
+    json!({ "siblings": siblings, "context": r.context, "tombstones": r.tombstones })
+}
+
+/// Runs `dynamokv get`. Exit code 1 when the key has no value.
+pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.node.node)?;
+    let read = runtime()?.block_on(client.get(args.key.as_bytes()))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", read_json(&read))?;
+    } else {
+        match read.siblings.as_slice() {
+            [] => writeln!(out, "not found")?,
+            [only] => {
+                out.write_all(&only.value)?;
+                writeln!(out)?;
+            }
+            many => {
+                writeln!(out, "{} siblings:", many.len())?;
+                for (i, s) in many.iter().enumerate() {
+                    write!(out, "sibling {}: ", i + 1)?;
+                    out.write_all(&s.value)?;
+                    writeln!(out)?;
+                }
+            }
+        }
+        print_context(&mut out, &read.context)?;
+    }
+    Ok(if read.siblings.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

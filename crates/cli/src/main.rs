@@ -1,0 +1,47 @@
+//! `dynamokv`: the one binary - run a node, talk to one, measure the storage engine.
+
+mod bench_storage;
+mod kv;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+/// dynamokv: a Dynamo-style distributed key-value store.
+#[derive(Parser)]
+#[command(name = "dynamokv", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: serve the HTTP API over a data directory.
+    Server(server::ServerArgs),
+    /// Write a value (with the context of a read, it replaces what that read returned).
+    Put(kv::PutArgs),
+    /// Read a key: its value, or every sibling numbered, and the context.
+    Get(kv::GetArgs),
+    /// Delete a key (with a context, exactly the versions it covers).
+    Delete(kv::DeleteArgs),
+    /// Measure the disk engine through the `Engine` trait: puts, synced batches, gets, scans.
+    BenchStorage(bench_storage::BenchStorageArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => server::run(args),
+        Command::Put(args) => kv::put(args),
+        Command::Get(args) => kv::get(args),
+        Command::Delete(args) => kv::delete(args),
+        Command::BenchStorage(args) => bench_storage::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `dynamokv server`: configuration from an optional TOML file, overridden by flags.
+
+use anyhow::Context as _;
+use clap::Args;
+use dynamokv_server::{Config, SyncMode};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags of `dynamokv server`. Each overrides the same field of the config file.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// TOML config file; its fields are those of the flags below, in snake_case
+    /// (e.g. `data_dir = "/var/lib/dynamokv"`, `sync = "always"`).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for this node's data; created if missing. [default: dynamokv-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP API listen address; port 0 picks a free port (printed as `listening http=ADDR`).
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Largest value accepted, in bytes. [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    max_value_bytes: Option<usize>,
+    /// When to fsync: `always` (before acknowledging each write), `periodic` (every
+    /// --sync-interval-ms) or `never` (leave it to the OS). A process crash loses nothing under
+    /// any of them; they differ on power loss. [default: periodic]
+    #[arg(long, value_name = "MODE", value_parser = parse_sync)]
+    sync: Option<SyncMode>,
+    /// Interval of the periodic fsync, in milliseconds. [default: 100]
+    #[arg(long, value_name = "MS")]
+    sync_interval_ms: Option<u64>,
+    /// Secret authenticating context tokens; all nodes of a cluster must share it. Default: a
+    /// random secret generated in the data directory on first start.
+    #[arg(
+        long,
+        env = "DYNAMOKV_CLUSTER_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    cluster_secret: Option<String>,
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `dynamokv_server=debug`); the
+    /// RUST_LOG environment variable wins when set.
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log: String,
+}
+
+fn parse_sync(s: &str) -> Result<SyncMode, String> {
+    match s {
+        "always" => Ok(SyncMode::Always),
+        "periodic" => Ok(SyncMode::Periodic),
+        "never" => Ok(SyncMode::Never),
+        _ => Err(format!(
+            "unknown sync mode {s:?}: use always, periodic or never"
+        )),
+    }
+}
+
+impl ServerArgs {
+    /// The config file (or defaults) with the flags applied.
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = self.http {
+            c.http = v;
+        }
+        if let Some(v) = self.max_value_bytes {
+            c.max_value_bytes = v;
+        }
+        if let Some(v) = self.sync {
+            c.sync = v;
+        }
+        if let Some(v) = self.sync_interval_ms {
+            c.sync_interval_ms = v;
+        }
+        if let Some(v) = &self.cluster_secret {
+            c.cluster_secret = Some(v.clone());
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves when the process gets Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// Runs `dynamokv server`.
+pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    init_logging(&args.log);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(dynamokv_server::run(config, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,291 @@
+//! dynamokv-client: a Rust client for the dynamokv HTTP API.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dynamokv_client::ClientError> {
+//! let client = dynamokv_client::Client::new("http://127.0.0.1:8080")?;
+//! let ctx = client.put(b"greeting", b"hello".to_vec(), None).await?;
+//! let read = client.get(b"greeting").await?;
+//! assert_eq!(read.siblings[0].value, b"hello");
+//! client.put(b"greeting", b"hi".to_vec(), read.context.as_deref()).await?;
+//! # let _ = ctx; Ok(()) }
+//! ```
+//!
+//! Contexts are opaque strings: pass the one from a read back with the next write of that key.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Bytes left unencoded in a key's path segment. `.` is encoded so `.` and `..` keys are not
+/// taken for path navigation.
+const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
+/// The header carrying context tokens.
+pub const CONTEXT_HEADER: &str = "x-context";
+
+/// What went wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node could not be reached or the connection failed; retry, perhaps on another node.
+    #[error("cannot reach {url}: {source}")]
+    Unreachable {
+        /// The node's URL.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The node refused the request; `code` is the stable error code.
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code from the JSON body (e.g. `bad_context`, `value_too_large`).
+        code: String,
+        /// The node's explanation.
+        message: String,
+    },
+    /// The node answered something this client does not understand.
+    #[error("unexpected answer from the node: {0}")]
+    Protocol(String),
+    /// The base URL is not usable.
+    #[error("invalid node URL {0:?}: use http://HOST:PORT")]
+    BadUrl(String),
+}
+
+/// One version of a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sibling {
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// Write time at the coordinator, ms since the Unix epoch.
+    pub timestamp: u64,
+}
+
+/// The result of a read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadResult {
+    /// Every live version; empty when the key has no value (never written, or deleted).
+    pub siblings: Vec<Sibling>,
+    /// The context covering every version read; send it with the next write of the key.
+    pub context: Option<String>,
+    /// How many concurrent deletes are hidden among the versions.
+    pub tombstones: usize,
+}
+
+#[derive(Deserialize)]
+struct SiblingsJson {
+    siblings: Vec<SiblingJson>,
+    context: Option<String>,
+    #[serde(default)]
+    tombstones: usize,
+}
+
+#[derive(Deserialize)]
+struct SiblingJson {
+    value: String,
+    timestamp: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorJson {
+    error: String,
+    message: String,
+}
+
+/// A client for one node's HTTP API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// The URL path of `key`: `/kv/` and the percent-encoded key bytes.
+pub fn key_path(key: &[u8]) -> String {
+    let mut path = String::from("/kv/");
+    for chunk in key.utf8_chunks() {
+        path.extend(utf8_percent_encode(chunk.valid(), KEY_SET));
+        for b in chunk.invalid() {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    path
+}
+
+impl Client {
+    /// A client for the node at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BadUrl(base_url.to_owned()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Self { http, base })
+    }
+
+    /// The node's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        }
+    }
+
+    async fn api_error(resp: reqwest::Response) -> ClientError {
+        let status = resp.status().as_u16();
+        match resp.json::<ErrorJson>().await {
+            Ok(e) => ClientError::Api {
+                status,
+                code: e.error,
+                message: e.message,
+            },
+            Err(e) => ClientError::Protocol(format!("status {status} without an error body: {e}")),
+        }
+    }
+
+    fn context_of(resp: &reqwest::Response) -> Option<String> {
+        resp.headers()
+            .get(CONTEXT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    /// Reads `key`: every live version and one context covering them.
+    pub async fn get(&self, key: &[u8]) -> Result<ReadResult, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}{}", self.base, key_path(key)))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        match resp.status().as_u16() {
+            200 | 300 => {
+                let body: SiblingsJson = resp
+                    .json()
+                    .await
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let siblings = body
+                    .siblings
+                    .into_iter()
+                    .map(|s| {
+                        Ok(Sibling {
+                            value: STANDARD
+                                .decode(s.value)
+                                .map_err(|e| ClientError::Protocol(e.to_string()))?,
+                            timestamp: s.timestamp,
+                        })
+                    })
+                    .collect::<Result<_, ClientError>>()?;
+                Ok(ReadResult {
+                    siblings,
+                    context: body.context,
+                    tombstones: body.tombstones,
+                })
+            }
+            404 => {
+                let context = Self::context_of(&resp);
+                match Self::api_error(resp).await {
+                    ClientError::Api { code, .. } if code == "not_found" => Ok(ReadResult {
+                        siblings: Vec::new(),
+                        context,
+                        tombstones: 0,
+                    }),
+                    other => Err(other),
+                }
+            }
+            _ => Err(Self::api_error(resp).await),
+        }
+    }
+
+    async fn write(
+        &self,
+        req: reqwest::RequestBuilder,
+        context: Option<&str>,
+    ) -> Result<Option<String>, ClientError> {
+        let req = match context {
+            Some(c) => req.header(CONTEXT_HEADER, c),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        if resp.status().is_success() {
+            Ok(Self::context_of(&resp))
+        } else {
+            Err(Self::api_error(resp).await)
+        }
+    }
+
+    /// Writes `value` under `key`. With the context of a read, the write replaces the versions
+    /// that read returned; without one it is kept beside any existing version (a sibling).
+    /// Returns the context of the new version.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        context: Option<&str>,
+    ) -> Result<Option<String>, ClientError> {
+        let req = self
+            .http
+            .put(format!("{}{}", self.base, key_path(key)))
+            .body(value);
+        self.write(req, context).await
+    }
+
+    /// Deletes `key`: with a context, the versions it covers; without, every version the
+    /// coordinating node holds. Returns the context of the delete.
+    pub async fn delete(
+        &self,
+        key: &[u8],
+        context: Option<&str>,
+    ) -> Result<Option<String>, ClientError> {
+        let req = self.http.delete(format!("{}{}", self.base, key_path(key)));
+        self.write(req, context).await
+    }
+
+    /// True when the node answers its health check.
+    pub async fn health(&self) -> Result<(), ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::api_error(resp).await)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_paths_escape_everything_unsafe() {
+        assert_eq!(key_path(b"abc-_~"), "/kv/abc-_~");
+        assert_eq!(key_path(b"a/b"), "/kv/a%2Fb");
+        assert_eq!(key_path(b".."), "/kv/%2E%2E");
+        assert_eq!(key_path(b"\x00\xff"), "/kv/%00%FF");
+        assert_eq!(key_path("é".as_bytes()), "/kv/%C3%A9");
+    }
+
+    #[test]
+    fn rejects_non_http_urls() {
+        assert!(matches!(
+            Client::new("127.0.0.1:8080"),
+            Err(ClientError::BadUrl(_))
+        ));
+        assert_eq!(Client::new("http://h:1/").unwrap().url(), "http://h:1");
+    }
+}

@@ -1,0 +1,164 @@
+//! Node configuration: one serde struct, defaults in one place, loaded from an optional TOML file
+//! and then overridden by command-line flags (the binary does the overriding).
+
+use dynamokv_storage::SyncPolicy;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// When the disk engine forces writes to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fsync before acknowledging every write.
+    Always,
+    /// fsync in the background every `sync_interval_ms`.
+    Periodic,
+    /// Leave write-back to the operating system.
+    Never,
+}
+
+/// Everything a node needs to start. Every field has a default (see [`Config::default`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding this node's data (objects, hints, identity). Created if missing.
+    pub data_dir: PathBuf,
+    /// Address the HTTP API listens on. Port 0 picks a free port; the bound address is printed
+    /// on standard output at start (`listening http=ADDR`).
+    pub http: SocketAddr,
+    /// Largest value accepted by a put, in bytes. Larger values get 413.
+    pub max_value_bytes: usize,
+    /// fsync policy: `always`, `periodic` (every `sync_interval_ms`) or `never`. Every write
+    /// reaches the operating system before it is acknowledged, so a process crash loses nothing
+    /// under any policy; the policy decides what a power loss can take.
+    pub sync: SyncMode,
+    /// Interval of the background fsync for `sync = "periodic"`, in milliseconds.
+    pub sync_interval_ms: u64,
+    /// Secret that authenticates the context tokens handed to clients; every node of a cluster
+    /// must share it. When unset, a random secret is generated on first start and kept in the
+    /// data directory.
+    pub cluster_secret: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("dynamokv-data"),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_value_bytes: dynamokv_core::limits::DEFAULT_MAX_VALUE_BYTES,
+            sync: SyncMode::Periodic,
+            sync_interval_ms: 100,
+            cluster_secret: None,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; fields it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_value_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "max_value_bytes must be at least 1".into(),
+            ));
+        }
+        if self.max_value_bytes > 256 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "max_value_bytes may be at most 268435456 (256 MiB)".into(),
+            ));
+        }
+        if self.sync == SyncMode::Periodic && self.sync_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "sync_interval_ms must be at least 1 with sync = \"periodic\"".into(),
+            ));
+        }
+        if self.cluster_secret.as_deref() == Some("") {
+            return Err(ConfigError::Invalid(
+                "cluster_secret must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The storage sync policy this configuration asks for.
+    pub fn sync_policy(&self) -> SyncPolicy {
+        match self.sync {
+            SyncMode::Always => SyncPolicy::Always,
+            SyncMode::Periodic => {
+                SyncPolicy::Periodic(Duration::from_millis(self.sync_interval_ms.max(1)))
+            }
+            SyncMode::Never => SyncPolicy::Never,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_fields() {
+        let c: Config = toml::from_str("sync = \"always\"\nmax_value_bytes = 10").unwrap();
+        assert_eq!(c.sync, SyncMode::Always);
+        assert_eq!(c.max_value_bytes, 10);
+        assert_eq!(c.http, Config::default().http);
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        assert!(toml::from_str::<Config>("sync = \"sometimes\"").is_err());
+    }
+
+    #[test]
+    fn validate_ranges() {
+        assert!(Config::default().validate().is_ok());
+        let c = Config {
+            max_value_bytes: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            sync_interval_ms: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        assert_eq!(
+            Config::default().sync_policy(),
+            SyncPolicy::Periodic(Duration::from_millis(100))
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! A node's persistent identity, kept in the metadata keyspace.
+//!
+//! - `actor`: the [`ActorId`] that issues this node's dots. It is kept across clean restarts. A
+//!   node that starts without a clean-shutdown marker (it crashed, or its data directory is new)
+//!   takes a fresh random actor: writes it acknowledged after its last fsync may be gone from its
+//!   own disk while living on other replicas, and reusing their counters for new writes would
+//!   make different values share a dot (Riak's KV679 lesson).
+//! - `clean-shutdown`: written on clean shutdown, removed on start.
+//! - `cluster-secret`: the generated context secret when none is configured.
+
+use dynamokv_core::ActorId;
+use dynamokv_storage::{Engine, Space, StorageError, WriteBatch};
+
+const ACTOR: &[u8] = b"actor";
+const CLEAN: &[u8] = b"clean-shutdown";
+const SECRET: &[u8] = b"cluster-secret";
+
+/// What [`Identity::load`] found and decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The actor for this run.
+    pub actor: ActorId,
+    /// Whether the actor is new this run, and why.
+    pub fresh_actor: Option<&'static str>,
+}
+
+fn random_u64() -> Result<u64, StorageError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| StorageError::Engine(format!("no randomness: {e}")))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+impl Identity {
+    /// Loads the identity at start, choosing a fresh actor when the last shutdown was not
+    /// clean, and clears the clean-shutdown marker (durably) for this run.
+    pub fn load(engine: &dyn Engine) -> Result<Identity, StorageError> {
+        let stored = engine
+            .get(Space::Meta, ACTOR)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        let clean = engine.get(Space::Meta, CLEAN)?.is_some();
+        let (actor, fresh_actor) = match (stored, clean) {
+            (Some(a), true) => (ActorId(a), None),
+            (Some(_), false) => (
+                ActorId(random_u64()?),
+                Some("the last shutdown was not clean"),
+            ),
+            (None, _) => (ActorId(random_u64()?), Some("new data directory")),
+        };
+        let mut b = WriteBatch::new();
+        b.put(Space::Meta, ACTOR, actor.0.to_be_bytes());
+        b.delete(Space::Meta, CLEAN);
+        engine.write(b)?;
+        engine.flush()?;
+        Ok(Identity { actor, fresh_actor })
+    }
+
+    /// Records a clean shutdown, durably. Call after the last write.
+    pub fn mark_clean_shutdown(engine: &dyn Engine) -> Result<(), StorageError> {
+        engine.put(Space::Meta, CLEAN, b"1")?;
+        engine.flush()
+    }
+
+    /// The stored generated cluster secret, creating one on first use.
+    pub fn generated_secret(engine: &dyn Engine) -> Result<[u8; 32], StorageError> {
+        if let Some(s) = engine.get(Space::Meta, SECRET)?
+            && let Ok(secret) = <[u8; 32]>::try_from(s.as_slice())
+        {
+            return Ok(secret);
+        }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret)
+            .map_err(|e| StorageError::Engine(format!("no randomness: {e}")))?;
+        engine.put(Space::Meta, SECRET, &secret)?;
+        engine.flush()?;
+        Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamokv_storage::MemoryEngine;
+
+    #[test]
+    fn actor_kept_after_clean_shutdown_and_renewed_after_crash() {
+        let e = MemoryEngine::new();
+        let first = Identity::load(&e).unwrap();
+        assert_eq!(first.fresh_actor, Some("new data directory"));
+        Identity::mark_clean_shutdown(&e).unwrap();
+        let second = Identity::load(&e).unwrap();
+        assert_eq!(second.actor, first.actor);
+        assert_eq!(second.fresh_actor, None);
+        // No clean shutdown this time: a crash.
+        let third = Identity::load(&e).unwrap();
+        assert_ne!(third.actor, second.actor);
+        assert_eq!(third.fresh_actor, Some("the last shutdown was not clean"));
+    }
+
+    #[test]
+    fn generated_secret_is_stable() {
+        let e = MemoryEngine::new();
+        let s = Identity::generated_secret(&e).unwrap();
+        assert_eq!(Identity::generated_secret(&e).unwrap(), s);
+    }
+}

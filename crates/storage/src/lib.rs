@@ -1,0 +1,192 @@
+//! dynamokv-storage: where a node keeps its bytes.
+//!
+//! - [`Engine`]: a narrow trait - get, atomic batch write, ordered range scan, flush - over three
+//!   keyspaces ([`Space`]): objects, hints, and node metadata. Every implementation passes one
+//!   shared test suite (`suite` in this crate's tests).
+//! - [`DiskEngine`]: the embedded on-disk engine, on fjall (a pure-Rust LSM tree), with a
+//!   configurable [`SyncPolicy`].
+//! - [`MemoryEngine`]: an in-memory engine for tests and the simulator.
+//! - [`ObjectStore`]: versioned objects over any engine, keyed by ring position then key, so one
+//!   arc of the ring is one contiguous scan.
+
+mod disk;
+mod memory;
+mod objects;
+#[cfg(test)]
+mod suite;
+
+pub use disk::DiskEngine;
+pub use memory::MemoryEngine;
+pub use objects::{ObjectStore, decode_storage_key, storage_key};
+
+use std::ops::Bound;
+use std::time::Duration;
+
+/// The keyspaces of a node. Each is an independent ordered map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Space {
+    /// Versioned objects, keyed by ring position then key.
+    Objects,
+    /// Hinted-handoff records kept for nodes that were down.
+    Hints,
+    /// Node metadata: identity, membership history, secrets.
+    Meta,
+}
+
+impl Space {
+    /// Every space, in a fixed order.
+    pub const ALL: [Space; 3] = [Space::Objects, Space::Hints, Space::Meta];
+
+    /// The space's name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Objects => "objects",
+            Space::Hints => "hints",
+            Space::Meta => "meta",
+        }
+    }
+}
+
+/// When written data is forced to stable storage (fsync).
+///
+/// Every write reaches the operating system before it is acknowledged, so a crash of the
+/// process alone (`kill -9`) loses nothing under any policy; the policy decides what survives a
+/// power loss or kernel crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fsync before every write is acknowledged. Slowest, nothing acknowledged is ever lost.
+    Always,
+    /// fsync in the background every interval: at most one interval of writes is at risk.
+    Periodic(Duration),
+    /// Never fsync explicitly; the operating system writes back when it likes.
+    Never,
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        SyncPolicy::Periodic(Duration::from_millis(100))
+    }
+}
+
+/// A storage failure. Not retryable unless the cause (disk full, permissions) is fixed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The underlying engine failed (IO error, lock held by another process, ...).
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    /// Bytes on disk could not be decoded: corruption or a newer format.
+    #[error("corrupt record in {space:?}: {reason}")]
+    Corrupt {
+        /// The keyspace holding the record.
+        space: Space,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Shorthand for storage results.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// One operation of a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Set `key` to `value` in `space`.
+    Put {
+        /// Target keyspace.
+        space: Space,
+        /// Key bytes.
+        key: Vec<u8>,
+        /// Value bytes.
+        value: Vec<u8>,
+    },
+    /// Remove `key` from `space` (no error if absent).
+    Delete {
+        /// Target keyspace.
+        space: Space,
+        /// Key bytes.
+        key: Vec<u8>,
+    },
+}
+
+/// Writes applied atomically: after a crash either all or none are visible.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// The operations, applied in order.
+    pub ops: Vec<BatchOp>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Put {
+            space,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Delete {
+            space,
+            key: key.into(),
+        });
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A key-value pair returned by a scan.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A node's storage engine: ordered byte maps per [`Space`].
+///
+/// Kept deliberately narrow so another engine can be added; every implementation must pass the
+/// shared suite. Implementations are internally synchronized.
+pub trait Engine: Send + Sync + 'static {
+    /// The value stored under `key`, if any.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Applies every operation of `batch` atomically, honouring the sync policy.
+    fn write(&self, batch: WriteBatch) -> Result<()>;
+
+    /// Up to `limit` entries with keys in `(start, end)`, in ascending key order. Page through
+    /// a large range by starting the next call after the last key returned.
+    fn scan(
+        &self,
+        space: Space,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>>;
+
+    /// Forces everything written so far to stable storage.
+    fn flush(&self) -> Result<()>;
+
+    /// Sets `key` to `value` (a batch of one).
+    fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.put(space, key, value);
+        self.write(b)
+    }
+
+    /// Removes `key` (a batch of one).
+    fn delete(&self, space: Space, key: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete(space, key);
+        self.write(b)
+    }
+}
