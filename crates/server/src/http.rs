@@ -245,8 +245,13 @@ async fn delete_key(
     ))
 }
 
+/// Past the limit, the body is still read and thrown away up to this many bytes, so that a
+/// client still sending gets the 413 instead of a broken connection.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Reads a request body of at most `max` bytes, answering 413 past it.
 async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt as _;
     let too_large = |size: Option<usize>| {
         let size = size.map_or_else(
             || "more than".to_owned(),
@@ -262,24 +267,41 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if let Some(n) = declared.filter(|n| *n > max)
+        && (expects_continue || n - max > DRAIN_LIMIT)
+    {
+        // The client waits for our go-ahead, or the body is too big to drain: answer now.
         return Err(too_large(declared));
     }
-    match axum::body::to_bytes(body, max).await {
-        Ok(b) => Ok(b.to_vec()),
-        Err(e) => {
-            let inner = e.into_inner();
-            if inner.is::<http_body_util::LengthLimitError>() {
-                Err(too_large(None))
-            } else {
-                Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    format!("the request body could not be read ({inner}); resend it"),
-                ))
+    let mut body = body;
+    let mut value = Vec::with_capacity(declared.unwrap_or(0).min(max));
+    let mut seen = 0usize;
+    let mut complete = true;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the request body could not be read ({e}); resend it"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen <= max {
+                value.extend_from_slice(&data);
+            } else if seen - max > DRAIN_LIMIT {
+                complete = false;
+                break;
             }
         }
     }
+    if seen > max {
+        return Err(too_large(declared.or(complete.then_some(seen))));
+    }
+    Ok(value)
 }
 
 /// JSON form of a read.

@@ -23,7 +23,7 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The node could not open its data directory.
-    #[error("cannot open the data directory: {0}")]
+    #[error("cannot open the data directory")]
     Node(#[from] NodeError),
     /// A socket could not be bound or served.
     #[error("{context}: {source}")]

@@ -49,7 +49,13 @@ impl DiskEngine {
     pub fn open(path: &Path, policy: SyncPolicy) -> Result<Self> {
         std::fs::create_dir_all(path)
             .map_err(|e| StorageError::Engine(format!("cannot create {}: {e}", path.display())))?;
-        let db = Database::builder(path).open().map_err(engine_err)?;
+        let db = Database::builder(path).open().map_err(|e| match e {
+            fjall::Error::Locked => StorageError::Engine(format!(
+                "{} is in use by another process (another dynamokv node?); give each node its own data directory",
+                path.display()
+            )),
+            other => engine_err(other),
+        })?;
         let open = |s: Space| db.keyspace(s.name(), KeyspaceCreateOptions::default);
         let spaces = [
             open(Space::Objects).map_err(engine_err)?,

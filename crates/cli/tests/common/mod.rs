@@ -1,0 +1,136 @@
+//! Helpers for end-to-end tests: real `dynamokv` processes on ephemeral ports in temporary
+//! directories, killed when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_dynamokv");
+
+/// A running `dynamokv server`.
+pub struct Node {
+    child: Option<Child>,
+    /// Base URL of its HTTP API.
+    pub url: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// Starts a node on `data_dir` with extra flags, waiting until it reports its address.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Node {
+        let mut args = vec![
+            "server".to_owned(),
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+            "--http".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--log".to_owned(),
+            "warn".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .env_remove("DYNAMOKV_CLUSTER_SECRET")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn dynamokv server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening http=") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("node did not report its address within 30 s");
+            }
+        };
+        Node {
+            child: Some(child),
+            url: format!("http://{addr}"),
+            data_dir: data_dir.to_owned(),
+            args,
+        }
+    }
+
+    /// SIGKILL, no chance to sync or mark a clean shutdown.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill -TERM");
+            assert!(status.success());
+            let start = std::time::Instant::now();
+            loop {
+                if let Some(s) = c.try_wait().expect("wait") {
+                    assert!(s.success(), "node exited with {s}");
+                    return;
+                }
+                if start.elapsed() > Duration::from_secs(20) {
+                    let _ = c.kill();
+                    panic!("node did not stop within 20 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts the node again with the same flags (and a new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node first");
+        let extra: Vec<&str> = self.args[7..].iter().map(String::as_str).collect();
+        *self = Node::start(&self.data_dir.clone(), &extra);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the CLI with `args`, returning its output.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("DYNAMOKV_NODE")
+        .output()
+        .expect("run dynamokv")
+}
+
+/// An HTTP client for tests.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// The X-Context header of a response.
+pub fn ctx(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get("x-context")
+        .map(|v| v.to_str().expect("ascii").to_owned())
+}
