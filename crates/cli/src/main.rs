@@ -2,6 +2,7 @@
 
 mod bench_storage;
 mod kv;
+mod ring_balance;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Delete(kv::DeleteArgs),
     /// Measure the disk engine through the `Engine` trait: puts, synced batches, gets, scans.
     BenchStorage(bench_storage::BenchStorageArgs),
+    /// Measure how evenly token placements spread the key space over nodes.
+    RingBalance(ring_balance::RingBalanceArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Get(args) => kv::get(args),
         Command::Delete(args) => kv::delete(args),
         Command::BenchStorage(args) => bench_storage::run(args),
+        Command::RingBalance(args) => ring_balance::run(args),
     };
     match result {
         Ok(code) => code,

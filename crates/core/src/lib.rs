@@ -6,12 +6,22 @@
 //! Modules are named after the Dynamo concept they hold:
 //! - [`version`]: dotted version vector sets - vector clocks, siblings, the one merge;
 //! - [`context`]: the opaque, authenticated context token handed to clients;
-//! - [`ring`]: where a key lives on the hash ring;
+//! - [`ring`]: where a key lives on the hash ring, tokens, preference lists;
+//! - [`membership`]: member records and how they merge;
+//! - [`quorum`]: counting replies toward R and W;
+//! - [`node`]: the node state machine - routing, coordination, read repair;
+//! - [`message`]: client requests and answers, peer messages;
+//! - [`store`]: the state machine's view of local storage;
 //! - [`limits`]: key and value size rules shared by every entry point.
 
 pub mod context;
 pub mod limits;
+pub mod membership;
+pub mod message;
+pub mod node;
+pub mod quorum;
 pub mod ring;
+pub mod store;
 pub mod version;
 
 pub use context::{ContextCodec, ContextError};

@@ -156,3 +156,21 @@ mod tests {
         ));
     }
 }
+
+impl dynamokv_core::store::LocalStore for ObjectStore {
+    fn get(
+        &self,
+        key: &[u8],
+    ) -> std::result::Result<Option<Object>, dynamokv_core::store::StoreError> {
+        ObjectStore::get(self, key).map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+    }
+
+    fn modify(
+        &self,
+        key: &[u8],
+        f: &mut dyn FnMut(Object) -> Object,
+    ) -> std::result::Result<Object, dynamokv_core::store::StoreError> {
+        ObjectStore::modify(self, key, f)
+            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+    }
+}

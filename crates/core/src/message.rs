@@ -1,0 +1,213 @@
+//! What nodes and clients say to a node: client requests and answers, and the peer messages of
+//! the coordination protocol. All of it is serde data; the server encodes peer messages with
+//! postcard in length-prefixed frames.
+
+use crate::membership::Member;
+use crate::version::{Object, VersionVector};
+use serde::{Deserialize, Serialize};
+
+/// Identifies an in-flight peer request at the node that sent it.
+pub type RequestId = u64;
+
+/// Identifies a client request at the node that received it (chosen by the server shell).
+pub type ClientId = u64;
+
+/// A client operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Read a key, answering after `r` replicas replied (default: the cluster's R).
+    Get {
+        /// The key.
+        key: Vec<u8>,
+        /// Read quorum override.
+        r: Option<u8>,
+    },
+    /// Write a value (`None`: delete), answering after `w` replicas acknowledged.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value, or `None` for a tombstone.
+        value: Option<Vec<u8>>,
+        /// The client's context; `None` for a blind write (or a delete of what the coordinator
+        /// holds).
+        context: Option<VersionVector>,
+        /// Write quorum override.
+        w: Option<u8>,
+    },
+}
+
+impl ClientRequest {
+    /// The key the request is about.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            ClientRequest::Get { key, .. } | ClientRequest::Put { key, .. } => key,
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The merge of what R replicas returned (empty when none had the key).
+    Read(Object),
+    /// The new object as the coordinator stamped it.
+    Written(Object),
+}
+
+/// Which kind of quorum failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuorumKind {
+    /// R for a get.
+    Read,
+    /// W for a put or delete.
+    Write,
+}
+
+/// Why a client request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    /// `r` or `w` is 0 or larger than N.
+    #[error("{name}={value} is not allowed: use 1 to {n} (N={n})")]
+    InvalidQuorum {
+        /// `r` or `w`.
+        name: String,
+        /// The value asked for.
+        value: u8,
+        /// The replication factor.
+        n: u8,
+    },
+    /// Fewer replicas answered than the quorum needs.
+    #[error("{}", describe_unavailable(*kind, *needed, *answered, asked, failed, *written))]
+    Unavailable {
+        /// Read or write.
+        kind: QuorumKind,
+        /// Replies needed (R or W).
+        needed: u8,
+        /// Replicas that answered successfully.
+        answered: u8,
+        /// Replicas asked (or, when nothing was sent, reachable).
+        asked: Vec<String>,
+        /// Replicas that failed or were unreachable.
+        failed: Vec<String>,
+        /// True when the write was stored on at least one replica.
+        written: bool,
+    },
+    /// The node that should coordinate could not be reached.
+    #[error("the coordinator {node} for this key did not answer ({reason}); retry")]
+    CoordinatorUnreachable {
+        /// The coordinator.
+        node: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The node has no ring to place the key on.
+    #[error("this node does not know any ring yet; retry in a moment")]
+    NoRing,
+    /// A bad request (e.g. key length) that a peer forwarded.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Local storage failed.
+    #[error("storage failure on {node}: {message}")]
+    Storage {
+        /// Where.
+        node: String,
+        /// What.
+        message: String,
+    },
+}
+
+fn describe_unavailable(
+    kind: QuorumKind,
+    needed: u8,
+    answered: u8,
+    asked: &[String],
+    failed: &[String],
+    written: bool,
+) -> String {
+    let (what, letter) = match kind {
+        QuorumKind::Read => ("read", "R"),
+        QuorumKind::Write => ("write", "W"),
+    };
+    let mut s = format!(
+        "{what} quorum not reached: {letter}={needed} needed, {answered} of {} replicas answered",
+        asked.len()
+    );
+    if !failed.is_empty() {
+        s.push_str(&format!(" (no answer from: {})", failed.join(", ")));
+    }
+    if kind == QuorumKind::Write {
+        if written {
+            s.push_str("; the write may still exist on the replicas that answered and may appear in later reads");
+        } else {
+            s.push_str("; nothing was written");
+        }
+    }
+    s.push_str("; retry later or with a smaller quorum");
+    s
+}
+
+/// The answer to a client request.
+pub type ClientResponse = Result<Reply, OpError>;
+
+/// A message between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// "Coordinate this client request for me" (request routing, Dynamo's "Solution 1").
+    Forward {
+        /// Request id at the sender.
+        id: RequestId,
+        /// The request.
+        request: ClientRequest,
+        /// How many times it was forwarded already.
+        hops: u8,
+    },
+    /// The answer to a [`Message::Forward`].
+    ForwardReply {
+        /// The sender's request id.
+        id: RequestId,
+        /// The coordinator's answer.
+        response: ClientResponse,
+    },
+    /// "Merge this object into your copy of the key" (a coordinator's write).
+    Replicate {
+        /// Request id at the coordinator.
+        id: RequestId,
+        /// The key.
+        key: Vec<u8>,
+        /// The new object.
+        object: Object,
+    },
+    /// The answer to a [`Message::Replicate`]: stored, or why not.
+    ReplicateAck {
+        /// The coordinator's request id.
+        id: RequestId,
+        /// `None` when stored; the error otherwise.
+        error: Option<String>,
+    },
+    /// "Send me your copy of the key" (a coordinator's read).
+    Read {
+        /// Request id at the coordinator.
+        id: RequestId,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// The answer to a [`Message::Read`].
+    ReadReply {
+        /// The coordinator's request id.
+        id: RequestId,
+        /// The replica's copy (`None`: it has none), or why it could not read.
+        result: Result<Option<Object>, String>,
+    },
+    /// "Merge this object" without an answer (read repair).
+    Repair {
+        /// The key.
+        key: Vec<u8>,
+        /// The merged object.
+        object: Object,
+    },
+    /// The members the sender knows (membership exchange).
+    Members {
+        /// Member records.
+        members: Vec<Member>,
+    },
+}

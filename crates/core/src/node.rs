@@ -1,0 +1,1257 @@
+//! The node state machine: coordinator and replica roles, request routing, quorum tracking and
+//! read repair, with no IO (Dynamo sections 4.5 and 4.7).
+//!
+//! Inputs: [`Node::request`] for a client operation, [`Node::step`] for a peer message,
+//! [`Node::tick`] for time passing, [`Node::peer_up`]/[`Node::peer_down`] for what the transport
+//! sees. Every input takes `now` (ms since the Unix epoch). Outputs collect in an outbox
+//! ([`Node::drain`]): messages to send and answers to clients.
+//!
+//! Routing: the coordinator of a key is the first reachable primary of its preference list. A
+//! node that is not the coordinator forwards the request to it (Dynamo's "Solution 1"); a
+//! forwarded request is coordinated by the receiver if it is a primary, so two nodes with
+//! different views never bounce a request back and forth.
+//!
+//! Put: the coordinator stamps the new version against its own copy and the client's context,
+//! stores it, sends it to the other reachable primaries and answers after W acknowledgements
+//! (its own included). Get: it reads its own copy, asks the other reachable primaries, answers
+//! after R replies with their merge, and once every replica answered (or the timeout passed)
+//! sends the merged object to each replica whose copy differed (read repair).
+
+use crate::limits;
+use crate::membership::{Member, merge_member};
+use crate::message::{
+    ClientId, ClientRequest, ClientResponse, Message, OpError, QuorumKind, Reply, RequestId,
+};
+use crate::quorum::Tally;
+use crate::ring::{Ring, position};
+use crate::store::LocalStore;
+use crate::version::{ActorId, Object, VersionVector};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most times a request is forwarded before a node coordinates or gives up.
+const MAX_HOPS: u8 = 2;
+
+/// Cluster-wide coordination settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    /// Replicas per key (N).
+    pub n: u8,
+    /// Default read quorum (R).
+    pub r: u8,
+    /// Default write quorum (W).
+    pub w: u8,
+    /// How long a coordinator waits for replicas, in ms.
+    pub request_timeout_ms: u64,
+    /// How often member lists are pushed to peers, in ms.
+    pub members_interval_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            n: 3,
+            r: 2,
+            w: 2,
+            request_timeout_ms: 2000,
+            members_interval_ms: 1000,
+        }
+    }
+}
+
+/// Something the node wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send `message` to node `to`.
+    Send {
+        /// Destination node id.
+        to: String,
+        /// The message.
+        message: Message,
+    },
+    /// Answer client request `client`.
+    Respond {
+        /// The shell's id of the client request.
+        client: ClientId,
+        /// The answer.
+        response: ClientResponse,
+    },
+}
+
+/// Counters for operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// Client requests forwarded to another coordinator.
+    pub forwarded: u64,
+    /// Gets coordinated here.
+    pub coordinated_reads: u64,
+    /// Puts and deletes coordinated here.
+    pub coordinated_writes: u64,
+    /// Replicas sent a merged object after a read found them stale.
+    pub read_repairs: u64,
+    /// Peer messages refused as invalid.
+    pub rejected_messages: u64,
+}
+
+/// A member as the admin endpoint shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The member record.
+    #[serde(flatten)]
+    pub member: Member,
+    /// Fraction of the key space it owns as first replica.
+    pub share: f64,
+    /// Whether this node can reach it now.
+    pub up: bool,
+}
+
+/// The ring as the admin endpoint and partition-aware clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RingInfo {
+    /// The ring version (hash of every node and token), hex.
+    pub version: String,
+    /// The node answering.
+    pub node: String,
+    /// Replicas per key.
+    pub n: u8,
+    /// Default read quorum.
+    pub r: u8,
+    /// Default write quorum.
+    pub w: u8,
+    /// Every member, sorted by id.
+    pub members: Vec<MemberInfo>,
+}
+
+/// Where an answer goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Client(ClientId),
+    Peer { node: String, id: RequestId },
+}
+
+#[derive(Debug)]
+enum Pending {
+    Forward {
+        origin: Origin,
+        to: String,
+        deadline: u64,
+    },
+    Write {
+        origin: Option<Origin>,
+        object: Object,
+        tally: Tally,
+        deadline: u64,
+    },
+    Read {
+        origin: Option<Origin>,
+        key: Vec<u8>,
+        replies: BTreeMap<String, Option<Object>>,
+        tally: Tally,
+        deadline: u64,
+    },
+}
+
+/// One node's coordination state.
+pub struct Node<S> {
+    me: Member,
+    actor: ActorId,
+    config: NodeConfig,
+    store: S,
+    members: BTreeMap<String, Member>,
+    ring: Ring,
+    up: BTreeSet<String>,
+    next_id: RequestId,
+    pending: BTreeMap<RequestId, Pending>,
+    outbox: Vec<Output>,
+    next_members_push: u64,
+    stats: NodeStats,
+}
+
+impl<S: LocalStore> Node<S> {
+    /// A node announcing `me`, stamping writes as `actor`, storing in `store`.
+    pub fn new(me: Member, actor: ActorId, config: NodeConfig, store: S) -> Self {
+        let members = BTreeMap::from([(me.id.clone(), me.clone())]);
+        let ring = ring_of(&members).unwrap_or_default();
+        Self {
+            me,
+            actor,
+            config,
+            store,
+            members,
+            ring,
+            up: BTreeSet::new(),
+            next_id: 1,
+            pending: BTreeMap::new(),
+            outbox: Vec::new(),
+            next_members_push: 0,
+            stats: NodeStats::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.me.id
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Every known member, by id.
+    pub fn members(&self) -> &BTreeMap<String, Member> {
+        &self.members
+    }
+
+    /// The coordination settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Whether `node` is reachable from here (this node always is).
+    pub fn is_up(&self, node: &str) -> bool {
+        node == self.me.id || self.up.contains(node)
+    }
+
+    /// Number of requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Takes the outputs produced so far.
+    pub fn drain(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The ring and members for the admin endpoint and clients.
+    pub fn ring_info(&self) -> RingInfo {
+        let shares = self.ring.shares();
+        RingInfo {
+            version: format!("{:016x}", self.ring.version()),
+            node: self.me.id.clone(),
+            n: self.config.n,
+            r: self.config.r,
+            w: self.config.w,
+            members: self
+                .members
+                .values()
+                .map(|m| MemberInfo {
+                    member: m.clone(),
+                    share: shares.get(&m.id).copied().unwrap_or(0.0),
+                    up: self.is_up(&m.id),
+                })
+                .collect(),
+        }
+    }
+
+    /// The N primaries of `key`, in ring order.
+    pub fn primaries(&self, key: &[u8]) -> Vec<String> {
+        self.ring
+            .walk(position(key), usize::from(self.config.n))
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn send(&mut self, to: &str, message: Message) {
+        self.outbox.push(Output::Send {
+            to: to.to_owned(),
+            message,
+        });
+    }
+
+    fn respond(&mut self, origin: Origin, response: ClientResponse) {
+        match origin {
+            Origin::Client(client) => self.outbox.push(Output::Respond { client, response }),
+            Origin::Peer { node, id } => self.send(&node, Message::ForwardReply { id, response }),
+        }
+    }
+
+    fn new_id(&mut self) -> RequestId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Learns member records (from a peer's handshake or member list). Returns true when the
+    /// ring changed.
+    pub fn learn(&mut self, incoming: &[Member]) -> bool {
+        let mut next = self.members.clone();
+        let mut changed = false;
+        for m in incoming {
+            if m.id == self.me.id || m.validate().is_err() {
+                continue;
+            }
+            changed |= merge_member(&mut next, m);
+        }
+        if !changed {
+            return false;
+        }
+        match ring_of(&next) {
+            Some(ring) => {
+                self.members = next;
+                self.ring = ring;
+                true
+            }
+            None => {
+                self.stats.rejected_messages += 1;
+                false
+            }
+        }
+    }
+
+    /// A client request arrived at this node.
+    pub fn request(&mut self, now: u64, client: ClientId, request: ClientRequest) {
+        self.route(now, Origin::Client(client), request, 0);
+    }
+
+    fn route(&mut self, now: u64, origin: Origin, request: ClientRequest, hops: u8) {
+        if let Err(e) = limits::check_key(request.key()) {
+            return self.respond(origin, Err(OpError::BadRequest(e.to_string())));
+        }
+        let primaries = self.primaries(request.key());
+        if primaries.is_empty() {
+            return self.respond(origin, Err(OpError::NoRing));
+        }
+        let i_am_primary = primaries.iter().any(|p| *p == self.me.id);
+        let first_up = primaries.iter().find(|p| self.is_up(p)).cloned();
+        let coordinate_here =
+            i_am_primary && (hops > 0 || first_up.as_deref() == Some(&self.me.id));
+        if coordinate_here {
+            return self.coordinate(now, origin, request, primaries);
+        }
+        match first_up {
+            Some(target) if target != self.me.id && hops < MAX_HOPS => {
+                self.stats.forwarded += 1;
+                let id = self.new_id();
+                let deadline = now + self.config.request_timeout_ms * 3 / 2;
+                self.pending.insert(
+                    id,
+                    Pending::Forward {
+                        origin,
+                        to: target.clone(),
+                        deadline,
+                    },
+                );
+                self.send(&target, Message::Forward { id, request, hops });
+            }
+            _ if i_am_primary => self.coordinate(now, origin, request, primaries),
+            _ => {
+                let kind = match request {
+                    ClientRequest::Get { .. } => QuorumKind::Read,
+                    ClientRequest::Put { .. } => QuorumKind::Write,
+                };
+                self.respond(
+                    origin,
+                    Err(OpError::Unavailable {
+                        kind,
+                        needed: 1,
+                        answered: 0,
+                        failed: primaries.clone(),
+                        asked: primaries,
+                        written: false,
+                    }),
+                );
+            }
+        }
+    }
+
+    /// The quorum for a request: the override (1..=N) or the default capped at the number of
+    /// replicas the ring can offer.
+    fn quorum(
+        &self,
+        name: &str,
+        asked: Option<u8>,
+        default: u8,
+        replicas: usize,
+    ) -> Result<usize, OpError> {
+        match asked {
+            Some(v) if v == 0 || v > self.config.n => Err(OpError::InvalidQuorum {
+                name: name.to_owned(),
+                value: v,
+                n: self.config.n,
+            }),
+            Some(v) => Ok(usize::from(v)),
+            None => Ok(usize::from(default).min(replicas).max(1)),
+        }
+    }
+
+    fn coordinate(
+        &mut self,
+        now: u64,
+        origin: Origin,
+        request: ClientRequest,
+        primaries: Vec<String>,
+    ) {
+        let targets: Vec<String> = primaries
+            .iter()
+            .filter(|p| self.is_up(p))
+            .cloned()
+            .collect();
+        let unreachable: Vec<String> = primaries
+            .iter()
+            .filter(|p| !self.is_up(p))
+            .cloned()
+            .collect();
+        let deadline = now + self.config.request_timeout_ms;
+        match request {
+            ClientRequest::Get { key, r } => {
+                self.stats.coordinated_reads += 1;
+                let needed = match self.quorum("r", r, self.config.r, primaries.len()) {
+                    Ok(n) => n,
+                    Err(e) => return self.respond(origin, Err(e)),
+                };
+                if targets.len() < needed {
+                    return self.respond(
+                        origin,
+                        Err(unavailable(
+                            QuorumKind::Read,
+                            needed,
+                            0,
+                            &primaries,
+                            unreachable,
+                            false,
+                        )),
+                    );
+                }
+                let id = self.new_id();
+                let mut tally = Tally::new(targets.clone(), needed);
+                let mut replies = BTreeMap::new();
+                for t in &targets {
+                    if *t == self.me.id {
+                        match self.store.get(&key) {
+                            Ok(obj) => {
+                                tally.succeed(t);
+                                replies.insert(t.clone(), obj);
+                            }
+                            Err(_) => {
+                                tally.fail(t);
+                            }
+                        }
+                    } else {
+                        self.send(
+                            t,
+                            Message::Read {
+                                id,
+                                key: key.clone(),
+                            },
+                        );
+                    }
+                }
+                self.pending.insert(
+                    id,
+                    Pending::Read {
+                        origin: Some(origin),
+                        key,
+                        replies,
+                        tally,
+                        deadline,
+                    },
+                );
+                self.check(id, now);
+            }
+            ClientRequest::Put {
+                key,
+                value,
+                context,
+                w,
+            } => {
+                self.stats.coordinated_writes += 1;
+                let needed = match self.quorum("w", w, self.config.w, primaries.len()) {
+                    Ok(n) => n,
+                    Err(e) => return self.respond(origin, Err(e)),
+                };
+                if targets.len() < needed {
+                    return self.respond(
+                        origin,
+                        Err(unavailable(
+                            QuorumKind::Write,
+                            needed,
+                            0,
+                            &primaries,
+                            unreachable,
+                            false,
+                        )),
+                    );
+                }
+                let actor = self.actor;
+                let mut value = Some(value);
+                let stamped = self.store.modify(&key, &mut |current| {
+                    let ctx = match (&context, &value) {
+                        (Some(c), _) => c.clone(),
+                        // A delete without context supersedes what this node holds.
+                        (None, Some(None)) => current.context(),
+                        (None, _) => VersionVector::new(),
+                    };
+                    current.update(actor, &ctx, value.take().flatten(), now)
+                });
+                let object = match stamped {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let node = self.me.id.clone();
+                        return self.respond(origin, Err(OpError::Storage { node, message: e.0 }));
+                    }
+                };
+                let id = self.new_id();
+                let mut tally = Tally::new(targets.clone(), needed);
+                tally.succeed(&self.me.id);
+                let me = self.me.id.clone();
+                for t in targets.iter().filter(|t| **t != me) {
+                    self.send(
+                        t,
+                        Message::Replicate {
+                            id,
+                            key: key.clone(),
+                            object: object.clone(),
+                        },
+                    );
+                }
+                self.pending.insert(
+                    id,
+                    Pending::Write {
+                        origin: Some(origin),
+                        object,
+                        tally,
+                        deadline,
+                    },
+                );
+                self.check(id, now);
+            }
+        }
+    }
+
+    /// Answers and retires request `id` as far as its replies allow.
+    fn check(&mut self, id: RequestId, now: u64) {
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
+        let expired = match p {
+            Pending::Forward { deadline, .. }
+            | Pending::Write { deadline, .. }
+            | Pending::Read { deadline, .. } => now >= *deadline,
+        };
+        let mut answer: Option<(Origin, ClientResponse)> = None;
+        let mut done = false;
+        let mut repair: Option<(Vec<u8>, BTreeMap<String, Option<Object>>)> = None;
+        match p {
+            Pending::Forward { origin, to, .. } => {
+                if expired {
+                    answer = Some((
+                        origin.clone(),
+                        Err(OpError::CoordinatorUnreachable {
+                            node: to.clone(),
+                            reason: "timed out".into(),
+                        }),
+                    ));
+                    done = true;
+                }
+            }
+            Pending::Write {
+                origin,
+                object,
+                tally,
+                ..
+            } => {
+                if origin.is_some() {
+                    if tally.reached() {
+                        answer = origin
+                            .take()
+                            .map(|o| (o, Ok(Reply::Written(object.clone()))));
+                    } else if tally.impossible() || expired {
+                        let err = unavailable(
+                            QuorumKind::Write,
+                            tally.needed(),
+                            tally.successes(),
+                            tally.asked(),
+                            tally.missing(),
+                            true,
+                        );
+                        answer = origin.take().map(|o| (o, Err(err)));
+                    }
+                }
+                done = tally.complete() || expired;
+            }
+            Pending::Read {
+                origin,
+                key,
+                replies,
+                tally,
+                ..
+            } => {
+                if origin.is_some() {
+                    if tally.reached() {
+                        let merged = merge_all(replies.values());
+                        answer = origin.take().map(|o| (o, Ok(Reply::Read(merged))));
+                    } else if tally.impossible() || expired {
+                        let err = unavailable(
+                            QuorumKind::Read,
+                            tally.needed(),
+                            tally.successes(),
+                            tally.asked(),
+                            tally.missing(),
+                            false,
+                        );
+                        answer = origin.take().map(|o| (o, Err(err)));
+                    }
+                }
+                done = tally.complete() || expired;
+                if done {
+                    repair = Some((std::mem::take(key), std::mem::take(replies)));
+                }
+            }
+        }
+        if let Some((origin, response)) = answer {
+            self.respond(origin, response);
+        }
+        if done {
+            self.pending.remove(&id);
+        }
+        if let Some((key, replies)) = repair {
+            self.read_repair(&key, &replies);
+        }
+    }
+
+    /// Sends the merge of every reply to each replica whose copy differed from it.
+    fn read_repair(&mut self, key: &[u8], replies: &BTreeMap<String, Option<Object>>) {
+        let merged = merge_all(replies.values());
+        if merged.is_empty() {
+            return;
+        }
+        for (node, copy) in replies {
+            if copy.as_ref() == Some(&merged) {
+                continue;
+            }
+            self.stats.read_repairs += 1;
+            if *node == self.me.id {
+                let _ = self.store.merge(key, &merged);
+            } else {
+                self.send(
+                    node,
+                    Message::Repair {
+                        key: key.to_vec(),
+                        object: merged.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// A message from peer `from`.
+    pub fn step(&mut self, now: u64, from: &str, message: Message) {
+        match message {
+            Message::Forward { id, request, hops } => {
+                let origin = Origin::Peer {
+                    node: from.to_owned(),
+                    id,
+                };
+                self.route(now, origin, request, hops.saturating_add(1));
+            }
+            Message::ForwardReply { id, response } => {
+                if matches!(self.pending.get(&id), Some(Pending::Forward { to, .. }) if to == from)
+                    && let Some(Pending::Forward { origin, .. }) = self.pending.remove(&id)
+                {
+                    self.respond(origin, response);
+                }
+            }
+            Message::Replicate { id, key, object } => {
+                let error = match valid(&key, &object) {
+                    Err(e) => {
+                        self.stats.rejected_messages += 1;
+                        Some(e)
+                    }
+                    Ok(()) => self.store.merge(&key, &object).err().map(|e| e.0),
+                };
+                self.send(from, Message::ReplicateAck { id, error });
+            }
+            Message::ReplicateAck { id, error } => {
+                if let Some(Pending::Write { tally, .. }) = self.pending.get_mut(&id) {
+                    if error.is_none() {
+                        tally.succeed(from);
+                    } else {
+                        tally.fail(from);
+                    }
+                    self.check(id, now);
+                }
+            }
+            Message::Read { id, key } => {
+                let result = match limits::check_key(&key) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(()) => self.store.get(&key).map_err(|e| e.0),
+                };
+                self.send(from, Message::ReadReply { id, result });
+            }
+            Message::ReadReply { id, result } => {
+                if let Some(Pending::Read { replies, tally, .. }) = self.pending.get_mut(&id) {
+                    match result {
+                        Ok(obj) if obj.as_ref().is_none_or(|o| o.validate().is_ok()) => {
+                            if tally.succeed(from) {
+                                replies.insert(from.to_owned(), obj);
+                            }
+                        }
+                        _ => {
+                            tally.fail(from);
+                        }
+                    }
+                    self.check(id, now);
+                }
+            }
+            Message::Repair { key, object } => {
+                if valid(&key, &object).is_ok() {
+                    let _ = self.store.merge(&key, &object);
+                } else {
+                    self.stats.rejected_messages += 1;
+                }
+            }
+            Message::Members { members } => {
+                self.learn(&members);
+            }
+        }
+    }
+
+    /// The transport connected to `node`.
+    pub fn peer_up(&mut self, node: &str) {
+        if node != self.me.id {
+            self.up.insert(node.to_owned());
+        }
+    }
+
+    /// The transport lost `node`: requests waiting on it stop waiting.
+    pub fn peer_down(&mut self, now: u64, node: &str) {
+        if !self.up.remove(node) {
+            return;
+        }
+        let ids: Vec<RequestId> = self.pending.keys().copied().collect();
+        for id in ids {
+            match self.pending.get_mut(&id) {
+                Some(Pending::Forward { to, origin, .. }) if to.as_str() == node => {
+                    let origin = origin.clone();
+                    self.pending.remove(&id);
+                    self.respond(
+                        origin,
+                        Err(OpError::CoordinatorUnreachable {
+                            node: node.to_owned(),
+                            reason: "connection lost".into(),
+                        }),
+                    );
+                }
+                Some(Pending::Write { tally, .. } | Pending::Read { tally, .. }) => {
+                    if tally.fail(node) {
+                        self.check(id, now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Time passed: expire requests, push member lists.
+    pub fn tick(&mut self, now: u64) {
+        let expired: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| match p {
+                Pending::Forward { deadline, .. }
+                | Pending::Write { deadline, .. }
+                | Pending::Read { deadline, .. } => now >= *deadline,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.check(id, now);
+        }
+        if now >= self.next_members_push {
+            self.next_members_push = now + self.config.members_interval_ms;
+            let members: Vec<Member> = self.members.values().cloned().collect();
+            let peers: Vec<String> = self.up.iter().cloned().collect();
+            for p in peers {
+                self.send(
+                    &p,
+                    Message::Members {
+                        members: members.clone(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn ring_of(members: &BTreeMap<String, Member>) -> Option<Ring> {
+    let tokens = members
+        .iter()
+        .map(|(id, m)| (id.clone(), m.tokens.clone()))
+        .collect();
+    Ring::new(&tokens).ok()
+}
+
+fn merge_all<'a>(objects: impl Iterator<Item = &'a Option<Object>>) -> Object {
+    objects.flatten().fold(Object::new(), |acc, o| acc.merge(o))
+}
+
+fn valid(key: &[u8], object: &Object) -> Result<(), String> {
+    limits::check_key(key).map_err(|e| e.to_string())?;
+    object.validate().map_err(|e| e.to_string())
+}
+
+fn unavailable(
+    kind: QuorumKind,
+    needed: usize,
+    answered: usize,
+    asked: &[String],
+    failed: Vec<String>,
+    written: bool,
+) -> OpError {
+    OpError::Unavailable {
+        kind,
+        needed: needed as u8,
+        answered: answered as u8,
+        asked: asked.to_vec(),
+        failed,
+        written,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::hashed_tokens;
+    use crate::store::StoreError;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    #[derive(Default)]
+    struct MapStore(RefCell<BTreeMap<Vec<u8>, Object>>);
+
+    impl LocalStore for MapStore {
+        fn get(&self, key: &[u8]) -> Result<Option<Object>, StoreError> {
+            Ok(self.0.borrow().get(key).cloned())
+        }
+        fn modify(
+            &self,
+            key: &[u8],
+            f: &mut dyn FnMut(Object) -> Object,
+        ) -> Result<Object, StoreError> {
+            let cur = self.0.borrow().get(key).cloned().unwrap_or_default();
+            let new = f(cur);
+            self.0.borrow_mut().insert(key.to_vec(), new.clone());
+            Ok(new)
+        }
+    }
+
+    /// Nodes wired together in memory; messages are delivered in order unless a link is cut.
+    struct Cluster {
+        nodes: BTreeMap<String, Node<MapStore>>,
+        queue: VecDeque<(String, String, Message)>,
+        answers: BTreeMap<ClientId, ClientResponse>,
+        cut: BTreeSet<String>,
+        now: u64,
+    }
+
+    impl Cluster {
+        fn new(count: usize) -> Cluster {
+            let members: Vec<Member> = (0..count)
+                .map(|i| Member {
+                    id: format!("n{i}"),
+                    generation: 1,
+                    peer_addr: format!("p{i}"),
+                    http_addr: format!("h{i}"),
+                    tokens: hashed_tokens(&format!("n{i}"), 16),
+                })
+                .collect();
+            let mut nodes = BTreeMap::new();
+            for (i, m) in members.iter().enumerate() {
+                let mut n = Node::new(
+                    m.clone(),
+                    ActorId(i as u64),
+                    NodeConfig::default(),
+                    MapStore::default(),
+                );
+                n.learn(&members);
+                for other in &members {
+                    n.peer_up(&other.id);
+                }
+                nodes.insert(m.id.clone(), n);
+            }
+            Cluster {
+                nodes,
+                queue: VecDeque::new(),
+                answers: BTreeMap::new(),
+                cut: BTreeSet::new(),
+                now: 1000,
+            }
+        }
+
+        fn collect(&mut self, from: &str) {
+            for out in self.nodes.get_mut(from).unwrap().drain() {
+                match out {
+                    Output::Send { to, message } => {
+                        self.queue.push_back((from.to_owned(), to, message))
+                    }
+                    Output::Respond { client, response } => {
+                        assert!(
+                            self.answers.insert(client, response).is_none(),
+                            "answered twice"
+                        );
+                    }
+                }
+            }
+        }
+
+        fn run(&mut self) {
+            while let Some((from, to, msg)) = self.queue.pop_front() {
+                if self.cut.contains(&from) || self.cut.contains(&to) {
+                    continue;
+                }
+                self.nodes.get_mut(&to).unwrap().step(self.now, &from, msg);
+                self.collect(&to);
+            }
+        }
+
+        /// Node `id` dies: its links are cut and every other node learns it is down.
+        fn kill(&mut self, id: &str) {
+            self.cut.insert(id.to_owned());
+            let others: Vec<String> = self.nodes.keys().filter(|k| *k != id).cloned().collect();
+            for o in others {
+                self.nodes.get_mut(&o).unwrap().peer_down(self.now, id);
+                self.collect(&o);
+            }
+        }
+
+        fn request(&mut self, at: &str, client: ClientId, req: ClientRequest) -> ClientResponse {
+            self.nodes
+                .get_mut(at)
+                .unwrap()
+                .request(self.now, client, req);
+            self.collect(at);
+            self.run();
+            self.answers.remove(&client).expect("an answer")
+        }
+
+        fn put(
+            &mut self,
+            at: &str,
+            key: &[u8],
+            value: &[u8],
+            context: Option<VersionVector>,
+            w: Option<u8>,
+        ) -> ClientResponse {
+            self.request(
+                at,
+                1,
+                ClientRequest::Put {
+                    key: key.to_vec(),
+                    value: Some(value.to_vec()),
+                    context,
+                    w,
+                },
+            )
+        }
+
+        fn get(&mut self, at: &str, key: &[u8]) -> Object {
+            match self.request(
+                at,
+                2,
+                ClientRequest::Get {
+                    key: key.to_vec(),
+                    r: None,
+                },
+            ) {
+                Ok(Reply::Read(o)) => o,
+                other => panic!("get failed: {other:?}"),
+            }
+        }
+
+        fn local(&self, node: &str, key: &[u8]) -> Option<Object> {
+            self.nodes[node].store.0.borrow().get(key).cloned()
+        }
+    }
+
+    fn values(o: &Object) -> Vec<Vec<u8>> {
+        o.live().filter_map(|s| s.value.clone()).collect()
+    }
+
+    #[test]
+    fn write_anywhere_read_everywhere_on_exactly_n_replicas() {
+        let mut c = Cluster::new(5);
+        for k in 0..20u8 {
+            let key = [b'k', k];
+            let at = format!("n{}", k % 5);
+            assert!(matches!(
+                c.put(&at, &key, b"v", None, None),
+                Ok(Reply::Written(_))
+            ));
+            for reader in 0..5 {
+                assert_eq!(
+                    values(&c.get(&format!("n{reader}"), &key)),
+                    vec![b"v".to_vec()]
+                );
+            }
+            let primaries = c.nodes["n0"].primaries(&key);
+            assert_eq!(primaries.len(), 3);
+            for n in c.nodes.keys() {
+                assert_eq!(
+                    c.local(n, &key).is_some(),
+                    primaries.contains(n),
+                    "{n} for key {k}"
+                );
+            }
+        }
+        let forwarded: u64 = c.nodes.values().map(|n| n.stats().forwarded).sum();
+        assert!(forwarded > 0, "non-coordinators forwarded");
+    }
+
+    #[test]
+    fn writes_with_one_primary_down_and_w3_failure() {
+        let mut c = Cluster::new(5);
+        let key = b"key".to_vec();
+        let primaries = c.nodes["n0"].primaries(&key);
+        // Kill the coordinator itself: the next primary takes over.
+        c.kill(&primaries[0]);
+        let entry = c
+            .nodes
+            .keys()
+            .find(|n| !primaries.contains(n))
+            .unwrap()
+            .clone();
+        assert!(matches!(
+            c.put(&entry, &key, b"v1", None, None),
+            Ok(Reply::Written(_))
+        ));
+        assert_eq!(values(&c.get(&entry, &key)), vec![b"v1".to_vec()]);
+        match c.put(&entry, &key, b"v2", None, Some(3)) {
+            Err(OpError::Unavailable {
+                kind: QuorumKind::Write,
+                needed: 3,
+                written: false,
+                failed,
+                ..
+            }) => {
+                assert_eq!(failed, vec![primaries[0].clone()]);
+            }
+            other => panic!("expected a quorum error, got {other:?}"),
+        }
+        assert!(matches!(
+            c.put(&entry, &key, b"v2", None, Some(4)),
+            Err(OpError::InvalidQuorum { value: 4, n: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn lost_messages_time_out_with_counts() {
+        let mut c = Cluster::new(3);
+        let key = b"x".to_vec();
+        let primaries = c.nodes["n0"].primaries(&key);
+        // The other two primaries silently drop everything (no peer_down).
+        c.cut.insert(primaries[1].clone());
+        c.cut.insert(primaries[2].clone());
+        let coord = primaries[0].clone();
+        c.nodes.get_mut(&coord).unwrap().request(
+            c.now,
+            7,
+            ClientRequest::Put {
+                key: key.clone(),
+                value: Some(b"v".to_vec()),
+                context: None,
+                w: None,
+            },
+        );
+        c.collect(&coord);
+        c.run();
+        assert!(c.answers.is_empty(), "no answer before the timeout");
+        c.now += 2000;
+        c.nodes.get_mut(&coord).unwrap().tick(c.now);
+        c.collect(&coord);
+        match c.answers.remove(&7) {
+            Some(Err(OpError::Unavailable {
+                answered: 1,
+                written: true,
+                ..
+            })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.nodes[&coord].in_flight(), 0);
+    }
+
+    #[test]
+    fn read_repair_fixes_stale_replicas_and_skips_consistent_ones() {
+        let mut c = Cluster::new(5);
+        let key = b"r".to_vec();
+        let primaries = c.nodes["n0"].primaries(&key);
+        c.put(&primaries[0], &key, b"v1", None, None).unwrap();
+        // The third primary misses the second write.
+        c.cut.insert(primaries[2].clone());
+        let ctx = c.local(&primaries[0], &key).unwrap().context();
+        c.put(&primaries[0], &key, b"v2", Some(ctx), None).unwrap();
+        c.cut.clear();
+        assert_eq!(
+            values(&c.local(&primaries[2], &key).unwrap()),
+            vec![b"v1".to_vec()]
+        );
+        let repairs_before: u64 = c.nodes.values().map(|n| n.stats().read_repairs).sum();
+        assert_eq!(values(&c.get(&primaries[0], &key)), vec![b"v2".to_vec()]);
+        assert_eq!(
+            values(&c.local(&primaries[2], &key).unwrap()),
+            vec![b"v2".to_vec()]
+        );
+        let repairs: u64 = c.nodes.values().map(|n| n.stats().read_repairs).sum();
+        assert_eq!(repairs - repairs_before, 1);
+        c.get(&primaries[0], &key);
+        let again: u64 = c.nodes.values().map(|n| n.stats().read_repairs).sum();
+        assert_eq!(again, repairs, "a consistent read repairs nothing");
+    }
+
+    #[test]
+    fn concurrent_writes_through_different_coordinators_become_siblings() {
+        let mut c = Cluster::new(5);
+        let key = b"s".to_vec();
+        let primaries = c.nodes["n0"].primaries(&key);
+        c.put(&primaries[0], &key, b"base", None, None).unwrap();
+        let ctx = c.get(&primaries[0], &key).context();
+        // Two coordinators (forced with hops > 0 by sending Forward directly) write with the same context.
+        for (i, coord) in [&primaries[0], &primaries[1]].into_iter().enumerate() {
+            let req = ClientRequest::Put {
+                key: key.clone(),
+                value: Some(vec![b'a' + i as u8]),
+                context: Some(ctx.clone()),
+                w: Some(3),
+            };
+            c.queue.push_back((
+                "client".into(),
+                coord.clone(),
+                Message::Forward {
+                    id: 99,
+                    request: req,
+                    hops: 0,
+                },
+            ));
+        }
+        c.nodes.insert(
+            "client".into(),
+            Node::new(
+                Member {
+                    id: "client".into(),
+                    generation: 1,
+                    peer_addr: String::new(),
+                    http_addr: String::new(),
+                    tokens: vec![1],
+                },
+                ActorId(99),
+                NodeConfig::default(),
+                MapStore::default(),
+            ),
+        );
+        c.run();
+        let o = c.get(&primaries[2], &key);
+        let mut vals = values(&o);
+        vals.sort();
+        assert_eq!(vals, vec![b"a".to_vec(), b"b".to_vec()]);
+        // Reconcile with the merged context.
+        c.put(&primaries[2], &key, b"ab", Some(o.context()), None)
+            .unwrap();
+        assert_eq!(values(&c.get(&primaries[1], &key)), vec![b"ab".to_vec()]);
+    }
+
+    #[test]
+    fn invalid_peer_messages_are_refused_without_panic() {
+        let mut c = Cluster::new(3);
+        let n = c.nodes.get_mut("n0").unwrap();
+        n.step(
+            1,
+            "n1",
+            Message::Replicate {
+                id: 1,
+                key: vec![],
+                object: Object::new(),
+            },
+        );
+        n.step(
+            1,
+            "n1",
+            Message::Read {
+                id: 2,
+                key: vec![0; 5000],
+            },
+        );
+        n.step(
+            1,
+            "n1",
+            Message::ReplicateAck {
+                id: 12345,
+                error: None,
+            },
+        );
+        n.step(
+            1,
+            "n1",
+            Message::ForwardReply {
+                id: 12345,
+                response: Ok(Reply::Read(Object::new())),
+            },
+        );
+        let out = n.drain();
+        assert!(matches!(
+            &out[0],
+            Output::Send {
+                message: Message::ReplicateAck { error: Some(_), .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            &out[1],
+            Output::Send {
+                message: Message::ReadReply { result: Err(_), .. },
+                ..
+            }
+        ));
+        assert_eq!(out.len(), 2);
+        assert_eq!(n.stats().rejected_messages, 1);
+    }
+
+    #[test]
+    fn members_spread_and_ring_versions_converge() {
+        let mk = |i: usize| Member {
+            id: format!("n{i}"),
+            generation: 1,
+            peer_addr: String::new(),
+            http_addr: String::new(),
+            tokens: hashed_tokens(&format!("n{i}"), 8),
+        };
+        let mut a = Node::new(
+            mk(0),
+            ActorId(0),
+            NodeConfig::default(),
+            MapStore::default(),
+        );
+        let mut b = Node::new(
+            mk(1),
+            ActorId(1),
+            NodeConfig::default(),
+            MapStore::default(),
+        );
+        let c_member = mk(2);
+        assert!(b.learn(std::slice::from_ref(&c_member)));
+        b.peer_up("n0");
+        b.tick(10);
+        for out in b.drain() {
+            if let Output::Send { message, .. } = out {
+                a.step(10, "n1", message);
+            }
+        }
+        assert_eq!(b.members().len(), 2, "b does not know a yet");
+        assert_ne!(a.ring().version(), b.ring().version());
+        assert_eq!(a.members().len(), 3);
+        a.peer_up("n1");
+        a.tick(10);
+        for out in a.drain() {
+            if let Output::Send { message, .. } = out {
+                b.step(10, "n0", message);
+            }
+        }
+        assert_eq!(a.ring().version(), b.ring().version());
+        assert_eq!(b.members().len(), 3);
+    }
+}

@@ -1,0 +1,113 @@
+//! Counting replies toward a quorum (Dynamo section 4.5: a get answers after R replies, a put
+//! after W acknowledgements).
+
+use std::collections::BTreeSet;
+
+/// The replies of one request fanned out to a set of replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    asked: Vec<String>,
+    ok: BTreeSet<String>,
+    failed: BTreeSet<String>,
+    needed: usize,
+}
+
+impl Tally {
+    /// A tally over `asked` replicas, succeeding at `needed` successes.
+    pub fn new(asked: Vec<String>, needed: usize) -> Self {
+        Self {
+            asked,
+            ok: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            needed,
+        }
+    }
+
+    fn pending(&self, node: &str) -> bool {
+        self.asked.iter().any(|a| a == node)
+            && !self.ok.contains(node)
+            && !self.failed.contains(node)
+    }
+
+    /// Records a success from `node`; ignored unless `node` was asked and has not answered.
+    pub fn succeed(&mut self, node: &str) -> bool {
+        self.pending(node) && self.ok.insert(node.to_owned())
+    }
+
+    /// Records a failure of `node`; ignored unless `node` was asked and has not answered.
+    pub fn fail(&mut self, node: &str) -> bool {
+        self.pending(node) && self.failed.insert(node.to_owned())
+    }
+
+    /// Enough successes.
+    pub fn reached(&self) -> bool {
+        self.ok.len() >= self.needed
+    }
+
+    /// Not enough replicas left to reach the quorum.
+    pub fn impossible(&self) -> bool {
+        self.asked.len() - self.failed.len() < self.needed
+    }
+
+    /// Everyone asked has answered.
+    pub fn complete(&self) -> bool {
+        self.ok.len() + self.failed.len() >= self.asked.len()
+    }
+
+    /// Replicas asked.
+    pub fn asked(&self) -> &[String] {
+        &self.asked
+    }
+
+    /// Number of successes.
+    pub fn successes(&self) -> usize {
+        self.ok.len()
+    }
+
+    /// Replicas that failed or have not answered yet.
+    pub fn missing(&self) -> Vec<String> {
+        self.asked
+            .iter()
+            .filter(|a| !self.ok.contains(*a))
+            .cloned()
+            .collect()
+    }
+
+    /// Successes needed.
+    pub fn needed(&self) -> usize {
+        self.needed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Tally {
+        Tally::new(vec!["a".into(), "b".into(), "c".into()], 2)
+    }
+
+    #[test]
+    fn reaches_at_needed_and_counts_each_node_once() {
+        let mut q = t();
+        assert!(q.succeed("a"));
+        assert!(!q.succeed("a"), "duplicate reply ignored");
+        assert!(!q.succeed("z"), "not asked");
+        assert!(!q.reached());
+        assert!(q.succeed("b"));
+        assert!(q.reached() && !q.complete());
+        assert!(q.fail("c"));
+        assert!(q.complete());
+        assert_eq!(q.missing(), vec!["c".to_owned()]);
+    }
+
+    #[test]
+    fn impossible_when_too_many_fail() {
+        let mut q = t();
+        q.fail("a");
+        assert!(!q.impossible());
+        q.fail("b");
+        assert!(q.impossible());
+        assert!(!q.succeed("b"), "a failed node cannot succeed later");
+    }
+}
