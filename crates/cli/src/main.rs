@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: serve the HTTP API over a data directory.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Write a value (with the context of a read, it replaces what that read returned).
     Put(kv::PutArgs),
     /// Read a key: its value, or every sibling numbered, and the context.
@@ -34,7 +34,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Server(args) => server::run(args),
+        Command::Server(args) => server::run(*args),
         Command::Put(args) => kv::put(args),
         Command::Get(args) => kv::get(args),
         Command::Delete(args) => kv::delete(args),

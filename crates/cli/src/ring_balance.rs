@@ -90,6 +90,9 @@ fn stats(members: &BTreeMap<String, Vec<u64>>) -> (f64, f64) {
     (max / mean, min / mean)
 }
 
+/// A token placement: cluster size to every node's tokens.
+type Placement = Box<dyn Fn(usize) -> BTreeMap<String, Vec<u64>>>;
+
 /// Runs `dynamokv ring-balance`.
 pub fn run(args: RingBalanceArgs) -> anyhow::Result<ExitCode> {
     print!("{:<14}", "placement");
@@ -97,7 +100,7 @@ pub fn run(args: RingBalanceArgs) -> anyhow::Result<ExitCode> {
         print!(" | {:>11}", format!("{n} nodes"));
     }
     println!();
-    let mut rows: Vec<(String, Box<dyn Fn(usize) -> BTreeMap<String, Vec<u64>>>)> = Vec::new();
+    let mut rows: Vec<(String, Placement)> = Vec::new();
     for &v in &args.vnodes {
         rows.push((format!("hashed {v}"), Box::new(move |n| hashed(n, v))));
     }

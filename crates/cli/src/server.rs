@@ -14,9 +14,44 @@ pub struct ServerArgs {
     /// (e.g. `data_dir = "/var/lib/dynamokv"`, `sync = "always"`).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
+    /// This node's id, unique in the cluster (letters, digits, '-', '_', '.'). Default: the id
+    /// stored in the data directory, or a generated `node-XXXXXXXX`.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
     /// Directory for this node's data; created if missing. [default: dynamokv-data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Peer (internal RPC) listen address; port 0 picks a free port (printed as `peer=ADDR`).
+    /// [default: 127.0.0.1:7070]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Peer addresses of nodes to join through, comma-separated. None: start a new cluster.
+    #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',')]
+    seeds: Option<Vec<String>>,
+    /// Peer address other nodes should dial (default: the bound --listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise_peer: Option<String>,
+    /// HTTP address partition-aware clients should use (default: the bound --http address).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise_http: Option<String>,
+    /// Tokens (virtual nodes) this node places on the ring. [default: 256]
+    #[arg(long, value_name = "COUNT")]
+    vnodes: Option<u16>,
+    /// Replicas per key (N); the same on every node. [default: 3]
+    #[arg(long, short = 'n', value_name = "N")]
+    replicas: Option<u8>,
+    /// Default read quorum (R); requests may override it with ?r=. [default: 2]
+    #[arg(long, short = 'r', value_name = "R")]
+    read_quorum: Option<u8>,
+    /// Default write quorum (W); requests may override it with ?w=. [default: 2]
+    #[arg(long, short = 'w', value_name = "W")]
+    write_quorum: Option<u8>,
+    /// How long a coordinator waits for replicas before answering 503, in ms. [default: 2000]
+    #[arg(long, value_name = "MS")]
+    request_timeout_ms: Option<u64>,
+    /// Largest peer frame accepted, in bytes. [default: 33554432]
+    #[arg(long, value_name = "BYTES")]
+    max_frame_bytes: Option<usize>,
     /// HTTP API listen address; port 0 picks a free port (printed as `listening http=ADDR`).
     /// [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR")]
@@ -65,8 +100,41 @@ impl ServerArgs {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        if let Some(v) = &self.node_id {
+            c.node_id = Some(v.clone());
+        }
         if let Some(v) = &self.data_dir {
             c.data_dir = v.clone();
+        }
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &self.seeds {
+            c.seeds = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
+        if let Some(v) = &self.advertise_peer {
+            c.advertise_peer = Some(v.clone());
+        }
+        if let Some(v) = &self.advertise_http {
+            c.advertise_http = Some(v.clone());
+        }
+        if let Some(v) = self.vnodes {
+            c.vnodes = v;
+        }
+        if let Some(v) = self.replicas {
+            c.n = v;
+        }
+        if let Some(v) = self.read_quorum {
+            c.r = v;
+        }
+        if let Some(v) = self.write_quorum {
+            c.w = v;
+        }
+        if let Some(v) = self.request_timeout_ms {
+            c.request_timeout_ms = v;
+        }
+        if let Some(v) = self.max_frame_bytes {
+            c.max_frame_bytes = v;
         }
         if let Some(v) = self.http {
             c.http = v;

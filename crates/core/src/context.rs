@@ -78,6 +78,17 @@ impl ContextCodec {
         out
     }
 
+    /// A 16-byte fingerprint of the secret, exchanged in the peer handshake so that nodes
+    /// configured with different secrets refuse each other instead of refusing each other's
+    /// contexts later. Reveals nothing useful about the secret.
+    pub fn fingerprint(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(
+            &blake3::keyed_hash(&self.secret, b"dynamokv cluster fingerprint v1").as_bytes()[..16],
+        );
+        out
+    }
+
     /// The token for `vv`, a context read from `key`.
     pub fn encode(&self, key: &[u8], vv: &VersionVector) -> String {
         let entries: Vec<(u64, u64, u64)> = vv

@@ -129,6 +129,9 @@ enum Origin {
     Peer { node: String, id: RequestId },
 }
 
+/// What each replica returned to a read.
+type Replies = BTreeMap<String, Option<Object>>;
+
 #[derive(Debug)]
 enum Pending {
     Forward {
@@ -145,7 +148,7 @@ enum Pending {
     Read {
         origin: Option<Origin>,
         key: Vec<u8>,
-        replies: BTreeMap<String, Option<Object>>,
+        replies: Replies,
         tally: Tally,
         deadline: u64,
     },
@@ -318,7 +321,7 @@ impl<S: LocalStore> Node<S> {
         if primaries.is_empty() {
             return self.respond(origin, Err(OpError::NoRing));
         }
-        let i_am_primary = primaries.iter().any(|p| *p == self.me.id);
+        let i_am_primary = primaries.contains(&self.me.id);
         let first_up = primaries.iter().find(|p| self.is_up(p)).cloned();
         let coordinate_here =
             i_am_primary && (hops > 0 || first_up.as_deref() == Some(&self.me.id));
@@ -537,7 +540,7 @@ impl<S: LocalStore> Node<S> {
         };
         let mut answer: Option<(Origin, ClientResponse)> = None;
         let mut done = false;
-        let mut repair: Option<(Vec<u8>, BTreeMap<String, Option<Object>>)> = None;
+        let mut repair: Option<(Vec<u8>, Replies)> = None;
         match p {
             Pending::Forward { origin, to, .. } => {
                 if expired {
@@ -617,7 +620,7 @@ impl<S: LocalStore> Node<S> {
     }
 
     /// Sends the merge of every reply to each replica whose copy differed from it.
-    fn read_repair(&mut self, key: &[u8], replies: &BTreeMap<String, Option<Object>>) {
+    fn read_repair(&mut self, key: &[u8], replies: &Replies) {
         let merged = merge_all(replies.values());
         if merged.is_empty() {
             return;
@@ -727,24 +730,28 @@ impl<S: LocalStore> Node<S> {
         }
         let ids: Vec<RequestId> = self.pending.keys().copied().collect();
         for id in ids {
-            match self.pending.get_mut(&id) {
-                Some(Pending::Forward { to, origin, .. }) if to.as_str() == node => {
-                    let origin = origin.clone();
-                    self.pending.remove(&id);
-                    self.respond(
-                        origin,
-                        Err(OpError::CoordinatorUnreachable {
-                            node: node.to_owned(),
-                            reason: "connection lost".into(),
-                        }),
-                    );
-                }
+            let failed = match self.pending.get_mut(&id) {
+                Some(Pending::Forward { to, .. }) => to.as_str() == node,
                 Some(Pending::Write { tally, .. } | Pending::Read { tally, .. }) => {
-                    if tally.fail(node) {
-                        self.check(id, now);
-                    }
+                    tally.fail(node)
                 }
-                _ => {}
+                None => false,
+            };
+            if !failed {
+                continue;
+            }
+            if let Some(Pending::Forward { origin, .. }) = self.pending.get(&id) {
+                let origin = origin.clone();
+                self.pending.remove(&id);
+                self.respond(
+                    origin,
+                    Err(OpError::CoordinatorUnreachable {
+                        node: node.to_owned(),
+                        reason: "connection lost".into(),
+                    }),
+                );
+            } else {
+                self.check(id, now);
             }
         }
     }

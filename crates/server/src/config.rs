@@ -23,8 +23,34 @@ pub enum SyncMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// This node's id, unique in the cluster. When unset, the id stored in the data directory
+    /// is used, or a new `node-XXXXXXXX` id is made and stored on first start.
+    pub node_id: Option<String>,
     /// Directory holding this node's data (objects, hints, identity). Created if missing.
     pub data_dir: PathBuf,
+    /// Address the internal RPC listener (peer traffic) binds. Port 0 picks a free port; the
+    /// bound address is printed on standard output at start (`peer=ADDR`).
+    pub listen: SocketAddr,
+    /// Peer address other nodes should dial; default: the bound `listen` address. Set it when
+    /// listening on 0.0.0.0 or behind NAT.
+    pub advertise_peer: Option<String>,
+    /// HTTP address clients should use (announced to clients that route by key); default: the
+    /// bound `http` address.
+    pub advertise_http: Option<String>,
+    /// Peer addresses (`host:port`) of nodes to join through. Empty: start a new cluster.
+    pub seeds: Vec<String>,
+    /// Tokens (virtual nodes) this node places on the ring.
+    pub vnodes: u16,
+    /// Replicas per key (N). Must be the same on every node.
+    pub n: u8,
+    /// Default read quorum (R), overridable per request with `?r=`.
+    pub r: u8,
+    /// Default write quorum (W), overridable per request with `?w=`.
+    pub w: u8,
+    /// How long a coordinator waits for replicas before answering 503, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Largest peer-protocol frame accepted, in bytes; a larger frame closes the connection.
+    pub max_frame_bytes: usize,
     /// Address the HTTP API listens on. Port 0 picks a free port; the bound address is printed
     /// on standard output at start (`listening http=ADDR`).
     pub http: SocketAddr,
@@ -45,7 +71,18 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            node_id: None,
             data_dir: PathBuf::from("dynamokv-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            advertise_peer: None,
+            advertise_http: None,
+            seeds: Vec::new(),
+            vnodes: dynamokv_core::ring::DEFAULT_VNODES,
+            n: 3,
+            r: 2,
+            w: 2,
+            request_timeout_ms: 2000,
+            max_frame_bytes: 32 * 1024 * 1024,
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_value_bytes: dynamokv_core::limits::DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Periodic,
@@ -109,6 +146,47 @@ impl Config {
                 "sync_interval_ms must be at least 1 with sync = \"periodic\"".into(),
             ));
         }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > dynamokv_core::membership::MAX_NODE_ID_BYTES
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "node_id {id:?}: use 1 to {} letters, digits, '-', '_' or '.'",
+                dynamokv_core::membership::MAX_NODE_ID_BYTES
+            )));
+        }
+        if self.vnodes == 0 || usize::from(self.vnodes) > dynamokv_core::membership::MAX_TOKENS {
+            return Err(ConfigError::Invalid(format!(
+                "vnodes must be 1 to {}",
+                dynamokv_core::membership::MAX_TOKENS
+            )));
+        }
+        if self.n == 0 || self.r == 0 || self.w == 0 || self.r > self.n || self.w > self.n {
+            return Err(ConfigError::Invalid(format!(
+                "need 1 <= r <= n and 1 <= w <= n (n={}, r={}, w={})",
+                self.n, self.r, self.w
+            )));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "request_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if self.max_frame_bytes
+            < self
+                .max_value_bytes
+                .saturating_mul(2)
+                .saturating_add(64 * 1024)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "max_frame_bytes ({}) must be at least twice max_value_bytes plus 64 KiB ({})",
+                self.max_frame_bytes,
+                self.max_value_bytes * 2 + 64 * 1024
+            )));
+        }
         if self.cluster_secret.as_deref() == Some("") {
             return Err(ConfigError::Invalid(
                 "cluster_secret must not be empty".into(),
@@ -156,6 +234,21 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        let c = Config {
+            r: 4,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            node_id: Some("bad id".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            max_value_bytes: 20 * 1024 * 1024,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err(), "frames must fit values");
         assert_eq!(
             Config::default().sync_policy(),
             SyncPolicy::Periodic(Duration::from_millis(100))

@@ -6,11 +6,16 @@
 //!   covers everything returned.
 //! - `DELETE /kv/{key}` - optional `X-Context`; writes a tombstone; 204 with `X-Context`.
 //! - `GET /health` - 200 while the node serves requests.
+//! - `GET /admin/ring`, `GET /admin/preference-list/{key}`, `GET /admin/local/{key}` - the ring,
+//!   where a key lives, and this node's own copy of a key.
+//!
+//! Gets take `?r=`, puts and deletes `?w=` (1 to N). Every answer to a key request carries
+//! `X-Ring-Version`, so partition-aware clients notice a ring change.
 //!
 //! Keys are the percent-decoded path segment (arbitrary bytes; `/` must be sent as `%2F`).
 //! Errors are JSON `{"error": code, "message": text}`; a refused request changes nothing.
 
-use crate::node::{Node, NodeError};
+use crate::runtime::NodeHandle;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -19,7 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use dynamokv_core::{Object, VersionVector};
+use dynamokv_core::message::{ClientRequest, OpError, QuorumKind, Reply};
+use dynamokv_core::{ActorId, ContextCodec, Object, VersionVector};
+use dynamokv_storage::ObjectStore;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -27,6 +34,8 @@ use std::sync::Arc;
 pub const CONTEXT_HEADER: &str = "x-context";
 /// The header counting tombstone siblings hidden from a read.
 pub const TOMBSTONES_HEADER: &str = "x-tombstones";
+/// The header carrying the answering node's ring version.
+pub const RING_VERSION_HEADER: &str = "x-ring-version";
 
 /// An error answer: status, stable code, and a message that says what to do.
 #[derive(Debug)]
@@ -35,6 +44,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     context: Option<String>,
+    detail: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -44,6 +54,7 @@ impl ApiError {
             code,
             message: message.into(),
             context: None,
+            detail: None,
         }
     }
 
@@ -56,6 +67,8 @@ impl ApiError {
 struct ErrorBody<'a> {
     error: &'a str,
     message: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    detail: Option<serde_json::Value>,
 }
 
 impl IntoResponse for ApiError {
@@ -63,6 +76,7 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&ErrorBody {
             error: self.code,
             message: &self.message,
+            detail: self.detail,
         })
         .unwrap_or_default();
         let mut resp = (
@@ -78,23 +92,43 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<NodeError> for ApiError {
-    fn from(e: NodeError) -> Self {
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
         let message = e.to_string();
         match e {
-            NodeError::BadKey(_) => ApiError::bad_key(message),
-            NodeError::BadContext(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_context", message)
+            OpError::InvalidQuorum { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_quorum", message)
             }
-            NodeError::ValueTooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", message)
-            }
-            NodeError::Storage(_) => {
+            OpError::BadRequest(_) => ApiError::bad_key(message),
+            OpError::Unavailable {
+                kind,
+                needed,
+                answered,
+                asked,
+                failed,
+                written,
+            } => ApiError {
+                detail: Some(serde_json::json!({
+                    "quorum": match kind { QuorumKind::Read => "read", QuorumKind::Write => "write" },
+                    "needed": needed,
+                    "answered": answered,
+                    "asked": asked,
+                    "failed": failed,
+                    "maybe_written": written,
+                })),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            },
+            OpError::CoordinatorUnreachable { .. } | OpError::NoRing => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "coordinator_unreachable",
+                message,
+            ),
+            OpError::Storage { .. } => {
                 tracing::error!(error = %message, "storage failure");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "storage_error",
-                    format!("{message}; the node's disk needs attention, retry on another node"),
+                    format!("{message}; the node's disk needs attention, retry later"),
                 )
             }
         }
@@ -103,26 +137,41 @@ impl From<NodeError> for ApiError {
 
 /// Shared state of the handlers.
 #[derive(Clone)]
-struct AppState {
-    node: Arc<Node>,
+pub struct AppState {
+    /// The node thread.
+    pub node: NodeHandle,
+    /// This node's objects (for `/admin/local`).
+    pub store: Arc<ObjectStore>,
+    /// The context codec.
+    pub codec: ContextCodec,
+    /// This node's id.
+    pub node_id: String,
+    /// This node's actor.
+    pub actor: ActorId,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
 }
 
-/// The router of the HTTP API over `node`.
-pub fn router(node: Arc<Node>) -> Router {
+/// The router of the HTTP API.
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/kv", any(missing_key))
         .route("/kv/", any(missing_key))
+        .route("/admin/ring", get(admin_ring))
+        .route("/admin/preference-list/{*key}", get(admin_preference_list))
+        .route("/admin/local/{*key}", get(admin_local))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(AppState { node })
+        .with_state(state)
 }
 
 async fn health(State(s): State<AppState>) -> Response {
     axum::Json(serde_json::json!({
         "status": "ok",
-        "actor": s.node.actor().to_string(),
+        "node": s.node_id,
+        "actor": s.actor.to_string(),
     }))
     .into_response()
 }
@@ -132,7 +181,7 @@ async fn unknown_route(uri: Uri) -> ApiError {
         StatusCode::NOT_FOUND,
         "unknown_route",
         format!(
-            "no such endpoint: {}; use /kv/{{key}} (GET, PUT, DELETE) or /health",
+            "no such endpoint: {}; use /kv/{{key}} (GET, PUT, DELETE), /health or /admin/...",
             uri.path()
         ),
     )
@@ -150,12 +199,12 @@ async fn missing_key() -> ApiError {
     ApiError::bad_key("the key is empty; use /kv/{key} with a key of 1 to 1024 bytes")
 }
 
-/// The key: the percent-decoded last path segment of `/kv/{key}`.
-fn key_from(uri: &Uri) -> Result<Vec<u8>, ApiError> {
+/// The key: the percent-decoded path segment after `prefix`.
+fn key_after(uri: &Uri, prefix: &str) -> Result<Vec<u8>, ApiError> {
     let raw = uri
         .path()
-        .strip_prefix("/kv/")
-        .ok_or_else(|| ApiError::bad_key("keys live under /kv/{key}"))?;
+        .strip_prefix(prefix)
+        .ok_or_else(|| ApiError::bad_key(format!("keys go after {prefix}")))?;
     if raw.contains('/') {
         return Err(ApiError::bad_key(
             "the key must be one path segment: percent-encode '/' in keys as %2F",
@@ -166,8 +215,41 @@ fn key_from(uri: &Uri) -> Result<Vec<u8>, ApiError> {
     Ok(key)
 }
 
+fn key_from(uri: &Uri) -> Result<Vec<u8>, ApiError> {
+    key_after(uri, "/kv/")
+}
+
+/// Reads the quorum parameter `name` (`r` or `w`) from the query; any other parameter is refused.
+fn quorum_param(uri: &Uri, name: &str) -> Result<Option<u8>, ApiError> {
+    let mut value = None;
+    for pair in uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != name {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("unknown query parameter {k:?}; this request takes only ?{name}=1..N"),
+            ));
+        }
+        let n: u8 = v.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_quorum",
+                format!("{name}={v:?} is not a number; use {name}=1..N"),
+            )
+        })?;
+        value = Some(n);
+    }
+    Ok(value)
+}
+
 fn context_from(
-    node: &Node,
+    codec: &ContextCodec,
     key: &[u8],
     headers: &HeaderMap,
 ) -> Result<Option<VersionVector>, ApiError> {
@@ -181,30 +263,52 @@ fn context_from(
             "the X-Context header is not ASCII; send the X-Context of a recent read unchanged",
         )
     })?;
-    Ok(Some(node.decode_context(key, token)?))
+    codec
+        .decode(key, token)
+        .map(Some)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_context", e.to_string()))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            format!("the operation failed inside the node ({e}); retry"),
-        )),
-    }
+fn context_token(codec: &ContextCodec, key: &[u8], obj: &Object) -> Option<String> {
+    (!obj.clock().is_empty()).then(|| codec.encode(key, obj.clock()))
 }
 
-fn with_context(mut resp: Response, node: &Node, key: &[u8], obj: &Object) -> Response {
-    if let Some(ctx) = node
-        .context_token(key, obj)
-        .and_then(|c| HeaderValue::from_str(&c).ok())
+fn with_headers(mut resp: Response, s: &AppState, key: &[u8], obj: &Object, ring: u64) -> Response {
+    if let Some(ctx) =
+        context_token(&s.codec, key, obj).and_then(|c| HeaderValue::from_str(&c).ok())
     {
         resp.headers_mut().insert(CONTEXT_HEADER, ctx);
     }
+    if let Ok(v) = HeaderValue::from_str(&format!("{ring:016x}")) {
+        resp.headers_mut().insert(RING_VERSION_HEADER, v);
+    }
     resp
+}
+
+/// Sends a request to the node thread and waits for its answer.
+async fn call(s: &AppState, request: ClientRequest) -> Result<(Reply, u64), ApiError> {
+    let (response, ring) = s.node.call(request).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            format!("{e}; retry on another node"),
+        )
+    })?;
+    match response {
+        Ok(reply) => Ok((reply, ring)),
+        Err(e) => {
+            let mut err = ApiError::from(e);
+            if let Ok(v) = HeaderValue::from_str(&format!("{ring:016x}")) {
+                err.detail
+                    .get_or_insert_with(|| serde_json::json!({}))
+                    .as_object_mut()
+                    .map(|o| {
+                        o.insert("ring_version".into(), v.to_str().unwrap_or_default().into())
+                    });
+            }
+            Err(err)
+        }
+    }
 }
 
 async fn put_key(
@@ -214,17 +318,10 @@ async fn put_key(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
-    let context = context_from(&s.node, &key, &headers)?;
-    let value = read_body(body, &headers, s.node.max_value_bytes()).await?;
-    let node = s.node.clone();
-    let k = key.clone();
-    let obj = blocking(move || node.write(&k, Some(value), context)).await?;
-    Ok(with_context(
-        StatusCode::NO_CONTENT.into_response(),
-        &s.node,
-        &key,
-        &obj,
-    ))
+    let w = quorum_param(&uri, "w")?;
+    let context = context_from(&s.codec, &key, &headers)?;
+    let value = read_body(body, &headers, s.max_value_bytes).await?;
+    write(&s, key, Some(value), context, w).await
 }
 
 async fn delete_key(
@@ -233,16 +330,38 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
-    let context = context_from(&s.node, &key, &headers)?;
-    let node = s.node.clone();
-    let k = key.clone();
-    let obj = blocking(move || node.write(&k, None, context)).await?;
-    Ok(with_context(
-        StatusCode::NO_CONTENT.into_response(),
-        &s.node,
-        &key,
-        &obj,
-    ))
+    let w = quorum_param(&uri, "w")?;
+    let context = context_from(&s.codec, &key, &headers)?;
+    write(&s, key, None, context, w).await
+}
+
+async fn write(
+    s: &AppState,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    context: Option<VersionVector>,
+    w: Option<u8>,
+) -> Result<Response, ApiError> {
+    let request = ClientRequest::Put {
+        key: key.clone(),
+        value,
+        context,
+        w,
+    };
+    match call(s, request).await? {
+        (Reply::Written(obj), ring) => Ok(with_headers(
+            StatusCode::NO_CONTENT.into_response(),
+            s,
+            &key,
+            &obj,
+            ring,
+        )),
+        (Reply::Read(_), _) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the coordinator answered a write with a read; retry",
+        )),
+    }
 }
 
 /// Past the limit, the body is still read and thrown away up to this many bytes, so that a
@@ -334,25 +453,38 @@ async fn get_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
-    let node = s.node.clone();
-    let k = key.clone();
-    let obj = blocking(move || node.get(&k)).await?;
+    let r = quorum_param(&uri, "r")?;
+    let (obj, ring) = match call(
+        &s,
+        ClientRequest::Get {
+            key: key.clone(),
+            r,
+        },
+    )
+    .await?
+    {
+        (Reply::Read(obj), ring) => (obj, ring),
+        (Reply::Written(_), _) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the coordinator answered a read with a write; retry",
+            ));
+        }
+    };
     let live: Vec<_> = obj.live().collect();
     let tombstones = obj.siblings().len() - live.len();
-    let context = s.node.context_token(&key, &obj);
+    let context = context_token(&s.codec, &key, &obj);
     let mut resp = if live.is_empty() {
-        ApiError {
-            context: context.clone(),
-            ..ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                if tombstones > 0 {
-                    "the key was deleted; X-Context covers the delete"
-                } else {
-                    "no value is stored under this key"
-                },
-            )
-        }
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            if tombstones > 0 {
+                "the key was deleted; X-Context covers the delete"
+            } else {
+                "no value is stored under this key"
+            },
+        )
         .into_response()
     } else if wants_json(&headers) {
         let status = if live.len() == 1 {
@@ -368,7 +500,7 @@ async fn get_key(
                     timestamp: sib.timestamp,
                 })
                 .collect(),
-            context: context.clone(),
+            context,
             tombstones,
         };
         (status, axum::Json(body)).into_response()
@@ -395,14 +527,103 @@ async fn get_key(
         )
             .into_response()
     };
-    if live.is_empty() {
-        return Ok(resp);
-    }
-    if tombstones > 0 {
+    if tombstones > 0 && !live.is_empty() {
         resp.headers_mut()
             .insert(TOMBSTONES_HEADER, HeaderValue::from(tombstones));
     }
-    Ok(with_context(resp, &s.node, &key, &obj))
+    Ok(with_headers(resp, &s, &key, &obj, ring))
+}
+
+async fn admin_ring(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let info = s.node.query(|n| n.ring_info()).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            e.to_string(),
+        )
+    })?;
+    Ok(axum::Json(info).into_response())
+}
+
+async fn admin_preference_list(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_after(&uri, "/admin/preference-list/")?;
+    let position = dynamokv_core::ring::position(&key);
+    let body = s
+        .node
+        .query(move |n| {
+            let primaries = n.primaries(&key);
+            let entries: Vec<serde_json::Value> = primaries
+                .iter()
+                .map(|id| {
+                    serde_json::json!({
+                        "node": id,
+                        "primary": true,
+                        "up": n.is_up(id),
+                        "http_addr": n.members().get(id).map(|m| m.http_addr.clone()),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "position": position,
+                "ring_version": format!("{:016x}", n.ring().version()),
+                "nodes": primaries,
+                "entries": entries,
+            })
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            )
+        })?;
+    Ok(axum::Json(body).into_response())
+}
+
+async fn admin_local(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_after(&uri, "/admin/local/")?;
+    let store = s.store.clone();
+    let k = key.clone();
+    let found = tokio::task::spawn_blocking(move || store.get(&k))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_error",
+                e.to_string(),
+            )
+        })?;
+    let Some(obj) = found else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("node {} holds no copy of this key", s.node_id),
+        ));
+    };
+    Ok(axum::Json(serde_json::json!({
+        "node": s.node_id,
+        "position": dynamokv_core::ring::position(&key),
+        "clock": obj.clock().iter().map(|(a, e)| serde_json::json!({
+            "actor": a.to_string(), "counter": e.counter, "timestamp": e.timestamp,
+        })).collect::<Vec<_>>(),
+        "siblings": obj.siblings().iter().map(|sib| serde_json::json!({
+            "actor": sib.dot.actor.to_string(),
+            "counter": sib.dot.counter,
+            "timestamp": sib.timestamp,
+            "tombstone": sib.is_tombstone(),
+            "value": sib.value.as_ref().map(|v| STANDARD.encode(v)),
+        })).collect::<Vec<_>>(),
+        "context": context_token(&s.codec, &key, &obj),
+    }))
+    .into_response())
 }
 
 /// Encodes sibling values as a `multipart/mixed` body (RFC 2046); returns the boundary and body.

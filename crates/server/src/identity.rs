@@ -14,6 +14,7 @@ use dynamokv_storage::{Engine, Space, StorageError, WriteBatch};
 const ACTOR: &[u8] = b"actor";
 const CLEAN: &[u8] = b"clean-shutdown";
 const SECRET: &[u8] = b"cluster-secret";
+const NODE_ID: &[u8] = b"node-id";
 
 /// What [`Identity::load`] found and decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,29 @@ impl Identity {
         engine.flush()
     }
 
+    /// The node id: `configured` when given (stored for next time), else the stored one, else a
+    /// new `node-XXXXXXXX` id (stored). Returns the id and the previously stored one when it
+    /// differs from the configured id.
+    pub fn node_id(
+        engine: &dyn Engine,
+        configured: Option<&str>,
+    ) -> Result<(String, Option<String>), StorageError> {
+        let stored = engine
+            .get(Space::Meta, NODE_ID)?
+            .and_then(|b| String::from_utf8(b).ok());
+        let id = match (configured, &stored) {
+            (Some(c), _) => c.to_owned(),
+            (None, Some(s)) => s.clone(),
+            (None, None) => format!("node-{:08x}", random_u64()? as u32),
+        };
+        if stored.as_deref() != Some(id.as_str()) {
+            engine.put(Space::Meta, NODE_ID, id.as_bytes())?;
+            engine.flush()?;
+        }
+        let previous = stored.filter(|s| *s != id);
+        Ok((id, previous))
+    }
+
     /// The stored generated cluster secret, creating one on first use.
     pub fn generated_secret(engine: &dyn Engine) -> Result<[u8; 32], StorageError> {
         if let Some(s) = engine.get(Space::Meta, SECRET)?
@@ -95,6 +119,22 @@ mod tests {
         let third = Identity::load(&e).unwrap();
         assert_ne!(third.actor, second.actor);
         assert_eq!(third.fresh_actor, Some("the last shutdown was not clean"));
+    }
+
+    #[test]
+    fn node_id_is_generated_once_and_configured_wins() {
+        let e = MemoryEngine::new();
+        let (id, prev) = Identity::node_id(&e, None).unwrap();
+        assert!(id.starts_with("node-") && prev.is_none());
+        assert_eq!(Identity::node_id(&e, None).unwrap(), (id.clone(), None));
+        assert_eq!(
+            Identity::node_id(&e, Some("n1")).unwrap(),
+            ("n1".to_owned(), Some(id))
+        );
+        assert_eq!(
+            Identity::node_id(&e, None).unwrap(),
+            ("n1".to_owned(), None)
+        );
     }
 
     #[test]

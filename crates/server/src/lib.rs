@@ -1,20 +1,25 @@
-//! dynamokv-server: the node process - storage wiring, identity, configuration and the HTTP API.
+//! dynamokv-server: the node process - storage wiring, identity, configuration, the peer
+//! transport, the thread that drives the core state machine, and the HTTP API.
 //!
-//! [`run`] opens the data directory, binds the HTTP listener (printing `listening http=ADDR` on
-//! standard output once it is bound, so tools that start nodes on port 0 learn the address),
-//! serves until the shutdown future completes, then records a clean shutdown and syncs.
+//! [`run`] opens the data directory, binds the HTTP and peer listeners, prints one line
+//! `listening http=ADDR peer=ADDR node=ID` on standard output once both are bound (so tools that
+//! start nodes on port 0 learn the addresses), joins the cluster through the seeds, serves until
+//! the shutdown future completes, then stops the node thread, records a clean shutdown and syncs.
 
 pub mod config;
 pub mod http;
 pub mod identity;
 pub mod node;
+pub mod runtime;
+pub mod transport;
 
 pub use config::{Config, ConfigError, SyncMode};
-pub use node::{Node, NodeError};
+pub use node::{LocalState, NodeError};
 
+use dynamokv_core::membership::Member;
+use dynamokv_core::node::{Node, NodeConfig};
 use std::future::Future;
 use std::io::Write as _;
-use std::sync::Arc;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +40,24 @@ pub enum ServerError {
     },
 }
 
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let context = context.into();
+    move |source| ServerError::Io { context, source }
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServerError::Io {
+            context: what.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(ServerError::from)
+}
+
 /// Runs a node until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -42,45 +65,118 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let cfg = config.clone();
-    let node = tokio::task::spawn_blocking(move || Node::open(&cfg))
-        .await
-        .map_err(|e| ServerError::Io {
-            context: "opening the data directory".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
-    let node = Arc::new(node);
-    if let Some(why) = node.identity().fresh_actor {
-        tracing::info!(actor = %node.actor(), reason = why, "new actor id");
+    let local = blocking("opening the data directory", move || LocalState::open(&cfg)).await?;
+    if let Some(why) = local.identity.fresh_actor {
+        tracing::info!(actor = %local.identity.actor, reason = why, "new actor id");
     }
-    let listener = tokio::net::TcpListener::bind(config.http)
+    if let Some(prev) = &local.previous_node_id {
+        tracing::warn!(previous = %prev, now = %local.node_id, "this data directory belonged to another node id");
+    }
+
+    let http_listener = tokio::net::TcpListener::bind(config.http)
         .await
-        .map_err(|source| ServerError::Io {
-            context: format!("cannot listen for HTTP on {}", config.http),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Io {
-        context: "reading the bound HTTP address".into(),
-        source,
-    })?;
+        .map_err(io_err(format!("cannot listen for HTTP on {}", config.http)))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(io_err("reading the HTTP address"))?;
+    let peer_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io_err(format!(
+            "cannot listen for peers on {}",
+            config.listen
+        )))?;
+    let peer_addr = peer_listener
+        .local_addr()
+        .map_err(io_err("reading the peer address"))?;
+    let advertise_peer = config
+        .advertise_peer
+        .clone()
+        .unwrap_or_else(|| peer_addr.to_string());
+    let advertise_http = config
+        .advertise_http
+        .clone()
+        .unwrap_or_else(|| http_addr.to_string());
+    if peer_addr.ip().is_unspecified() && config.advertise_peer.is_none() {
+        tracing::warn!(
+            "listening for peers on an unspecified address; set --advertise-peer so other nodes can reach this one"
+        );
+    }
+
+    let me = Member {
+        id: local.node_id.clone(),
+        generation: node::now_ms(),
+        peer_addr: advertise_peer.clone(),
+        http_addr: advertise_http.clone(),
+        tokens: dynamokv_core::ring::hashed_tokens(&local.node_id, config.vnodes),
+    };
+    let (events_tx, events_rx) = std::sync::mpsc::channel();
+    let transport = transport::Transport::new(
+        transport::Hello {
+            cluster: local.codec.fingerprint(),
+            member: me.clone(),
+        },
+        events_tx.clone(),
+        config.max_frame_bytes,
+        tokio::runtime::Handle::current(),
+    );
+    let core = Node::new(
+        me,
+        local.identity.actor,
+        NodeConfig {
+            n: config.n,
+            r: config.r,
+            w: config.w,
+            request_timeout_ms: config.request_timeout_ms,
+            ..NodeConfig::default()
+        },
+        local.store.clone(),
+    );
+    let node_thread = {
+        let transport = transport.clone();
+        std::thread::Builder::new()
+            .name("dynamokv-node".into())
+            .spawn(move || runtime::run_node(core, events_rx, transport))
+            .map_err(io_err("starting the node thread"))?
+    };
+    let handle = runtime::NodeHandle::new(events_tx);
+    let peer_server = tokio::spawn(transport.clone().serve(peer_listener));
+    for seed in &config.seeds {
+        if *seed != advertise_peer && *seed != peer_addr.to_string() {
+            transport.join_seed(seed.clone());
+        }
+    }
+
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening http={addr}");
+        let _ = writeln!(
+            out,
+            "listening http={http_addr} peer={peer_addr} node={}",
+            local.node_id
+        );
         let _ = out.flush();
     }
-    tracing::info!(http = %addr, data_dir = %config.data_dir.display(), actor = %node.actor(), "node started");
-    axum::serve(listener, http::router(node.clone()))
+    tracing::info!(
+        node = %local.node_id, http = %http_addr, peer = %peer_addr,
+        data_dir = %config.data_dir.display(), actor = %local.identity.actor,
+        seeds = ?config.seeds, "node started"
+    );
+    let state = http::AppState {
+        node: handle.clone(),
+        store: local.store.clone(),
+        codec: local.codec.clone(),
+        node_id: local.node_id.clone(),
+        actor: local.identity.actor,
+        max_value_bytes: config.max_value_bytes,
+    };
+    let served = axum::serve(http_listener, http::router(state))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|source| ServerError::Io {
-            context: "serving HTTP".into(),
-            source,
-        })?;
-    tokio::task::spawn_blocking(move || node.shutdown())
-        .await
-        .map_err(|e| ServerError::Io {
-            context: "shutting down".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        .map_err(io_err("serving HTTP"));
+    handle.stop();
+    peer_server.abort();
+    let _ = tokio::task::spawn_blocking(move || node_thread.join()).await;
+    served?;
+    blocking("shutting down", move || local.shutdown()).await?;
     tracing::info!("node stopped cleanly");
     Ok(())
 }

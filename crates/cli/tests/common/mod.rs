@@ -16,9 +16,13 @@ pub struct Node {
     child: Option<Child>,
     /// Base URL of its HTTP API.
     pub url: String,
+    /// Its peer (internal RPC) address.
+    pub peer: String,
+    /// Its node id.
+    pub id: String,
     /// Its data directory.
     pub data_dir: PathBuf,
-    args: Vec<String>,
+    extra: Vec<String>,
 }
 
 impl Node {
@@ -29,6 +33,8 @@ impl Node {
             "--data-dir".to_owned(),
             data_dir.display().to_string(),
             "--http".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--listen".to_owned(),
             "127.0.0.1:0".to_owned(),
             "--log".to_owned(),
             "warn".to_owned(),
@@ -46,12 +52,18 @@ impl Node {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening http=") {
-                    let _ = tx.send(addr.to_owned());
+                if let Some(rest) = line.strip_prefix("listening ") {
+                    let field = |name: &str| {
+                        rest.split(' ')
+                            .find_map(|f| f.strip_prefix(name))
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let _ = tx.send((field("http="), field("peer="), field("node=")));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        let (http, peer, id) = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -60,9 +72,11 @@ impl Node {
         };
         Node {
             child: Some(child),
-            url: format!("http://{addr}"),
+            url: format!("http://{http}"),
+            peer,
+            id,
             data_dir: data_dir.to_owned(),
-            args,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -100,7 +114,8 @@ impl Node {
     /// Starts the node again with the same flags (and a new port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");
-        let extra: Vec<&str> = self.args[7..].iter().map(String::as_str).collect();
+        let extra = self.extra.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         *self = Node::start(&self.data_dir.clone(), &extra);
     }
 }

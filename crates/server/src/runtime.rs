@@ -1,0 +1,156 @@
+//! The shell around the core state machine: one thread owns the [`Node`], takes [`Event`]s from
+//! the HTTP handlers and the transport, calls `request`/`step`/`tick` with the wall clock, and
+//! carries the outputs out (messages to the transport, answers to waiting handlers).
+
+use crate::node::now_ms;
+use crate::transport::Transport;
+use dynamokv_core::membership::Member;
+use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse, Message};
+use dynamokv_core::node::{Node, Output};
+use dynamokv_storage::ObjectStore;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// The core node as the server runs it.
+pub type CoreNode = Node<Arc<ObjectStore>>;
+
+/// How often the node's clock ticks.
+const TICK: Duration = Duration::from_millis(20);
+
+/// An answer and the ring version of the node that gave it.
+pub type Answer = (ClientResponse, u64);
+
+/// Work for the node thread.
+pub enum Event {
+    /// A client request and where to send the answer.
+    Client {
+        /// The request.
+        request: ClientRequest,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Answer>,
+    },
+    /// A message from a peer.
+    Peer {
+        /// Sender's node id.
+        from: String,
+        /// The message.
+        message: Message,
+    },
+    /// Member records learned from a handshake.
+    Learn(Vec<Member>),
+    /// The transport connected to this peer.
+    PeerUp(String),
+    /// The transport lost this peer.
+    PeerDown(String),
+    /// Run a read-only query against the node.
+    Query(Box<dyn FnOnce(&CoreNode) + Send>),
+    /// Stop the thread.
+    Stop,
+}
+
+/// A handle to the node thread.
+#[derive(Clone)]
+pub struct NodeHandle {
+    events: Sender<Event>,
+}
+
+/// Why a call to the node thread failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the node is shutting down")]
+pub struct Stopped;
+
+impl NodeHandle {
+    /// A handle sending to `events`.
+    pub fn new(events: Sender<Event>) -> Self {
+        Self { events }
+    }
+
+    /// Submits a client request and waits for its answer.
+    pub async fn call(&self, request: ClientRequest) -> Result<Answer, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.events
+            .send(Event::Client { request, reply: tx })
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Runs `f` on the node thread and returns its result.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&CoreNode) -> T + Send + 'static,
+    ) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.events
+            .send(Event::Query(Box::new(move |n| {
+                let _ = tx.send(f(n));
+            })))
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Asks the node thread to stop.
+    pub fn stop(&self) {
+        let _ = self.events.send(Event::Stop);
+    }
+}
+
+/// Runs the node until [`Event::Stop`] or until every sender is gone.
+pub fn run_node(mut node: CoreNode, events: Receiver<Event>, transport: Transport) {
+    let mut clients: BTreeMap<ClientId, oneshot::Sender<Answer>> = BTreeMap::new();
+    let mut next_client: ClientId = 1;
+    let mut ring_version = node.ring().version();
+    transport.sync_peers(node.members());
+    let mut next_tick = now_ms();
+    loop {
+        let event = match events.recv_timeout(TICK) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let now = now_ms();
+        match event {
+            Some(Event::Client { request, reply }) => {
+                let id = next_client;
+                next_client += 1;
+                clients.insert(id, reply);
+                node.request(now, id, request);
+            }
+            Some(Event::Peer { from, message }) => node.step(now, &from, message),
+            Some(Event::Learn(members)) => {
+                node.learn(&members);
+            }
+            Some(Event::PeerUp(id)) => node.peer_up(&id),
+            Some(Event::PeerDown(id)) => node.peer_down(now, &id),
+            Some(Event::Query(f)) => f(&node),
+            Some(Event::Stop) => break,
+            None => {}
+        }
+        if now >= next_tick {
+            node.tick(now);
+            next_tick = now + TICK.as_millis() as u64;
+        }
+        if node.ring().version() != ring_version {
+            ring_version = node.ring().version();
+            tracing::info!(
+                version = %format!("{ring_version:016x}"),
+                members = node.members().len(),
+                "ring changed"
+            );
+            transport.sync_peers(node.members());
+        }
+        for out in node.drain() {
+            match out {
+                Output::Send { to, message } => transport.send(&to, message),
+                Output::Respond { client, response } => {
+                    if let Some(tx) = clients.remove(&client) {
+                        let _ = tx.send((response, ring_version));
+                    }
+                }
+            }
+        }
+    }
+    tracing::debug!("node thread stopped");
+}
