@@ -104,6 +104,24 @@ impl ObjectStore {
     }
 }
 
+impl dynamokv_core::store::LocalStore for ObjectStore {
+    fn get(
+        &self,
+        key: &[u8],
+    ) -> std::result::Result<Option<Object>, dynamokv_core::store::StoreError> {
+        ObjectStore::get(self, key).map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+    }
+
+    fn modify(
+        &self,
+        key: &[u8],
+        f: &mut dyn FnMut(Object) -> Object,
+    ) -> std::result::Result<Object, dynamokv_core::store::StoreError> {
+        ObjectStore::modify(self, key, f)
+            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,23 +172,5 @@ mod tests {
             store.get(b"v9"),
             Err(StorageError::Corrupt { .. })
         ));
-    }
-}
-
-impl dynamokv_core::store::LocalStore for ObjectStore {
-    fn get(
-        &self,
-        key: &[u8],
-    ) -> std::result::Result<Option<Object>, dynamokv_core::store::StoreError> {
-        ObjectStore::get(self, key).map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
-    }
-
-    fn modify(
-        &self,
-        key: &[u8],
-        f: &mut dyn FnMut(Object) -> Object,
-    ) -> std::result::Result<Object, dynamokv_core::store::StoreError> {
-        ObjectStore::modify(self, key, f)
-            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
     }
 }
