@@ -77,7 +77,7 @@ pub enum OpError {
         n: u8,
     },
     /// Fewer replicas answered than the quorum needs.
-    #[error("{}", describe_unavailable(*kind, *needed, *answered, asked, failed, *written))]
+    #[error("{}", describe_unavailable(*kind, *needed, *answered, asked, failed, *written, *sent))]
     Unavailable {
         /// Read or write.
         kind: QuorumKind,
@@ -91,6 +91,9 @@ pub enum OpError {
         failed: Vec<String>,
         /// True when the write was stored on at least one replica.
         written: bool,
+        /// False when the coordinator gave up before asking anyone, because too few replicas
+        /// were reachable; `answered` then counts the reachable ones.
+        sent: bool,
     },
     /// The node that should coordinate could not be reached.
     #[error("the coordinator {node} for this key did not answer ({reason}); retry")]
@@ -123,17 +126,30 @@ fn describe_unavailable(
     asked: &[String],
     failed: &[String],
     written: bool,
+    sent: bool,
 ) -> String {
     let (what, letter) = match kind {
         QuorumKind::Read => ("read", "R"),
         QuorumKind::Write => ("write", "W"),
     };
-    let mut s = format!(
-        "{what} quorum not reached: {letter}={needed} needed, {answered} of {} replicas answered",
-        asked.len()
-    );
+    let mut s = if sent {
+        format!(
+            "{what} quorum not reached: {letter}={needed} needed, {answered} of {} replicas answered",
+            asked.len()
+        )
+    } else {
+        format!(
+            "{what} quorum not reached: {letter}={needed} needed, only {answered} of {} replicas are reachable",
+            asked.len()
+        )
+    };
     if !failed.is_empty() {
-        s.push_str(&format!(" (no answer from: {})", failed.join(", ")));
+        let label = if sent {
+            "no answer from"
+        } else {
+            "unreachable"
+        };
+        s.push_str(&format!(" ({label}: {})", failed.join(", ")));
     }
     if kind == QuorumKind::Write {
         if written {

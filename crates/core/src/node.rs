@@ -358,6 +358,7 @@ impl<S: LocalStore> Node<S> {
                         failed: primaries.clone(),
                         asked: primaries,
                         written: false,
+                        sent: false,
                     }),
                 );
             }
@@ -415,9 +416,10 @@ impl<S: LocalStore> Node<S> {
                         Err(unavailable(
                             QuorumKind::Read,
                             needed,
-                            0,
+                            targets.len(),
                             &primaries,
                             unreachable,
+                            false,
                             false,
                         )),
                     );
@@ -475,9 +477,10 @@ impl<S: LocalStore> Node<S> {
                         Err(unavailable(
                             QuorumKind::Write,
                             needed,
-                            0,
+                            targets.len(),
                             &primaries,
                             unreachable,
+                            false,
                             false,
                         )),
                     );
@@ -573,6 +576,7 @@ impl<S: LocalStore> Node<S> {
                             tally.asked(),
                             tally.missing(),
                             true,
+                            true,
                         );
                         answer = origin.take().map(|o| (o, Err(err)));
                     }
@@ -598,6 +602,7 @@ impl<S: LocalStore> Node<S> {
                             tally.asked(),
                             tally.missing(),
                             false,
+                            true,
                         );
                         answer = origin.take().map(|o| (o, Err(err)));
                     }
@@ -811,6 +816,7 @@ fn unavailable(
     asked: &[String],
     failed: Vec<String>,
     written: bool,
+    sent: bool,
 ) -> OpError {
     OpError::Unavailable {
         kind,
@@ -819,6 +825,7 @@ fn unavailable(
         asked: asked.to_vec(),
         failed,
         written,
+        sent,
     }
 }
 

@@ -107,6 +107,7 @@ impl From<OpError> for ApiError {
                 asked,
                 failed,
                 written,
+                sent,
             } => ApiError {
                 detail: Some(serde_json::json!({
                     "quorum": match kind { QuorumKind::Read => "read", QuorumKind::Write => "write" },
@@ -115,6 +116,7 @@ impl From<OpError> for ApiError {
                     "asked": asked,
                     "failed": failed,
                     "maybe_written": written,
+                    "sent": sent,
                 })),
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             },
