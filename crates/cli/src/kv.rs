@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use dynamokv_client::{Client, ReadResult};
+use dynamokv_client::{ClusterClient, ReadResult, Routing};
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +10,8 @@ use std::process::ExitCode;
 /// The node to talk to.
 #[derive(Args, Debug)]
 pub struct NodeArg {
-    /// Base URL of a node's HTTP API.
+    /// Base URL of a node's HTTP API. The CLI fetches the ring from it and sends each request
+    /// straight to the key's coordinator (falling back to other nodes when one is down).
     #[arg(
         long,
         env = "DYNAMOKV_NODE",
@@ -18,6 +19,21 @@ pub struct NodeArg {
         value_name = "URL"
     )]
     node: String,
+    /// Send requests to --node and let it forward to the coordinator, instead of routing by
+    /// key in the client.
+    #[arg(long)]
+    no_routing: bool,
+}
+
+impl NodeArg {
+    async fn connect(&self) -> anyhow::Result<ClusterClient> {
+        let routing = if self.no_routing {
+            Routing::AnyNode
+        } else {
+            Routing::Client
+        };
+        Ok(ClusterClient::connect(std::slice::from_ref(&self.node), routing).await?)
+    }
 }
 
 /// `dynamokv put KEY VALUE`.
@@ -92,9 +108,13 @@ pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
         (None, Some(p)) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         (None, None) => bail!("give a VALUE or --value-file"),
     };
-    let client = Client::new(&args.node.node)?;
-    let ctx =
-        runtime()?.block_on(client.put(args.key.as_bytes(), value, args.context.as_deref()))?;
+    let ctx = runtime()?.block_on(async {
+        let client = args.node.connect().await?;
+        let w = client
+            .put(args.key.as_bytes(), value, args.context.as_deref())
+            .await?;
+        anyhow::Ok(w.context)
+    })?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "ok")?;
     print_context(&mut out, &ctx)?;
@@ -103,8 +123,13 @@ pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `dynamokv delete`.
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.node.node)?;
-    let ctx = runtime()?.block_on(client.delete(args.key.as_bytes(), args.context.as_deref()))?;
+    let ctx = runtime()?.block_on(async {
+        let client = args.node.connect().await?;
+        let w = client
+            .delete(args.key.as_bytes(), args.context.as_deref())
+            .await?;
+        anyhow::Ok(w.context)
+    })?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "deleted")?;
     print_context(&mut out, &ctx)?;
@@ -130,8 +155,10 @@ fn read_json(r: &ReadResult) -> serde_json::Value {
 
 /// Runs `dynamokv get`. Exit code 1 when the key has no value.
 pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.node.node)?;
-    let read = runtime()?.block_on(client.get(args.key.as_bytes()))?;
+    let read = runtime()?.block_on(async {
+        let client = args.node.connect().await?;
+        anyhow::Ok(client.get(args.key.as_bytes(), None).await?)
+    })?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", read_json(&read))?;

@@ -11,6 +11,15 @@
 //! ```
 //!
 //! Contexts are opaque strings: pass the one from a read back with the next write of that key.
+//!
+//! [`Client`] talks to one node, which coordinates or forwards ("Solution 1" of the Dynamo
+//! paper). [`ClusterClient`] is partition-aware ("Solution 2"): it fetches the ring from a node,
+//! computes each key's preference list itself and sends the request straight to the
+//! coordinator, refreshing the ring when a node reports another version and falling back to the
+//! next node when one is unreachable.
+
+mod cluster;
+pub use cluster::{ClusterClient, Routing};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -72,7 +81,21 @@ pub struct ReadResult {
     pub context: Option<String>,
     /// How many concurrent deletes are hidden among the versions.
     pub tombstones: usize,
+    /// The answering node's ring version.
+    pub ring_version: Option<String>,
 }
+
+/// The result of a put or delete.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WriteResult {
+    /// The context of the new version.
+    pub context: Option<String>,
+    /// The answering node's ring version.
+    pub ring_version: Option<String>,
+}
+
+/// The header carrying the ring version.
+pub const RING_VERSION_HEADER: &str = "x-ring-version";
 
 #[derive(Deserialize)]
 struct SiblingsJson {
@@ -101,6 +124,15 @@ pub struct Client {
     base: String,
 }
 
+/// A connection pool with the client's timeouts.
+pub fn http_client() -> Result<reqwest::Client, ClientError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
 /// The URL path of `key`: `/kv/` and the percent-encoded key bytes.
 pub fn key_path(key: &[u8]) -> String {
     let mut path = String::from("/kv/");
@@ -116,20 +148,36 @@ pub fn key_path(key: &[u8]) -> String {
 impl Client {
     /// A client for the node at `base_url` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        Self::with_http(http_client()?, base_url)
+    }
+
+    /// A client for `base_url` sharing an existing connection pool.
+    pub fn with_http(http: reqwest::Client, base_url: &str) -> Result<Self, ClientError> {
         let base = base_url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::BadUrl(base_url.to_owned()));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(Self { http, base })
     }
 
+    /// The node's ring: members, tokens, N/R/W and version (`GET /admin/ring`).
+    pub async fn ring(&self) -> Result<dynamokv_core::node::RingInfo, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/admin/ring", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(Self::api_error(resp).await);
+        }
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// The node's base URL.
-    pub fn url(&self) -> &str {
+    pub fn base_url(&self) -> &str {
         &self.base
     }
 
@@ -152,24 +200,41 @@ impl Client {
         }
     }
 
-    fn context_of(resp: &reqwest::Response) -> Option<String> {
+    fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
         resp.headers()
-            .get(CONTEXT_HEADER)
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     }
 
+    fn context_of(resp: &reqwest::Response) -> Option<String> {
+        Self::header(resp, CONTEXT_HEADER)
+    }
+
+    fn url(&self, key: &[u8], param: Option<(&str, u8)>) -> String {
+        match param {
+            Some((name, v)) => format!("{}{}?{name}={v}", self.base, key_path(key)),
+            None => format!("{}{}", self.base, key_path(key)),
+        }
+    }
+
     /// Reads `key`: every live version and one context covering them.
     pub async fn get(&self, key: &[u8]) -> Result<ReadResult, ClientError> {
+        self.get_with(key, None).await
+    }
+
+    /// Reads `key` answering after `r` replicas (default: the cluster's R).
+    pub async fn get_with(&self, key: &[u8], r: Option<u8>) -> Result<ReadResult, ClientError> {
         let resp = self
             .http
-            .get(format!("{}{}", self.base, key_path(key)))
+            .get(self.url(key, r.map(|r| ("r", r))))
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
         match resp.status().as_u16() {
             200 | 300 => {
+                let ring_version = Self::header(&resp, RING_VERSION_HEADER);
                 let body: SiblingsJson = resp
                     .json()
                     .await
@@ -190,15 +255,18 @@ impl Client {
                     siblings,
                     context: body.context,
                     tombstones: body.tombstones,
+                    ring_version,
                 })
             }
             404 => {
                 let context = Self::context_of(&resp);
+                let ring_version = Self::header(&resp, RING_VERSION_HEADER);
                 match Self::api_error(resp).await {
                     ClientError::Api { code, .. } if code == "not_found" => Ok(ReadResult {
                         siblings: Vec::new(),
                         context,
                         tombstones: 0,
+                        ring_version,
                     }),
                     other => Err(other),
                 }
@@ -211,17 +279,36 @@ impl Client {
         &self,
         req: reqwest::RequestBuilder,
         context: Option<&str>,
-    ) -> Result<Option<String>, ClientError> {
+    ) -> Result<WriteResult, ClientError> {
         let req = match context {
             Some(c) => req.header(CONTEXT_HEADER, c),
             None => req,
         };
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         if resp.status().is_success() {
-            Ok(Self::context_of(&resp))
+            Ok(WriteResult {
+                context: Self::context_of(&resp),
+                ring_version: Self::header(&resp, RING_VERSION_HEADER),
+            })
         } else {
             Err(Self::api_error(resp).await)
         }
+    }
+
+    /// Writes `value` (or deletes, for `None`) with quorum `w`; see [`Client::put`].
+    pub async fn write_with(
+        &self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: Option<&str>,
+        w: Option<u8>,
+    ) -> Result<WriteResult, ClientError> {
+        let url = self.url(key, w.map(|w| ("w", w)));
+        let req = match value {
+            Some(v) => self.http.put(url).body(v),
+            None => self.http.delete(url),
+        };
+        self.write(req, context).await
     }
 
     /// Writes `value` under `key`. With the context of a read, the write replaces the versions
@@ -233,11 +320,10 @@ impl Client {
         value: Vec<u8>,
         context: Option<&str>,
     ) -> Result<Option<String>, ClientError> {
-        let req = self
-            .http
-            .put(format!("{}{}", self.base, key_path(key)))
-            .body(value);
-        self.write(req, context).await
+        Ok(self
+            .write_with(key, Some(value), context, None)
+            .await?
+            .context)
     }
 
     /// Deletes `key`: with a context, the versions it covers; without, every version the
@@ -247,8 +333,7 @@ impl Client {
         key: &[u8],
         context: Option<&str>,
     ) -> Result<Option<String>, ClientError> {
-        let req = self.http.delete(format!("{}{}", self.base, key_path(key)));
-        self.write(req, context).await
+        Ok(self.write_with(key, None, context, None).await?.context)
     }
 
     /// True when the node answers its health check.
@@ -286,6 +371,6 @@ mod tests {
             Client::new("127.0.0.1:8080"),
             Err(ClientError::BadUrl(_))
         ));
-        assert_eq!(Client::new("http://h:1/").unwrap().url(), "http://h:1");
+        assert_eq!(Client::new("http://h:1/").unwrap().base_url(), "http://h:1");
     }
 }

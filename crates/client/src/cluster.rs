@@ -1,0 +1,249 @@
+//! A client for a whole cluster, routing each request itself.
+
+use crate::{Client, ClientError, ReadResult, WriteResult, http_client};
+use dynamokv_core::ring::{Ring, position};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How requests find their coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Send to any node (round-robin over the given ones); the node forwards to the
+    /// coordinator when it is not one (Dynamo's "Solution 1", what a load balancer does).
+    AnyNode,
+    /// Compute the preference list from the ring and send straight to the first reachable
+    /// primary (Dynamo's "Solution 2", partition-aware client).
+    Client,
+}
+
+/// How long a node that refused a connection is skipped.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct Route {
+    version: Option<String>,
+    ring: Option<Ring>,
+    n: usize,
+    nodes: BTreeMap<String, Client>,
+    stale: bool,
+}
+
+/// A cluster client: [`Routing::AnyNode`] or partition-aware [`Routing::Client`].
+pub struct ClusterClient {
+    seeds: Vec<Client>,
+    routing: Routing,
+    http: reqwest::Client,
+    route: Mutex<Route>,
+    down: Mutex<BTreeMap<String, Instant>>,
+    next: AtomicUsize,
+}
+
+impl ClusterClient {
+    /// A client for the cluster reachable at `urls` (one is enough). With [`Routing::Client`]
+    /// it fetches the ring first.
+    pub async fn connect(urls: &[String], routing: Routing) -> Result<Self, ClientError> {
+        let http = http_client()?;
+        let seeds = urls
+            .iter()
+            .map(|u| Client::with_http(http.clone(), u))
+            .collect::<Result<Vec<_>, _>>()?;
+        if seeds.is_empty() {
+            return Err(ClientError::BadUrl(String::new()));
+        }
+        let c = Self {
+            seeds,
+            routing,
+            http,
+            route: Mutex::new(Route::default()),
+            down: Mutex::new(BTreeMap::new()),
+            next: AtomicUsize::new(0),
+        };
+        if routing == Routing::Client {
+            c.refresh().await?;
+        }
+        Ok(c)
+    }
+
+    /// The routing in use.
+    pub fn routing(&self) -> Routing {
+        self.routing
+    }
+
+    /// The ring version the client routes by, if it has fetched one.
+    pub fn ring_version(&self) -> Option<String> {
+        self.lock_route().version.clone()
+    }
+
+    fn lock_route(&self) -> std::sync::MutexGuard<'_, Route> {
+        self.route.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_down(&self, url: &str) -> bool {
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.get(url).is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn mark_down(&self, url: &str) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.insert(url.to_owned(), Instant::now() + DOWN_FOR);
+    }
+
+    /// Fetches the ring from the first node that answers.
+    pub async fn refresh(&self) -> Result<(), ClientError> {
+        let known: Vec<Client> = {
+            let route = self.lock_route();
+            route.nodes.values().cloned().collect()
+        };
+        let mut last = None;
+        for node in self.seeds.iter().chain(known.iter()) {
+            match node.ring().await {
+                Ok(info) => {
+                    let tokens: BTreeMap<String, Vec<u64>> = info
+                        .members
+                        .iter()
+                        .map(|m| (m.member.id.clone(), m.member.tokens.clone()))
+                        .collect();
+                    let ring = Ring::new(&tokens)
+                        .map_err(|e| ClientError::Protocol(format!("bad ring: {e}")))?;
+                    let mut nodes = BTreeMap::new();
+                    for m in &info.members {
+                        let url = format!("http://{}", m.member.http_addr);
+                        nodes.insert(
+                            m.member.id.clone(),
+                            Client::with_http(self.http.clone(), &url)?,
+                        );
+                    }
+                    let mut route = self.lock_route();
+                    *route = Route {
+                        version: Some(info.version),
+                        ring: Some(ring),
+                        n: usize::from(info.n),
+                        nodes,
+                        stale: false,
+                    };
+                    return Ok(());
+                }
+                Err(e) => {
+                    if matches!(e, ClientError::Unreachable { .. }) {
+                        self.mark_down(node.base_url());
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Protocol("no node to ask for the ring".into())))
+    }
+
+    /// The nodes to try for `key`, best first.
+    fn candidates(&self, key: &[u8]) -> Vec<Client> {
+        let mut out: Vec<Client> = Vec::new();
+        if self.routing == Routing::Client {
+            let route = self.lock_route();
+            if let Some(ring) = &route.ring {
+                for id in ring.walk(position(key), route.n) {
+                    if let Some(c) = route.nodes.get(id) {
+                        out.push(c.clone());
+                    }
+                }
+            }
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.seeds.len() {
+            out.push(self.seeds[(start + i) % self.seeds.len()].clone());
+        }
+        // Reachable nodes first, in order; skipped ones last, as a last resort.
+        let (up, down): (Vec<Client>, Vec<Client>) =
+            out.into_iter().partition(|c| !self.is_down(c.base_url()));
+        let mut seen = std::collections::BTreeSet::new();
+        up.into_iter()
+            .chain(down)
+            .filter(|c| seen.insert(c.base_url().to_owned()))
+            .collect()
+    }
+
+    fn note_version(&self, version: Option<&String>) {
+        if self.routing != Routing::Client {
+            return;
+        }
+        let mut route = self.lock_route();
+        if version.is_some() && version != route.version.as_ref() {
+            route.stale = true;
+        }
+    }
+
+    async fn refresh_if_stale(&self) {
+        let stale = self.lock_route().stale;
+        if stale && self.refresh().await.is_err() {
+            // Keep routing with the old ring; nodes forward when it is wrong.
+            self.lock_route().stale = false;
+        }
+    }
+
+    /// Runs `op` against the candidates for `key` until one is reachable.
+    async fn with_fallback<T, F, Fut>(&self, key: &[u8], op: F) -> Result<T, ClientError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        self.refresh_if_stale().await;
+        let mut last = None;
+        for node in self.candidates(key) {
+            match op(node.clone()).await {
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    self.mark_down(node.base_url());
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Protocol("no node to send to".into())))
+    }
+
+    /// Reads `key` (quorum `r`, default the cluster's R).
+    pub async fn get(&self, key: &[u8], r: Option<u8>) -> Result<ReadResult, ClientError> {
+        let res = self
+            .with_fallback(key, |c| async move { c.get_with(key, r).await })
+            .await?;
+        self.note_version(res.ring_version.as_ref());
+        Ok(res)
+    }
+
+    /// Writes `value` under `key` (`None`: delete) with `context` and quorum `w`.
+    pub async fn write(
+        &self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: Option<&str>,
+        w: Option<u8>,
+    ) -> Result<WriteResult, ClientError> {
+        let res = self
+            .with_fallback(key, |c| {
+                let value = value.clone();
+                async move { c.write_with(key, value, context, w).await }
+            })
+            .await?;
+        self.note_version(res.ring_version.as_ref());
+        Ok(res)
+    }
+
+    /// Writes `value` under `key`; returns the new context.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        context: Option<&str>,
+    ) -> Result<WriteResult, ClientError> {
+        self.write(key, Some(value), context, None).await
+    }
+
+    /// Deletes `key`; returns the context of the delete.
+    pub async fn delete(
+        &self,
+        key: &[u8],
+        context: Option<&str>,
+    ) -> Result<WriteResult, ClientError> {
+        self.write(key, None, context, None).await
+    }
+}
