@@ -1,6 +1,7 @@
 //! `dynamokv`: the one binary - run a node, talk to one, measure the storage engine.
 
 mod bench_storage;
+mod dev;
 mod kv;
 mod ring_balance;
 mod server;
@@ -17,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a local cluster of real node processes on loopback (Ctrl-C stops it).
+    Dev(dev::DevArgs),
     /// Run a node: serve the HTTP API over a data directory.
     Server(Box<server::ServerArgs>),
     /// Write a value (with the context of a read, it replaces what that read returned).
@@ -34,6 +37,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Dev(args) => dev::run(args),
         Command::Server(args) => server::run(*args),
         Command::Put(args) => kv::put(args),
         Command::Get(args) => kv::get(args),
