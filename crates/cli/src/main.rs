@@ -1,5 +1,6 @@
 //! `dynamokv`: the one binary - run a node, talk to one, measure the storage engine.
 
+mod bench;
 mod bench_storage;
 mod dev;
 mod kv;
@@ -28,6 +29,8 @@ enum Command {
     Get(kv::GetArgs),
     /// Delete a key (with a context, exactly the versions it covers).
     Delete(kv::DeleteArgs),
+    /// Load a running cluster with a closed-loop workload; print throughput and latency.
+    Bench(bench::BenchArgs),
     /// Measure the disk engine through the `Engine` trait: puts, synced batches, gets, scans.
     BenchStorage(bench_storage::BenchStorageArgs),
     /// Measure how evenly token placements spread the key space over nodes.
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Put(args) => kv::put(args),
         Command::Get(args) => kv::get(args),
         Command::Delete(args) => kv::delete(args),
+        Command::Bench(args) => bench::run(args),
         Command::BenchStorage(args) => bench_storage::run(args),
         Command::RingBalance(args) => ring_balance::run(args),
     };
