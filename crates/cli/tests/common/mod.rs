@@ -149,3 +149,56 @@ pub fn ctx(resp: &reqwest::Response) -> Option<String> {
         .get("x-context")
         .map(|v| v.to_str().expect("ascii").to_owned())
 }
+
+/// The secret every test cluster shares.
+pub const SECRET: &str = "test-cluster-secret";
+
+/// Starts `count` nodes: the first alone, the others seeded with it. Waits until all agree.
+pub fn start_cluster(dirs: &[tempfile::TempDir], extra: &[&str]) -> Vec<Node> {
+    let mut args: Vec<String> = vec!["--cluster-secret".into(), SECRET.into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut a = args.clone();
+        a.extend(["--node-id".to_owned(), format!("n{}", i + 1)]);
+        if let Some(first) = nodes.first() {
+            let first: &Node = first;
+            a.extend(["--seeds".to_owned(), first.peer.clone()]);
+        }
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        nodes.push(Node::start(dir.path(), &a));
+    }
+    nodes
+}
+
+/// Polls every node's `/admin/ring` until all list `expect` members, all up, with one version.
+pub async fn wait_for_ring(nodes: &[&Node], expect: usize) -> String {
+    let c = http();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut versions = std::collections::BTreeSet::new();
+        let mut ok = true;
+        for n in nodes {
+            match c.get(format!("{}/admin/ring", n.url)).send().await {
+                Ok(r) => {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    let members = v["members"].as_array().cloned().unwrap_or_default();
+                    let up = members.iter().filter(|m| m["up"] == true).count();
+                    if members.len() != expect || up != expect {
+                        ok = false;
+                    }
+                    versions.insert(v["version"].as_str().unwrap_or_default().to_owned());
+                }
+                Err(_) => ok = false,
+            }
+        }
+        if ok && versions.len() == 1 {
+            return versions.into_iter().next().unwrap_or_default();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nodes did not agree on a ring of {expect} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
