@@ -48,18 +48,17 @@ impl Member {
 /// ones, equal generations keep the larger record (a deterministic tie-break). Returns true when
 /// something changed.
 pub fn merge_member(members: &mut BTreeMap<String, Member>, incoming: &Member) -> bool {
-    match members.get(&incoming.id) {
-        Some(known)
-            if (known.generation, known_key(known))
-                >= (incoming.generation, known_key(incoming)) =>
-        {
-            false
-        }
-        _ => {
-            members.insert(incoming.id.clone(), incoming.clone());
-            true
-        }
+    if supersedes(members.get(&incoming.id), incoming) {
+        members.insert(incoming.id.clone(), incoming.clone());
+        true
+    } else {
+        false
     }
+}
+
+/// True when `incoming` would replace `known` (or fill its absence) under [`merge_member`].
+pub fn supersedes(known: Option<&Member>, incoming: &Member) -> bool {
+    known.is_none_or(|k| (k.generation, known_key(k)) < (incoming.generation, known_key(incoming)))
 }
 
 fn known_key(m: &Member) -> (&str, &str, &[u64]) {

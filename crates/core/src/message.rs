@@ -3,7 +3,7 @@
 //! postcard in length-prefixed frames.
 
 use crate::membership::Member;
-use crate::version::{Object, VersionVector};
+use crate::version::{Dot, Object, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// Identifies an in-flight peer request at the node that sent it.
@@ -50,8 +50,13 @@ impl ClientRequest {
 pub enum Reply {
     /// The merge of what R replicas returned (empty when none had the key).
     Read(Object),
-    /// The new object as the coordinator stamped it.
-    Written(Object),
+    /// The new object as the coordinator stamped it, and the dot of the new version.
+    Written {
+        /// The coordinator's new object.
+        object: Object,
+        /// The dot the coordinator gave this write.
+        dot: Dot,
+    },
 }
 
 /// Which kind of quorum failed.

@@ -18,14 +18,14 @@
 //! sends the merged object to each replica whose copy differed (read repair).
 
 use crate::limits;
-use crate::membership::{Member, merge_member};
+use crate::membership::{Member, merge_member, supersedes};
 use crate::message::{
     ClientId, ClientRequest, ClientResponse, Message, OpError, QuorumKind, Reply, RequestId,
 };
 use crate::quorum::Tally;
 use crate::ring::{Ring, position};
 use crate::store::LocalStore;
-use crate::version::{ActorId, Object, VersionVector};
+use crate::version::{ActorId, Dot, Object, VersionVector};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -142,6 +142,7 @@ enum Pending {
     Write {
         origin: Option<Origin>,
         object: Object,
+        dot: Dot,
         tally: Tally,
         deadline: u64,
     },
@@ -167,6 +168,7 @@ pub struct Node<S> {
     pending: BTreeMap<RequestId, Pending>,
     outbox: Vec<Output>,
     next_members_push: u64,
+    last_pushed: String,
     stats: NodeStats,
 }
 
@@ -187,6 +189,7 @@ impl<S: LocalStore> Node<S> {
             pending: BTreeMap::new(),
             outbox: Vec::new(),
             next_members_push: 0,
+            last_pushed: String::new(),
             stats: NodeStats::default(),
         }
     }
@@ -284,16 +287,18 @@ impl<S: LocalStore> Node<S> {
     /// Learns member records (from a peer's handshake or member list). Returns true when the
     /// ring changed.
     pub fn learn(&mut self, incoming: &[Member]) -> bool {
-        let mut next = self.members.clone();
-        let mut changed = false;
-        for m in incoming {
-            if m.id == self.me.id || m.validate().is_err() {
-                continue;
-            }
-            changed |= merge_member(&mut next, m);
-        }
-        if !changed {
+        let news: Vec<&Member> = incoming
+            .iter()
+            .filter(|m| {
+                m.id != self.me.id && supersedes(self.members.get(&m.id), m) && m.validate().is_ok()
+            })
+            .collect();
+        if news.is_empty() {
             return false;
+        }
+        let mut next = self.members.clone();
+        for m in news {
+            merge_member(&mut next, m);
         }
         match ring_of(&next) {
             Some(ring) => {
@@ -517,11 +522,16 @@ impl<S: LocalStore> Node<S> {
                         },
                     );
                 }
+                let dot = Dot {
+                    actor,
+                    counter: object.clock().counter(actor),
+                };
                 self.pending.insert(
                     id,
                     Pending::Write {
                         origin: Some(origin),
                         object,
+                        dot,
                         tally,
                         deadline,
                     },
@@ -560,14 +570,21 @@ impl<S: LocalStore> Node<S> {
             Pending::Write {
                 origin,
                 object,
+                dot,
                 tally,
                 ..
             } => {
                 if origin.is_some() {
                     if tally.reached() {
-                        answer = origin
-                            .take()
-                            .map(|o| (o, Ok(Reply::Written(object.clone()))));
+                        answer = origin.take().map(|o| {
+                            (
+                                o,
+                                Ok(Reply::Written {
+                                    object: object.clone(),
+                                    dot: *dot,
+                                }),
+                            )
+                        });
                     } else if tally.impossible() || expired {
                         let err = unavailable(
                             QuorumKind::Write,
@@ -721,10 +738,10 @@ impl<S: LocalStore> Node<S> {
         }
     }
 
-    /// The transport connected to `node`.
+    /// The transport connected to `node`: it gets this node's member list at once.
     pub fn peer_up(&mut self, node: &str) {
-        if node != self.me.id {
-            self.up.insert(node.to_owned());
+        if node != self.me.id && self.up.insert(node.to_owned()) {
+            self.push_members(node);
         }
     }
 
@@ -778,17 +795,27 @@ impl<S: LocalStore> Node<S> {
         }
         if now >= self.next_members_push {
             self.next_members_push = now + self.config.members_interval_ms;
-            let members: Vec<Member> = self.members.values().cloned().collect();
-            let peers: Vec<String> = self.up.iter().cloned().collect();
-            for p in peers {
-                self.send(
-                    &p,
-                    Message::Members {
-                        members: members.clone(),
-                    },
-                );
+            // One peer per interval, round robin: lists spread epidemically without every node
+            // sending to every other each second.
+            let next = self
+                .up
+                .range::<String, _>((
+                    std::ops::Bound::Excluded(&self.last_pushed),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .or_else(|| self.up.iter().next())
+                .cloned();
+            if let Some(peer) = next {
+                self.push_members(&peer);
+                self.last_pushed = peer;
             }
         }
+    }
+
+    fn push_members(&mut self, peer: &str) {
+        let members: Vec<Member> = self.members.values().cloned().collect();
+        self.send(peer, Message::Members { members });
     }
 }
 
@@ -996,7 +1023,7 @@ mod tests {
             let at = format!("n{}", k % 5);
             assert!(matches!(
                 c.put(&at, &key, b"v", None, None),
-                Ok(Reply::Written(_))
+                Ok(Reply::Written { .. })
             ));
             for reader in 0..5 {
                 assert_eq!(
@@ -1033,7 +1060,7 @@ mod tests {
             .clone();
         assert!(matches!(
             c.put(&entry, &key, b"v1", None, None),
-            Ok(Reply::Written(_))
+            Ok(Reply::Written { .. })
         ));
         assert_eq!(values(&c.get(&entry, &key)), vec![b"v1".to_vec()]);
         match c.put(&entry, &key, b"v2", None, Some(3)) {
@@ -1173,6 +1200,7 @@ mod tests {
     fn invalid_peer_messages_are_refused_without_panic() {
         let mut c = Cluster::new(3);
         let n = c.nodes.get_mut("n0").unwrap();
+        n.drain();
         n.step(
             1,
             "n1",

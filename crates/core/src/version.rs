@@ -209,6 +209,18 @@ impl Object {
         Self::default()
     }
 
+    /// Rebuilds an object from its parts (as shown by an admin endpoint or a trace), checking
+    /// its invariants.
+    pub fn from_parts(
+        clock: VersionVector,
+        mut siblings: Vec<Sibling>,
+    ) -> Result<Object, ObjectError> {
+        siblings.sort_by_key(|s| s.dot);
+        let o = Object { clock, siblings };
+        o.validate()?;
+        Ok(o)
+    }
+
     /// The clock: every dot this object has seen.
     pub fn clock(&self) -> &VersionVector {
         &self.clock

@@ -34,6 +34,8 @@ use std::sync::Arc;
 pub const CONTEXT_HEADER: &str = "x-context";
 /// The header counting tombstone siblings hidden from a read.
 pub const TOMBSTONES_HEADER: &str = "x-tombstones";
+/// The header naming the version a write created: `ACTOR:COUNTER` (its dot).
+pub const VERSION_HEADER: &str = "x-version";
 /// The header carrying the answering node's ring version.
 pub const RING_VERSION_HEADER: &str = "x-ring-version";
 
@@ -351,13 +353,13 @@ async fn write(
         w,
     };
     match call(s, request).await? {
-        (Reply::Written(obj), ring) => Ok(with_headers(
-            StatusCode::NO_CONTENT.into_response(),
-            s,
-            &key,
-            &obj,
-            ring,
-        )),
+        (Reply::Written { object, dot }, ring) => {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("{}:{}", dot.actor, dot.counter)) {
+                resp.headers_mut().insert(VERSION_HEADER, v);
+            }
+            Ok(with_headers(resp, s, &key, &object, ring))
+        }
         (Reply::Read(_), _) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
@@ -466,7 +468,7 @@ async fn get_key(
     .await?
     {
         (Reply::Read(obj), ring) => (obj, ring),
-        (Reply::Written(_), _) => {
+        (Reply::Written { .. }, _) => {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
