@@ -52,6 +52,9 @@ pub struct ServerArgs {
     /// Largest peer frame accepted, in bytes. [default: 33554432]
     #[arg(long, value_name = "BYTES")]
     max_frame_bytes: Option<usize>,
+    /// Let POST /admin/faults drop or delay peer messages (fault tests only, never production).
+    #[arg(long)]
+    enable_fault_injection: bool,
     /// HTTP API listen address; port 0 picks a free port (printed as `listening http=ADDR`).
     /// [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR")]
@@ -135,6 +138,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.max_frame_bytes {
             c.max_frame_bytes = v;
+        }
+        if self.enable_fault_injection {
+            c.enable_fault_injection = true;
         }
         if let Some(v) = self.http {
             c.http = v;

@@ -169,6 +169,7 @@ pub struct Node<S> {
     outbox: Vec<Output>,
     next_members_push: u64,
     last_pushed: String,
+    members_epoch: u64,
     stats: NodeStats,
 }
 
@@ -190,6 +191,7 @@ impl<S: LocalStore> Node<S> {
             outbox: Vec::new(),
             next_members_push: 0,
             last_pushed: String::new(),
+            members_epoch: 0,
             stats: NodeStats::default(),
         }
     }
@@ -202,6 +204,12 @@ impl<S: LocalStore> Node<S> {
     /// The ring.
     pub fn ring(&self) -> &Ring {
         &self.ring
+    }
+
+    /// Counts changes to the member records (addresses and generations too, which leave the
+    /// ring version alone); the shell re-dials peers when it moves.
+    pub fn members_epoch(&self) -> u64 {
+        self.members_epoch
     }
 
     /// Every known member, by id.
@@ -284,8 +292,8 @@ impl<S: LocalStore> Node<S> {
         id
     }
 
-    /// Learns member records (from a peer's handshake or member list). Returns true when the
-    /// ring changed.
+    /// Learns member records (from a peer's handshake or member list). Returns true when a
+    /// record changed.
     pub fn learn(&mut self, incoming: &[Member]) -> bool {
         let news: Vec<&Member> = incoming
             .iter()
@@ -304,6 +312,7 @@ impl<S: LocalStore> Node<S> {
             Some(ring) => {
                 self.members = next;
                 self.ring = ring;
+                self.members_epoch += 1;
                 true
             }
             None => {

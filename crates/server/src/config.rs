@@ -51,6 +51,9 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// Largest peer-protocol frame accepted, in bytes; a larger frame closes the connection.
     pub max_frame_bytes: usize,
+    /// Allow `POST /admin/faults` to drop or delay peer messages (for fault tests only; never
+    /// in production). Off by default, and the endpoint refuses to act without it.
+    pub enable_fault_injection: bool,
     /// Address the HTTP API listens on. Port 0 picks a free port; the bound address is printed
     /// on standard output at start (`listening http=ADDR`).
     pub http: SocketAddr,
@@ -83,6 +86,7 @@ impl Default for Config {
             w: 2,
             request_timeout_ms: 2000,
             max_frame_bytes: 32 * 1024 * 1024,
+            enable_fault_injection: false,
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_value_bytes: dynamokv_core::limits::DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Periodic,

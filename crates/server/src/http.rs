@@ -154,6 +154,10 @@ pub struct AppState {
     pub actor: ActorId,
     /// Largest value accepted.
     pub max_value_bytes: usize,
+    /// The peer transport (for the fault-injection endpoint).
+    pub transport: crate::transport::Transport,
+    /// Whether `/admin/faults` may change anything.
+    pub fault_injection: bool,
 }
 
 /// The router of the HTTP API.
@@ -166,6 +170,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/ring", get(admin_ring))
         .route("/admin/preference-list/{*key}", get(admin_preference_list))
         .route("/admin/local/{*key}", get(admin_local))
+        .route(
+            "/admin/faults",
+            get(get_faults).post(set_faults).delete(clear_faults),
+        )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -536,6 +544,49 @@ async fn get_key(
             .insert(TOMBSTONES_HEADER, HeaderValue::from(tombstones));
     }
     Ok(with_headers(resp, &s, &key, &obj, ring))
+}
+
+fn faults_disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "fault_injection_disabled",
+        "fault injection is off on this node; start it with --enable-fault-injection (test clusters only)",
+    )
+}
+
+async fn get_faults(State(s): State<AppState>) -> Result<Response, ApiError> {
+    if !s.fault_injection {
+        return Err(faults_disabled());
+    }
+    Ok(axum::Json(s.transport.faults()).into_response())
+}
+
+async fn set_faults(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    if !s.fault_injection {
+        return Err(faults_disabled());
+    }
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()))?;
+    let rules: crate::transport::FaultRules = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_faults",
+            format!("expected {{\"drop_to\": [ids], \"drop_from\": [ids], \"delay_ms\": n}}: {e}"),
+        )
+    })?;
+    tracing::warn!(?rules, "fault injection rules set");
+    s.transport.set_faults(rules.clone());
+    Ok(axum::Json(rules).into_response())
+}
+
+async fn clear_faults(State(s): State<AppState>) -> Result<Response, ApiError> {
+    if !s.fault_injection {
+        return Err(faults_disabled());
+    }
+    s.transport.set_faults(Default::default());
+    tracing::warn!("fault injection rules cleared");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn admin_ring(State(s): State<AppState>) -> Result<Response, ApiError> {

@@ -167,7 +167,14 @@ pub async fn run(
         node_id: local.node_id.clone(),
         actor: local.identity.actor,
         max_value_bytes: config.max_value_bytes,
+        transport: transport.clone(),
+        fault_injection: config.enable_fault_injection,
     };
+    if config.enable_fault_injection {
+        tracing::warn!(
+            "fault injection is enabled: /admin/faults can drop and delay peer messages"
+        );
+    }
     let served = axum::serve(http_listener, http::router(state))
         .with_graceful_shutdown(shutdown)
         .await

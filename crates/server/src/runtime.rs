@@ -102,6 +102,7 @@ pub fn run_node(mut node: CoreNode, events: Receiver<Event>, transport: Transpor
     let mut clients: BTreeMap<ClientId, oneshot::Sender<Answer>> = BTreeMap::new();
     let mut next_client: ClientId = 1;
     let mut ring_version = node.ring().version();
+    let mut members_epoch = node.members_epoch();
     transport.sync_peers(node.members());
     let mut next_tick = now_ms();
     loop {
@@ -132,13 +133,16 @@ pub fn run_node(mut node: CoreNode, events: Receiver<Event>, transport: Transpor
             node.tick(now);
             next_tick = now + TICK.as_millis() as u64;
         }
-        if node.ring().version() != ring_version {
-            ring_version = node.ring().version();
-            tracing::info!(
-                version = %format!("{ring_version:016x}"),
-                members = node.members().len(),
-                "ring changed"
-            );
+        if node.members_epoch() != members_epoch {
+            members_epoch = node.members_epoch();
+            if node.ring().version() != ring_version {
+                ring_version = node.ring().version();
+                tracing::info!(
+                    version = %format!("{ring_version:016x}"),
+                    members = node.members().len(),
+                    "ring changed"
+                );
+            }
             transport.sync_peers(node.members());
         }
         for out in node.drain() {

@@ -97,12 +97,30 @@ struct PeerLink {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Fault rules for testing: messages to or from the named peers are dropped, and every
+/// outgoing message may be delayed. Only in force on a node started with
+/// `--enable-fault-injection`; set through `POST /admin/faults`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRules {
+    /// Drop every message this node sends to these node ids.
+    #[serde(default)]
+    pub drop_to: std::collections::BTreeSet<String>,
+    /// Drop every message this node receives from these node ids.
+    #[serde(default)]
+    pub drop_from: std::collections::BTreeSet<String>,
+    /// Delay every outgoing message by this many milliseconds.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
 struct Inner {
     hello: Mutex<Hello>,
     events: std::sync::mpsc::Sender<Event>,
     peers: Mutex<BTreeMap<String, PeerLink>>,
     max_frame: usize,
     runtime: tokio::runtime::Handle,
+    faults: Mutex<FaultRules>,
 }
 
 /// The node's connections to its peers.
@@ -133,8 +151,32 @@ impl Transport {
                 peers: Mutex::new(BTreeMap::new()),
                 max_frame,
                 runtime,
+                faults: Mutex::new(FaultRules::default()),
             }),
         }
+    }
+
+    /// Replaces the fault rules (the caller checks that fault injection is enabled).
+    pub fn set_faults(&self, rules: FaultRules) {
+        *self.inner.faults.lock().unwrap_or_else(|p| p.into_inner()) = rules;
+    }
+
+    /// The fault rules in force.
+    pub fn faults(&self) -> FaultRules {
+        self.inner
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn drops_from(&self, from: &str) -> bool {
+        self.inner
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drop_from
+            .contains(from)
     }
 
     fn hello(&self) -> Hello {
@@ -147,9 +189,24 @@ impl Transport {
 
     /// Queues `message` for `to`; dropped when `to` is not connected.
     pub fn send(&self, to: &str, message: Message) {
+        let delay = {
+            let f = self.inner.faults.lock().unwrap_or_else(|p| p.into_inner());
+            if f.drop_to.contains(to) {
+                return;
+            }
+            f.delay_ms
+        };
         let peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(link) = peers.get(to) {
-            let _ = link.tx.send(message);
+            if delay == 0 {
+                let _ = link.tx.send(message);
+            } else {
+                let tx = link.tx.clone();
+                self.inner.runtime.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let _ = tx.send(message);
+                });
+            }
         }
     }
 
@@ -309,6 +366,7 @@ impl Transport {
                 Err(e) => Err(format!("unreadable frame: {e}")),
             };
             match frame {
+                Ok(Frame::Message(_)) if self.drops_from(&from) => {}
                 Ok(Frame::Message(message)) => {
                     if self
                         .inner
