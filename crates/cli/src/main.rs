@@ -1,5 +1,6 @@
 //! `dynamokv`: the one binary - run a node, talk to one, measure the storage engine.
 
+mod admin;
 mod bench;
 mod bench_storage;
 mod dev;
@@ -29,6 +30,9 @@ enum Command {
     Get(kv::GetArgs),
     /// Delete a key (with a context, exactly the versions it covers).
     Delete(kv::DeleteArgs),
+    /// Operator commands: `admin status` shows members as a node (or every node) sees them.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Load a running cluster with a closed-loop workload; print throughput and latency.
     Bench(bench::BenchArgs),
     /// Measure the disk engine through the `Engine` trait: puts, synced batches, gets, scans.
@@ -45,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::Put(args) => kv::put(args),
         Command::Get(args) => kv::get(args),
         Command::Delete(args) => kv::delete(args),
+        Command::Admin(cmd) => admin::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::BenchStorage(args) => bench_storage::run(args),
         Command::RingBalance(args) => ring_balance::run(args),

@@ -277,6 +277,8 @@ async fn malformed_frames_do_not_crash_a_node() {
         member: dynamokv_core::membership::Member {
             id: "intruder".into(),
             generation: 1,
+            version: 1,
+            status: dynamokv_core::membership::Status::Up,
             peer_addr: "127.0.0.1:1".into(),
             http_addr: "127.0.0.1:1".into(),
             tokens: vec![42],

@@ -7,7 +7,10 @@
 //! - [`version`]: dotted version vector sets - vector clocks, siblings, the one merge;
 //! - [`context`]: the opaque, authenticated context token handed to clients;
 //! - [`ring`]: where a key lives on the hash ring, tokens, preference lists;
-//! - [`membership`]: member records and how they merge;
+//! - [`membership`]: member records, the membership CRDT, digests and deltas;
+//! - [`gossip`]: whom to gossip with;
+//! - [`failure_detector`]: local phi-accrual failure detection;
+//! - [`rng`]: the seeded random generator behind every random choice;
 //! - [`quorum`]: counting replies toward R and W;
 //! - [`node`]: the node state machine - routing, coordination, read repair;
 //! - [`message`]: client requests and answers, peer messages;
@@ -15,12 +18,15 @@
 //! - [`limits`]: key and value size rules shared by every entry point.
 
 pub mod context;
+pub mod failure_detector;
+pub mod gossip;
 pub mod limits;
 pub mod membership;
 pub mod message;
 pub mod node;
 pub mod quorum;
 pub mod ring;
+pub mod rng;
 pub mod store;
 pub mod version;
 

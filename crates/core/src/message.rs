@@ -2,7 +2,7 @@
 //! the coordination protocol. All of it is serde data; the server encodes peer messages with
 //! postcard in length-prefixed frames.
 
-use crate::membership::Member;
+use crate::membership::{Delta, DigestEntry};
 use crate::version::{Dot, Object, VersionVector};
 use serde::{Deserialize, Serialize};
 
@@ -226,9 +226,21 @@ pub enum Message {
         /// The merged object.
         object: Object,
     },
-    /// The members the sender knows (membership exchange).
-    Members {
-        /// Member records.
-        members: Vec<Member>,
+    /// Gossip, step 1: "here is what I know" (a digest: a few bytes per member).
+    GossipSyn {
+        /// The sender's digest.
+        digest: Vec<DigestEntry>,
+    },
+    /// Gossip, step 2: "here is what I know, and what you lack".
+    GossipSynAck {
+        /// The sender's digest.
+        digest: Vec<DigestEntry>,
+        /// Records and heartbeats the receiver lacks.
+        delta: Delta,
+    },
+    /// Gossip, step 3: "and here is what you lack".
+    GossipAck {
+        /// Records and heartbeats the receiver lacks.
+        delta: Delta,
     },
 }

@@ -17,13 +17,16 @@
 //! after R replies with their merge, and once every replica answered (or the timeout passed)
 //! sends the merged object to each replica whose copy differed (read repair).
 
+use crate::failure_detector::{DetectorConfig, FailureDetector, Opinion};
+use crate::gossip;
 use crate::limits;
-use crate::membership::{Member, merge_member, supersedes};
+use crate::membership::{Delta, Member, View};
 use crate::message::{
     ClientId, ClientRequest, ClientResponse, Message, OpError, QuorumKind, Reply, RequestId,
 };
 use crate::quorum::Tally;
 use crate::ring::{Ring, position};
+use crate::rng::Rng;
 use crate::store::LocalStore;
 use crate::version::{ActorId, Dot, Object, VersionVector};
 use serde::{Deserialize, Serialize};
@@ -33,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 const MAX_HOPS: u8 = 2;
 
 /// Cluster-wide coordination settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct NodeConfig {
     /// Replicas per key (N).
     pub n: u8,
@@ -43,8 +46,10 @@ pub struct NodeConfig {
     pub w: u8,
     /// How long a coordinator waits for replicas, in ms.
     pub request_timeout_ms: u64,
-    /// How often member lists are pushed to peers, in ms.
-    pub members_interval_ms: u64,
+    /// How often this node gossips with a peer, in ms.
+    pub gossip_interval_ms: u64,
+    /// Failure detector settings.
+    pub detector: DetectorConfig,
 }
 
 impl Default for NodeConfig {
@@ -54,7 +59,8 @@ impl Default for NodeConfig {
             r: 2,
             w: 2,
             request_timeout_ms: 2000,
-            members_interval_ms: 1000,
+            gossip_interval_ms: 1000,
+            detector: DetectorConfig::default(),
         }
     }
 }
@@ -62,6 +68,8 @@ impl Default for NodeConfig {
 /// Something the node wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
+    /// Append this member record to the persisted membership history.
+    Persist(Member),
     /// Send `message` to node `to`.
     Send {
         /// Destination node id.
@@ -101,8 +109,14 @@ pub struct MemberInfo {
     pub member: Member,
     /// Fraction of the key space it owns as first replica.
     pub share: f64,
-    /// Whether this node can reach it now.
+    /// Whether this node believes it is up (connected and not suspected).
     pub up: bool,
+    /// Whether the transport has a connection to it.
+    pub connected: bool,
+    /// Its latest heartbeat counter heard here.
+    pub heartbeat: u64,
+    /// The failure detector's opinion (absent for this node itself).
+    pub detector: Option<Opinion>,
 }
 
 /// The ring as the admin endpoint and partition-aware clients see it.
@@ -161,39 +175,78 @@ pub struct Node<S> {
     actor: ActorId,
     config: NodeConfig,
     store: S,
-    members: BTreeMap<String, Member>,
+    view: View,
     ring: Ring,
-    up: BTreeSet<String>,
+    connected: BTreeSet<String>,
+    seeds: BTreeSet<String>,
+    detector: FailureDetector,
+    rng: Rng,
+    now: u64,
     next_id: RequestId,
     pending: BTreeMap<RequestId, Pending>,
     outbox: Vec<Output>,
-    next_members_push: u64,
-    last_pushed: String,
+    next_gossip: u64,
     members_epoch: u64,
     stats: NodeStats,
 }
 
 impl<S: LocalStore> Node<S> {
-    /// A node announcing `me`, stamping writes as `actor`, storing in `store`.
-    pub fn new(me: Member, actor: ActorId, config: NodeConfig, store: S) -> Self {
-        let members = BTreeMap::from([(me.id.clone(), me.clone())]);
-        let ring = ring_of(&members).unwrap_or_default();
-        Self {
-            me,
+    /// A node announcing `me`, stamping writes as `actor`, storing in `store`, drawing its
+    /// random choices from `seed`, and starting from the member records it persisted before
+    /// (`known`, which may be empty). Its generation is raised above any it had before.
+    pub fn new(
+        mut me: Member,
+        actor: ActorId,
+        config: NodeConfig,
+        store: S,
+        seed: u64,
+        known: &[Member],
+    ) -> Self {
+        if let Some(old) = known
+            .iter()
+            .filter(|m| m.id == me.id)
+            .map(|m| m.generation)
+            .max()
+            && old >= me.generation
+        {
+            me.generation = old + 1;
+        }
+        let mut view = View::from_members(
+            known
+                .iter()
+                .filter(|m| m.id != me.id && m.validate().is_ok())
+                .cloned(),
+        );
+        view.members.insert(me.id.clone(), me.clone());
+        view.heartbeats.insert(me.id.clone(), (me.generation, 1));
+        let ring = Ring::new(&view.ring_tokens()).unwrap_or_default();
+        let detector = FailureDetector::new(config.detector);
+        let mut node = Self {
+            me: me.clone(),
             actor,
             config,
             store,
-            members,
+            view,
             ring,
-            up: BTreeSet::new(),
+            connected: BTreeSet::new(),
+            seeds: BTreeSet::new(),
+            detector,
+            rng: Rng::new(seed),
+            now: 0,
             next_id: 1,
             pending: BTreeMap::new(),
             outbox: Vec::new(),
-            next_members_push: 0,
-            last_pushed: String::new(),
+            next_gossip: 0,
             members_epoch: 0,
             stats: NodeStats::default(),
-        }
+        };
+        node.outbox.push(Output::Persist(me));
+        node
+    }
+
+    /// This node's own member record.
+    pub fn me(&self) -> &Member {
+        &self.me
     }
 
     /// This node's id.
@@ -214,7 +267,12 @@ impl<S: LocalStore> Node<S> {
 
     /// Every known member, by id.
     pub fn members(&self) -> &BTreeMap<String, Member> {
-        &self.members
+        &self.view.members
+    }
+
+    /// The replicated membership state (records and heartbeats).
+    pub fn view(&self) -> &View {
+        &self.view
     }
 
     /// The coordination settings.
@@ -229,7 +287,12 @@ impl<S: LocalStore> Node<S> {
 
     /// Whether `node` is reachable from here (this node always is).
     pub fn is_up(&self, node: &str) -> bool {
-        node == self.me.id || self.up.contains(node)
+        node == self.me.id || (self.connected.contains(node) && self.detector.alive(node, self.now))
+    }
+
+    /// The failure detector's opinion of `node` as of the last input.
+    pub fn opinion(&self, node: &str) -> Opinion {
+        self.detector.opinion(node, self.now)
     }
 
     /// Number of requests in flight.
@@ -252,12 +315,19 @@ impl<S: LocalStore> Node<S> {
             r: self.config.r,
             w: self.config.w,
             members: self
+                .view
                 .members
                 .values()
                 .map(|m| MemberInfo {
                     member: m.clone(),
                     share: shares.get(&m.id).copied().unwrap_or(0.0),
                     up: self.is_up(&m.id),
+                    connected: m.id == self.me.id || self.connected.contains(&m.id),
+                    heartbeat: match self.view.heartbeats.get(&m.id) {
+                        Some((g, c)) if *g == m.generation => *c,
+                        _ => 0,
+                    },
+                    detector: (m.id != self.me.id).then(|| self.detector.opinion(&m.id, self.now)),
                 })
                 .collect(),
         }
@@ -292,38 +362,84 @@ impl<S: LocalStore> Node<S> {
         id
     }
 
-    /// Learns member records (from a peer's handshake or member list). Returns true when a
-    /// record changed.
+    /// Learns member records (from a peer's handshake). Returns true when a record changed.
     pub fn learn(&mut self, incoming: &[Member]) -> bool {
-        let news: Vec<&Member> = incoming
+        let delta = Delta {
+            members: incoming.to_vec(),
+            heartbeats: Vec::new(),
+        };
+        self.apply_delta(&delta)
+    }
+
+    /// Marks `id` as a seed: gossip turns to seeds now and then, so partitions heal.
+    pub fn add_seed(&mut self, id: &str) {
+        if id != self.me.id {
+            self.seeds.insert(id.to_owned());
+        }
+    }
+
+    /// Applies gossip: records (persisted, ring rebuilt) and heartbeats (fed to the detector).
+    /// Returns true when a record changed.
+    fn apply_delta(&mut self, delta: &Delta) -> bool {
+        let me = self.me.id.clone();
+        let records_change = delta
+            .members
             .iter()
-            .filter(|m| {
-                m.id != self.me.id && supersedes(self.members.get(&m.id), m) && m.validate().is_ok()
-            })
-            .collect();
-        if news.is_empty() {
-            return false;
-        }
-        let mut next = self.members.clone();
-        for m in news {
-            merge_member(&mut next, m);
-        }
-        match ring_of(&next) {
-            Some(ring) => {
-                self.members = next;
-                self.ring = ring;
-                self.members_epoch += 1;
-                true
+            .any(|m| m.id != me && crate::membership::supersedes(self.view.members.get(&m.id), m));
+        let mut changed = false;
+        if records_change {
+            // Rare: apply to a copy, so a ring that cannot be built leaves everything as it was.
+            let before: BTreeMap<String, u64> = delta
+                .members
+                .iter()
+                .filter_map(|m| {
+                    self.view
+                        .members
+                        .get(&m.id)
+                        .map(|k| (k.id.clone(), k.generation))
+                })
+                .collect();
+            let mut next = self.view.clone();
+            let records = Delta {
+                members: delta.members.clone(),
+                heartbeats: Vec::new(),
+            };
+            let applied = next.apply(&records, &me);
+            match Ring::new(&next.ring_tokens()) {
+                Ok(ring) => {
+                    self.ring = ring;
+                    self.view = next;
+                    self.members_epoch += 1;
+                    changed = !applied.members.is_empty();
+                    for m in applied.members {
+                        if before.get(&m.id).is_some_and(|g| *g < m.generation) {
+                            // A restart: its detector history belongs to the old process.
+                            self.detector.reset(&m.id, self.now);
+                        }
+                        self.outbox.push(Output::Persist(m));
+                    }
+                }
+                Err(_) => {
+                    self.stats.rejected_messages += 1;
+                    return false;
+                }
             }
-            None => {
-                self.stats.rejected_messages += 1;
-                false
+        }
+        if !delta.heartbeats.is_empty() {
+            let beats = Delta {
+                members: Vec::new(),
+                heartbeats: delta.heartbeats.clone(),
+            };
+            for id in self.view.apply(&beats, &me).heartbeats {
+                self.detector.heartbeat(&id, self.now);
             }
         }
+        changed
     }
 
     /// A client request arrived at this node.
     pub fn request(&mut self, now: u64, client: ClientId, request: ClientRequest) {
+        self.now = now;
         self.route(now, Origin::Client(client), request, 0);
     }
 
@@ -642,6 +758,19 @@ impl<S: LocalStore> Node<S> {
         if let Some((origin, response)) = answer {
             self.respond(origin, response);
         }
+        if expired {
+            // Replicas (or the coordinator) that never answered count against them.
+            let silent: Vec<String> = match self.pending.get(&id) {
+                Some(Pending::Forward { to, .. }) => vec![to.clone()],
+                Some(Pending::Write { tally, .. } | Pending::Read { tally, .. }) => {
+                    tally.pending_nodes()
+                }
+                None => Vec::new(),
+            };
+            for node in silent {
+                self.detector.timeout(&node, now);
+            }
+        }
         if done {
             self.pending.remove(&id);
         }
@@ -677,6 +806,10 @@ impl<S: LocalStore> Node<S> {
 
     /// A message from peer `from`.
     pub fn step(&mut self, now: u64, from: &str, message: Message) {
+        self.now = now;
+        if self.view.members.contains_key(from) {
+            self.detector.success(from, now);
+        }
         match message {
             Message::Forward { id, request, hops } => {
                 let origin = Origin::Peer {
@@ -741,22 +874,36 @@ impl<S: LocalStore> Node<S> {
                     self.stats.rejected_messages += 1;
                 }
             }
-            Message::Members { members } => {
-                self.learn(&members);
+            Message::GossipSyn { digest } => {
+                let delta = self.view.delta_for(&digest);
+                let digest = self.view.digest();
+                self.send(from, Message::GossipSynAck { digest, delta });
+            }
+            Message::GossipSynAck { digest, delta } => {
+                self.apply_delta(&delta);
+                let back = self.view.delta_for(&digest);
+                if !back.is_empty() {
+                    self.send(from, Message::GossipAck { delta: back });
+                }
+            }
+            Message::GossipAck { delta } => {
+                self.apply_delta(&delta);
             }
         }
     }
 
     /// The transport connected to `node`: it gets this node's member list at once.
     pub fn peer_up(&mut self, node: &str) {
-        if node != self.me.id && self.up.insert(node.to_owned()) {
-            self.push_members(node);
+        if node != self.me.id && self.connected.insert(node.to_owned()) {
+            let digest = self.view.digest();
+            self.send(node, Message::GossipSyn { digest });
         }
     }
 
     /// The transport lost `node`: requests waiting on it stop waiting.
     pub fn peer_down(&mut self, now: u64, node: &str) {
-        if !self.up.remove(node) {
+        self.now = now;
+        if !self.connected.remove(node) {
             return;
         }
         let ids: Vec<RequestId> = self.pending.keys().copied().collect();
@@ -789,6 +936,7 @@ impl<S: LocalStore> Node<S> {
 
     /// Time passed: expire requests, push member lists.
     pub fn tick(&mut self, now: u64) {
+        self.now = now;
         let expired: Vec<RequestId> = self
             .pending
             .iter()
@@ -802,38 +950,44 @@ impl<S: LocalStore> Node<S> {
         for id in expired {
             self.check(id, now);
         }
-        if now >= self.next_members_push {
-            self.next_members_push = now + self.config.members_interval_ms;
-            // One peer per interval, round robin: lists spread epidemically without every node
-            // sending to every other each second.
-            let next = self
-                .up
-                .range::<String, _>((
-                    std::ops::Bound::Excluded(&self.last_pushed),
-                    std::ops::Bound::Unbounded,
-                ))
-                .next()
-                .or_else(|| self.up.iter().next())
-                .cloned();
-            if let Some(peer) = next {
-                self.push_members(&peer);
-                self.last_pushed = peer;
-            }
+        if now >= self.next_gossip {
+            self.next_gossip = now + self.config.gossip_interval_ms;
+            self.gossip_round();
         }
     }
 
-    fn push_members(&mut self, peer: &str) {
-        let members: Vec<Member> = self.members.values().cloned().collect();
-        self.send(peer, Message::Members { members });
+    /// One gossip round: raise this node's heartbeat, then start a digest exchange with one
+    /// random live peer, and sometimes with a node believed down or a seed.
+    fn gossip_round(&mut self) {
+        let hb = self
+            .view
+            .heartbeats
+            .entry(self.me.id.clone())
+            .or_insert((self.me.generation, 1));
+        hb.1 += 1;
+        let (mut live, mut down) = (Vec::new(), Vec::new());
+        for id in self.view.members.keys().filter(|id| **id != self.me.id) {
+            if self.is_up(id) {
+                live.push(id.clone());
+            } else {
+                down.push(id.clone());
+            }
+        }
+        let seeds: Vec<String> = self.seeds.iter().cloned().collect();
+        let targets = gossip::choose_targets(&mut self.rng, &live, &down, &seeds);
+        if targets.is_empty() {
+            return;
+        }
+        let digest = self.view.digest();
+        for t in targets {
+            self.send(
+                &t,
+                Message::GossipSyn {
+                    digest: digest.clone(),
+                },
+            );
+        }
     }
-}
-
-fn ring_of(members: &BTreeMap<String, Member>) -> Option<Ring> {
-    let tokens = members
-        .iter()
-        .map(|(id, m)| (id.clone(), m.tokens.clone()))
-        .collect();
-    Ring::new(&tokens).ok()
 }
 
 fn merge_all<'a>(objects: impl Iterator<Item = &'a Option<Object>>) -> Object {
@@ -907,6 +1061,8 @@ mod tests {
                 .map(|i| Member {
                     id: format!("n{i}"),
                     generation: 1,
+                    version: 1,
+                    status: crate::membership::Status::Up,
                     peer_addr: format!("p{i}"),
                     http_addr: format!("h{i}"),
                     tokens: hashed_tokens(&format!("n{i}"), 16),
@@ -919,8 +1075,9 @@ mod tests {
                     ActorId(i as u64),
                     NodeConfig::default(),
                     MapStore::default(),
+                    i as u64,
+                    &members,
                 );
-                n.learn(&members);
                 for other in &members {
                     n.peer_up(&other.id);
                 }
@@ -941,6 +1098,7 @@ mod tests {
                     Output::Send { to, message } => {
                         self.queue.push_back((from.to_owned(), to, message))
                     }
+                    Output::Persist(_) => {}
                     Output::Respond { client, response } => {
                         assert!(
                             self.answers.insert(client, response).is_none(),
@@ -1185,6 +1343,8 @@ mod tests {
                 Member {
                     id: "client".into(),
                     generation: 1,
+                    version: 1,
+                    status: crate::membership::Status::Up,
                     peer_addr: String::new(),
                     http_addr: String::new(),
                     tokens: vec![1],
@@ -1192,6 +1352,8 @@ mod tests {
                 ActorId(99),
                 NodeConfig::default(),
                 MapStore::default(),
+                99,
+                &[],
             ),
         );
         c.run();
@@ -1262,47 +1424,122 @@ mod tests {
         assert_eq!(n.stats().rejected_messages, 1);
     }
 
-    #[test]
-    fn members_spread_and_ring_versions_converge() {
-        let mk = |i: usize| Member {
+    fn mk(i: usize, generation: u64) -> Member {
+        Member {
             id: format!("n{i}"),
-            generation: 1,
-            peer_addr: String::new(),
+            generation,
+            version: 1,
+            status: crate::membership::Status::Up,
+            peer_addr: format!("p{i}"),
             http_addr: String::new(),
             tokens: hashed_tokens(&format!("n{i}"), 8),
-        };
-        let mut a = Node::new(
-            mk(0),
+        }
+    }
+
+    fn node(i: usize, known: &[Member]) -> Node<MapStore> {
+        Node::new(
+            mk(i, 1),
+            ActorId(i as u64),
+            NodeConfig::default(),
+            MapStore::default(),
+            i as u64,
+            known,
+        )
+    }
+
+    /// Delivers messages between `a` and `b` until neither has anything to say.
+    fn exchange(a: &mut Node<MapStore>, b: &mut Node<MapStore>, now: u64) -> usize {
+        let mut sent = 0;
+        loop {
+            let mut quiet = true;
+            for from in [0, 1] {
+                let (src, dst) = if from == 0 {
+                    (&mut *a, &mut *b)
+                } else {
+                    (&mut *b, &mut *a)
+                };
+                let (src_id, dst_id) = (src.id().to_owned(), dst.id().to_owned());
+                for out in src.drain() {
+                    if let Output::Send { message, to } = out
+                        && to == dst_id
+                    {
+                        quiet = false;
+                        sent += 1;
+                        dst.step(now, &src_id, message);
+                    }
+                }
+            }
+            if quiet {
+                return sent;
+            }
+        }
+    }
+
+    #[test]
+    fn gossip_spreads_members_and_ring_versions_converge() {
+        let mut a = node(0, &[]);
+        let mut b = node(1, &[]);
+        assert!(b.learn(&[mk(2, 1)]));
+        a.learn(&[mk(1, 1)]);
+        b.learn(&[mk(0, 1)]);
+        a.peer_up("n1");
+        b.peer_up("n0");
+        exchange(&mut a, &mut b, 10);
+        assert_eq!(a.members().len(), 3);
+        assert_eq!(b.members().len(), 3);
+        assert_eq!(a.ring().version(), b.ring().version());
+        assert_eq!(a.view().members, b.view().members);
+        // Agreeing nodes exchange digests, plus the heartbeat that moved: syn, syn-ack, and an
+        // ack carrying a's new heartbeat only.
+        b.drain();
+        a.tick(2000);
+        assert_eq!(exchange(&mut a, &mut b, 2000), 3);
+        assert_eq!(a.view(), b.view());
+    }
+
+    #[test]
+    fn persisted_members_are_known_at_start_and_generation_rises() {
+        let known = vec![mk(0, 5), mk(1, 7), mk(2, 1)];
+        let mut n = Node::new(
+            mk(0, 3),
             ActorId(0),
             NodeConfig::default(),
             MapStore::default(),
+            0,
+            &known,
         );
-        let mut b = Node::new(
-            mk(1),
-            ActorId(1),
-            NodeConfig::default(),
-            MapStore::default(),
-        );
-        let c_member = mk(2);
-        assert!(b.learn(std::slice::from_ref(&c_member)));
-        b.peer_up("n0");
-        b.tick(10);
-        for out in b.drain() {
-            if let Output::Send { message, .. } = out {
-                a.step(10, "n1", message);
-            }
-        }
-        assert_eq!(b.members().len(), 2, "b does not know a yet");
-        assert_ne!(a.ring().version(), b.ring().version());
-        assert_eq!(a.members().len(), 3);
+        assert_eq!(n.members().len(), 3, "knows the cluster without seeds");
+        assert_eq!(n.me().generation, 6, "above the persisted generation");
+        assert!(matches!(&n.drain()[..], [Output::Persist(m)] if m.generation == 6));
+    }
+
+    #[test]
+    fn silent_peers_are_suspected_and_readmitted_when_heard() {
+        let mut a = node(0, &[mk(1, 1)]);
         a.peer_up("n1");
-        a.tick(10);
-        for out in a.drain() {
-            if let Output::Send { message, .. } = out {
-                b.step(10, "n0", message);
-            }
+        a.drain();
+        // n1's heartbeat arrives every second for a while...
+        for t in 1..=20u64 {
+            let delta = Delta {
+                members: vec![],
+                heartbeats: vec![("n1".into(), 1, t)],
+            };
+            a.step(t * 1000, "n2", Message::GossipAck { delta });
         }
-        assert_eq!(a.ring().version(), b.ring().version());
-        assert_eq!(b.members().len(), 3);
+        assert!(a.is_up("n1"));
+        // ...then stops.
+        a.tick(40_000);
+        assert!(!a.is_up("n1"), "phi {}", a.opinion("n1").phi);
+        assert!(
+            !a.ring_info()
+                .members
+                .iter()
+                .find(|m| m.member.id == "n1")
+                .unwrap()
+                .up
+        );
+        // Hearing from it again re-admits it.
+        a.step(40_001, "n1", Message::GossipSyn { digest: vec![] });
+        assert!(a.is_up("n1"));
     }
 }

@@ -73,6 +73,15 @@ impl Tally {
             .collect()
     }
 
+    /// Replicas asked that have not answered at all.
+    pub fn pending_nodes(&self) -> Vec<String> {
+        self.asked
+            .iter()
+            .filter(|a| self.pending(a))
+            .cloned()
+            .collect()
+    }
+
     /// Successes needed.
     pub fn needed(&self) -> usize {
         self.needed

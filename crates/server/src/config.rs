@@ -51,6 +51,10 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// Largest peer-protocol frame accepted, in bytes; a larger frame closes the connection.
     pub max_frame_bytes: usize,
+    /// How often the node gossips membership with a random peer, in milliseconds.
+    pub gossip_interval_ms: u64,
+    /// Failure-detector threshold: a peer whose phi passes it is believed down.
+    pub phi_threshold: f64,
     /// Allow `POST /admin/faults` to drop or delay peer messages (for fault tests only; never
     /// in production). Off by default, and the endpoint refuses to act without it.
     pub enable_fault_injection: bool,
@@ -87,6 +91,8 @@ impl Default for Config {
             request_timeout_ms: 2000,
             max_frame_bytes: 32 * 1024 * 1024,
             enable_fault_injection: false,
+            gossip_interval_ms: 1000,
+            phi_threshold: 8.0,
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_value_bytes: dynamokv_core::limits::DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Periodic,
@@ -173,6 +179,16 @@ impl Config {
                 "need 1 <= r <= n and 1 <= w <= n (n={}, r={}, w={})",
                 self.n, self.r, self.w
             )));
+        }
+        if self.gossip_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "gossip_interval_ms must be at least 1".into(),
+            ));
+        }
+        if !(self.phi_threshold > 0.0 && self.phi_threshold.is_finite()) {
+            return Err(ConfigError::Invalid(
+                "phi_threshold must be a positive number".into(),
+            ));
         }
         if self.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid(

@@ -168,6 +168,7 @@ pub fn router(state: AppState) -> Router {
         .route("/kv", any(missing_key))
         .route("/kv/", any(missing_key))
         .route("/admin/ring", get(admin_ring))
+        .route("/admin/members", get(admin_members))
         .route("/admin/preference-list/{*key}", get(admin_preference_list))
         .route("/admin/local/{*key}", get(admin_local))
         .route(
@@ -598,6 +599,50 @@ async fn admin_ring(State(s): State<AppState>) -> Result<Response, ApiError> {
         )
     })?;
     Ok(axum::Json(info).into_response())
+}
+
+async fn admin_members(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let body = s
+        .node
+        .query(|n| {
+            let info = n.ring_info();
+            let members: Vec<serde_json::Value> = info
+                .members
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "id": m.member.id,
+                        "peer_addr": m.member.peer_addr,
+                        "http_addr": m.member.http_addr,
+                        "status": m.member.status.as_str(),
+                        "generation": m.member.generation,
+                        "version": m.member.version,
+                        "heartbeat": m.heartbeat,
+                        "up": m.up,
+                        "connected": m.connected,
+                        "phi": m.detector.map(|d| d.phi),
+                        "last_heard_ms": m.detector.map(|d| d.last_heard_ms),
+                        "tokens": m.member.tokens.len(),
+                        "share": m.share,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "node": info.node,
+                "ring_version": info.version,
+                "stats": n.stats(),
+                "members": members,
+            })
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            )
+        })?;
+    Ok(axum::Json(body).into_response())
 }
 
 async fn admin_preference_list(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {

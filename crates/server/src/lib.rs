@@ -7,6 +7,7 @@
 //! the shutdown future completes, then stops the node thread, records a clean shutdown and syncs.
 
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod identity;
 pub mod node;
@@ -102,13 +103,44 @@ pub async fn run(
         );
     }
 
+    let engine = local.engine.clone();
+    let (history, known) = blocking("reading the membership history", move || {
+        history::History::load(engine.as_ref()).map_err(NodeError::from)
+    })
+    .await?;
+    if known.len() > 1 {
+        tracing::info!(members = known.len(), "membership history replayed");
+    }
     let me = Member {
         id: local.node_id.clone(),
         generation: node::now_ms(),
+        version: 1,
+        status: dynamokv_core::membership::Status::Up,
         peer_addr: advertise_peer.clone(),
         http_addr: advertise_http.clone(),
         tokens: dynamokv_core::ring::hashed_tokens(&local.node_id, config.vnodes),
     };
+    let core = Node::new(
+        me,
+        local.identity.actor,
+        NodeConfig {
+            n: config.n,
+            r: config.r,
+            w: config.w,
+            request_timeout_ms: config.request_timeout_ms,
+            gossip_interval_ms: config.gossip_interval_ms,
+            detector: dynamokv_core::failure_detector::DetectorConfig {
+                threshold: config.phi_threshold,
+                first_interval_ms: config.gossip_interval_ms as f64,
+                ..Default::default()
+            },
+        },
+        local.store.clone(),
+        local.identity.actor.0 ^ node::now_ms(),
+        &known,
+    );
+    // The generation the core settled on (above any persisted one) is what peers must see.
+    let me = core.me().clone();
     let (events_tx, events_rx) = std::sync::mpsc::channel();
     let transport = transport::Transport::new(
         transport::Hello {
@@ -119,23 +151,14 @@ pub async fn run(
         config.max_frame_bytes,
         tokio::runtime::Handle::current(),
     );
-    let core = Node::new(
-        me,
-        local.identity.actor,
-        NodeConfig {
-            n: config.n,
-            r: config.r,
-            w: config.w,
-            request_timeout_ms: config.request_timeout_ms,
-            ..NodeConfig::default()
-        },
-        local.store.clone(),
-    );
     let node_thread = {
         let transport = transport.clone();
         std::thread::Builder::new()
             .name("dynamokv-node".into())
-            .spawn(move || runtime::run_node(core, events_rx, transport))
+            .spawn({
+                let engine = local.engine.clone();
+                move || runtime::run_node(core, events_rx, transport, engine, history)
+            })
             .map_err(io_err("starting the node thread"))?
     };
     let handle = runtime::NodeHandle::new(events_tx);

@@ -2,11 +2,13 @@
 //! the HTTP handlers and the transport, calls `request`/`step`/`tick` with the wall clock, and
 //! carries the outputs out (messages to the transport, answers to waiting handlers).
 
+use crate::history::History;
 use crate::node::now_ms;
 use crate::transport::Transport;
 use dynamokv_core::membership::Member;
 use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse, Message};
 use dynamokv_core::node::{Node, Output};
+use dynamokv_storage::Engine;
 use dynamokv_storage::ObjectStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub enum Event {
     },
     /// Member records learned from a handshake.
     Learn(Vec<Member>),
+    /// A seed answered: its record, and it is a seed.
+    Seed(Member),
     /// The transport connected to this peer.
     PeerUp(String),
     /// The transport lost this peer.
@@ -97,8 +101,15 @@ impl NodeHandle {
     }
 }
 
-/// Runs the node until [`Event::Stop`] or until every sender is gone.
-pub fn run_node(mut node: CoreNode, events: Receiver<Event>, transport: Transport) {
+/// Runs the node until [`Event::Stop`] or until every sender is gone, appending membership
+/// changes to `history` in `engine`.
+pub fn run_node(
+    mut node: CoreNode,
+    events: Receiver<Event>,
+    transport: Transport,
+    engine: Arc<dyn Engine>,
+    mut history: History,
+) {
     let mut clients: BTreeMap<ClientId, oneshot::Sender<Answer>> = BTreeMap::new();
     let mut next_client: ClientId = 1;
     let mut ring_version = node.ring().version();
@@ -122,6 +133,11 @@ pub fn run_node(mut node: CoreNode, events: Receiver<Event>, transport: Transpor
             Some(Event::Peer { from, message }) => node.step(now, &from, message),
             Some(Event::Learn(members)) => {
                 node.learn(&members);
+            }
+            Some(Event::Seed(member)) => {
+                let id = member.id.clone();
+                node.learn(&[member]);
+                node.add_seed(&id);
             }
             Some(Event::PeerUp(id)) => node.peer_up(&id),
             Some(Event::PeerDown(id)) => node.peer_down(now, &id),
@@ -148,6 +164,11 @@ pub fn run_node(mut node: CoreNode, events: Receiver<Event>, transport: Transpor
         for out in node.drain() {
             match out {
                 Output::Send { to, message } => transport.send(&to, message),
+                Output::Persist(member) => {
+                    if let Err(e) = history.append(engine.as_ref(), &member) {
+                        tracing::error!(error = %e, "cannot persist a membership change");
+                    }
+                }
                 Output::Respond { client, response } => {
                     if let Some(tx) = clients.remove(&client) {
                         let _ = tx.send((response, ring_version));

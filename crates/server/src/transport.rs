@@ -252,7 +252,7 @@ impl Transport {
                 match t.handshake(&addr).await {
                     Ok((member, _)) => {
                         tracing::info!(seed = %addr, node = %member.id, "joined through seed");
-                        let _ = t.inner.events.send(Event::Learn(vec![member]));
+                        let _ = t.inner.events.send(Event::Seed(member));
                         return;
                     }
                     Err(e) => {

@@ -88,6 +88,11 @@ pub enum Violation {
         /// The replicas, with a short description of each copy.
         copies: Vec<(String, String)>,
     },
+    /// Nodes disagree about membership after the faults healed (simulator only).
+    Membership {
+        /// What disagreed.
+        what: String,
+    },
     /// A write was acknowledged while fewer than W replicas held it.
     UnderReplicatedAck {
         /// The key.
@@ -135,6 +140,7 @@ impl fmt::Display for Violation {
                     .collect::<Vec<_>>()
                     .join(" ")
             ),
+            Violation::Membership { what } => write!(f, "membership: {what}"),
             Violation::UnderReplicatedAck {
                 key,
                 dot,

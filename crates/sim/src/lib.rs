@@ -222,6 +222,8 @@ type CoreNode = Node<Arc<ObjectStore>>;
 
 struct SimNode {
     member: Member,
+    /// The persisted membership history (survives crashes).
+    history: Vec<Member>,
     core: Option<CoreNode>,
     store: Arc<ObjectStore>,
     paused: bool,
@@ -307,7 +309,9 @@ fn message_kind(m: &Message) -> (u8, &[u8]) {
         Message::Read { key, .. } => (4, key),
         Message::ReadReply { .. } => (5, &[]),
         Message::Repair { key, .. } => (6, key),
-        Message::Members { .. } => (7, &[]),
+        Message::GossipSyn { .. } => (7, &[]),
+        Message::GossipSynAck { .. } => (8, &[]),
+        Message::GossipAck { .. } => (9, &[]),
     }
 }
 
@@ -322,6 +326,8 @@ impl Sim {
                     tokens: hashed_tokens(&id, cfg.vnodes),
                     id,
                     generation: EPOCH,
+                    version: 1,
+                    status: dynamokv_core::membership::Status::Up,
                     peer_addr: format!("sim:{i}"),
                     http_addr: format!("sim:{i}"),
                 }
@@ -335,13 +341,22 @@ impl Sim {
                 0
             };
             let store = Arc::new(ObjectStore::new(Arc::new(MemoryEngine::new())));
-            let mut core = Node::new(m.clone(), ActorId(rng.next_u64()), cfg.node, store.clone());
-            core.learn(&members);
+            let mut core = Node::new(
+                m.clone(),
+                ActorId(rng.next_u64()),
+                cfg.node,
+                store.clone(),
+                rng.next_u64(),
+                &members,
+            );
             for other in &members {
                 core.peer_up(&other.id);
             }
+            // Start converged: the history each node would have persisted.
+            core.drain();
             nodes.push(SimNode {
                 member: m.clone(),
+                history: members.clone(),
                 core: Some(core),
                 store,
                 paused: false,
@@ -442,6 +457,7 @@ impl Sim {
                     );
                 }
                 Output::Respond { client, response } => self.answer(client, response),
+                Output::Persist(member) => self.nodes[i].history.push(member),
             }
         }
     }
@@ -732,32 +748,38 @@ impl Sim {
                     self.log(|| format!("restart n{i:03}"));
                     let mut member = self.nodes[i].member.clone();
                     member.generation = self.node_now(i);
-                    self.nodes[i].member = member.clone();
                     self.nodes[i].actors += 1;
-                    let members: Vec<Member> =
-                        self.nodes.iter().map(|n| n.member.clone()).collect();
+                    let seed = self.rng.next_u64();
+                    let actor = ActorId(self.rng.next_u64());
+                    let history = self.nodes[i].history.clone();
                     let mut core = Node::new(
                         member,
-                        ActorId(self.rng.next_u64()),
+                        actor,
                         self.cfg.node,
                         self.nodes[i].store.clone(),
+                        seed,
+                        &history,
                     );
-                    core.learn(&members);
-                    for j in 0..self.nodes.len() {
-                        if self.nodes[j].core.is_some() {
-                            core.peer_up(&self.nodes[j].member.id.clone());
-                        }
-                    }
+                    self.nodes[i].member = core.me().clone();
+                    let now = self.node_now(i);
+                    core.tick(now);
                     self.nodes[i].core = Some(core);
+                    // Connections come back both ways.
                     let id = self.nodes[i].member.id.clone();
                     for j in 0..self.nodes.len() {
-                        if j != i
-                            && let Some(c) = self.nodes[j].core.as_mut()
-                        {
-                            c.learn(std::slice::from_ref(&members[i]));
+                        if j == i || self.nodes[j].core.is_none() {
+                            continue;
+                        }
+                        let other = self.nodes[j].member.id.clone();
+                        if let Some(c) = self.nodes[i].core.as_mut() {
+                            c.peer_up(&other);
+                        }
+                        if let Some(c) = self.nodes[j].core.as_mut() {
                             c.peer_up(&id);
                         }
+                        self.drain(j);
                     }
+                    self.drain(i);
                 }
             }
             Ev::Pause(i) => {
@@ -872,6 +894,44 @@ impl Sim {
         self.now = end;
     }
 
+    /// Whether every node believes every other node is up.
+    fn all_up(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            n.core
+                .as_ref()
+                .is_some_and(|c| self.nodes.iter().all(|o| c.is_up(&o.member.id)))
+        })
+    }
+
+    /// After the heal: every node holds the same membership view and ring version.
+    fn check_membership(&mut self) {
+        let views: Vec<(String, u64, BTreeMap<String, Member>)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .map(|c| (c.id().to_owned(), c.ring().version(), c.members().clone()))
+            .collect();
+        if let Some((first, version, members)) = views.first() {
+            for (id, v, m) in &views[1..] {
+                if v != version || m != members {
+                    self.violations.push(Violation::Membership {
+                        what: format!("{id} and {first} disagree on the membership view or ring version after the heal"),
+                    });
+                    return;
+                }
+            }
+            if members.len() != self.nodes.len() {
+                self.violations.push(Violation::Membership {
+                    what: format!(
+                        "the view has {} members, the cluster {}",
+                        members.len(),
+                        self.nodes.len()
+                    ),
+                });
+            }
+        }
+    }
+
     fn all_done(&self) -> bool {
         self.issued >= self.cfg.ops && self.clients.iter().all(|c| c.busy.is_none())
     }
@@ -903,6 +963,18 @@ impl Sim {
         self.at(t, Ev::Heal(all));
         self.at(t, Ev::Loss(false));
         self.run_until(t + 3000);
+        // Wait (bounded) until every node believes every other is up again.
+        let deadline = self.now + 60_000;
+        while !self.all_up() && self.now < deadline {
+            let next = self.now + 250;
+            self.run_until(next);
+        }
+        if !self.all_up() {
+            self.violations.push(Violation::Membership {
+                what: "some node still believes a live peer is down 60 s after the faults healed"
+                    .into(),
+            });
+        }
         // Repair: read every key at R=N through its first primary.
         let n = self.cfg.node.n;
         for k in 0..self.cfg.keys {
@@ -954,6 +1026,7 @@ impl Sim {
                 })
             })
             .collect();
+        self.check_membership();
         let mut violations = std::mem::take(&mut self.violations);
         violations.extend(checker::check(&writes, &replicas));
         let count = |f: &dyn Fn(&Outcome) -> bool| {

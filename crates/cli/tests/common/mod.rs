@@ -118,6 +118,17 @@ impl Node {
         }
     }
 
+    /// Starts the node again with other flags (and a new port).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "stop the node first");
+        *self = Node::start(&self.data_dir.clone(), extra);
+    }
+
+    /// The flags the node was started with (after the common ones).
+    pub fn flags(&self) -> Vec<String> {
+        self.extra.clone()
+    }
+
     /// Starts the node again with the same flags (and a new port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");

@@ -1,0 +1,150 @@
+//! End-to-end tests of gossip membership and failure detection on 5 real processes.
+
+mod common;
+
+use common::{Node, cli, http, start_cluster, wait_for_ring};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+async fn members(node: &Node) -> Value {
+    http()
+        .get(format!("{}/admin/members", node.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn member<'a>(view: &'a Value, id: &str) -> &'a Value {
+    view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("{id} missing from {view}"))
+}
+
+/// Waits until every node in `observers` sees `id` as `up`; returns how long it took.
+async fn wait_until_seen(observers: &[&Node], id: &str, up: bool, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        for o in observers {
+            let v = members(o).await;
+            all &= member(&v, id)["up"].as_bool() == Some(up);
+        }
+        if all {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{id} not seen up={up} by every node within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_joins_detects_failures_and_remembers_the_cluster() {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    // One node, then four more that know only the first.
+    let start = Instant::now();
+    let mut nodes = start_cluster(&dirs, &[]);
+    let version = wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 5).await;
+    let joined = start.elapsed();
+    assert!(
+        joined < Duration::from_secs(15),
+        "all five agreed after {joined:?}"
+    );
+    eprintln!("five nodes agreed on ring {version} after {joined:?}");
+    let v = members(&nodes[4]).await;
+    assert_eq!(v["members"].as_array().unwrap().len(), 5);
+    assert_eq!(v["ring_version"], version);
+
+    // The CLI shows every view and confirms they agree.
+    let out = cli(&["admin", "status", "--node", &nodes[3].url, "--all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("all 5 views agree"), "{text}");
+    assert!(text.contains("n5") && text.contains("phi"), "{text}");
+
+    // Pause one node (SIGSTOP: its connections stay open): the others' phi detectors mark it
+    // down; after SIGCONT they mark it up again.
+    let paused = nodes[2].pid().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &paused])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let others: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, n)| n)
+        .collect();
+    let took = wait_until_seen(&others, "n3", false, Duration::from_secs(20)).await;
+    eprintln!("paused node marked down by phi after {took:?}");
+    let v = members(others[0]).await;
+    assert!(member(&v, "n3")["phi"].as_f64().unwrap() >= 8.0);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &paused])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until_seen(&others, "n3", true, Duration::from_secs(20)).await;
+
+    // Kill one: every other node marks it down.
+    let old_generation = member(&members(&nodes[0]).await, "n4")["generation"]
+        .as_u64()
+        .unwrap();
+    nodes[3].kill9();
+    let others: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, n)| n)
+        .collect();
+    let took = wait_until_seen(&others, "n4", false, Duration::from_secs(20)).await;
+    eprintln!("killed node marked down after {took:?}");
+
+    // Restart it: up again everywhere, with a higher generation.
+    nodes[3].restart();
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 5).await;
+    let v = members(&nodes[0]).await;
+    assert!(member(&v, "n4")["generation"].as_u64().unwrap() > old_generation);
+
+    // Restart a node with no seeds at all: it still knows the cluster from its history.
+    nodes[1].terminate();
+    let flags: Vec<String> = nodes[1].flags();
+    let without_seeds: Vec<&str> = {
+        let mut out = Vec::new();
+        let mut skip = false;
+        for f in &flags {
+            if skip {
+                skip = false;
+                continue;
+            }
+            if f == "--seeds" {
+                skip = true;
+                continue;
+            }
+            out.push(f.as_str());
+        }
+        out
+    };
+    nodes[1].restart_with(&without_seeds);
+    let v = members(&nodes[1]).await;
+    assert_eq!(
+        v["members"].as_array().unwrap().len(),
+        5,
+        "knows the cluster at once: {v}"
+    );
+    let final_version = wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 5).await;
+    assert_eq!(final_version, version, "same tokens, same ring");
+}
