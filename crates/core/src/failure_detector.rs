@@ -28,7 +28,7 @@ pub struct DetectorConfig {
     pub min_std_dev_ms: f64,
     /// Extra pause tolerated before suspicion grows, ms (added to the mean).
     pub acceptable_pause_ms: f64,
-    /// The interval assumed before any sample arrives, ms (the gossip interval).
+    /// The gossip interval, ms: assumed before any sample arrives, and a floor on the mean.
     pub first_interval_ms: f64,
     /// Consecutive request timeouts after which a peer is suspected until heard from.
     pub max_timeouts: u32,
@@ -40,7 +40,7 @@ impl Default for DetectorConfig {
             threshold: 8.0,
             window: 100,
             min_std_dev_ms: 500.0,
-            acceptable_pause_ms: 1000.0,
+            acceptable_pause_ms: 3000.0,
             first_interval_ms: 1000.0,
             max_timeouts: 3,
         }
@@ -164,7 +164,15 @@ impl FailureDetector {
         } else {
             (s.sum_sq / n - mean * mean).max(0.0)
         };
-        let std = var.sqrt().max(self.config.min_std_dev_ms);
+        // Heartbeats advance once per gossip interval, so a shorter mean is an artifact of
+        // bunching; and until ten samples are in, the spread is not known: be lenient.
+        let mean = mean.max(self.config.first_interval_ms);
+        let floor = if n < 10.0 {
+            2.0 * self.config.min_std_dev_ms
+        } else {
+            self.config.min_std_dev_ms
+        };
+        let std = var.sqrt().max(floor);
         phi_normal(elapsed, mean + self.config.acceptable_pause_ms, std)
     }
 

@@ -900,6 +900,29 @@ impl<S: LocalStore> Node<S> {
         }
     }
 
+    /// Records that the transport is connected to `node` without starting a gossip exchange.
+    /// For simulations that start from an already converged, connected cluster.
+    pub fn assume_connected(&mut self, node: &str) {
+        if node != self.me.id {
+            self.connected.insert(node.to_owned());
+        }
+    }
+
+    /// Declares a new status for this node: its record gets a new version, which gossip
+    /// spreads (and which is persisted).
+    pub fn set_status(&mut self, status: crate::membership::Status) {
+        self.me.status = status;
+        self.me.version += 1;
+        self.view
+            .members
+            .insert(self.me.id.clone(), self.me.clone());
+        if let Ok(ring) = Ring::new(&self.view.ring_tokens()) {
+            self.ring = ring;
+        }
+        self.members_epoch += 1;
+        self.outbox.push(Output::Persist(self.me.clone()));
+    }
+
     /// The transport lost `node`: requests waiting on it stop waiting.
     pub fn peer_down(&mut self, now: u64, node: &str) {
         self.now = now;

@@ -22,6 +22,7 @@
 //! takes a new actor id, as the server does after an unclean shutdown.
 
 pub mod checker;
+pub mod gossip_lab;
 
 use checker::{Outcome, Violation, WriteRecord};
 use dynamokv_core::membership::Member;
@@ -349,10 +350,10 @@ impl Sim {
                 rng.next_u64(),
                 &members,
             );
+            // Start converged and connected: the history each node would have persisted.
             for other in &members {
-                core.peer_up(&other.id);
+                core.assume_connected(&other.id);
             }
-            // Start converged: the history each node would have persisted.
             core.drain();
             nodes.push(SimNode {
                 member: m.clone(),

@@ -36,10 +36,70 @@ struct Args {
     /// Print the event log of each seed.
     #[arg(long)]
     trace: bool,
+    /// Instead of the workload: measure gossip convergence (10, 100, 1000 nodes), failure
+    /// detection time, false-down rate under loss and jitter, and bytes per gossip exchange.
+    #[arg(long)]
+    measure_gossip: bool,
+}
+
+fn measure_gossip(seed: u64) {
+    use dynamokv_sim::gossip_lab::*;
+    println!("gossip convergence (rounds of 1 s until every node knows a change; 5 seeds):");
+    for n in [10usize, 100, 1000] {
+        let t = Instant::now();
+        let seeds = if n >= 1000 { 1 } else { 5 };
+        let rounds: Vec<u64> = (0..seeds)
+            .map(|s| convergence_rounds(n, seed + s))
+            .collect();
+        let mean = rounds.iter().sum::<u64>() as f64 / rounds.len() as f64;
+        println!(
+            "  {n:>5} nodes: mean {mean:.1}, max {} rounds (log2 n = {:.1}); {:.1} s to simulate",
+            rounds.iter().max().unwrap_or(&0),
+            (n as f64).log2(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    println!("failure detection (pause one node; ms until every other node marks it down):");
+    for (n, loss, jitter) in [
+        (5usize, 0.0, 0u64),
+        (5, 0.05, 200),
+        (100, 0.0, 0),
+        (100, 0.05, 200),
+    ] {
+        let times: Vec<u64> = (0..5)
+            .map(|s| detection_time(n, seed + s, loss, jitter))
+            .collect();
+        println!(
+            "  {n:>3} nodes, loss {:>2.0}%, jitter {jitter:>3} ms: mean {:.0} ms, max {} ms",
+            loss * 100.0,
+            times.iter().sum::<u64>() as f64 / times.len() as f64,
+            times.iter().max().unwrap_or(&0)
+        );
+    }
+    println!(
+        "false downs (a live node newly believed down by another; 10 nodes, 3 runs of 1 hour):"
+    );
+    for (loss, jitter) in [(0.05, 0u64), (0.0, 500), (0.05, 500)] {
+        let flaps: u64 = (0..3)
+            .map(|s| false_downs(10, seed + s, loss, jitter, 3600))
+            .sum();
+        println!(
+            "  loss {:>2.0}%, jitter {jitter:>3} ms: {flaps} false downs in 30 node-hours",
+            loss * 100.0
+        );
+    }
+    let (per, per_member) = bytes_per_exchange(100, seed);
+    println!(
+        "gossip bytes in a steady 100-node cluster: {per:.0} bytes per exchange ({per_member:.1} per member)"
+    );
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.measure_gossip {
+        measure_gossip(args.seed);
+        return ExitCode::SUCCESS;
+    }
     if args.nodes == 0 || args.clients == 0 || args.keys == 0 {
         eprintln!("error: --nodes, --clients and --keys must be at least 1");
         return ExitCode::FAILURE;
