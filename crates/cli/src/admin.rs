@@ -33,8 +33,16 @@ pub struct StatusArgs {
 }
 
 async fn members(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    let mut v = fetch(http, url, "members").await?;
+    if let Ok(stats) = fetch(http, url, "stats").await {
+        v["node_stats"] = stats;
+    }
+    Ok(v)
+}
+
+async fn fetch(http: &reqwest::Client, url: &str, what: &str) -> anyhow::Result<Value> {
     let r = http
-        .get(format!("{}/admin/members", url.trim_end_matches('/')))
+        .get(format!("{}/admin/{what}", url.trim_end_matches('/')))
         .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
@@ -50,6 +58,18 @@ fn print_view(v: &Value) {
         v["node"].as_str().unwrap_or("?"),
         v["ring_version"].as_str().unwrap_or("?")
     );
+    let st = &v["node_stats"];
+    if st.is_object() {
+        println!(
+            "  hints: {} pending {}, {} stored, {} delivered; read repairs {}; sloppy writes {}",
+            st["hints_pending"],
+            st["hints_pending_by_owner"],
+            st["hints_stored"],
+            st["hints_delivered"],
+            st["read_repairs"],
+            st["sloppy_writes"]
+        );
+    }
     println!(
         "{:<14} {:<22} {:<22} {:<8} {:<8} {:>7} {:>10} {:>6} {:>7} {:>14}",
         "node",

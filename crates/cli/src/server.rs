@@ -52,6 +52,12 @@ pub struct ServerArgs {
     /// Largest peer frame accepted, in bytes. [default: 33554432]
     #[arg(long, value_name = "BYTES")]
     max_frame_bytes: Option<usize>,
+    /// Most hints handed back to returning nodes per second. [default: 2000]
+    #[arg(long, value_name = "N")]
+    hint_rate: Option<u64>,
+    /// How often hints are scanned for owners that are back, in ms. [default: 1000]
+    #[arg(long, value_name = "MS")]
+    hint_scan_interval_ms: Option<u64>,
     /// Let POST /admin/faults drop or delay peer messages (fault tests only, never production).
     #[arg(long)]
     enable_fault_injection: bool,
@@ -138,6 +144,12 @@ impl ServerArgs {
         }
         if let Some(v) = self.max_frame_bytes {
             c.max_frame_bytes = v;
+        }
+        if let Some(v) = self.hint_rate {
+            c.hint_rate_per_sec = v;
+        }
+        if let Some(v) = self.hint_scan_interval_ms {
+            c.hint_scan_interval_ms = v;
         }
         if self.enable_fault_injection {
             c.enable_fault_injection = true;

@@ -205,7 +205,9 @@ async fn five_nodes_replicate_route_and_survive_a_kill() {
         "some keys have the dead node as a primary"
     );
 
-    // A put with W=3 while a primary is down fails with the quorum error; R=3 too.
+    // W=3 while a primary is down: a fallback stands in (sloppy quorum, issue 6), so it
+    // succeeds; insisting on three primaries (pw=3) fails with the quorum error, and so does
+    // pr=3 for a read.
     let key = &with_victim[0];
     let r = c
         .put(format!("{}/kv/{key}?w=3", alive[0].url))
@@ -213,19 +215,30 @@ async fn five_nodes_replicate_route_and_survive_a_kill() {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = c
+        .put(format!("{}/kv/{key}?w=3&pw=3", alive[0].url))
+        .body("strict")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "unavailable");
     assert_eq!(body["needed"], 3);
+    assert_eq!(body["primary_needed"], 3);
     assert_eq!(body["failed"], serde_json::json!([victim_id]));
     assert!(body["message"].as_str().unwrap().contains("W=3"));
-    let (status, _) = read(&c, &alive[0].url, key, "?r=3").await;
+    let (status, _) = read(&c, &alive[0].url, key, "?r=3&pr=3").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    // The refused W=3 write changed nothing.
-    assert_eq!(
-        read(&c, &alive[1].url, key, "").await,
-        (StatusCode::OK, "v".to_owned())
+    // The blind w3 write sits beside "v"; the refused strict write changed nothing.
+    let (status, body) = read(&c, &alive[1].url, key, "?r=3").await;
+    assert_eq!(status, StatusCode::MULTIPLE_CHOICES);
+    assert!(
+        body.contains("\r\nw3\r\n") && body.contains("\r\nv\r\n"),
+        "{body}"
     );
+    assert!(!body.contains("strict"));
     // Quorums above N are refused outright.
     let r = c
         .put(format!("{}/kv/{key}?w=4", alive[0].url))

@@ -21,6 +21,8 @@ pub enum ClientRequest {
         key: Vec<u8>,
         /// Read quorum override.
         r: Option<u8>,
+        /// How many of the R replies must come from primaries (Riak's PR; default 0).
+        pr: Option<u8>,
     },
     /// Write a value (`None`: delete), answering after `w` replicas acknowledged.
     Put {
@@ -33,6 +35,8 @@ pub enum ClientRequest {
         context: Option<VersionVector>,
         /// Write quorum override.
         w: Option<u8>,
+        /// How many of the W acknowledgements must come from primaries (Riak's PW; default 0).
+        pw: Option<u8>,
     },
 }
 
@@ -82,7 +86,7 @@ pub enum OpError {
         n: u8,
     },
     /// Fewer replicas answered than the quorum needs.
-    #[error("{}", describe_unavailable(*kind, *needed, *answered, asked, failed, *written, *sent))]
+    #[error("{}", describe_unavailable(*kind, *needed, *answered, asked, failed, *written, *sent, *primary_needed, *primary_answered))]
     Unavailable {
         /// Read or write.
         kind: QuorumKind,
@@ -99,6 +103,10 @@ pub enum OpError {
         /// False when the coordinator gave up before asking anyone, because too few replicas
         /// were reachable; `answered` then counts the reachable ones.
         sent: bool,
+        /// Answers needed from primaries (PR or PW; 0 when not asked for).
+        primary_needed: u8,
+        /// Primaries that answered (or, when nothing was sent, are reachable).
+        primary_answered: u8,
     },
     /// The node that should coordinate could not be reached.
     #[error("the coordinator {node} for this key did not answer ({reason}); retry")]
@@ -124,6 +132,8 @@ pub enum OpError {
     },
 }
 
+// One argument per field of `OpError::Unavailable`, which the error attribute passes along.
+#[allow(clippy::too_many_arguments)]
 fn describe_unavailable(
     kind: QuorumKind,
     needed: u8,
@@ -132,6 +142,8 @@ fn describe_unavailable(
     failed: &[String],
     written: bool,
     sent: bool,
+    primary_needed: u8,
+    primary_answered: u8,
 ) -> String {
     let (what, letter) = match kind {
         QuorumKind::Read => ("read", "R"),
@@ -155,6 +167,13 @@ fn describe_unavailable(
             "unreachable"
         };
         s.push_str(&format!(" ({label}: {})", failed.join(", ")));
+    }
+    if primary_needed > 0 {
+        let p = if kind == QuorumKind::Read { "PR" } else { "PW" };
+        let verb = if sent { "answered" } else { "are reachable" };
+        s.push_str(&format!(
+            "; {p}={primary_needed} needed, {primary_answered} primaries {verb}"
+        ));
     }
     if kind == QuorumKind::Write {
         if written {
@@ -189,14 +208,17 @@ pub enum Message {
         /// The coordinator's answer.
         response: ClientResponse,
     },
-    /// "Merge this object into your copy of the key" (a coordinator's write).
+    /// "Merge this object into your copy of the key" (a coordinator's write, or a hint handed
+    /// back to its owner); with `hint`, "keep it for that down node" (sloppy quorum).
     Replicate {
-        /// Request id at the coordinator.
+        /// Request id at the sender.
         id: RequestId,
         /// The key.
         key: Vec<u8>,
         /// The new object.
         object: Object,
+        /// The primary this replica stands in for, when the receiver is a fallback.
+        hint: Option<String>,
     },
     /// The answer to a [`Message::Replicate`]: stored, or why not.
     ReplicateAck {

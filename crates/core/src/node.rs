@@ -50,6 +50,12 @@ pub struct NodeConfig {
     pub gossip_interval_ms: u64,
     /// Failure detector settings.
     pub detector: DetectorConfig,
+    /// How often the hint store is scanned for hints whose owner is back, in ms.
+    pub hint_scan_interval_ms: u64,
+    /// Hints handed off per second at most (per node).
+    pub hint_rate_per_sec: u64,
+    /// Hint deliveries in flight at most.
+    pub hint_max_in_flight: usize,
 }
 
 impl Default for NodeConfig {
@@ -61,6 +67,9 @@ impl Default for NodeConfig {
             request_timeout_ms: 2000,
             gossip_interval_ms: 1000,
             detector: DetectorConfig::default(),
+            hint_scan_interval_ms: 1000,
+            hint_rate_per_sec: 2000,
+            hint_max_in_flight: 64,
         }
     }
 }
@@ -99,6 +108,12 @@ pub struct NodeStats {
     pub read_repairs: u64,
     /// Peer messages refused as invalid.
     pub rejected_messages: u64,
+    /// Replicas this node stored as a fallback, with a hint naming their owner.
+    pub hints_stored: u64,
+    /// Hints handed back to their owners and deleted here.
+    pub hints_delivered: u64,
+    /// Writes that went to at least one fallback (sloppy quorum).
+    pub sloppy_writes: u64,
 }
 
 /// A member as the admin endpoint shows it.
@@ -164,7 +179,15 @@ enum Pending {
         origin: Option<Origin>,
         key: Vec<u8>,
         replies: Replies,
+        /// Nodes whose copy read repair may fix: the primaries asked.
+        primaries: Vec<String>,
         tally: Tally,
+        deadline: u64,
+    },
+    Handoff {
+        owner: String,
+        key: Vec<u8>,
+        object: Object,
         deadline: u64,
     },
 }
@@ -186,6 +209,10 @@ pub struct Node<S> {
     pending: BTreeMap<RequestId, Pending>,
     outbox: Vec<Output>,
     next_gossip: u64,
+    next_hint_scan: u64,
+    hint_cursor: Option<(Vec<u8>, String)>,
+    hint_tokens: f64,
+    last_hint_refill: u64,
     members_epoch: u64,
     stats: NodeStats,
 }
@@ -237,6 +264,10 @@ impl<S: LocalStore> Node<S> {
             pending: BTreeMap::new(),
             outbox: Vec::new(),
             next_gossip: 0,
+            next_hint_scan: 0,
+            hint_cursor: None,
+            hint_tokens: 0.0,
+            last_hint_refill: 0,
             members_epoch: 0,
             stats: NodeStats::default(),
         };
@@ -489,6 +520,8 @@ impl<S: LocalStore> Node<S> {
                         asked: primaries,
                         written: false,
                         sent: false,
+                        primary_needed: 0,
+                        primary_answered: 0,
                     }),
                 );
             }
@@ -515,51 +548,115 @@ impl<S: LocalStore> Node<S> {
         }
     }
 
+    /// Where a request for `key` goes: the N primaries, and the targets - every reachable
+    /// primary, plus for each unreachable primary the next reachable node clockwise past the
+    /// primaries (a fallback) tagged with the primary it stands in for.
+    pub fn plan(&self, key: &[u8]) -> (Vec<String>, Vec<(String, Option<String>)>) {
+        let pos = position(key);
+        let n = usize::from(self.config.n);
+        let primaries: Vec<String> = self
+            .ring
+            .walk(pos, n)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let down: Vec<&String> = primaries.iter().filter(|p| !self.is_up(p)).collect();
+        let mut targets: Vec<(String, Option<String>)> = primaries
+            .iter()
+            .filter(|p| self.is_up(p))
+            .map(|p| (p.clone(), None))
+            .collect();
+        if !down.is_empty() {
+            let spares: Vec<String> = self
+                .ring
+                .walk(pos, self.ring.nodes().len())
+                .into_iter()
+                .skip(primaries.len())
+                .filter(|x| self.is_up(x))
+                .take(down.len())
+                .map(str::to_owned)
+                .collect();
+            for (owner, fallback) in down.into_iter().zip(spares) {
+                targets.push((fallback, Some(owner.clone())));
+            }
+        }
+        (primaries, targets)
+    }
+
+    /// This node's copy of `key` merged with any hints it keeps for it.
+    fn local_read(&self, key: &[u8]) -> Result<Option<Object>, crate::store::StoreError> {
+        let own = self.store.get(key)?;
+        let hints = self.store.hints_for_key(key)?;
+        if hints.is_empty() {
+            return Ok(own);
+        }
+        let merged = hints
+            .iter()
+            .fold(own.unwrap_or_default(), |acc, h| acc.merge(&h.object));
+        Ok(Some(merged))
+    }
+
     fn coordinate(
         &mut self,
         now: u64,
         origin: Origin,
         request: ClientRequest,
-        primaries: Vec<String>,
+        _primaries: Vec<String>,
     ) {
-        let targets: Vec<String> = primaries
-            .iter()
-            .filter(|p| self.is_up(p))
-            .cloned()
-            .collect();
+        let deadline = now + self.config.request_timeout_ms;
+        let (primaries, targets) = self.plan(request.key());
+        let up_primaries = targets.iter().filter(|(_, h)| h.is_none()).count();
         let unreachable: Vec<String> = primaries
             .iter()
             .filter(|p| !self.is_up(p))
             .cloned()
             .collect();
-        let deadline = now + self.config.request_timeout_ms;
+        let (kind, name, pname, asked_q, asked_p, default) = match &request {
+            ClientRequest::Get { r, pr, .. } => {
+                (QuorumKind::Read, "r", "pr", *r, *pr, self.config.r)
+            }
+            ClientRequest::Put { w, pw, .. } => {
+                (QuorumKind::Write, "w", "pw", *w, *pw, self.config.w)
+            }
+        };
+        let needed = match self.quorum(name, asked_q, default, primaries.len()) {
+            Ok(n) => n,
+            Err(e) => return self.respond(origin, Err(e)),
+        };
+        let primary_needed = match asked_p {
+            None | Some(0) => 0,
+            Some(v) => match self.quorum(pname, Some(v), 0, primaries.len()) {
+                Ok(n) => n,
+                Err(e) => return self.respond(origin, Err(e)),
+            },
+        };
+        if targets.len() < needed || up_primaries < primary_needed {
+            return self.respond(
+                origin,
+                Err(OpError::Unavailable {
+                    kind,
+                    needed: needed as u8,
+                    answered: targets.len() as u8,
+                    asked: primaries.clone(),
+                    failed: unreachable,
+                    written: false,
+                    sent: false,
+                    primary_needed: primary_needed as u8,
+                    primary_answered: up_primaries as u8,
+                }),
+            );
+        }
+        let asked: Vec<String> = targets.iter().map(|(t, _)| t.clone()).collect();
+        let mut tally =
+            Tally::new(asked, needed).with_primaries(primaries.iter().cloned(), primary_needed);
+        let id = self.new_id();
         match request {
-            ClientRequest::Get { key, r } => {
+            ClientRequest::Get { key, .. } => {
                 self.stats.coordinated_reads += 1;
-                let needed = match self.quorum("r", r, self.config.r, primaries.len()) {
-                    Ok(n) => n,
-                    Err(e) => return self.respond(origin, Err(e)),
-                };
-                if targets.len() < needed {
-                    return self.respond(
-                        origin,
-                        Err(unavailable(
-                            QuorumKind::Read,
-                            needed,
-                            targets.len(),
-                            &primaries,
-                            unreachable,
-                            false,
-                            false,
-                        )),
-                    );
-                }
-                let id = self.new_id();
-                let mut tally = Tally::new(targets.clone(), needed);
                 let mut replies = BTreeMap::new();
-                for t in &targets {
+                for (t, _) in &targets {
                     if *t == self.me.id {
-                        match self.store.get(&key) {
+                        match self.local_read(&key) {
                             Ok(obj) => {
                                 tally.succeed(t);
                                 replies.insert(t.clone(), obj);
@@ -584,6 +681,7 @@ impl<S: LocalStore> Node<S> {
                         origin: Some(origin),
                         key,
                         replies,
+                        primaries,
                         tally,
                         deadline,
                     },
@@ -594,27 +692,9 @@ impl<S: LocalStore> Node<S> {
                 key,
                 value,
                 context,
-                w,
+                ..
             } => {
                 self.stats.coordinated_writes += 1;
-                let needed = match self.quorum("w", w, self.config.w, primaries.len()) {
-                    Ok(n) => n,
-                    Err(e) => return self.respond(origin, Err(e)),
-                };
-                if targets.len() < needed {
-                    return self.respond(
-                        origin,
-                        Err(unavailable(
-                            QuorumKind::Write,
-                            needed,
-                            targets.len(),
-                            &primaries,
-                            unreachable,
-                            false,
-                            false,
-                        )),
-                    );
-                }
                 let actor = self.actor;
                 let mut value = Some(value);
                 let stamped = self.store.modify(&key, &mut |current| {
@@ -633,17 +713,23 @@ impl<S: LocalStore> Node<S> {
                         return self.respond(origin, Err(OpError::Storage { node, message: e.0 }));
                     }
                 };
-                let id = self.new_id();
-                let mut tally = Tally::new(targets.clone(), needed);
                 tally.succeed(&self.me.id);
-                let me = self.me.id.clone();
-                for t in targets.iter().filter(|t| **t != me) {
+                if targets.iter().any(|(_, h)| h.is_some()) {
+                    self.stats.sloppy_writes += 1;
+                }
+                for (t, hint) in targets
+                    .iter()
+                    .filter(|(t, _)| *t != self.me.id)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                {
                     self.send(
-                        t,
+                        &t,
                         Message::Replicate {
                             id,
                             key: key.clone(),
                             object: object.clone(),
+                            hint,
                         },
                     );
                 }
@@ -674,12 +760,17 @@ impl<S: LocalStore> Node<S> {
         let expired = match p {
             Pending::Forward { deadline, .. }
             | Pending::Write { deadline, .. }
-            | Pending::Read { deadline, .. } => now >= *deadline,
+            | Pending::Read { deadline, .. }
+            | Pending::Handoff { deadline, .. } => now >= *deadline,
         };
         let mut answer: Option<(Origin, ClientResponse)> = None;
         let mut done = false;
-        let mut repair: Option<(Vec<u8>, Replies)> = None;
+        let mut repair: Option<(Vec<u8>, Replies, Vec<String>)> = None;
         match p {
+            Pending::Handoff { .. } => {
+                // Retried at the next scan.
+                done = expired;
+            }
             Pending::Forward { origin, to, .. } => {
                 if expired {
                     answer = Some((
@@ -711,15 +802,7 @@ impl<S: LocalStore> Node<S> {
                             )
                         });
                     } else if tally.impossible() || expired {
-                        let err = unavailable(
-                            QuorumKind::Write,
-                            tally.needed(),
-                            tally.successes(),
-                            tally.asked(),
-                            tally.missing(),
-                            true,
-                            true,
-                        );
+                        let err = unavailable(QuorumKind::Write, tally, true);
                         answer = origin.take().map(|o| (o, Err(err)));
                     }
                 }
@@ -729,6 +812,7 @@ impl<S: LocalStore> Node<S> {
                 origin,
                 key,
                 replies,
+                primaries,
                 tally,
                 ..
             } => {
@@ -737,21 +821,17 @@ impl<S: LocalStore> Node<S> {
                         let merged = merge_all(replies.values());
                         answer = origin.take().map(|o| (o, Ok(Reply::Read(merged))));
                     } else if tally.impossible() || expired {
-                        let err = unavailable(
-                            QuorumKind::Read,
-                            tally.needed(),
-                            tally.successes(),
-                            tally.asked(),
-                            tally.missing(),
-                            false,
-                            true,
-                        );
+                        let err = unavailable(QuorumKind::Read, tally, false);
                         answer = origin.take().map(|o| (o, Err(err)));
                     }
                 }
                 done = tally.complete() || expired;
                 if done {
-                    repair = Some((std::mem::take(key), std::mem::take(replies)));
+                    repair = Some((
+                        std::mem::take(key),
+                        std::mem::take(replies),
+                        std::mem::take(primaries),
+                    ));
                 }
             }
         }
@@ -765,6 +845,7 @@ impl<S: LocalStore> Node<S> {
                 Some(Pending::Write { tally, .. } | Pending::Read { tally, .. }) => {
                     tally.pending_nodes()
                 }
+                Some(Pending::Handoff { owner, .. }) => vec![owner.clone()],
                 None => Vec::new(),
             };
             for node in silent {
@@ -774,18 +855,19 @@ impl<S: LocalStore> Node<S> {
         if done {
             self.pending.remove(&id);
         }
-        if let Some((key, replies)) = repair {
-            self.read_repair(&key, &replies);
+        if let Some((key, replies, primaries)) = repair {
+            self.read_repair(&key, &replies, &primaries);
         }
     }
 
     /// Sends the merge of every reply to each replica whose copy differed from it.
-    fn read_repair(&mut self, key: &[u8], replies: &Replies) {
+    fn read_repair(&mut self, key: &[u8], replies: &Replies, primaries: &[String]) {
         let merged = merge_all(replies.values());
         if merged.is_empty() {
             return;
         }
-        for (node, copy) in replies {
+        // Only primaries are repaired: a fallback's copy goes home by handoff.
+        for (node, copy) in replies.iter().filter(|(n, _)| primaries.contains(n)) {
             if copy.as_ref() == Some(&merged) {
                 continue;
             }
@@ -825,17 +907,44 @@ impl<S: LocalStore> Node<S> {
                     self.respond(origin, response);
                 }
             }
-            Message::Replicate { id, key, object } => {
-                let error = match valid(&key, &object) {
-                    Err(e) => {
+            Message::Replicate {
+                id,
+                key,
+                object,
+                hint,
+            } => {
+                let error = match (valid(&key, &object), hint) {
+                    (Err(e), _) => {
                         self.stats.rejected_messages += 1;
                         Some(e)
                     }
-                    Ok(()) => self.store.merge(&key, &object).err().map(|e| e.0),
+                    (Ok(()), None) => self.store.merge(&key, &object).err().map(|e| e.0),
+                    (Ok(()), Some(owner)) if owner == self.me.id => {
+                        self.store.merge(&key, &object).err().map(|e| e.0)
+                    }
+                    (Ok(()), Some(owner)) => match self.store.put_hint(&owner, &key, &object) {
+                        Ok(()) => {
+                            self.stats.hints_stored += 1;
+                            None
+                        }
+                        Err(e) => Some(e.0),
+                    },
                 };
                 self.send(from, Message::ReplicateAck { id, error });
             }
             Message::ReplicateAck { id, error } => {
+                if matches!(self.pending.get(&id), Some(Pending::Handoff { owner, .. }) if owner == from)
+                    && let Some(Pending::Handoff {
+                        owner, key, object, ..
+                    }) = self.pending.remove(&id)
+                    && error.is_none()
+                    && self
+                        .store
+                        .remove_hint(&owner, &key, &object)
+                        .unwrap_or(false)
+                {
+                    self.stats.hints_delivered += 1;
+                }
                 if let Some(Pending::Write { tally, .. }) = self.pending.get_mut(&id) {
                     if error.is_none() {
                         tally.succeed(from);
@@ -848,7 +957,7 @@ impl<S: LocalStore> Node<S> {
             Message::Read { id, key } => {
                 let result = match limits::check_key(&key) {
                     Err(e) => Err(e.to_string()),
-                    Ok(()) => self.store.get(&key).map_err(|e| e.0),
+                    Ok(()) => self.local_read(&key).map_err(|e| e.0),
                 };
                 self.send(from, Message::ReadReply { id, result });
             }
@@ -936,6 +1045,12 @@ impl<S: LocalStore> Node<S> {
                 Some(Pending::Write { tally, .. } | Pending::Read { tally, .. }) => {
                     tally.fail(node)
                 }
+                Some(Pending::Handoff { owner, .. }) => {
+                    if owner.as_str() == node {
+                        self.pending.remove(&id);
+                    }
+                    false
+                }
                 None => false,
             };
             if !failed {
@@ -966,7 +1081,8 @@ impl<S: LocalStore> Node<S> {
             .filter(|(_, p)| match p {
                 Pending::Forward { deadline, .. }
                 | Pending::Write { deadline, .. }
-                | Pending::Read { deadline, .. } => now >= *deadline,
+                | Pending::Read { deadline, .. }
+                | Pending::Handoff { deadline, .. } => now >= *deadline,
             })
             .map(|(id, _)| *id)
             .collect();
@@ -976,6 +1092,89 @@ impl<S: LocalStore> Node<S> {
         if now >= self.next_gossip {
             self.next_gossip = now + self.config.gossip_interval_ms;
             self.gossip_round();
+        }
+        self.hand_off(now);
+    }
+
+    /// Hints kept here whose owner is up again go home, throttled by rate and concurrency;
+    /// each is deleted only once its owner acknowledged it (Dynamo section 4.6).
+    fn hand_off(&mut self, now: u64) {
+        let rate = self.config.hint_rate_per_sec as f64;
+        let elapsed = now.saturating_sub(self.last_hint_refill) as f64 / 1000.0;
+        self.last_hint_refill = now;
+        self.hint_tokens = (self.hint_tokens + rate * elapsed).min(rate.max(1.0));
+        if now < self.next_hint_scan {
+            return;
+        }
+        let in_flight = self
+            .pending
+            .values()
+            .filter(|p| matches!(p, Pending::Handoff { .. }))
+            .count();
+        let budget = self
+            .config
+            .hint_max_in_flight
+            .saturating_sub(in_flight)
+            .min(self.hint_tokens as usize);
+        if budget == 0 {
+            return;
+        }
+        let cursor = self.hint_cursor.clone();
+        let page = match self.store.scan_hints(
+            cursor.as_ref().map(|(k, o)| (k.as_slice(), o.as_str())),
+            256,
+        ) {
+            Ok(p) => p,
+            Err(_) => {
+                self.next_hint_scan = now + self.config.hint_scan_interval_ms;
+                return;
+            }
+        };
+        let wrapped = page.len() < 256;
+        let mut sent = 0;
+        let mut last = None;
+        for h in page {
+            last = Some((h.key.clone(), h.owner.clone()));
+            let busy = self.pending.values().any(|p| {
+                matches!(p, Pending::Handoff { owner, key, .. } if *owner == h.owner && *key == h.key)
+            });
+            if busy || !self.is_up(&h.owner) || !self.view.members.contains_key(&h.owner) {
+                continue;
+            }
+            let id = self.new_id();
+            self.send(
+                &h.owner,
+                Message::Replicate {
+                    id,
+                    key: h.key.clone(),
+                    object: h.object.clone(),
+                    hint: None,
+                },
+            );
+            self.pending.insert(
+                id,
+                Pending::Handoff {
+                    owner: h.owner,
+                    key: h.key,
+                    object: h.object,
+                    deadline: now + self.config.request_timeout_ms,
+                },
+            );
+            sent += 1;
+            self.hint_tokens -= 1.0;
+            if sent >= budget {
+                break;
+            }
+        }
+        if sent >= budget && !wrapped {
+            // More may be waiting: continue from here at the next tick.
+            self.hint_cursor = last;
+        } else if wrapped && sent < budget {
+            // A full pass: start over after the scan interval.
+            self.hint_cursor = None;
+            self.next_hint_scan = now + self.config.hint_scan_interval_ms;
+        } else {
+            self.hint_cursor = last;
         }
     }
 
@@ -1022,23 +1221,17 @@ fn valid(key: &[u8], object: &Object) -> Result<(), String> {
     object.validate().map_err(|e| e.to_string())
 }
 
-fn unavailable(
-    kind: QuorumKind,
-    needed: usize,
-    answered: usize,
-    asked: &[String],
-    failed: Vec<String>,
-    written: bool,
-    sent: bool,
-) -> OpError {
+fn unavailable(kind: QuorumKind, tally: &Tally, written: bool) -> OpError {
     OpError::Unavailable {
         kind,
-        needed: needed as u8,
-        answered: answered as u8,
-        asked: asked.to_vec(),
-        failed,
+        needed: tally.needed() as u8,
+        answered: tally.successes() as u8,
+        asked: tally.asked().to_vec(),
+        failed: tally.missing(),
         written,
-        sent,
+        sent: true,
+        primary_needed: tally.primary_needed() as u8,
+        primary_answered: tally.primary_successes() as u8,
     }
 }
 
@@ -1051,7 +1244,10 @@ mod tests {
     use std::collections::VecDeque;
 
     #[derive(Default)]
-    struct MapStore(RefCell<BTreeMap<Vec<u8>, Object>>);
+    struct MapStore(
+        RefCell<BTreeMap<Vec<u8>, Object>>,
+        RefCell<BTreeMap<(Vec<u8>, String), Object>>,
+    );
 
     impl LocalStore for MapStore {
         fn get(&self, key: &[u8]) -> Result<Option<Object>, StoreError> {
@@ -1066,6 +1262,58 @@ mod tests {
             let new = f(cur);
             self.0.borrow_mut().insert(key.to_vec(), new.clone());
             Ok(new)
+        }
+        fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<(), StoreError> {
+            let mut hints = self.1.borrow_mut();
+            let e = hints.entry((key.to_vec(), owner.to_owned())).or_default();
+            *e = e.merge(incoming);
+            Ok(())
+        }
+        fn hints_for_key(&self, key: &[u8]) -> Result<Vec<crate::store::Hint>, StoreError> {
+            Ok(self
+                .1
+                .borrow()
+                .iter()
+                .filter(|((k, _), _)| k == key)
+                .map(|((k, o), obj)| crate::store::Hint {
+                    owner: o.clone(),
+                    key: k.clone(),
+                    object: obj.clone(),
+                })
+                .collect())
+        }
+        fn scan_hints(
+            &self,
+            after: Option<(&[u8], &str)>,
+            limit: usize,
+        ) -> Result<Vec<crate::store::Hint>, StoreError> {
+            let after = after.map(|(k, o)| (k.to_vec(), o.to_owned()));
+            Ok(self
+                .1
+                .borrow()
+                .iter()
+                .filter(|(id, _)| after.as_ref().is_none_or(|a| *id > a))
+                .take(limit)
+                .map(|((k, o), obj)| crate::store::Hint {
+                    owner: o.clone(),
+                    key: k.clone(),
+                    object: obj.clone(),
+                })
+                .collect())
+        }
+        fn remove_hint(
+            &self,
+            owner: &str,
+            key: &[u8],
+            delivered: &Object,
+        ) -> Result<bool, StoreError> {
+            let id = (key.to_vec(), owner.to_owned());
+            let mut hints = self.1.borrow_mut();
+            if hints.get(&id).is_some_and(|h| delivered.contains(h)) {
+                hints.remove(&id);
+                return Ok(true);
+            }
+            Ok(false)
         }
     }
 
@@ -1178,6 +1426,7 @@ mod tests {
                     value: Some(value.to_vec()),
                     context,
                     w,
+                    pw: None,
                 },
             )
         }
@@ -1189,6 +1438,7 @@ mod tests {
                 ClientRequest::Get {
                     key: key.to_vec(),
                     r: None,
+                    pr: None,
                 },
             ) {
                 Ok(Reply::Read(o)) => o,
@@ -1253,10 +1503,26 @@ mod tests {
             Ok(Reply::Written { .. })
         ));
         assert_eq!(values(&c.get(&entry, &key)), vec![b"v1".to_vec()]);
-        match c.put(&entry, &key, b"v2", None, Some(3)) {
+        // W=3 with a primary down still succeeds: a fallback stands in (sloppy quorum)...
+        assert!(matches!(
+            c.put(&entry, &key, b"v2", None, Some(3)),
+            Ok(Reply::Written { .. })
+        ));
+        // ...unless the caller insists on primaries.
+        match c.request(
+            &entry,
+            9,
+            ClientRequest::Put {
+                key: key.clone(),
+                value: Some(b"v3".to_vec()),
+                context: None,
+                w: Some(3),
+                pw: Some(3),
+            },
+        ) {
             Err(OpError::Unavailable {
                 kind: QuorumKind::Write,
-                needed: 3,
+                primary_needed: 3,
                 written: false,
                 failed,
                 ..
@@ -1288,6 +1554,7 @@ mod tests {
                 value: Some(b"v".to_vec()),
                 context: None,
                 w: None,
+                pw: None,
             },
         );
         c.collect(&coord);
@@ -1349,6 +1616,7 @@ mod tests {
                 value: Some(vec![b'a' + i as u8]),
                 context: Some(ctx.clone()),
                 w: Some(3),
+                pw: None,
             };
             c.queue.push_back((
                 "client".into(),
@@ -1402,6 +1670,7 @@ mod tests {
                 id: 1,
                 key: vec![],
                 object: Object::new(),
+                hint: None,
             },
         );
         n.step(
@@ -1445,6 +1714,69 @@ mod tests {
         ));
         assert_eq!(out.len(), 2);
         assert_eq!(n.stats().rejected_messages, 1);
+    }
+
+    #[test]
+    fn sloppy_quorum_hints_and_handoff() {
+        let mut c = Cluster::new(5);
+        let key = b"h".to_vec();
+        let primaries = c.nodes["n0"].primaries(&key);
+        let down = primaries[2].clone();
+        c.kill(&down);
+        // W=3 still succeeds: the fallback's acknowledgement counts.
+        assert!(matches!(
+            c.put(&primaries[0], &key, b"v", None, Some(3)),
+            Ok(Reply::Written { .. })
+        ));
+        let (_, targets) = c.nodes[&primaries[0]].plan(&key);
+        let (fallback, owner) = targets.iter().find(|(_, h)| h.is_some()).cloned().unwrap();
+        assert_eq!(owner.as_deref(), Some(down.as_str()));
+        assert!(!primaries.contains(&fallback));
+        assert_eq!(
+            c.nodes[&fallback].store.1.borrow().len(),
+            1,
+            "the fallback keeps a hint"
+        );
+        assert!(c.local(&fallback, &key).is_none(), "not in its own objects");
+        assert_eq!(c.nodes[&fallback].stats().hints_stored, 1);
+        // PW=3 refuses the sloppy write, saying how many primaries are there.
+        match c.request(
+            &primaries[0],
+            5,
+            ClientRequest::Put {
+                key: key.clone(),
+                value: Some(b"x".to_vec()),
+                context: None,
+                w: Some(2),
+                pw: Some(3),
+            },
+        ) {
+            Err(OpError::Unavailable {
+                primary_needed: 3,
+                primary_answered: 2,
+                sent: false,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // The owner comes back: the hint goes home and is deleted.
+        c.cut.remove(&down);
+        let ids: Vec<String> = c.nodes.keys().cloned().collect();
+        for id in &ids {
+            c.nodes.get_mut(id).unwrap().peer_up(&down);
+            c.collect(id);
+        }
+        c.run();
+        c.now += 2000;
+        c.nodes.get_mut(&fallback).unwrap().tick(c.now);
+        c.collect(&fallback);
+        c.run();
+        assert_eq!(values(&c.local(&down, &key).unwrap()), vec![b"v".to_vec()]);
+        assert!(
+            c.nodes[&fallback].store.1.borrow().is_empty(),
+            "hint deleted after the ack"
+        );
+        assert_eq!(c.nodes[&fallback].stats().hints_delivered, 1);
     }
 
     fn mk(i: usize, generation: u64) -> Member {

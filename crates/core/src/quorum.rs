@@ -10,6 +10,8 @@ pub struct Tally {
     ok: BTreeSet<String>,
     failed: BTreeSet<String>,
     needed: usize,
+    primaries: BTreeSet<String>,
+    primary_needed: usize,
 }
 
 impl Tally {
@@ -20,7 +22,33 @@ impl Tally {
             ok: BTreeSet::new(),
             failed: BTreeSet::new(),
             needed,
+            primaries: BTreeSet::new(),
+            primary_needed: 0,
         }
+    }
+
+    /// Also requires `primary_needed` of the successes to come from `primaries` (Riak's PR/PW).
+    pub fn with_primaries(
+        mut self,
+        primaries: impl IntoIterator<Item = String>,
+        primary_needed: usize,
+    ) -> Self {
+        self.primaries = primaries.into_iter().collect();
+        self.primary_needed = primary_needed;
+        self
+    }
+
+    /// Successes from primaries.
+    pub fn primary_successes(&self) -> usize {
+        self.ok
+            .iter()
+            .filter(|n| self.primaries.contains(*n))
+            .count()
+    }
+
+    /// Primary successes needed.
+    pub fn primary_needed(&self) -> usize {
+        self.primary_needed
     }
 
     fn pending(&self, node: &str) -> bool {
@@ -39,14 +67,19 @@ impl Tally {
         self.pending(node) && self.failed.insert(node.to_owned())
     }
 
-    /// Enough successes.
+    /// Enough successes (and enough from primaries).
     pub fn reached(&self) -> bool {
-        self.ok.len() >= self.needed
+        self.ok.len() >= self.needed && self.primary_successes() >= self.primary_needed
     }
 
-    /// Not enough replicas left to reach the quorum.
+    /// Not enough replicas (or primaries) left to reach the quorum.
     pub fn impossible(&self) -> bool {
-        self.asked.len() - self.failed.len() < self.needed
+        let primaries_left = self
+            .asked
+            .iter()
+            .filter(|a| self.primaries.contains(*a) && !self.failed.contains(*a))
+            .count();
+        self.asked.len() - self.failed.len() < self.needed || primaries_left < self.primary_needed
     }
 
     /// Everyone asked has answered.
@@ -108,6 +141,18 @@ mod tests {
         assert!(q.fail("c"));
         assert!(q.complete());
         assert_eq!(q.missing(), vec!["c".to_owned()]);
+    }
+
+    #[test]
+    fn primary_quorum_needs_primaries() {
+        let mut q = Tally::new(vec!["a".into(), "b".into(), "f".into()], 2)
+            .with_primaries(["a".to_owned(), "b".to_owned()], 2);
+        q.succeed("a");
+        q.succeed("f");
+        assert!(!q.reached(), "two acks, but only one from a primary");
+        assert_eq!(q.primary_successes(), 1);
+        q.fail("b");
+        assert!(q.impossible());
     }
 
     #[test]

@@ -10,7 +10,19 @@ use crate::version::Object;
 #[error("{0}")]
 pub struct StoreError(pub String);
 
-/// Versioned objects by key.
+/// A replica kept for another node (the hint's owner) while that node was down: hinted
+/// handoff (Dynamo section 4.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    /// The node the replica belongs to.
+    pub owner: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The replica.
+    pub object: Object,
+}
+
+/// Versioned objects by key, and the hints kept for other nodes.
 pub trait LocalStore {
     /// This node's copy of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Object>, StoreError>;
@@ -23,6 +35,23 @@ pub trait LocalStore {
     fn merge(&self, key: &[u8], incoming: &Object) -> Result<Object, StoreError> {
         self.modify(key, &mut |current| current.merge(incoming))
     }
+
+    /// Durably merges `incoming` into the hint kept for `owner` under `key`.
+    fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<(), StoreError>;
+
+    /// Every hint kept for `key`, whoever owns it.
+    fn hints_for_key(&self, key: &[u8]) -> Result<Vec<Hint>, StoreError>;
+
+    /// Up to `limit` hints in storage order, after the hint `(key, owner)` when given.
+    fn scan_hints(
+        &self,
+        after: Option<(&[u8], &str)>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StoreError>;
+
+    /// Removes the hint for `owner` under `key` if `delivered` holds everything it holds (no
+    /// write arrived since it was sent); returns whether it was removed.
+    fn remove_hint(&self, owner: &str, key: &[u8], delivered: &Object) -> Result<bool, StoreError>;
 }
 
 impl<T: LocalStore + ?Sized> LocalStore for std::sync::Arc<T> {
@@ -36,5 +65,25 @@ impl<T: LocalStore + ?Sized> LocalStore for std::sync::Arc<T> {
         f: &mut dyn FnMut(Object) -> Object,
     ) -> Result<Object, StoreError> {
         (**self).modify(key, f)
+    }
+
+    fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<(), StoreError> {
+        (**self).put_hint(owner, key, incoming)
+    }
+
+    fn hints_for_key(&self, key: &[u8]) -> Result<Vec<Hint>, StoreError> {
+        (**self).hints_for_key(key)
+    }
+
+    fn scan_hints(
+        &self,
+        after: Option<(&[u8], &str)>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StoreError> {
+        (**self).scan_hints(after, limit)
+    }
+
+    fn remove_hint(&self, owner: &str, key: &[u8], delivered: &Object) -> Result<bool, StoreError> {
+        (**self).remove_hint(owner, key, delivered)
     }
 }

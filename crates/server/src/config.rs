@@ -55,6 +55,14 @@ pub struct Config {
     pub gossip_interval_ms: u64,
     /// Failure-detector threshold: a peer whose phi passes it is believed down.
     pub phi_threshold: f64,
+    /// How often this node scans the hints it keeps for nodes that were down, to hand them
+    /// back once their owner is up, in milliseconds.
+    pub hint_scan_interval_ms: u64,
+    /// Most hints handed back per second (throttles the drain so a returning node is not
+    /// flooded).
+    pub hint_rate_per_sec: u64,
+    /// Most hint deliveries in flight at once.
+    pub hint_max_in_flight: usize,
     /// Allow `POST /admin/faults` to drop or delay peer messages (for fault tests only; never
     /// in production). Off by default, and the endpoint refuses to act without it.
     pub enable_fault_injection: bool,
@@ -93,6 +101,9 @@ impl Default for Config {
             enable_fault_injection: false,
             gossip_interval_ms: 1000,
             phi_threshold: 8.0,
+            hint_scan_interval_ms: 1000,
+            hint_rate_per_sec: 2000,
+            hint_max_in_flight: 64,
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_value_bytes: dynamokv_core::limits::DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Periodic,
@@ -179,6 +190,14 @@ impl Config {
                 "need 1 <= r <= n and 1 <= w <= n (n={}, r={}, w={})",
                 self.n, self.r, self.w
             )));
+        }
+        if self.hint_scan_interval_ms == 0
+            || self.hint_rate_per_sec == 0
+            || self.hint_max_in_flight == 0
+        {
+            return Err(ConfigError::Invalid(
+                "hint_scan_interval_ms, hint_rate_per_sec and hint_max_in_flight must be at least 1".into(),
+            ));
         }
         if self.gossip_interval_ms == 0 {
             return Err(ConfigError::Invalid(

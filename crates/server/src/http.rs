@@ -110,6 +110,8 @@ impl From<OpError> for ApiError {
                 failed,
                 written,
                 sent,
+                primary_needed,
+                primary_answered,
             } => ApiError {
                 detail: Some(serde_json::json!({
                     "quorum": match kind { QuorumKind::Read => "read", QuorumKind::Write => "write" },
@@ -119,6 +121,8 @@ impl From<OpError> for ApiError {
                     "failed": failed,
                     "maybe_written": written,
                     "sent": sent,
+                    "primary_needed": primary_needed,
+                    "primary_answered": primary_answered,
                 })),
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             },
@@ -169,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         .route("/kv/", any(missing_key))
         .route("/admin/ring", get(admin_ring))
         .route("/admin/members", get(admin_members))
+        .route("/admin/stats", get(admin_stats))
         .route("/admin/preference-list/{*key}", get(admin_preference_list))
         .route("/admin/local/{*key}", get(admin_local))
         .route(
@@ -232,9 +237,10 @@ fn key_from(uri: &Uri) -> Result<Vec<u8>, ApiError> {
     key_after(uri, "/kv/")
 }
 
-/// Reads the quorum parameter `name` (`r` or `w`) from the query; any other parameter is refused.
-fn quorum_param(uri: &Uri, name: &str) -> Result<Option<u8>, ApiError> {
-    let mut value = None;
+/// Reads the quorum parameters `names` (e.g. `r` and `pr`) from the query, each 0..=255;
+/// any other parameter is refused.
+fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiError> {
+    let mut values = [None, None];
     for pair in uri
         .query()
         .unwrap_or_default()
@@ -242,23 +248,26 @@ fn quorum_param(uri: &Uri, name: &str) -> Result<Option<u8>, ApiError> {
         .filter(|p| !p.is_empty())
     {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k != name {
+        let Some(i) = names.iter().position(|n| *n == k) else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_query",
-                format!("unknown query parameter {k:?}; this request takes only ?{name}=1..N"),
+                format!(
+                    "unknown query parameter {k:?}; this request takes ?{}=1..N and ?{}=0..N",
+                    names[0], names[1]
+                ),
             ));
-        }
+        };
         let n: u8 = v.parse().map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_quorum",
-                format!("{name}={v:?} is not a number; use {name}=1..N"),
+                format!("{k}={v:?} is not a number; use {k}=1..N"),
             )
         })?;
-        value = Some(n);
+        values[i] = Some(n);
     }
-    Ok(value)
+    Ok(values)
 }
 
 fn context_from(
@@ -331,10 +340,10 @@ async fn put_key(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
-    let w = quorum_param(&uri, "w")?;
+    let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
     let context = context_from(&s.codec, &key, &headers)?;
     let value = read_body(body, &headers, s.max_value_bytes).await?;
-    write(&s, key, Some(value), context, w).await
+    write(&s, key, Some(value), context, w, pw).await
 }
 
 async fn delete_key(
@@ -343,9 +352,9 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
-    let w = quorum_param(&uri, "w")?;
+    let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
     let context = context_from(&s.codec, &key, &headers)?;
-    write(&s, key, None, context, w).await
+    write(&s, key, None, context, w, pw).await
 }
 
 async fn write(
@@ -354,12 +363,14 @@ async fn write(
     value: Option<Vec<u8>>,
     context: Option<VersionVector>,
     w: Option<u8>,
+    pw: Option<u8>,
 ) -> Result<Response, ApiError> {
     let request = ClientRequest::Put {
         key: key.clone(),
         value,
         context,
         w,
+        pw,
     };
     match call(s, request).await? {
         (Reply::Written { object, dot }, ring) => {
@@ -466,12 +477,13 @@ async fn get_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
-    let r = quorum_param(&uri, "r")?;
+    let [r, pr] = quorum_params(&uri, ["r", "pr"])?;
     let (obj, ring) = match call(
         &s,
         ClientRequest::Get {
             key: key.clone(),
             r,
+            pr,
         },
     )
     .await?
@@ -645,14 +657,56 @@ async fn admin_members(State(s): State<AppState>) -> Result<Response, ApiError> 
     Ok(axum::Json(body).into_response())
 }
 
+async fn admin_stats(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let stats = s.node.query(|n| n.stats()).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            e.to_string(),
+        )
+    })?;
+    let store = s.store.clone();
+    let pending = tokio::task::spawn_blocking(move || store.hint_counts())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_error",
+                e.to_string(),
+            )
+        })?;
+    let total: u64 = pending.values().sum();
+    Ok(axum::Json(serde_json::json!({
+        "node": s.node_id,
+        "hints_stored": stats.hints_stored,
+        "hints_delivered": stats.hints_delivered,
+        "hints_pending": total,
+        "hints_pending_by_owner": pending,
+        "read_repairs": stats.read_repairs,
+        "sloppy_writes": stats.sloppy_writes,
+        "forwarded": stats.forwarded,
+        "coordinated_reads": stats.coordinated_reads,
+        "coordinated_writes": stats.coordinated_writes,
+        "rejected_messages": stats.rejected_messages,
+    }))
+    .into_response())
+}
+
 async fn admin_preference_list(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_after(&uri, "/admin/preference-list/")?;
     let position = dynamokv_core::ring::position(&key);
     let body = s
         .node
         .query(move |n| {
-            let primaries = n.primaries(&key);
-            let entries: Vec<serde_json::Value> = primaries
+            let (primaries, targets) = n.plan(&key);
+            let mut entries: Vec<serde_json::Value> = primaries
                 .iter()
                 .map(|id| {
                     serde_json::json!({
@@ -663,6 +717,15 @@ async fn admin_preference_list(State(s): State<AppState>, uri: Uri) -> Result<Re
                     })
                 })
                 .collect();
+            for (id, owner) in targets.iter().filter(|(_, o)| o.is_some()) {
+                entries.push(serde_json::json!({
+                    "node": id,
+                    "primary": false,
+                    "fallback_for": owner,
+                    "up": n.is_up(id),
+                    "http_addr": n.members().get(id).map(|m| m.http_addr.clone()),
+                }));
+            }
             serde_json::json!({
                 "position": position,
                 "ring_version": format!("{:016x}", n.ring().version()),

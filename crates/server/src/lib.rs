@@ -129,6 +129,9 @@ pub async fn run(
             w: config.w,
             request_timeout_ms: config.request_timeout_ms,
             gossip_interval_ms: config.gossip_interval_ms,
+            hint_scan_interval_ms: config.hint_scan_interval_ms,
+            hint_rate_per_sec: config.hint_rate_per_sec,
+            hint_max_in_flight: config.hint_max_in_flight,
             detector: dynamokv_core::failure_detector::DetectorConfig {
                 threshold: config.phi_threshold,
                 first_interval_ms: config.gossip_interval_ms as f64,

@@ -28,6 +28,22 @@ impl LocalStore for NoStore {
     fn modify(&self, _: &[u8], f: &mut dyn FnMut(Object) -> Object) -> Result<Object, StoreError> {
         Ok(f(Object::new()))
     }
+    fn put_hint(&self, _: &str, _: &[u8], _: &Object) -> Result<(), StoreError> {
+        Err(StoreError("membership experiments keep no hints".into()))
+    }
+    fn hints_for_key(&self, _: &[u8]) -> Result<Vec<dynamokv_core::store::Hint>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn scan_hints(
+        &self,
+        _: Option<(&[u8], &str)>,
+        _: usize,
+    ) -> Result<Vec<dynamokv_core::store::Hint>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn remove_hint(&self, _: &str, _: &[u8], _: &Object) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 const START: u64 = 1_800_000_000_000;

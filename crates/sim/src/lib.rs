@@ -209,6 +209,10 @@ pub struct Report {
     pub sim_ms: u64,
     /// Hash of the full event trace.
     pub trace_hash: u64,
+    /// Replicas stored by fallbacks with a hint (sloppy quorum), over all nodes.
+    pub hints_stored: u64,
+    /// Hints handed back to their owners.
+    pub hints_delivered: u64,
     /// Invariant violations found.
     pub violations: Vec<Violation>,
     /// The event log, when asked for.
@@ -295,6 +299,8 @@ pub struct Sim {
     trace: Vec<String>,
     violations: Vec<Violation>,
     stop_issuing: bool,
+    /// Hint counters of node incarnations that crashed (stored, delivered).
+    crashed_hint_stats: (u64, u64),
 }
 
 fn key_name(i: usize) -> Vec<u8> {
@@ -393,6 +399,7 @@ impl Sim {
             trace: Vec::new(),
             violations: Vec::new(),
             stop_issuing: false,
+            crashed_hint_stats: (0, 0),
             cfg,
         }
     }
@@ -514,16 +521,21 @@ impl Sim {
             .as_ref()
             .and_then(|(_, _, w)| *w)
             .unwrap_or(self.cfg.node.w) as usize;
-        let primaries = self.primaries(&key);
-        let holders = primaries
+        // Holders: nodes whose own copy, or a hint they keep, has the write.
+        let holders = self
+            .nodes
             .iter()
-            .filter(|p| {
-                self.nodes[**p]
-                    .store
+            .filter(|n| {
+                n.store
                     .get(&key)
                     .ok()
                     .flatten()
                     .is_some_and(|o| o.clock().covers(dot))
+                    || n.store
+                        .hints_for_key(&key)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|h| h.object.clock().covers(dot))
             })
             .count();
         if holders < w {
@@ -575,11 +587,18 @@ impl Sim {
             .get(&k)
             .cloned()
             .unwrap_or_default();
+        // Now and then ask for primaries explicitly (PR/PW), which refuses sloppy quorums.
+        let strict = if self.rng.chance(0.1) {
+            Some(self.rng.range(1, u64::from(n)) as u8)
+        } else {
+            None
+        };
         let (request, write) = match roll {
             0..30 => (
                 ClientRequest::Get {
                     key: k.clone(),
                     r: quorum,
+                    pr: strict,
                 },
                 None,
             ),
@@ -589,6 +608,7 @@ impl Sim {
                     value: Some(value.clone()),
                     context: Some(last.clone()),
                     w: quorum,
+                    pw: strict,
                 },
                 Some((Some(value), last, quorum)),
             ),
@@ -598,6 +618,7 @@ impl Sim {
                     value: Some(value.clone()),
                     context: Some(VersionVector::new()),
                     w: quorum,
+                    pw: strict,
                 },
                 Some((Some(value), VersionVector::new(), quorum)),
             ),
@@ -607,6 +628,7 @@ impl Sim {
                     value: None,
                     context: Some(last.clone()),
                     w: quorum,
+                    pw: strict,
                 },
                 Some((None, last, quorum)),
             ),
@@ -616,6 +638,7 @@ impl Sim {
                     value: None,
                     context: Some(VersionVector::new()),
                     w: quorum,
+                    pw: strict,
                 },
                 Some((None, VersionVector::new(), quorum)),
             ),
@@ -729,7 +752,9 @@ impl Sim {
             }
             Ev::Crash(i) => {
                 self.hash(&[time, 6, i as u64], &[]);
-                if self.nodes[i].core.take().is_some() {
+                if let Some(dead) = self.nodes[i].core.take() {
+                    self.crashed_hint_stats.0 += dead.stats().hints_stored;
+                    self.crashed_hint_stats.1 += dead.stats().hints_delivered;
                     self.log(|| format!("crash n{i:03}"));
                     self.nodes[i].paused = false;
                     self.nodes[i].held.clear();
@@ -895,6 +920,14 @@ impl Sim {
         self.now = end;
     }
 
+    /// Hints kept anywhere in the cluster.
+    fn hints_pending(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.store.scan_hints(None, usize::MAX).map_or(0, |h| h.len()))
+            .sum()
+    }
+
     /// Whether every node believes every other node is up.
     fn all_up(&self) -> bool {
         self.nodes.iter().all(|n| {
@@ -966,9 +999,17 @@ impl Sim {
         self.run_until(t + 3000);
         // Wait (bounded) until every node believes every other is up again.
         let deadline = self.now + 60_000;
-        while !self.all_up() && self.now < deadline {
+        while !(self.all_up() && self.hints_pending() == 0) && self.now < deadline {
             let next = self.now + 250;
             self.run_until(next);
+        }
+        if self.hints_pending() > 0 {
+            self.violations.push(Violation::Membership {
+                what: format!(
+                    "{} hints still undelivered 60 s after the heal",
+                    self.hints_pending()
+                ),
+            });
         }
         if !self.all_up() {
             self.violations.push(Violation::Membership {
@@ -990,7 +1031,11 @@ impl Sim {
                 Ev::Request {
                     to: first,
                     client: cid,
-                    request: ClientRequest::Get { key, r: Some(n) },
+                    request: ClientRequest::Get {
+                        key,
+                        r: Some(n),
+                        pr: None,
+                    },
                 },
             );
         }
@@ -1048,6 +1093,20 @@ impl Sim {
             dropped: self.dropped,
             sim_ms: self.now - EPOCH,
             trace_hash: self.hasher.digest(),
+            hints_stored: self.crashed_hint_stats.0
+                + self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.core.as_ref())
+                    .map(|c| c.stats().hints_stored)
+                    .sum::<u64>(),
+            hints_delivered: self.crashed_hint_stats.1
+                + self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.core.as_ref())
+                    .map(|c| c.stats().hints_delivered)
+                    .sum::<u64>(),
             violations,
             trace: std::mem::take(&mut self.trace),
         }
@@ -1087,6 +1146,21 @@ mod tests {
         assert_eq!(r.ops, cfg.ops);
         assert_eq!(r.ok, cfg.ops, "no faults, no failures: {r:?}");
         assert!(r.violations.is_empty(), "{:?}", r.violations);
+    }
+
+    #[test]
+    fn crashes_make_fallbacks_keep_hints_that_go_home() {
+        let mut cfg = SimConfig::new(11);
+        cfg.faults = Faults::parse("crash").unwrap();
+        let (mut stored, mut delivered) = (0, 0);
+        for seed in 0..10 {
+            let r = run_seed(&cfg, seed);
+            assert!(r.violations.is_empty(), "{:?}", r.violations);
+            stored += r.hints_stored;
+            delivered += r.hints_delivered;
+        }
+        assert!(stored > 0, "sloppy quorum stored hints");
+        assert!(delivered > 0, "hints were handed off");
     }
 
     #[test]

@@ -127,7 +127,7 @@ fn main() -> ExitCode {
             }
         }
         println!(
-            "seed {seed}: ops {} (ok {}, failed {}, unknown {}), faults {}, messages delivered {} dropped {}, simulated {:.1} s",
+            "seed {seed}: ops {} (ok {}, failed {}, unknown {}), faults {}, messages delivered {} dropped {}, hints stored {} delivered {}, simulated {:.1} s",
             r.ops,
             r.ok,
             r.failed,
@@ -135,6 +135,8 @@ fn main() -> ExitCode {
             r.faults,
             r.delivered,
             r.dropped,
+            r.hints_stored,
+            r.hints_delivered,
             r.sim_ms as f64 / 1000.0
         );
         println!("trace-hash: {:016x}", r.trace_hash);
