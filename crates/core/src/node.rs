@@ -213,6 +213,8 @@ pub struct Node<S> {
     hint_cursor: Option<(Vec<u8>, String)>,
     hint_tokens: f64,
     last_hint_refill: u64,
+    /// (owner, key) of every hint delivery in flight.
+    handoffs: BTreeSet<(String, Vec<u8>)>,
     members_epoch: u64,
     stats: NodeStats,
 }
@@ -268,6 +270,7 @@ impl<S: LocalStore> Node<S> {
             hint_cursor: None,
             hint_tokens: 0.0,
             last_hint_refill: 0,
+            handoffs: BTreeSet::new(),
             members_epoch: 0,
             stats: NodeStats::default(),
         };
@@ -385,6 +388,15 @@ impl<S: LocalStore> Node<S> {
             Origin::Client(client) => self.outbox.push(Output::Respond { client, response }),
             Origin::Peer { node, id } => self.send(&node, Message::ForwardReply { id, response }),
         }
+    }
+
+    /// Retires request `id`, forgetting a hint delivery's (owner, key) with it.
+    fn remove_pending(&mut self, id: RequestId) -> Option<Pending> {
+        let p = self.pending.remove(&id);
+        if let Some(Pending::Handoff { owner, key, .. }) = &p {
+            self.handoffs.remove(&(owner.clone(), key.clone()));
+        }
+        p
     }
 
     fn new_id(&mut self) -> RequestId {
@@ -853,7 +865,7 @@ impl<S: LocalStore> Node<S> {
             }
         }
         if done {
-            self.pending.remove(&id);
+            self.remove_pending(id);
         }
         if let Some((key, replies, primaries)) = repair {
             self.read_repair(&key, &replies, &primaries);
@@ -902,7 +914,7 @@ impl<S: LocalStore> Node<S> {
             }
             Message::ForwardReply { id, response } => {
                 if matches!(self.pending.get(&id), Some(Pending::Forward { to, .. }) if to == from)
-                    && let Some(Pending::Forward { origin, .. }) = self.pending.remove(&id)
+                    && let Some(Pending::Forward { origin, .. }) = self.remove_pending(id)
                 {
                     self.respond(origin, response);
                 }
@@ -936,7 +948,7 @@ impl<S: LocalStore> Node<S> {
                 if matches!(self.pending.get(&id), Some(Pending::Handoff { owner, .. }) if owner == from)
                     && let Some(Pending::Handoff {
                         owner, key, object, ..
-                    }) = self.pending.remove(&id)
+                    }) = self.remove_pending(id)
                     && error.is_none()
                     && self
                         .store
@@ -1047,7 +1059,7 @@ impl<S: LocalStore> Node<S> {
                 }
                 Some(Pending::Handoff { owner, .. }) => {
                     if owner.as_str() == node {
-                        self.pending.remove(&id);
+                        self.remove_pending(id);
                     }
                     false
                 }
@@ -1058,7 +1070,7 @@ impl<S: LocalStore> Node<S> {
             }
             if let Some(Pending::Forward { origin, .. }) = self.pending.get(&id) {
                 let origin = origin.clone();
-                self.pending.remove(&id);
+                self.remove_pending(id);
                 self.respond(
                     origin,
                     Err(OpError::CoordinatorUnreachable {
@@ -1106,23 +1118,20 @@ impl<S: LocalStore> Node<S> {
         if now < self.next_hint_scan {
             return;
         }
-        let in_flight = self
-            .pending
-            .values()
-            .filter(|p| matches!(p, Pending::Handoff { .. }))
-            .count();
         let budget = self
             .config
             .hint_max_in_flight
-            .saturating_sub(in_flight)
+            .saturating_sub(self.handoffs.len())
             .min(self.hint_tokens as usize);
         if budget == 0 {
             return;
         }
+        // Read about what can be sent now (a few more, for hints whose owner is down).
+        let page_size = (budget * 2).clamp(16, 256);
         let cursor = self.hint_cursor.clone();
         let page = match self.store.scan_hints(
             cursor.as_ref().map(|(k, o)| (k.as_slice(), o.as_str())),
-            256,
+            page_size,
         ) {
             Ok(p) => p,
             Err(_) => {
@@ -1130,17 +1139,16 @@ impl<S: LocalStore> Node<S> {
                 return;
             }
         };
-        let wrapped = page.len() < 256;
+        let wrapped = page.len() < page_size;
         let mut sent = 0;
         let mut last = None;
         for h in page {
             last = Some((h.key.clone(), h.owner.clone()));
-            let busy = self.pending.values().any(|p| {
-                matches!(p, Pending::Handoff { owner, key, .. } if *owner == h.owner && *key == h.key)
-            });
+            let busy = self.handoffs.contains(&(h.owner.clone(), h.key.clone()));
             if busy || !self.is_up(&h.owner) || !self.view.members.contains_key(&h.owner) {
                 continue;
             }
+            self.handoffs.insert((h.owner.clone(), h.key.clone()));
             let id = self.new_id();
             self.send(
                 &h.owner,

@@ -186,11 +186,15 @@ impl ObjectStore {
         let mut prefix = ring::position(key).to_be_bytes().to_vec();
         prefix.extend_from_slice(&(key.len() as u16).to_be_bytes());
         prefix.extend_from_slice(key);
+        // Every hint for the key sorts in [prefix, prefix + 0xFF..): bound the scan there, so
+        // a read never walks past its key (nor over other keys' deleted hints).
+        let mut upper = prefix.clone();
+        upper.extend_from_slice(&[0xFF; 8]);
         let mut out = Vec::new();
         for (hk, v) in self.engine.scan(
             Space::Hints,
             std::ops::Bound::Included(prefix.as_slice()),
-            std::ops::Bound::Unbounded,
+            std::ops::Bound::Excluded(upper.as_slice()),
             1024,
         )? {
             if !hk.starts_with(&prefix) {
