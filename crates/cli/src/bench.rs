@@ -10,6 +10,7 @@
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use dynamokv_client::{ClusterClient, Routing};
+use dynamokv_core::rng::Rng;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -104,23 +105,6 @@ pub struct BenchArgs {
     seed: u64,
 }
 
-/// splitmix64: small, fast, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// YCSB's zipfian generator (Gray et al., "Quickly generating billion-record synthetic
 /// databases"), with the item scrambled by a hash so hot keys are spread over the ring.
 struct Zipf {
@@ -147,7 +131,7 @@ impl Zipf {
     }
 
     fn sample(&self, rng: &mut Rng) -> u64 {
-        let u = rng.unit();
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let uz = u * self.zetan;
         let rank = if uz < 1.0 {
             0
@@ -161,8 +145,7 @@ impl Zipf {
 }
 
 fn xxhash_scramble(x: u64) -> u64 {
-    let mut r = Rng(x);
-    r.next()
+    Rng::new(x).next_u64()
 }
 
 fn key_name(i: u64) -> Vec<u8> {
@@ -293,7 +276,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         let (keys, read_pct, seed) = (args.keys, args.workload.read_percent(), args.seed);
         tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(seed.wrapping_mul(1000).wrapping_add(t as u64));
+            let mut rng = Rng::new(seed.wrapping_mul(1000).wrapping_add(t as u64));
             let mut totals = Totals {
                 reads: Some(histogram()),
                 writes: Some(histogram()),
@@ -312,10 +295,10 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 }
                 let k = match zipf.as_ref() {
                     Some(z) => z.sample(&mut rng),
-                    None => rng.next() % keys,
+                    None => rng.below(keys),
                 };
                 let key = key_name(k);
-                let read = rng.next() % 100 < read_pct;
+                let read = rng.below(100) < read_pct;
                 let began = Instant::now();
                 let (result, hist) = if read {
                     let r = client.get(&key, None).await.map(|r| r.context);
@@ -463,7 +446,7 @@ mod tests {
     #[test]
     fn zipfian_is_skewed_and_in_range() {
         let z = Zipf::new(1000, 0.99);
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         let mut counts = vec![0u32; 1000];
         for _ in 0..100_000 {
             counts[z.sample(&mut rng) as usize] += 1;

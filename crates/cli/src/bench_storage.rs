@@ -31,16 +31,14 @@ pub struct BenchStorageArgs {
 /// 16-byte key number `i`: a hash of `i` (so inserts are not in order) then `i`.
 fn key(i: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&xorshift(i.wrapping_add(0x9E37_79B9_7F4A_7C15)).to_be_bytes());
+    k[..8].copy_from_slice(&mix(i).to_be_bytes());
     k[8..].copy_from_slice(&i.to_be_bytes());
     k
 }
 
-/// splitmix64: a tiny deterministic mixer, enough for benchmark key order.
-fn xorshift(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// A deterministic scramble of `i` (the core's splitmix64).
+fn mix(i: u64) -> u64 {
+    dynamokv_core::rng::Rng::new(i).next_u64()
 }
 
 fn report(name: &str, n: u64, start: Instant) {
@@ -120,7 +118,7 @@ pub fn run(args: BenchStorageArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let mut found = 0u64;
     for i in 0..args.keys {
-        let k = key(xorshift(i) % args.keys.max(1));
+        let k = key(mix(i.wrapping_add(1)) % args.keys.max(1));
         found += u64::from(engine.get(Space::Objects, &k)?.is_some());
     }
     report("get (random)", args.keys, start);

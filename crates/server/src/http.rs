@@ -559,6 +559,44 @@ async fn get_key(
     Ok(with_headers(resp, &s, &key, &obj, ring))
 }
 
+/// Runs a storage read off the async threads.
+async fn on_store<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&ObjectStore) -> dynamokv_storage::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = s.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_error",
+                e.to_string(),
+            )
+        })
+}
+
+/// Runs a read-only query on the node thread.
+async fn query<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&crate::runtime::CoreNode) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    s.node.query(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            e.to_string(),
+        )
+    })
+}
+
 fn faults_disabled() -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
@@ -603,85 +641,48 @@ async fn clear_faults(State(s): State<AppState>) -> Result<Response, ApiError> {
 }
 
 async fn admin_ring(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let info = s.node.query(|n| n.ring_info()).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            e.to_string(),
-        )
-    })?;
+    let info = query(&s, |n| n.ring_info()).await?;
     Ok(axum::Json(info).into_response())
 }
 
 async fn admin_members(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let body = s
-        .node
-        .query(|n| {
-            let info = n.ring_info();
-            let members: Vec<serde_json::Value> = info
-                .members
-                .iter()
-                .map(|m| {
-                    serde_json::json!({
-                        "id": m.member.id,
-                        "peer_addr": m.member.peer_addr,
-                        "http_addr": m.member.http_addr,
-                        "status": m.member.status.as_str(),
-                        "generation": m.member.generation,
-                        "version": m.member.version,
-                        "heartbeat": m.heartbeat,
-                        "up": m.up,
-                        "connected": m.connected,
-                        "phi": m.detector.map(|d| d.phi),
-                        "last_heard_ms": m.detector.map(|d| d.last_heard_ms),
-                        "tokens": m.member.tokens.len(),
-                        "share": m.share,
-                    })
+    let body = query(&s, |n| {
+        let info = n.ring_info();
+        let members: Vec<serde_json::Value> = info
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.member.id,
+                    "peer_addr": m.member.peer_addr,
+                    "http_addr": m.member.http_addr,
+                    "status": m.member.status.as_str(),
+                    "generation": m.member.generation,
+                    "version": m.member.version,
+                    "heartbeat": m.heartbeat,
+                    "up": m.up,
+                    "connected": m.connected,
+                    "phi": m.detector.map(|d| d.phi),
+                    "last_heard_ms": m.detector.map(|d| d.last_heard_ms),
+                    "tokens": m.member.tokens.len(),
+                    "share": m.share,
                 })
-                .collect();
-            serde_json::json!({
-                "node": info.node,
-                "ring_version": info.version,
-                "stats": n.stats(),
-                "members": members,
             })
+            .collect();
+        serde_json::json!({
+            "node": info.node,
+            "ring_version": info.version,
+            "stats": n.stats(),
+            "members": members,
         })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                e.to_string(),
-            )
-        })?;
+    })
+    .await?;
     Ok(axum::Json(body).into_response())
 }
 
 async fn admin_stats(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let stats = s.node.query(|n| n.stats()).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            e.to_string(),
-        )
-    })?;
-    let store = s.store.clone();
-    let pending = tokio::task::spawn_blocking(move || store.hint_counts())
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                e.to_string(),
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "storage_error",
-                e.to_string(),
-            )
-        })?;
+    let stats = query(&s, |n| n.stats()).await?;
+    let pending = on_store(&s, |store| store.hint_counts()).await?;
     let total: u64 = pending.values().sum();
     Ok(axum::Json(serde_json::json!({
         "node": s.node_id,
@@ -702,68 +703,43 @@ async fn admin_stats(State(s): State<AppState>) -> Result<Response, ApiError> {
 async fn admin_preference_list(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_after(&uri, "/admin/preference-list/")?;
     let position = dynamokv_core::ring::position(&key);
-    let body = s
-        .node
-        .query(move |n| {
-            let (primaries, targets) = n.plan(&key);
-            let mut entries: Vec<serde_json::Value> = primaries
-                .iter()
-                .map(|id| {
-                    serde_json::json!({
-                        "node": id,
-                        "primary": true,
-                        "up": n.is_up(id),
-                        "http_addr": n.members().get(id).map(|m| m.http_addr.clone()),
-                    })
-                })
-                .collect();
-            for (id, owner) in targets.iter().filter(|(_, o)| o.is_some()) {
-                entries.push(serde_json::json!({
+    let body = query(&s, move |n| {
+        let (primaries, targets) = n.plan(&key);
+        let mut entries: Vec<serde_json::Value> = primaries
+            .iter()
+            .map(|id| {
+                serde_json::json!({
                     "node": id,
-                    "primary": false,
-                    "fallback_for": owner,
+                    "primary": true,
                     "up": n.is_up(id),
                     "http_addr": n.members().get(id).map(|m| m.http_addr.clone()),
-                }));
-            }
-            serde_json::json!({
-                "position": position,
-                "ring_version": format!("{:016x}", n.ring().version()),
-                "nodes": primaries,
-                "entries": entries,
+                })
             })
+            .collect();
+        for (id, owner) in targets.iter().filter(|(_, o)| o.is_some()) {
+            entries.push(serde_json::json!({
+                "node": id,
+                "primary": false,
+                "fallback_for": owner,
+                "up": n.is_up(id),
+                "http_addr": n.members().get(id).map(|m| m.http_addr.clone()),
+            }));
+        }
+        serde_json::json!({
+            "position": position,
+            "ring_version": format!("{:016x}", n.ring().version()),
+            "nodes": primaries,
+            "entries": entries,
         })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                e.to_string(),
-            )
-        })?;
+    })
+    .await?;
     Ok(axum::Json(body).into_response())
 }
 
 async fn admin_local(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_after(&uri, "/admin/local/")?;
-    let store = s.store.clone();
     let k = key.clone();
-    let found = tokio::task::spawn_blocking(move || store.get(&k))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                e.to_string(),
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "storage_error",
-                e.to_string(),
-            )
-        })?;
+    let found = on_store(&s, move |store| store.get(&k)).await?;
     let Some(obj) = found else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
