@@ -499,7 +499,7 @@ impl<S: LocalStore> Node<S> {
         let coordinate_here =
             i_am_primary && (hops > 0 || first_up.as_deref() == Some(&self.me.id));
         if coordinate_here {
-            return self.coordinate(now, origin, request, primaries);
+            return self.coordinate(now, origin, request);
         }
         match first_up {
             Some(target) if target != self.me.id && hops < MAX_HOPS => {
@@ -516,7 +516,7 @@ impl<S: LocalStore> Node<S> {
                 );
                 self.send(&target, Message::Forward { id, request, hops });
             }
-            _ if i_am_primary => self.coordinate(now, origin, request, primaries),
+            _ if i_am_primary => self.coordinate(now, origin, request),
             _ => {
                 let kind = match request {
                     ClientRequest::Get { .. } => QuorumKind::Read,
@@ -608,13 +608,7 @@ impl<S: LocalStore> Node<S> {
         Ok(Some(merged))
     }
 
-    fn coordinate(
-        &mut self,
-        now: u64,
-        origin: Origin,
-        request: ClientRequest,
-        _primaries: Vec<String>,
-    ) {
+    fn coordinate(&mut self, now: u64, origin: Origin, request: ClientRequest) {
         let deadline = now + self.config.request_timeout_ms;
         let (primaries, targets) = self.plan(request.key());
         let up_primaries = targets.iter().filter(|(_, h)| h.is_none()).count();
