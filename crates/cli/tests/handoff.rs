@@ -94,6 +94,19 @@ async fn total_pending(nodes: &[&Node]) -> u64 {
     total
 }
 
+/// Waits (30 s at most) until no node keeps a hint; returns how long it took.
+async fn wait_drained(nodes: &[&Node]) -> Duration {
+    let start = Instant::now();
+    while total_pending(nodes).await > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "hints still pending after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    start.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_survive_down_nodes_and_hints_go_home() {
     let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -134,23 +147,9 @@ async fn writes_survive_down_nodes_and_hints_go_home() {
     // 2. The owner returns: within 30 s it holds every key it is a primary for, and every
     //    hint count returns to 0.
     nodes[1].restart();
-    let start = Instant::now();
     let all: Vec<&Node> = nodes.iter().collect();
-    loop {
-        if total_pending(&all).await == 0 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "hints still pending after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!(
-        "{pending} hints ({} keys) drained in {:?}",
-        owned.len(),
-        start.elapsed()
-    );
+    let took = wait_drained(&all).await;
+    eprintln!("{pending} hints ({} keys) drained in {took:?}", owned.len());
     let c = http();
     for k in &owned {
         let r = c
@@ -200,14 +199,7 @@ async fn writes_survive_down_nodes_and_hints_go_home() {
     assert_eq!(after, before, "hints survive the fallback's crash");
     nodes[1].restart();
     wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 5).await;
-    let start = Instant::now();
-    while total_pending(&nodes.iter().collect::<Vec<_>>()).await > 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "hints still pending after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_drained(&nodes.iter().collect::<Vec<_>>()).await;
     for k in &keys2 {
         if pref(&nodes[0], k).await.contains(&"n2".to_owned()) {
             let r = c
