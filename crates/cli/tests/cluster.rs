@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Node, http, start_cluster, wait_for_ring};
+use common::{Node, except, http, start_cluster, wait_for_ring};
 use dynamokv_client::{ClusterClient, Routing};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -159,12 +159,7 @@ async fn five_nodes_replicate_route_and_survive_a_kill() {
     let victim = 1;
     let victim_id = nodes[victim].id.clone();
     nodes[victim].kill9();
-    let alive: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != victim)
-        .map(|(_, n)| n)
-        .collect();
+    let alive: Vec<&Node> = except(&nodes, victim);
     // Give the others a moment to notice the closed connections.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut with_victim = Vec::new();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Node, http, start_cluster, wait_for_ring};
+use common::{Node, except, http, start_cluster, wait_for_ring};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -115,12 +115,7 @@ async fn writes_survive_down_nodes_and_hints_go_home() {
 
     // 1. One node down: 1000 writes at W=2 all succeed.
     nodes[1].kill9();
-    let alive: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 1)
-        .map(|(_, n)| n)
-        .collect();
+    let alive: Vec<&Node> = except(&nodes, 1);
     wait_down(&alive, "n2").await;
     let keys: Vec<String> = (0..1000).map(|i| format!("k{i:04}")).collect();
     let results = write_all(&alive, &keys, "?w=2").await;
@@ -170,12 +165,7 @@ async fn writes_survive_down_nodes_and_hints_go_home() {
 
     // 3. A fallback holding hints crashes and restarts before the owner returns: no hint lost.
     nodes[1].kill9();
-    let alive: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 1)
-        .map(|(_, n)| n)
-        .collect();
+    let alive: Vec<&Node> = except(&nodes, 1);
     wait_down(&alive, "n2").await;
     let keys2: Vec<String> = (0..300).map(|i| format!("second{i:03}")).collect();
     let results = write_all(&alive, &keys2, "").await;

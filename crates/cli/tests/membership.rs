@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Node, cli, http, start_cluster, wait_for_ring};
+use common::{Node, cli, except, http, start_cluster, wait_for_ring};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -80,12 +80,7 @@ async fn gossip_joins_detects_failures_and_remembers_the_cluster() {
             .unwrap()
             .success()
     );
-    let others: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 2)
-        .map(|(_, n)| n)
-        .collect();
+    let others: Vec<&Node> = except(&nodes, 2);
     let took = wait_until_seen(&others, "n3", false, Duration::from_secs(20)).await;
     eprintln!("paused node marked down by phi after {took:?}");
     let v = members(others[0]).await;
@@ -104,12 +99,7 @@ async fn gossip_joins_detects_failures_and_remembers_the_cluster() {
         .as_u64()
         .unwrap();
     nodes[3].kill9();
-    let others: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 3)
-        .map(|(_, n)| n)
-        .collect();
+    let others: Vec<&Node> = except(&nodes, 3);
     let took = wait_until_seen(&others, "n4", false, Duration::from_secs(20)).await;
     eprintln!("killed node marked down after {took:?}");
 

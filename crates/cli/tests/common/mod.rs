@@ -168,6 +168,16 @@ pub fn ctx(resp: &reqwest::Response) -> Option<String> {
         .map(|v| v.to_str().expect("ascii").to_owned())
 }
 
+/// Every node but the `skip`-th.
+pub fn except(nodes: &[Node], skip: usize) -> Vec<&Node> {
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != skip)
+        .map(|(_, n)| n)
+        .collect()
+}
+
 /// The secret every test cluster shares.
 pub const SECRET: &str = "test-cluster-secret";
 
