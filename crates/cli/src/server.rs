@@ -131,25 +131,25 @@ impl ServerArgs {
             c.vnodes = v;
         }
         if let Some(v) = self.replicas {
-            c.n = v;
+            c.node.n = v;
         }
         if let Some(v) = self.read_quorum {
-            c.r = v;
+            c.node.r = v;
         }
         if let Some(v) = self.write_quorum {
-            c.w = v;
+            c.node.w = v;
         }
         if let Some(v) = self.request_timeout_ms {
-            c.request_timeout_ms = v;
+            c.node.request_timeout_ms = v;
         }
         if let Some(v) = self.max_frame_bytes {
             c.max_frame_bytes = v;
         }
         if let Some(v) = self.hint_rate {
-            c.hint_rate_per_sec = v;
+            c.node.hint_rate_per_sec = v;
         }
         if let Some(v) = self.hint_scan_interval_ms {
-            c.hint_scan_interval_ms = v;
+            c.node.hint_scan_interval_ms = v;
         }
         if self.enable_fault_injection {
             c.enable_fault_injection = true;

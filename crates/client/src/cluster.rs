@@ -1,7 +1,10 @@
 //! A client for a whole cluster, routing each request itself.
 
 use crate::{Client, ClientError, ReadResult, WriteResult, http_client};
-use dynamokv_core::ring::{Ring, position};
+use dynamokv_core::membership::ring_of;
+use dynamokv_core::node::RingInfo;
+use dynamokv_core::preference::preference_list;
+use dynamokv_core::ring::{Ring, RingError};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +19,12 @@ pub enum Routing {
     /// Compute the preference list from the ring and send straight to the first reachable
     /// primary (Dynamo's "Solution 2", partition-aware client).
     Client,
+}
+
+/// The ring a node's `/admin/ring` answer describes: built by the same function the nodes use
+/// ([`ring_of`]), so the client routes by exactly the nodes' ring and its version matches theirs.
+pub fn ring_of_info(info: &RingInfo) -> Result<Ring, RingError> {
+    ring_of(info.members.iter().map(|m| &m.member))
 }
 
 /// How long a node that refused a connection is skipped.
@@ -100,12 +109,7 @@ impl ClusterClient {
         for node in self.seeds.iter().chain(known.iter()) {
             match node.ring().await {
                 Ok(info) => {
-                    let tokens: BTreeMap<String, Vec<u64>> = info
-                        .members
-                        .iter()
-                        .map(|m| (m.member.id.clone(), m.member.tokens.clone()))
-                        .collect();
-                    let ring = Ring::new(&tokens)
+                    let ring = ring_of_info(&info)
                         .map_err(|e| ClientError::Protocol(format!("bad ring: {e}")))?;
                     let mut nodes = BTreeMap::new();
                     for m in &info.members {
@@ -142,8 +146,8 @@ impl ClusterClient {
         if self.routing == Routing::Client {
             let route = self.lock_route();
             if let Some(ring) = &route.ring {
-                for id in ring.walk(position(key), route.n) {
-                    if let Some(c) = route.nodes.get(id) {
+                for id in preference_list(ring, key, route.n, |_| true).primaries {
+                    if let Some(c) = route.nodes.get(&id) {
                         out.push(c.clone());
                     }
                 }
@@ -245,5 +249,53 @@ impl ClusterClient {
         context: Option<&str>,
     ) -> Result<WriteResult, ClientError> {
         self.write(key, None, context, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamokv_core::ActorId;
+    use dynamokv_core::membership::{Member, Status};
+    use dynamokv_core::node::{Node, NodeConfig};
+    use dynamokv_core::ring::hashed_tokens;
+    use dynamokv_core::testing::MemoryStore;
+
+    fn member(id: &str, status: Status) -> Member {
+        Member {
+            id: id.into(),
+            generation: 1,
+            version: 1,
+            status,
+            peer_addr: format!("{id}:1"),
+            http_addr: format!("{id}:2"),
+            tokens: hashed_tokens(id, 8),
+        }
+    }
+
+    #[test]
+    fn client_and_node_build_the_same_ring_from_every_status() {
+        let me = member("n0", Status::Up);
+        let mut node = Node::new(
+            me,
+            ActorId(1),
+            NodeConfig::default(),
+            MemoryStore::default(),
+            1,
+            &[],
+        );
+        node.learn(&[
+            member("n1", Status::Up),
+            member("n2", Status::Joining),
+            member("n3", Status::Leaving),
+            member("n4", Status::Left),
+        ]);
+        let info = node.ring_info();
+        assert_eq!(info.members.len(), 5, "the answer lists every member");
+        let ring = ring_of_info(&info).unwrap();
+        assert_eq!(ring.version(), node.ring().version());
+        assert_eq!(format!("{:016x}", ring.version()), info.version);
+        // Only members that own data are in it: up and leaving.
+        assert_eq!(ring.nodes(), ["n0", "n1", "n3"]);
     }
 }

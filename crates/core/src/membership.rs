@@ -19,26 +19,28 @@
 //! "Down" is not a status. Each node decides it locally ([`crate::failure_detector`]), as in
 //! Dynamo.
 
+use crate::ring::{Ring, RingError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// What a node declares about its place in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Status {
-    /// Announced, not yet owning data.
+    /// Announced, not yet owning data: its tokens are not in the ring.
     Joining,
     /// A full member of the ring.
     Up,
-    /// Handing its data away before leaving.
+    /// Handing its data away before leaving; it owns its ranges until it has left.
     Leaving,
     /// Gone; its tokens are out of the ring.
     Left,
 }
 
 impl Status {
-    /// Whether the node's tokens are part of the ring.
+    /// Whether the node's tokens are part of the ring: only members that own data (up, or
+    /// leaving and still handing it over).
     pub fn in_ring(self) -> bool {
-        !matches!(self, Status::Left)
+        matches!(self, Status::Up | Status::Leaving)
     }
 
     /// Lower-case name.
@@ -110,6 +112,18 @@ pub fn merge_member(members: &mut BTreeMap<String, Member>, incoming: &Member) -
     } else {
         false
     }
+}
+
+/// The ring of a set of member records: the tokens of every member whose status puts it in the
+/// ring ([`Status::in_ring`]). The one function from membership to ring, used by nodes and by
+/// partition-aware clients alike, so both compute the same ring version from the same records.
+pub fn ring_of<'a>(members: impl IntoIterator<Item = &'a Member>) -> Result<Ring, RingError> {
+    let tokens: BTreeMap<String, Vec<u64>> = members
+        .into_iter()
+        .filter(|m| m.status.in_ring())
+        .map(|m| (m.id.clone(), m.tokens.clone()))
+        .collect();
+    Ring::new(&tokens)
 }
 
 /// A heartbeat: the node's generation and a counter it raises every gossip round.
@@ -257,13 +271,9 @@ impl View {
         applied
     }
 
-    /// Every member's tokens, for the ring (members that left are out).
-    pub fn ring_tokens(&self) -> BTreeMap<String, Vec<u64>> {
-        self.members
-            .values()
-            .filter(|m| m.status.in_ring())
-            .map(|m| (m.id.clone(), m.tokens.clone()))
-            .collect()
+    /// The ring this view describes (see [`ring_of`]).
+    pub fn ring(&self) -> Result<Ring, RingError> {
+        ring_of(self.members.values())
     }
 }
 

@@ -189,9 +189,57 @@ fn describe_unavailable(
 /// The answer to a client request.
 pub type ClientResponse = Result<Reply, OpError>;
 
-/// A message between nodes.
+/// Why a peer could not do what a message asked. Travels on the wire, so the sender can tell
+/// whether trying again may help.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WireError {
+    /// The message itself is wrong (a bad key, an invalid object): retrying it cannot help.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The receiver's storage failed: the same message may succeed later.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl WireError {
+    /// Whether sending the same message again may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, WireError::Storage(_))
+    }
+}
+
+/// A message between nodes, grouped by the concept that handles it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
+    /// Client operations: forwarding, replication, reads, read repair.
+    Kv(KvMessage),
+    /// Hinted handoff: a fallback hands a replica back to its owner.
+    Handoff(HandoffMessage),
+    /// Membership gossip.
+    Gossip(GossipMessage),
+}
+
+impl From<KvMessage> for Message {
+    fn from(m: KvMessage) -> Self {
+        Message::Kv(m)
+    }
+}
+
+impl From<HandoffMessage> for Message {
+    fn from(m: HandoffMessage) -> Self {
+        Message::Handoff(m)
+    }
+}
+
+impl From<GossipMessage> for Message {
+    fn from(m: GossipMessage) -> Self {
+        Message::Gossip(m)
+    }
+}
+
+/// The messages of client operations (Dynamo sections 4.5 and 4.7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvMessage {
     /// "Coordinate this client request for me" (request routing, Dynamo's "Solution 1").
     Forward {
         /// Request id at the sender.
@@ -201,15 +249,15 @@ pub enum Message {
         /// How many times it was forwarded already.
         hops: u8,
     },
-    /// The answer to a [`Message::Forward`].
+    /// The answer to a [`KvMessage::Forward`].
     ForwardReply {
         /// The sender's request id.
         id: RequestId,
         /// The coordinator's answer.
         response: ClientResponse,
     },
-    /// "Merge this object into your copy of the key" (a coordinator's write, or a hint handed
-    /// back to its owner); with `hint`, "keep it for that down node" (sloppy quorum).
+    /// "Merge this object into your copy of the key" (a coordinator's write); with `hint`,
+    /// "keep it for that down node" (sloppy quorum).
     Replicate {
         /// Request id at the sender.
         id: RequestId,
@@ -220,12 +268,12 @@ pub enum Message {
         /// The primary this replica stands in for, when the receiver is a fallback.
         hint: Option<String>,
     },
-    /// The answer to a [`Message::Replicate`]: stored, or why not.
+    /// The answer to a [`KvMessage::Replicate`]: stored, or why not.
     ReplicateAck {
         /// The coordinator's request id.
         id: RequestId,
-        /// `None` when stored; the error otherwise.
-        error: Option<String>,
+        /// `Ok` when stored.
+        result: Result<(), WireError>,
     },
     /// "Send me your copy of the key" (a coordinator's read).
     Read {
@@ -234,12 +282,12 @@ pub enum Message {
         /// The key.
         key: Vec<u8>,
     },
-    /// The answer to a [`Message::Read`].
+    /// The answer to a [`KvMessage::Read`].
     ReadReply {
         /// The coordinator's request id.
         id: RequestId,
         /// The replica's copy (`None`: it has none), or why it could not read.
-        result: Result<Option<Object>, String>,
+        result: Result<Option<Object>, WireError>,
     },
     /// "Merge this object" without an answer (read repair).
     Repair {
@@ -248,20 +296,46 @@ pub enum Message {
         /// The merged object.
         object: Object,
     },
-    /// Gossip, step 1: "here is what I know" (a digest: a few bytes per member).
-    GossipSyn {
+}
+
+/// The messages of hinted handoff (Dynamo section 4.6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandoffMessage {
+    /// "Here is a replica of yours I kept while you were down: merge it."
+    Deliver {
+        /// Request id at the fallback.
+        id: RequestId,
+        /// The key.
+        key: Vec<u8>,
+        /// The replica.
+        object: Object,
+    },
+    /// The answer to a [`HandoffMessage::Deliver`]; on `Ok` the fallback deletes its hint.
+    Ack {
+        /// The fallback's request id.
+        id: RequestId,
+        /// `Ok` when merged.
+        result: Result<(), WireError>,
+    },
+}
+
+/// The messages of membership gossip: a three-way digest exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GossipMessage {
+    /// Step 1: "here is what I know" (a digest: a few bytes per member).
+    Syn {
         /// The sender's digest.
         digest: Vec<DigestEntry>,
     },
-    /// Gossip, step 2: "here is what I know, and what you lack".
-    GossipSynAck {
+    /// Step 2: "here is what I know, and what you lack".
+    SynAck {
         /// The sender's digest.
         digest: Vec<DigestEntry>,
         /// Records and heartbeats the receiver lacks.
         delta: Delta,
     },
-    /// Gossip, step 3: "and here is what you lack".
-    GossipAck {
+    /// Step 3: "and here is what you lack".
+    Ack {
         /// Records and heartbeats the receiver lacks.
         delta: Delta,
     },

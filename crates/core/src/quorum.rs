@@ -1,7 +1,19 @@
 //! Counting replies toward a quorum (Dynamo section 4.5: a get answers after R replies, a put
 //! after W acknowledgements).
 
+use crate::message::{OpError, QuorumKind};
 use std::collections::BTreeSet;
+
+/// Where a request stands against its quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Enough replicas answered: answer the client with success.
+    Reached,
+    /// The quorum can no longer be reached, or the deadline passed: answer with an error.
+    Failed,
+    /// Keep waiting.
+    Waiting,
+}
 
 /// The replies of one request fanned out to a set of replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +130,66 @@ impl Tally {
     /// Successes needed.
     pub fn needed(&self) -> usize {
         self.needed
+    }
+
+    /// The one verdict for reads and writes alike: reached, failed (impossible, or `expired`),
+    /// or still waiting.
+    pub fn verdict(&self, expired: bool) -> Verdict {
+        if self.reached() {
+            Verdict::Reached
+        } else if self.impossible() || expired {
+            Verdict::Failed
+        } else {
+            Verdict::Waiting
+        }
+    }
+
+    /// The error for a quorum this tally did not reach; `written` when the write is stored on
+    /// at least one replica.
+    pub fn unavailable(&self, kind: QuorumKind, written: bool) -> OpError {
+        OpError::Unavailable {
+            kind,
+            needed: self.needed as u8,
+            answered: self.ok.len() as u8,
+            asked: self.asked.clone(),
+            failed: self.missing(),
+            written,
+            sent: true,
+            primary_needed: self.primary_needed as u8,
+            primary_answered: self.primary_successes() as u8,
+        }
+    }
+}
+
+/// What a coordinator that sends nothing knows: the replicas it would ask, and which of them
+/// are reachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reachability {
+    /// The replicas of the key (its primaries).
+    pub asked: Vec<String>,
+    /// Those that are unreachable.
+    pub failed: Vec<String>,
+    /// Reachable targets, fallbacks included.
+    pub reachable: usize,
+    /// Reachable primaries.
+    pub primaries_reachable: usize,
+}
+
+impl Reachability {
+    /// The error for a request refused before sending because fewer than `needed` replicas
+    /// (or `primary_needed` primaries) are reachable.
+    pub fn unavailable(&self, kind: QuorumKind, needed: usize, primary_needed: usize) -> OpError {
+        OpError::Unavailable {
+            kind,
+            needed: needed as u8,
+            answered: self.reachable as u8,
+            asked: self.asked.clone(),
+            failed: self.failed.clone(),
+            written: false,
+            sent: false,
+            primary_needed: primary_needed as u8,
+            primary_answered: self.primaries_reachable as u8,
+        }
     }
 }
 

@@ -5,14 +5,13 @@
 //! responsible for the arc between the previous token (exclusive) and its own (inclusive), so a
 //! key belongs to the first token at or clockwise after its position. The *preference list* of a
 //! key is the first N distinct physical nodes met walking clockwise from there; those are its
-//! primaries (later issues add fallbacks past them).
+//! primaries; [`crate::preference`] adds the fallbacks past them.
 //!
 //! Token placement is a pure function of the node id ([`hashed_tokens`]): every node computes the
 //! same ring from the same member list without coordination, and adding a node moves only the
 //! arcs its new tokens take. `dynamokv ring-balance` measures how evenly that spreads load
 //! against the alternatives (docs/ring.md).
 
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The ring position of a key: XXH3-64 (seed 0) of the key bytes.
@@ -71,15 +70,6 @@ pub struct Ring {
     /// Node ids, sorted.
     nodes: Vec<String>,
     version: u64,
-}
-
-/// One entry of a preference list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrefEntry {
-    /// The node.
-    pub node: String,
-    /// True for the N primaries; false for fallbacks standing in for a down primary.
-    pub primary: bool,
 }
 
 impl Ring {
@@ -162,17 +152,6 @@ impl Ring {
             }
         }
         out
-    }
-
-    /// The preference list of `key`: its N primaries in ring order.
-    pub fn preference_list(&self, key: &[u8], n: usize) -> Vec<PrefEntry> {
-        self.walk(position(key), n)
-            .into_iter()
-            .map(|node| PrefEntry {
-                node: node.to_owned(),
-                primary: true,
-            })
-            .collect()
     }
 
     /// Each node's share of the key space (fraction of the 2^64 positions it owns as first

@@ -1,6 +1,7 @@
 //! Node configuration: one serde struct, defaults in one place, loaded from an optional TOML file
 //! and then overridden by command-line flags (the binary does the overriding).
 
+use dynamokv_core::node::NodeConfig;
 use dynamokv_storage::SyncPolicy;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -21,8 +22,12 @@ pub enum SyncMode {
 
 /// Everything a node needs to start. Every field has a default (see [`Config::default`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
+    /// Coordination settings (N, R, W, timeouts, gossip, failure detection, handoff): the
+    /// core's own struct and defaults, with its fields at the top level of the file.
+    #[serde(flatten)]
+    pub node: NodeConfig,
     /// This node's id, unique in the cluster. When unset, the id stored in the data directory
     /// is used, or a new `node-XXXXXXXX` id is made and stored on first start.
     pub node_id: Option<String>,
@@ -41,28 +46,8 @@ pub struct Config {
     pub seeds: Vec<String>,
     /// Tokens (virtual nodes) this node places on the ring.
     pub vnodes: u16,
-    /// Replicas per key (N). Must be the same on every node.
-    pub n: u8,
-    /// Default read quorum (R), overridable per request with `?r=`.
-    pub r: u8,
-    /// Default write quorum (W), overridable per request with `?w=`.
-    pub w: u8,
-    /// How long a coordinator waits for replicas before answering 503, in milliseconds.
-    pub request_timeout_ms: u64,
     /// Largest peer-protocol frame accepted, in bytes; a larger frame closes the connection.
     pub max_frame_bytes: usize,
-    /// How often the node gossips membership with a random peer, in milliseconds.
-    pub gossip_interval_ms: u64,
-    /// Failure-detector threshold: a peer whose phi passes it is believed down.
-    pub phi_threshold: f64,
-    /// How often this node scans the hints it keeps for nodes that were down, to hand them
-    /// back once their owner is up, in milliseconds.
-    pub hint_scan_interval_ms: u64,
-    /// Most hints handed back per second (throttles the drain so a returning node is not
-    /// flooded).
-    pub hint_rate_per_sec: u64,
-    /// Most hint deliveries in flight at once.
-    pub hint_max_in_flight: usize,
     /// Allow `POST /admin/faults` to drop or delay peer messages (for fault tests only; never
     /// in production). Off by default, and the endpoint refuses to act without it.
     pub enable_fault_injection: bool,
@@ -93,17 +78,9 @@ impl Default for Config {
             advertise_http: None,
             seeds: Vec::new(),
             vnodes: dynamokv_core::ring::DEFAULT_VNODES,
-            n: 3,
-            r: 2,
-            w: 2,
-            request_timeout_ms: 2000,
             max_frame_bytes: 32 * 1024 * 1024,
             enable_fault_injection: false,
-            gossip_interval_ms: 1000,
-            phi_threshold: 8.0,
-            hint_scan_interval_ms: 1000,
-            hint_rate_per_sec: 2000,
-            hint_max_in_flight: 64,
+            node: NodeConfig::default(),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_value_bytes: dynamokv_core::limits::DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Periodic,
@@ -144,10 +121,25 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message,
         })
+    }
+
+    /// Parses TOML text; fields it leaves out keep their defaults, and an unknown field is an
+    /// error (serde cannot refuse unknown fields next to a flattened struct, so the names are
+    /// checked against those of the defaults).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let known = serde_json::to_value(Config::default()).map_err(|e| e.to_string())?;
+        if let Some(unknown) = table
+            .keys()
+            .find(|k| known.as_object().is_some_and(|o| !o.contains_key(*k)))
+        {
+            return Err(format!("unknown field `{unknown}`"));
+        }
+        toml::from_str(text).map_err(|e| e.to_string())
     }
 
     /// Checks ranges that serde cannot.
@@ -185,31 +177,36 @@ impl Config {
                 dynamokv_core::membership::MAX_TOKENS
             )));
         }
-        if self.n == 0 || self.r == 0 || self.w == 0 || self.r > self.n || self.w > self.n {
+        if self.node.n == 0
+            || self.node.r == 0
+            || self.node.w == 0
+            || self.node.r > self.node.n
+            || self.node.w > self.node.n
+        {
             return Err(ConfigError::Invalid(format!(
                 "need 1 <= r <= n and 1 <= w <= n (n={}, r={}, w={})",
-                self.n, self.r, self.w
+                self.node.n, self.node.r, self.node.w
             )));
         }
-        if self.hint_scan_interval_ms == 0
-            || self.hint_rate_per_sec == 0
-            || self.hint_max_in_flight == 0
+        if self.node.hint_scan_interval_ms == 0
+            || self.node.hint_rate_per_sec == 0
+            || self.node.hint_max_in_flight == 0
         {
             return Err(ConfigError::Invalid(
                 "hint_scan_interval_ms, hint_rate_per_sec and hint_max_in_flight must be at least 1".into(),
             ));
         }
-        if self.gossip_interval_ms == 0 {
+        if self.node.gossip_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "gossip_interval_ms must be at least 1".into(),
             ));
         }
-        if !(self.phi_threshold > 0.0 && self.phi_threshold.is_finite()) {
+        if !(self.node.phi_threshold > 0.0 && self.node.phi_threshold.is_finite()) {
             return Err(ConfigError::Invalid(
                 "phi_threshold must be a positive number".into(),
             ));
         }
-        if self.request_timeout_ms == 0 {
+        if self.node.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "request_timeout_ms must be at least 1".into(),
             ));
@@ -252,12 +249,19 @@ mod tests {
 
     #[test]
     fn toml_overrides_defaults_and_rejects_unknown_fields() {
-        let c: Config = toml::from_str("sync = \"always\"\nmax_value_bytes = 10").unwrap();
+        let c = Config::from_toml("sync = \"always\"\nmax_value_bytes = 10\nw = 3").unwrap();
         assert_eq!(c.sync, SyncMode::Always);
         assert_eq!(c.max_value_bytes, 10);
+        assert_eq!(c.node.w, 3);
+        assert_eq!(c.node.r, NodeConfig::default().r);
         assert_eq!(c.http, Config::default().http);
-        assert!(toml::from_str::<Config>("bogus = 1").is_err());
-        assert!(toml::from_str::<Config>("sync = \"sometimes\"").is_err());
+        assert!(
+            Config::from_toml("bogus = 1")
+                .unwrap_err()
+                .contains("bogus")
+        );
+        assert!(Config::from_toml("sync = \"sometimes\"").is_err());
+        assert!(Config::from_toml("node_id = \"a\"\ncluster_secret = \"s\"").is_ok());
     }
 
     #[test]
@@ -273,10 +277,8 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
-        let c = Config {
-            r: 4,
-            ..Config::default()
-        };
+        let mut c = Config::default();
+        c.node.r = 4;
         assert!(c.validate().is_err());
         let c = Config {
             node_id: Some("bad id".into()),

@@ -18,7 +18,7 @@ pub use config::{Config, ConfigError, SyncMode};
 pub use node::{LocalState, NodeError};
 
 use dynamokv_core::membership::Member;
-use dynamokv_core::node::{Node, NodeConfig};
+use dynamokv_core::node::Node;
 use std::future::Future;
 use std::io::Write as _;
 
@@ -123,21 +123,7 @@ pub async fn run(
     let core = Node::new(
         me,
         local.identity.actor,
-        NodeConfig {
-            n: config.n,
-            r: config.r,
-            w: config.w,
-            request_timeout_ms: config.request_timeout_ms,
-            gossip_interval_ms: config.gossip_interval_ms,
-            hint_scan_interval_ms: config.hint_scan_interval_ms,
-            hint_rate_per_sec: config.hint_rate_per_sec,
-            hint_max_in_flight: config.hint_max_in_flight,
-            detector: dynamokv_core::failure_detector::DetectorConfig {
-                threshold: config.phi_threshold,
-                first_interval_ms: config.gossip_interval_ms as f64,
-                ..Default::default()
-            },
-        },
+        config.node,
         local.store.clone(),
         local.identity.actor.0 ^ node::now_ms(),
         &known,
@@ -145,12 +131,13 @@ pub async fn run(
     // The generation the core settled on (above any persisted one) is what peers must see.
     let me = core.me().clone();
     let (events_tx, events_rx) = std::sync::mpsc::channel();
+    let handle = runtime::NodeHandle::new(events_tx);
     let transport = transport::Transport::new(
         transport::Hello {
             cluster: local.codec.fingerprint(),
             member: me.clone(),
         },
-        events_tx.clone(),
+        handle.transport_sink(),
         config.max_frame_bytes,
         tokio::runtime::Handle::current(),
     );
@@ -164,7 +151,6 @@ pub async fn run(
             })
             .map_err(io_err("starting the node thread"))?
     };
-    let handle = runtime::NodeHandle::new(events_tx);
     let peer_server = tokio::spawn(transport.clone().serve(peer_listener));
     for seed in &config.seeds {
         if *seed != advertise_peer && *seed != peer_addr.to_string() {

@@ -1,19 +1,20 @@
 //! The shell around the core state machine: one thread owns the [`Node`], takes [`Event`]s from
-//! the HTTP handlers and the transport, calls `request`/`step`/`tick` with the wall clock, and
-//! carries the outputs out (messages to the transport, answers to waiting handlers).
+//! the HTTP handlers and the transport, calls `request`/`step`/`tick` with both clocks (a
+//! monotonic one for timers, the wall clock for version timestamps), and carries the outputs
+//! out (messages to the transport, answers to waiting handlers).
 
 use crate::history::History;
 use crate::node::now_ms;
-use crate::transport::Transport;
-use dynamokv_core::membership::Member;
-use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse, Message};
+use crate::transport::{PeerEvent, Transport};
+use dynamokv_core::clock::Now;
+use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse};
 use dynamokv_core::node::{Node, Output};
 use dynamokv_storage::Engine;
 use dynamokv_storage::ObjectStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The core node as the server runs it.
@@ -34,21 +35,8 @@ pub enum Event {
         /// Where the answer goes.
         reply: oneshot::Sender<Answer>,
     },
-    /// A message from a peer.
-    Peer {
-        /// Sender's node id.
-        from: String,
-        /// The message.
-        message: Message,
-    },
-    /// Member records learned from a handshake.
-    Learn(Vec<Member>),
-    /// A seed answered: its record, and it is a seed.
-    Seed(Member),
-    /// The transport connected to this peer.
-    PeerUp(String),
-    /// The transport lost this peer.
-    PeerDown(String),
+    /// What the transport saw.
+    Transport(PeerEvent),
     /// Run a read-only query against the node.
     Query(Box<dyn FnOnce(&CoreNode) + Send>),
     /// Stop the thread.
@@ -95,6 +83,12 @@ impl NodeHandle {
         rx.await.map_err(|_| Stopped)
     }
 
+    /// A sink for the transport's events, feeding this node thread.
+    pub fn transport_sink(&self) -> crate::transport::EventSink {
+        let events = self.events.clone();
+        Box::new(move |e| events.send(Event::Transport(e)).is_ok())
+    }
+
     /// Asks the node thread to stop.
     pub fn stop(&self) {
         let _ = self.events.send(Event::Stop);
@@ -115,14 +109,21 @@ pub fn run_node(
     let mut ring_version = node.ring().version();
     let mut members_epoch = node.members_epoch();
     transport.sync_peers(node.members());
-    let mut next_tick = now_ms();
+    // The monotonic clock: milliseconds since the thread started (plus one, so no timer
+    // starts at zero). The wall clock goes only into version timestamps.
+    let started = Instant::now();
+    let clock = move || Now {
+        mono: started.elapsed().as_millis() as u64 + 1,
+        wall: now_ms(),
+    };
+    let mut next_tick = 0;
     loop {
         let event = match events.recv_timeout(TICK) {
             Ok(e) => Some(e),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let now = now_ms();
+        let now = clock();
         match event {
             Some(Event::Client { request, reply }) => {
                 let id = next_client;
@@ -130,24 +131,26 @@ pub fn run_node(
                 clients.insert(id, reply);
                 node.request(now, id, request);
             }
-            Some(Event::Peer { from, message }) => node.step(now, &from, message),
-            Some(Event::Learn(members)) => {
-                node.learn(&members);
+            Some(Event::Transport(PeerEvent::Message { from, message })) => {
+                node.step(now, &from, message)
             }
-            Some(Event::Seed(member)) => {
+            Some(Event::Transport(PeerEvent::Learn(member))) => {
+                node.learn(&[member]);
+            }
+            Some(Event::Transport(PeerEvent::Seed(member))) => {
                 let id = member.id.clone();
                 node.learn(&[member]);
                 node.add_seed(&id);
             }
-            Some(Event::PeerUp(id)) => node.peer_up(&id),
-            Some(Event::PeerDown(id)) => node.peer_down(now, &id),
+            Some(Event::Transport(PeerEvent::Up(id))) => node.peer_up(&id),
+            Some(Event::Transport(PeerEvent::Down(id))) => node.peer_down(now, &id),
             Some(Event::Query(f)) => f(&node),
             Some(Event::Stop) => break,
             None => {}
         }
-        if now >= next_tick {
+        if now.mono >= next_tick {
             node.tick(now);
-            next_tick = now + TICK.as_millis() as u64;
+            next_tick = now.mono + TICK.as_millis() as u64;
         }
         if node.members_epoch() != members_epoch {
             members_epoch = node.members_epoch();

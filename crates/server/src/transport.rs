@@ -17,7 +17,6 @@
 //! with exponential backoff (100 ms doubling to 2 s); messages for a peer that is not connected
 //! are dropped - the coordinator's timeouts and the node's view of who is up handle that.
 
-use crate::runtime::Event;
 use axum::body::Bytes;
 use dynamokv_core::membership::Member;
 use dynamokv_core::message::Message;
@@ -30,8 +29,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-/// The version of the peer protocol. Peers with another version are refused at handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The version of the peer protocol. Peers with another version are refused at handshake, with
+/// a reason naming both versions. Version 2 groups messages by family (kv, handoff, gossip) and
+/// carries typed errors.
+pub const PROTOCOL_VERSION: u16 = 2;
 const MAGIC: &[u8; 8] = b"dynamokv";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -114,9 +115,32 @@ pub struct FaultRules {
     pub delay_ms: u64,
 }
 
+/// What the transport tells the node.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// A member record learned from a handshake.
+    Learn(Member),
+    /// A seed answered: its record, and it is a seed.
+    Seed(Member),
+    /// The transport connected to this peer.
+    Up(String),
+    /// The transport lost this peer.
+    Down(String),
+    /// A message from a peer.
+    Message {
+        /// Sender's node id.
+        from: String,
+        /// The message.
+        message: Message,
+    },
+}
+
+/// Where the transport delivers its events; returns false once nobody listens any more.
+pub type EventSink = Box<dyn Fn(PeerEvent) -> bool + Send + Sync>;
+
 struct Inner {
     hello: Mutex<Hello>,
-    events: std::sync::mpsc::Sender<Event>,
+    events: EventSink,
     peers: Mutex<BTreeMap<String, PeerLink>>,
     max_frame: usize,
     runtime: tokio::runtime::Handle,
@@ -140,7 +164,7 @@ impl Transport {
     /// A transport announcing `hello`, delivering what peers send to `events`.
     pub fn new(
         hello: Hello,
-        events: std::sync::mpsc::Sender<Event>,
+        events: EventSink,
         max_frame: usize,
         runtime: tokio::runtime::Handle,
     ) -> Self {
@@ -252,7 +276,7 @@ impl Transport {
                 match t.handshake(&addr).await {
                     Ok((member, _)) => {
                         tracing::info!(seed = %addr, node = %member.id, "joined through seed");
-                        let _ = t.inner.events.send(Event::Seed(member));
+                        let _ = (t.inner.events)(PeerEvent::Seed(member));
                         return;
                     }
                     Err(e) => {
@@ -359,7 +383,7 @@ impl Transport {
         {
             return;
         }
-        let _ = self.inner.events.send(Event::Learn(vec![theirs.member]));
+        let _ = (self.inner.events)(PeerEvent::Learn(theirs.member));
         while let Some(next) = framed.next().await {
             let frame = match next {
                 Ok(bytes) => decode_frame(&bytes),
@@ -368,15 +392,10 @@ impl Transport {
             match frame {
                 Ok(Frame::Message(_)) if self.drops_from(&from) => {}
                 Ok(Frame::Message(message)) => {
-                    if self
-                        .inner
-                        .events
-                        .send(Event::Peer {
-                            from: from.clone(),
-                            message,
-                        })
-                        .is_err()
-                    {
+                    if !(self.inner.events)(PeerEvent::Message {
+                        from: from.clone(),
+                        message,
+                    }) {
                         return;
                     }
                 }
@@ -407,12 +426,12 @@ async fn dial_loop(
                 backoff = BACKOFF_MIN;
                 // Whatever was queued while disconnected is stale.
                 while rx.try_recv().is_ok() {}
-                let _ = t.inner.events.send(Event::Learn(vec![member]));
-                let _ = t.inner.events.send(Event::PeerUp(peer.clone()));
+                let _ = (t.inner.events)(PeerEvent::Learn(member));
+                let _ = (t.inner.events)(PeerEvent::Up(peer.clone()));
                 tracing::debug!(%peer, %addr, "connected");
                 let reason = pump(&mut framed, &mut rx).await;
                 tracing::info!(%peer, %addr, %reason, "peer connection lost");
-                let _ = t.inner.events.send(Event::PeerDown(peer.clone()));
+                let _ = (t.inner.events)(PeerEvent::Down(peer.clone()));
                 if rx.is_closed() {
                     return;
                 }

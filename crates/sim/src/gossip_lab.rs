@@ -7,59 +7,26 @@
 //!   delay jitter;
 //! - [`bytes_per_exchange`]: the encoded size of one digest exchange in a steady cluster.
 //!
-//! Nodes here do only membership: no client load.
+//! Nodes here do only membership (the core's `Cluster`, which needs no store): no client load.
 
-use crate::Rng;
 use dynamokv_core::membership::{Member, Status};
-use dynamokv_core::message::Message;
-use dynamokv_core::node::{Node, NodeConfig, Output};
+use dynamokv_core::node::cluster::Cluster;
+use dynamokv_core::node::{NodeConfig, Outbox, Output};
 use dynamokv_core::ring::hashed_tokens;
-use dynamokv_core::store::{LocalStore, StoreError};
-use dynamokv_core::{ActorId, Object};
-use std::collections::{BTreeMap, BTreeSet};
-
-/// A store that holds nothing (membership experiments write no data).
-pub struct NoStore;
-
-impl LocalStore for NoStore {
-    fn get(&self, _: &[u8]) -> Result<Option<Object>, StoreError> {
-        Ok(None)
-    }
-    fn modify(&self, _: &[u8], f: &mut dyn FnMut(Object) -> Object) -> Result<Object, StoreError> {
-        Ok(f(Object::new()))
-    }
-    fn put_hint(&self, _: &str, _: &[u8], _: &Object) -> Result<(), StoreError> {
-        Err(StoreError("membership experiments keep no hints".into()))
-    }
-    fn hints_for_key(&self, _: &[u8]) -> Result<Vec<dynamokv_core::store::Hint>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn scan_hints(
-        &self,
-        _: Option<(&[u8], &str)>,
-        _: usize,
-    ) -> Result<Vec<dynamokv_core::store::Hint>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn remove_hint(&self, _: &str, _: &[u8], _: &Object) -> Result<bool, StoreError> {
-        Ok(false)
-    }
-}
+use dynamokv_core::rng::Rng;
+use dynamokv_core::testing::Network;
+use std::collections::BTreeSet;
 
 const START: u64 = 1_800_000_000_000;
 
-/// A cluster of membership-only nodes over a simulated network.
+/// A cluster of membership-only nodes (the core's [`Cluster`], no store) over the shared
+/// in-memory network.
 pub struct Net {
-    nodes: Vec<Node<NoStore>>,
+    nodes: Vec<Cluster>,
+    outboxes: Vec<Outbox>,
     ids: Vec<String>,
     paused: BTreeSet<usize>,
-    queue: BTreeMap<(u64, u64), (usize, usize, Message)>,
-    seq: u64,
-    rng: Rng,
-    /// Probability of losing a message.
-    pub loss: f64,
-    /// Largest extra delay of a message, ms.
-    pub jitter_ms: u64,
+    net: Network,
     now: u64,
     /// Bytes of gossip messages sent (postcard-encoded), when counting.
     pub bytes: u64,
@@ -85,33 +52,36 @@ impl Net {
                 tokens: hashed_tokens(id, 4),
             })
             .collect();
+        let config = NodeConfig::default();
+        let mut outboxes = Vec::new();
         let nodes = members
             .iter()
             .map(|m| {
-                let mut node = Node::new(
+                let mut out = Outbox::default();
+                let mut node = Cluster::new(
                     m.clone(),
-                    ActorId(rng.next_u64()),
-                    NodeConfig::default(),
-                    NoStore,
+                    config.detector(),
+                    config.gossip_interval_ms,
                     rng.next_u64(),
                     &members,
+                    &mut out,
                 );
                 for id in &ids {
                     node.assume_connected(id);
                 }
-                node.drain();
+                out.drain();
+                outboxes.push(out);
                 node
             })
             .collect();
+        let mut net = Network::new(rng.next_u64());
+        net.delay_ms = (1, 1);
         Net {
             nodes,
+            outboxes,
             ids,
             paused: BTreeSet::new(),
-            queue: BTreeMap::new(),
-            seq: 0,
-            rng,
-            loss: 0.0,
-            jitter_ms: 0,
+            net,
             now: START,
             bytes: 0,
             messages: 0,
@@ -119,23 +89,27 @@ impl Net {
         }
     }
 
+    /// Sets the probability of losing a message.
+    pub fn set_loss(&mut self, loss: f64) {
+        self.net.loss = loss;
+    }
+
+    /// Sets the largest extra delay of a message, ms (every message takes at least 1 ms).
+    pub fn set_jitter(&mut self, jitter_ms: u64) {
+        self.net.delay_ms = (1, 1 + jitter_ms);
+    }
+
     fn collect(&mut self, i: usize) {
-        for out in self.nodes[i].drain() {
+        for out in self.outboxes[i].drain() {
             if let Output::Send { to, message } = out {
-                let Some(j) = self.ids.iter().position(|x| *x == to) else {
+                if !self.ids.contains(&to) {
                     continue;
-                };
+                }
                 if self.count_bytes {
                     self.bytes += postcard::to_allocvec(&message).map_or(0, |b| b.len() as u64);
                 }
                 self.messages += 1;
-                if self.rng.chance(self.loss) {
-                    continue;
-                }
-                let delay = 1 + self.rng.below(self.jitter_ms + 1);
-                self.seq += 1;
-                self.queue
-                    .insert((self.now + delay, self.seq), (i, j, message));
+                self.net.send(self.now, &self.ids[i], &to, message);
             }
         }
     }
@@ -145,25 +119,27 @@ impl Net {
         let end = self.now + ms;
         while self.now < end {
             let step_end = (self.now + 20).min(end);
-            while let Some((&(t, s), _)) = self.queue.iter().next() {
-                if t > step_end {
-                    break;
-                }
-                let Some((from, to, msg)) = self.queue.remove(&(t, s)) else {
-                    break;
-                };
+            while let Some((t, env)) = self.net.next_before(step_end) {
                 self.now = self.now.max(t);
+                let Some(to) = self.ids.iter().position(|x| *x == env.to) else {
+                    continue;
+                };
                 if self.paused.contains(&to) {
                     continue;
                 }
-                let from_id = self.ids[from].clone();
-                self.nodes[to].step(self.now, &from_id, msg);
+                let node = &mut self.nodes[to];
+                node.observe(self.now);
+                node.heard_from(self.now, &env.from);
+                if let dynamokv_core::message::Message::Gossip(m) = env.message {
+                    node.on_message(&env.from, m, &mut self.outboxes[to]);
+                }
                 self.collect(to);
             }
             self.now = step_end;
             for i in 0..self.nodes.len() {
                 if !self.paused.contains(&i) {
-                    self.nodes[i].tick(self.now);
+                    self.nodes[i].observe(self.now);
+                    self.nodes[i].tick(self.now, &mut self.outboxes[i]);
                     self.collect(i);
                 }
             }
@@ -204,14 +180,15 @@ impl Net {
 pub fn convergence_rounds(n: usize, seed: u64) -> u64 {
     let mut net = Net::new(n, seed);
     net.advance(3000);
-    net.nodes[0].set_status(Status::Leaving);
+    net.nodes[0].set_status(Status::Leaving, &mut net.outboxes[0]);
     net.collect(0);
     let interval = NodeConfig::default().gossip_interval_ms;
     let id = net.ids[0].clone();
     for round in 1..=200 {
         net.advance(interval);
         if net.nodes.iter().all(|node| {
-            node.members()
+            node.view()
+                .members
                 .get(&id)
                 .is_some_and(|m| m.status == Status::Leaving)
         }) {
@@ -224,8 +201,8 @@ pub fn convergence_rounds(n: usize, seed: u64) -> u64 {
 /// Milliseconds from pausing one node until every other node believes it down.
 pub fn detection_time(n: usize, seed: u64, loss: f64, jitter_ms: u64) -> u64 {
     let mut net = Net::new(n, seed);
-    net.loss = loss;
-    net.jitter_ms = jitter_ms;
+    net.set_loss(loss);
+    net.set_jitter(jitter_ms);
     net.advance(60_000);
     net.pause(0);
     let start = net.now;
@@ -239,8 +216,8 @@ pub fn detection_time(n: usize, seed: u64, loss: f64, jitter_ms: u64) -> u64 {
 /// node was newly believed down by another (flaps), sampled every 100 ms.
 pub fn false_downs(n: usize, seed: u64, loss: f64, jitter_ms: u64, seconds: u64) -> u64 {
     let mut net = Net::new(n, seed);
-    net.loss = loss;
-    net.jitter_ms = jitter_ms;
+    net.set_loss(loss);
+    net.set_jitter(jitter_ms);
     net.advance(10_000);
     let mut previous = net.wrongly_down();
     let mut flaps = previous.len() as u64;

@@ -25,8 +25,12 @@ pub mod checker;
 pub mod gossip_lab;
 
 use checker::{Outcome, Violation, WriteRecord};
+use dynamokv_core::clock::Now;
 use dynamokv_core::membership::Member;
-use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse, Message, OpError, Reply};
+use dynamokv_core::message::{
+    ClientId, ClientRequest, ClientResponse, GossipMessage, HandoffMessage, KvMessage, Message,
+    OpError, Reply,
+};
 use dynamokv_core::node::{Node, NodeConfig, Output};
 use dynamokv_core::ring::hashed_tokens;
 use dynamokv_core::store::LocalStore;
@@ -277,16 +281,18 @@ fn key_name(i: usize) -> Vec<u8> {
 
 fn message_kind(m: &Message) -> (u8, &[u8]) {
     match m {
-        Message::Forward { request, .. } => (0, request.key()),
-        Message::ForwardReply { .. } => (1, &[]),
-        Message::Replicate { key, .. } => (2, key),
-        Message::ReplicateAck { .. } => (3, &[]),
-        Message::Read { key, .. } => (4, key),
-        Message::ReadReply { .. } => (5, &[]),
-        Message::Repair { key, .. } => (6, key),
-        Message::GossipSyn { .. } => (7, &[]),
-        Message::GossipSynAck { .. } => (8, &[]),
-        Message::GossipAck { .. } => (9, &[]),
+        Message::Kv(KvMessage::Forward { request, .. }) => (0, request.key()),
+        Message::Kv(KvMessage::ForwardReply { .. }) => (1, &[]),
+        Message::Kv(KvMessage::Replicate { key, .. }) => (2, key),
+        Message::Kv(KvMessage::ReplicateAck { .. }) => (3, &[]),
+        Message::Kv(KvMessage::Read { key, .. }) => (4, key),
+        Message::Kv(KvMessage::ReadReply { .. }) => (5, &[]),
+        Message::Kv(KvMessage::Repair { key, .. }) => (6, key),
+        Message::Gossip(GossipMessage::Syn { .. }) => (7, &[]),
+        Message::Gossip(GossipMessage::SynAck { .. }) => (8, &[]),
+        Message::Gossip(GossipMessage::Ack { .. }) => (9, &[]),
+        Message::Handoff(HandoffMessage::Deliver { key, .. }) => (10, key),
+        Message::Handoff(HandoffMessage::Ack { .. }) => (11, &[]),
     }
 }
 
@@ -378,8 +384,13 @@ impl Sim {
         self.events.insert(self.seq, ev);
     }
 
-    fn node_now(&self, i: usize) -> u64 {
-        self.now.saturating_add_signed(self.nodes[i].skew)
+    /// Node `i`'s clocks: the simulated time on its monotonic clock, and the simulated time
+    /// plus its skew on its wall clock.
+    fn node_now(&self, i: usize) -> Now {
+        Now {
+            mono: self.now,
+            wall: self.now.saturating_add_signed(self.nodes[i].skew),
+        }
     }
 
     fn log(&mut self, line: impl FnOnce() -> String) {
@@ -521,7 +532,7 @@ impl Sim {
             .nodes
             .iter()
             .find_map(|n| n.core.as_ref())
-            .map(|c| c.primaries(key));
+            .map(|c| c.preference(key).primaries);
         ring_owner
             .unwrap_or_default()
             .iter()
@@ -741,7 +752,7 @@ impl Sim {
                 if self.nodes[i].core.is_none() {
                     self.log(|| format!("restart n{i:03}"));
                     let mut member = self.nodes[i].member.clone();
-                    member.generation = self.node_now(i);
+                    member.generation = self.node_now(i).wall;
                     self.nodes[i].actors += 1;
                     let seed = self.rng.next_u64();
                     let actor = ActorId(self.rng.next_u64());

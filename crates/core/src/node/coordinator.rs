@@ -1,0 +1,446 @@
+//! Coordination of gets and puts (Dynamo sections 4.5 and 4.7).
+//!
+//! Put: the coordinator stamps the new version against its own copy and the client's context,
+//! stores it, sends it to the other targets of the preference list and answers after W
+//! acknowledgements (its own included). Get: it reads its own copy, asks the other targets,
+//! answers after R replies with their merge, and once every target answered (or the deadline
+//! passed) sends the merged object to each primary whose copy differed (read repair).
+//!
+//! Each operation owns its tally, deadline and origin; one verdict ([`Tally::verdict`]) decides
+//! reads and writes alike.
+
+use super::NodeConfig;
+use super::outbox::{Origin, Outbox};
+use super::replica::local_read;
+use crate::clock::Now;
+use crate::message::{ClientRequest, KvMessage, OpError, QuorumKind, Reply, RequestId, WireError};
+use crate::preference::PreferenceList;
+use crate::quorum::{Reachability, Tally, Verdict};
+use crate::store::LocalStore;
+use crate::version::{ActorId, Dot, Object, VersionVector};
+use std::collections::BTreeMap;
+
+/// What each target returned to a read.
+type Replies = BTreeMap<String, Option<Object>>;
+
+#[derive(Debug)]
+enum Kind {
+    Read {
+        key: Vec<u8>,
+        replies: Replies,
+        /// Nodes whose copy read repair may fix: the primaries.
+        primaries: Vec<String>,
+    },
+    Write {
+        object: Object,
+        dot: Dot,
+    },
+}
+
+/// One operation this node coordinates.
+#[derive(Debug)]
+struct Operation {
+    /// `None` once answered (the operation may wait on for read repair or late acks).
+    origin: Option<Origin>,
+    tally: Tally,
+    deadline: u64,
+    kind: Kind,
+}
+
+/// Who this node is, for the operations it coordinates.
+pub struct Local<'a, S> {
+    /// This node's id.
+    pub id: &'a str,
+    /// The actor it stamps versions with.
+    pub actor: ActorId,
+    /// Quorums and timeouts.
+    pub config: &'a NodeConfig,
+    /// Its storage.
+    pub store: &'a S,
+}
+
+/// The operations this node coordinates, and their counters.
+#[derive(Debug, Default)]
+pub struct Coordinator {
+    ops: BTreeMap<RequestId, Operation>,
+    next_id: RequestId,
+    reads: u64,
+    writes: u64,
+    read_repairs: u64,
+    sloppy_writes: u64,
+}
+
+/// The quorum for a request: the override (1..=N) or the default capped at the number of
+/// replicas the ring can offer.
+fn quorum(
+    n: u8,
+    name: &str,
+    asked: Option<u8>,
+    default: u8,
+    replicas: usize,
+) -> Result<usize, OpError> {
+    match asked {
+        Some(v) if v == 0 || v > n => Err(OpError::InvalidQuorum {
+            name: name.to_owned(),
+            value: v,
+            n,
+        }),
+        Some(v) => Ok(usize::from(v)),
+        None => Ok(usize::from(default).min(replicas).max(1)),
+    }
+}
+
+/// The error for a request no primary of which is reachable from a node that is not one.
+pub fn unreachable(pref: &PreferenceList, request: &ClientRequest) -> OpError {
+    Reachability {
+        asked: pref.primaries.clone(),
+        failed: pref.primaries.clone(),
+        reachable: 0,
+        primaries_reachable: 0,
+    }
+    .unavailable(kind_of(request), 1, 0)
+}
+
+fn kind_of(request: &ClientRequest) -> QuorumKind {
+    match request {
+        ClientRequest::Get { .. } => QuorumKind::Read,
+        ClientRequest::Put { .. } => QuorumKind::Write,
+    }
+}
+
+fn merge_all<'a>(objects: impl Iterator<Item = &'a Option<Object>>) -> Object {
+    objects.flatten().fold(Object::new(), |acc, o| acc.merge(o))
+}
+
+impl Coordinator {
+    /// Starts coordinating `request` for `origin` over the preference list `pref`.
+    pub fn start<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        now: Now,
+        origin: Origin,
+        request: ClientRequest,
+        pref: PreferenceList,
+        out: &mut Outbox,
+    ) {
+        let config = local.config;
+        let deadline = now.mono + config.request_timeout_ms;
+        let kind = kind_of(&request);
+        let (name, pname, asked_q, asked_p, default) = match &request {
+            ClientRequest::Get { r, pr, .. } => ("r", "pr", *r, *pr, config.r),
+            ClientRequest::Put { w, pw, .. } => ("w", "pw", *w, *pw, config.w),
+        };
+        let replicas = pref.primaries.len();
+        let needed = match quorum(config.n, name, asked_q, default, replicas) {
+            Ok(n) => n,
+            Err(e) => return out.respond(origin, Err(e)),
+        };
+        let primary_needed = match asked_p {
+            None | Some(0) => 0,
+            Some(v) => match quorum(config.n, pname, Some(v), 0, replicas) {
+                Ok(n) => n,
+                Err(e) => return out.respond(origin, Err(e)),
+            },
+        };
+        let up_primaries = pref.up_primaries();
+        if pref.targets.len() < needed || up_primaries < primary_needed {
+            let reach = Reachability {
+                asked: pref.primaries.clone(),
+                failed: pref.down_primaries(),
+                reachable: pref.targets.len(),
+                primaries_reachable: up_primaries,
+            };
+            return out.respond(origin, Err(reach.unavailable(kind, needed, primary_needed)));
+        }
+        let asked: Vec<String> = pref.targets.iter().map(|t| t.node.clone()).collect();
+        let mut tally = Tally::new(asked, needed)
+            .with_primaries(pref.primaries.iter().cloned(), primary_needed);
+        self.next_id += 1;
+        let id = self.next_id;
+        let kind = match request {
+            ClientRequest::Get { key, .. } => {
+                self.reads += 1;
+                let mut replies = BTreeMap::new();
+                for t in &pref.targets {
+                    if t.node == local.id {
+                        match local_read(local.store, &key) {
+                            Ok(obj) => {
+                                tally.succeed(&t.node);
+                                replies.insert(t.node.clone(), obj);
+                            }
+                            Err(_) => {
+                                tally.fail(&t.node);
+                            }
+                        }
+                    } else {
+                        out.send(
+                            &t.node,
+                            KvMessage::Read {
+                                id,
+                                key: key.clone(),
+                            },
+                        );
+                    }
+                }
+                Kind::Read {
+                    key,
+                    replies,
+                    primaries: pref.primaries,
+                }
+            }
+            ClientRequest::Put {
+                key,
+                value,
+                context,
+                ..
+            } => {
+                self.writes += 1;
+                let actor = local.actor;
+                let mut value = Some(value);
+                let stamped = local.store.modify(&key, &mut |current| {
+                    let ctx = match (&context, &value) {
+                        (Some(c), _) => c.clone(),
+                        // A delete without context supersedes what this node holds.
+                        (None, Some(None)) => current.context(),
+                        (None, _) => VersionVector::new(),
+                    };
+                    // The wall clock: only for the timestamp the version carries.
+                    current.update(actor, &ctx, value.take().flatten(), now.wall)
+                });
+                let object = match stamped {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let node = local.id.to_owned();
+                        return out.respond(origin, Err(OpError::Storage { node, message: e.0 }));
+                    }
+                };
+                tally.succeed(local.id);
+                if pref.sloppy() {
+                    self.sloppy_writes += 1;
+                }
+                for t in pref.targets.iter().filter(|t| t.node != local.id) {
+                    out.send(
+                        &t.node,
+                        KvMessage::Replicate {
+                            id,
+                            key: key.clone(),
+                            object: object.clone(),
+                            hint: t.hint().map(str::to_owned),
+                        },
+                    );
+                }
+                let dot = Dot {
+                    actor,
+                    counter: object.clock().counter(actor),
+                };
+                Kind::Write { object, dot }
+            }
+        };
+        self.ops.insert(
+            id,
+            Operation {
+                origin: Some(origin),
+                tally,
+                deadline,
+                kind,
+            },
+        );
+        self.check(local, id, now.mono, out);
+    }
+
+    /// Target `from` acknowledged (or refused) the write of operation `id`.
+    pub fn on_replicate_ack<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        now: u64,
+        from: &str,
+        id: RequestId,
+        result: Result<(), WireError>,
+        out: &mut Outbox,
+    ) -> Vec<String> {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return Vec::new();
+        };
+        if !matches!(op.kind, Kind::Write { .. }) {
+            return Vec::new();
+        }
+        if result.is_ok() {
+            op.tally.succeed(from);
+        } else {
+            op.tally.fail(from);
+        }
+        self.check(local, id, now, out)
+    }
+
+    /// Target `from` answered the read of operation `id`.
+    pub fn on_read_reply<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        now: u64,
+        from: &str,
+        id: RequestId,
+        result: Result<Option<Object>, WireError>,
+        out: &mut Outbox,
+    ) -> Vec<String> {
+        let Some(Operation {
+            tally,
+            kind: Kind::Read { replies, .. },
+            ..
+        }) = self.ops.get_mut(&id)
+        else {
+            return Vec::new();
+        };
+        match result {
+            Ok(obj) if obj.as_ref().is_none_or(|o| o.validate().is_ok()) => {
+                if tally.succeed(from) {
+                    replies.insert(from.to_owned(), obj);
+                }
+            }
+            _ => {
+                tally.fail(from);
+            }
+        }
+        self.check(local, id, now, out)
+    }
+
+    /// The transport lost `node`: operations waiting on it count it as failed.
+    pub fn peer_down<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        now: u64,
+        node: &str,
+        out: &mut Outbox,
+    ) -> Vec<String> {
+        let ids: Vec<RequestId> = self
+            .ops
+            .iter_mut()
+            .filter_map(|(id, op)| op.tally.fail(node).then_some(*id))
+            .collect();
+        let mut silent = Vec::new();
+        for id in ids {
+            silent.extend(self.check(local, id, now, out));
+        }
+        silent
+    }
+
+    /// Finishes the operations whose deadline passed; returns the targets that stayed silent.
+    pub fn expire<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        now: u64,
+        out: &mut Outbox,
+    ) -> Vec<String> {
+        let expired: Vec<RequestId> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| now >= op.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut silent = Vec::new();
+        for id in expired {
+            silent.extend(self.check(local, id, now, out));
+        }
+        silent
+    }
+
+    /// Answers and retires operation `id` as far as its replies allow; after its deadline,
+    /// returns the targets that never answered.
+    fn check<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        id: RequestId,
+        now: u64,
+        out: &mut Outbox,
+    ) -> Vec<String> {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return Vec::new();
+        };
+        let expired = now >= op.deadline;
+        if op.origin.is_some() {
+            let (kind, written) = match &op.kind {
+                Kind::Read { .. } => (QuorumKind::Read, false),
+                Kind::Write { .. } => (QuorumKind::Write, true),
+            };
+            let response = match op.tally.verdict(expired) {
+                Verdict::Waiting => None,
+                Verdict::Failed => Some(Err(op.tally.unavailable(kind, written))),
+                Verdict::Reached => Some(Ok(match &op.kind {
+                    Kind::Read { replies, .. } => Reply::Read(merge_all(replies.values())),
+                    Kind::Write { object, dot } => Reply::Written {
+                        object: object.clone(),
+                        dot: *dot,
+                    },
+                })),
+            };
+            if let Some(response) = response
+                && let Some(origin) = op.origin.take()
+            {
+                out.respond(origin, response);
+            }
+        }
+        let silent = if expired {
+            op.tally.pending_nodes()
+        } else {
+            Vec::new()
+        };
+        if (op.tally.complete() || expired)
+            && let Some(done) = self.ops.remove(&id)
+            && let Kind::Read {
+                key,
+                replies,
+                primaries,
+            } = done.kind
+        {
+            self.read_repair(local, &key, &replies, &primaries, out);
+        }
+        silent
+    }
+
+    /// Sends the merge of every reply to each primary whose copy differed from it.
+    fn read_repair<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        key: &[u8],
+        replies: &Replies,
+        primaries: &[String],
+        out: &mut Outbox,
+    ) {
+        let merged = merge_all(replies.values());
+        if merged.is_empty() {
+            return;
+        }
+        // Only primaries are repaired: a fallback's copy goes home by handoff.
+        for (node, copy) in replies.iter().filter(|(n, _)| primaries.contains(n)) {
+            if copy.as_ref() == Some(&merged) {
+                continue;
+            }
+            self.read_repairs += 1;
+            if node == local.id {
+                let _ = local.store.merge(key, &merged);
+            } else {
+                out.send(
+                    node,
+                    KvMessage::Repair {
+                        key: key.to_vec(),
+                        object: merged.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Operations in flight.
+    pub fn in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Counters: (gets coordinated, writes coordinated, read repairs, sloppy writes).
+    pub fn counters(&self) -> (u64, u64, u64, u64) {
+        (
+            self.reads,
+            self.writes,
+            self.read_repairs,
+            self.sloppy_writes,
+        )
+    }
+}

@@ -1,0 +1,433 @@
+//! The node state machine, with no IO: the facade over one module per Dynamo concept.
+//!
+//! Inputs: [`Node::request`] for a client operation, [`Node::step`] for a peer message,
+//! [`Node::tick`] for time passing, [`Node::peer_up`]/[`Node::peer_down`] for what the transport
+//! sees. Every input takes [`Now`]: the monotonic clock for timers, the wall clock only for the
+//! timestamps written into versions. Outputs collect in one [`Outbox`] ([`Node::drain`]):
+//! messages to send, answers to clients, member records to persist.
+//!
+//! The concepts, each owning its state:
+//! - [`cluster`]: membership view, ring, connections, failure detector, gossip;
+//! - [`forward`]: who coordinates a request, and the requests forwarded to their coordinator;
+//! - [`coordinator`]: the gets and puts coordinated here, their quorums and read repair;
+//! - [`replica`]: what a replica does with writes, reads, repairs and returning hints;
+//! - [`handoff`]: the worker handing hints back to their owners, under a [`throttle`];
+//! - [`info`]: counters and the ring as operators and clients see it.
+//!
+//! Messages are dispatched by family ([`Message::Kv`], [`Message::Handoff`],
+//! [`Message::Gossip`]); a new concept brings its own family and module.
+
+pub mod cluster;
+pub mod coordinator;
+pub mod forward;
+pub mod handoff;
+pub mod info;
+pub mod outbox;
+pub mod replica;
+pub mod throttle;
+
+pub use info::{MemberInfo, NodeStats, RingInfo};
+pub use outbox::{Origin, Outbox, Output};
+
+use crate::clock::Now;
+use crate::failure_detector::{DetectorConfig, Opinion};
+use crate::limits;
+use crate::membership::{Member, Status, View};
+use crate::message::{ClientId, ClientRequest, HandoffMessage, KvMessage, Message, OpError};
+use crate::preference::{PreferenceList, preference_list};
+use crate::ring::Ring;
+use crate::store::LocalStore;
+use crate::version::ActorId;
+use cluster::Cluster;
+use coordinator::{Coordinator, Local};
+use forward::{Forwarder, Route};
+use handoff::{Handoff, HandoffConfig};
+use replica::Replica;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Coordination settings. The defaults here are the node's defaults everywhere (the server's
+/// configuration embeds this struct).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Replicas per key (N). Must be the same on every node.
+    pub n: u8,
+    /// Default read quorum (R), overridable per request with `?r=`.
+    pub r: u8,
+    /// Default write quorum (W), overridable per request with `?w=`.
+    pub w: u8,
+    /// How long a coordinator waits for replicas before answering 503, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// How often the node gossips membership with a random peer, in milliseconds.
+    pub gossip_interval_ms: u64,
+    /// Failure-detector threshold: a peer whose phi passes it is believed down.
+    pub phi_threshold: f64,
+    /// How often this node scans the hints it keeps for nodes that were down, to hand them
+    /// back once their owner is up, in milliseconds.
+    pub hint_scan_interval_ms: u64,
+    /// Most hints handed back per second (throttles the drain so a returning node is not
+    /// flooded).
+    pub hint_rate_per_sec: u64,
+    /// Most hint deliveries in flight at once.
+    pub hint_max_in_flight: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            n: 3,
+            r: 2,
+            w: 2,
+            request_timeout_ms: 2000,
+            gossip_interval_ms: 1000,
+            phi_threshold: 8.0,
+            hint_scan_interval_ms: 1000,
+            hint_rate_per_sec: 2000,
+            hint_max_in_flight: 64,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The failure detector's settings: the threshold, and the gossip interval as the expected
+    /// heartbeat interval before any was measured.
+    pub fn detector(&self) -> DetectorConfig {
+        DetectorConfig {
+            threshold: self.phi_threshold,
+            first_interval_ms: self.gossip_interval_ms as f64,
+            ..DetectorConfig::default()
+        }
+    }
+}
+
+/// Who this node is, for its coordinator (a macro, so that the borrows stay per field).
+macro_rules! local {
+    ($node:ident) => {
+        Local {
+            id: $node.cluster.id(),
+            actor: $node.actor,
+            config: &$node.config,
+            store: &$node.store,
+        }
+    };
+}
+
+/// One node: the concepts, its store and its outbox.
+pub struct Node<S> {
+    actor: ActorId,
+    config: NodeConfig,
+    store: S,
+    cluster: Cluster,
+    forwarder: Forwarder,
+    coordinator: Coordinator,
+    replica: Replica,
+    handoff: Handoff,
+    out: Outbox,
+}
+
+impl<S: LocalStore> Node<S> {
+    /// A node announcing `me`, stamping writes as `actor`, storing in `store`, drawing its
+    /// random choices from `seed`, and starting from the member records it persisted before
+    /// (`known`, which may be empty). Its generation is raised above any it had before.
+    pub fn new(
+        me: Member,
+        actor: ActorId,
+        config: NodeConfig,
+        store: S,
+        seed: u64,
+        known: &[Member],
+    ) -> Self {
+        let mut out = Outbox::default();
+        let cluster = Cluster::new(
+            me,
+            config.detector(),
+            config.gossip_interval_ms,
+            seed,
+            known,
+            &mut out,
+        );
+        Self {
+            actor,
+            config,
+            store,
+            cluster,
+            forwarder: Forwarder::default(),
+            coordinator: Coordinator::default(),
+            replica: Replica::default(),
+            handoff: Handoff::new(HandoffConfig {
+                scan_interval_ms: config.hint_scan_interval_ms,
+                rate_per_sec: config.hint_rate_per_sec,
+                max_in_flight: config.hint_max_in_flight,
+                timeout_ms: config.request_timeout_ms,
+            }),
+            out,
+        }
+    }
+
+    /// This node's own member record.
+    pub fn me(&self) -> &Member {
+        self.cluster.me()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        self.cluster.id()
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        self.cluster.ring()
+    }
+
+    /// Counts changes to the member records; the shell re-dials peers when it moves.
+    pub fn members_epoch(&self) -> u64 {
+        self.cluster.members_epoch()
+    }
+
+    /// Every known member, by id.
+    pub fn members(&self) -> &BTreeMap<String, Member> {
+        &self.cluster.view().members
+    }
+
+    /// The replicated membership state (records and heartbeats).
+    pub fn view(&self) -> &View {
+        self.cluster.view()
+    }
+
+    /// The coordination settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        let (coordinated_reads, coordinated_writes, read_repairs, sloppy_writes) =
+            self.coordinator.counters();
+        NodeStats {
+            forwarded: self.forwarder.forwarded(),
+            coordinated_reads,
+            coordinated_writes,
+            read_repairs,
+            rejected_messages: self.replica.rejected() + self.cluster.rejected(),
+            hints_stored: self.replica.hints_stored(),
+            hints_delivered: self.handoff.delivered(),
+            sloppy_writes,
+        }
+    }
+
+    /// Whether `node` is reachable from here (this node always is).
+    pub fn is_up(&self, node: &str) -> bool {
+        self.cluster.is_up(node)
+    }
+
+    /// The failure detector's opinion of `node` as of the last input.
+    pub fn opinion(&self, node: &str) -> Opinion {
+        self.cluster.opinion(node)
+    }
+
+    /// Requests in flight: forwarded, coordinated, and hint deliveries.
+    pub fn in_flight(&self) -> usize {
+        self.forwarder.in_flight() + self.coordinator.in_flight() + self.handoff.in_flight()
+    }
+
+    /// Takes the outputs produced so far.
+    pub fn drain(&mut self) -> Vec<Output> {
+        self.out.drain()
+    }
+
+    /// The ring and members for the admin endpoint and clients.
+    pub fn ring_info(&self) -> RingInfo {
+        info::ring_info(&self.cluster, (self.config.n, self.config.r, self.config.w))
+    }
+
+    /// The preference list of `key` as this node sees the cluster now.
+    pub fn preference(&self, key: &[u8]) -> PreferenceList {
+        preference_list(
+            self.cluster.ring(),
+            key,
+            usize::from(self.config.n),
+            |node| self.cluster.is_up(node),
+        )
+    }
+
+    /// Learns member records (from a peer's handshake). Returns true when a record changed.
+    pub fn learn(&mut self, incoming: &[Member]) -> bool {
+        self.cluster.learn(incoming, &mut self.out)
+    }
+
+    /// Marks `id` as a seed: gossip turns to seeds now and then, so partitions heal.
+    pub fn add_seed(&mut self, id: &str) {
+        self.cluster.add_seed(id);
+    }
+
+    /// Declares a new status for this node; gossip spreads it and the history keeps it.
+    pub fn set_status(&mut self, status: Status) {
+        self.cluster.set_status(status, &mut self.out);
+    }
+
+    /// The transport connected to `node`: it gets this node's digest at once.
+    pub fn peer_up(&mut self, node: &str) {
+        self.cluster.peer_up(node, &mut self.out);
+    }
+
+    /// Records that the transport is connected to `node` without a gossip exchange. For
+    /// simulations that start from an already converged, connected cluster.
+    pub fn assume_connected(&mut self, node: &str) {
+        self.cluster.assume_connected(node);
+    }
+
+    fn timed_out(&mut self, now: u64, silent: Vec<String>) {
+        for node in silent {
+            self.cluster.timed_out(now, &node);
+        }
+    }
+
+    /// A client request arrived at this node.
+    pub fn request(&mut self, now: Now, client: ClientId, request: ClientRequest) {
+        self.cluster.observe(now.mono);
+        self.route(now, Origin::Client(client), request, 0);
+    }
+
+    fn route(&mut self, now: Now, origin: Origin, request: ClientRequest, hops: u8) {
+        if let Err(e) = limits::check_key(request.key()) {
+            return self
+                .out
+                .respond(origin, Err(OpError::BadRequest(e.to_string())));
+        }
+        let pref = self.preference(request.key());
+        if pref.primaries.is_empty() {
+            return self.out.respond(origin, Err(OpError::NoRing));
+        }
+        match forward::route(&pref, self.cluster.id(), hops) {
+            Route::Coordinate => {
+                let local = local!(self);
+                self.coordinator
+                    .start(&local, now, origin, request, pref, &mut self.out);
+            }
+            Route::Forward(to) => {
+                let deadline = now.mono + self.config.request_timeout_ms * 3 / 2;
+                self.forwarder
+                    .forward(deadline, origin, &to, request, hops, &mut self.out);
+            }
+            Route::Unreachable => {
+                let err = coordinator::unreachable(&pref, &request);
+                self.out.respond(origin, Err(err));
+            }
+        }
+    }
+
+    /// A message from peer `from`.
+    pub fn step(&mut self, now: Now, from: &str, message: Message) {
+        self.cluster.observe(now.mono);
+        self.cluster.heard_from(now.mono, from);
+        match message {
+            Message::Kv(m) => self.on_kv(now, from, m),
+            Message::Handoff(HandoffMessage::Deliver { id, key, object }) => {
+                self.replica
+                    .on_handoff(&self.store, from, id, key, object, &mut self.out);
+            }
+            Message::Handoff(HandoffMessage::Ack { id, result }) => {
+                self.handoff.on_ack(&self.store, from, id, result);
+            }
+            Message::Gossip(m) => self.cluster.on_message(from, m, &mut self.out),
+        }
+    }
+
+    fn on_kv(&mut self, now: Now, from: &str, message: KvMessage) {
+        let mono = now.mono;
+        match message {
+            KvMessage::Forward { id, request, hops } => {
+                let origin = Origin::Peer {
+                    node: from.to_owned(),
+                    id,
+                };
+                self.route(now, origin, request, hops.saturating_add(1));
+            }
+            KvMessage::ForwardReply { id, response } => {
+                self.forwarder.on_reply(from, id, response, &mut self.out);
+            }
+            KvMessage::Replicate {
+                id,
+                key,
+                object,
+                hint,
+            } => {
+                let me = self.cluster.id();
+                self.replica.on_replicate(
+                    me,
+                    &self.store,
+                    from,
+                    id,
+                    key,
+                    object,
+                    hint,
+                    &mut self.out,
+                );
+            }
+            KvMessage::ReplicateAck { id, result } => {
+                let local = local!(self);
+                let silent = self.coordinator.on_replicate_ack(
+                    &local,
+                    mono,
+                    from,
+                    id,
+                    result,
+                    &mut self.out,
+                );
+                self.timed_out(mono, silent);
+            }
+            KvMessage::Read { id, key } => {
+                self.replica
+                    .on_read(&self.store, from, id, key, &mut self.out);
+            }
+            KvMessage::ReadReply { id, result } => {
+                let local = local!(self);
+                let silent =
+                    self.coordinator
+                        .on_read_reply(&local, mono, from, id, result, &mut self.out);
+                self.timed_out(mono, silent);
+            }
+            KvMessage::Repair { key, object } => {
+                self.replica.on_repair(&self.store, key, object);
+            }
+        }
+    }
+
+    /// The transport lost `node`: requests waiting on it stop waiting.
+    pub fn peer_down(&mut self, now: Now, node: &str) {
+        self.cluster.observe(now.mono);
+        if !self.cluster.peer_down(node) {
+            return;
+        }
+        self.forwarder.peer_down(node, &mut self.out);
+        let local = local!(self);
+        let silent = self
+            .coordinator
+            .peer_down(&local, now.mono, node, &mut self.out);
+        self.handoff.peer_down(node);
+        self.timed_out(now.mono, silent);
+    }
+
+    /// Time passed: expire requests, gossip, hand hints off.
+    pub fn tick(&mut self, now: Now) {
+        let mono = now.mono;
+        self.cluster.observe(mono);
+        let mut silent = self.forwarder.expire(mono, &mut self.out);
+        let local = local!(self);
+        silent.extend(self.coordinator.expire(&local, mono, &mut self.out));
+        silent.extend(self.handoff.expire(mono));
+        self.timed_out(mono, silent);
+        self.cluster.tick(mono, &mut self.out);
+        self.handoff
+            .tick(mono, &self.store, &self.cluster, &mut self.out);
+    }
+}
+
+#[cfg(test)]
+mod tests;

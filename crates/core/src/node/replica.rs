@@ -1,0 +1,133 @@
+//! The replica side: what a node does when a coordinator, a read repair or a returning hint
+//! asks it to store or read a key. Every write goes through the one merge
+//! ([`crate::version::Object::merge`]) inside the store.
+
+use super::outbox::Outbox;
+use crate::limits;
+use crate::message::{HandoffMessage, KvMessage, RequestId, WireError};
+use crate::store::{LocalStore, StoreError};
+use crate::version::Object;
+
+/// Counters of the replica side.
+#[derive(Debug, Default)]
+pub struct Replica {
+    hints_stored: u64,
+    rejected: u64,
+}
+
+/// This node's copy of `key` merged with any hints it keeps for it.
+pub fn local_read<S: LocalStore>(store: &S, key: &[u8]) -> Result<Option<Object>, StoreError> {
+    let own = store.get(key)?;
+    let hints = store.hints_for_key(key)?;
+    if hints.is_empty() {
+        return Ok(own);
+    }
+    let merged = hints
+        .iter()
+        .fold(own.unwrap_or_default(), |acc, h| acc.merge(&h.object));
+    Ok(Some(merged))
+}
+
+/// Checks a key and object a peer sent.
+pub fn validate(key: &[u8], object: &Object) -> Result<(), WireError> {
+    limits::check_key(key).map_err(|e| WireError::Invalid(e.to_string()))?;
+    object
+        .validate()
+        .map_err(|e| WireError::Invalid(e.to_string()))
+}
+
+fn storage(e: StoreError) -> WireError {
+    WireError::Storage(e.0)
+}
+
+impl Replica {
+    /// A coordinator's write: merged into this node's copy, or kept as a hint for `hint` when
+    /// this node stands in for it. Answered with an ack.
+    #[allow(clippy::too_many_arguments)] // the fields of the message, plus where it goes
+    pub fn on_replicate<S: LocalStore>(
+        &mut self,
+        me: &str,
+        store: &S,
+        from: &str,
+        id: RequestId,
+        key: Vec<u8>,
+        object: Object,
+        hint: Option<String>,
+        out: &mut Outbox,
+    ) {
+        let result = match (validate(&key, &object), hint) {
+            (Err(e), _) => {
+                self.rejected += 1;
+                Err(e)
+            }
+            (Ok(()), None) => store.merge(&key, &object).map(drop).map_err(storage),
+            (Ok(()), Some(owner)) if owner == me => {
+                store.merge(&key, &object).map(drop).map_err(storage)
+            }
+            (Ok(()), Some(owner)) => match store.put_hint(&owner, &key, &object) {
+                Ok(()) => {
+                    self.hints_stored += 1;
+                    Ok(())
+                }
+                Err(e) => Err(storage(e)),
+            },
+        };
+        out.send(from, KvMessage::ReplicateAck { id, result });
+    }
+
+    /// A coordinator's read: this node's copy (hints included).
+    pub fn on_read<S: LocalStore>(
+        &mut self,
+        store: &S,
+        from: &str,
+        id: RequestId,
+        key: Vec<u8>,
+        out: &mut Outbox,
+    ) {
+        let result = match limits::check_key(&key) {
+            Err(e) => Err(WireError::Invalid(e.to_string())),
+            Ok(()) => local_read(store, &key).map_err(storage),
+        };
+        out.send(from, KvMessage::ReadReply { id, result });
+    }
+
+    /// A read repair: merged without an answer.
+    pub fn on_repair<S: LocalStore>(&mut self, store: &S, key: Vec<u8>, object: Object) {
+        if validate(&key, &object).is_ok() {
+            let _ = store.merge(&key, &object);
+        } else {
+            self.rejected += 1;
+        }
+    }
+
+    /// A replica of ours that a fallback kept while we were down: merged, then acknowledged so
+    /// the fallback can delete its hint.
+    pub fn on_handoff<S: LocalStore>(
+        &mut self,
+        store: &S,
+        from: &str,
+        id: RequestId,
+        key: Vec<u8>,
+        object: Object,
+        out: &mut Outbox,
+    ) {
+        let result = match validate(&key, &object) {
+            Err(e) => {
+                self.rejected += 1;
+                Err(e)
+            }
+            Ok(()) => store.merge(&key, &object).map(drop).map_err(storage),
+        };
+        out.send(from, HandoffMessage::Ack { id, result });
+    }
+
+    /// Replicas stored as a fallback, with a hint.
+    pub fn hints_stored(&self) -> u64 {
+        self.hints_stored
+    }
+
+    /// Peer messages refused as invalid.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+}

@@ -1,0 +1,760 @@
+//! Scenario tests of the node state machine over the in-memory store and network.
+
+use super::*;
+use crate::membership::Delta;
+use crate::message::{GossipMessage, QuorumKind, Reply};
+use crate::ring::hashed_tokens;
+use crate::testing::{MemoryStore, Network};
+use crate::version::{Object, VersionVector};
+use std::collections::BTreeMap;
+
+/// Nodes wired together by the in-memory network (no delay: in order unless a link is cut).
+struct Cluster {
+    nodes: BTreeMap<String, Node<MemoryStore>>,
+    net: Network,
+    answers: BTreeMap<ClientId, crate::message::ClientResponse>,
+    now: u64,
+}
+
+impl Cluster {
+    fn new(count: usize) -> Cluster {
+        let members: Vec<Member> = (0..count)
+            .map(|i| Member {
+                id: format!("n{i}"),
+                generation: 1,
+                version: 1,
+                status: crate::membership::Status::Up,
+                peer_addr: format!("p{i}"),
+                http_addr: format!("h{i}"),
+                tokens: hashed_tokens(&format!("n{i}"), 16),
+            })
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for (i, m) in members.iter().enumerate() {
+            let mut n = Node::new(
+                m.clone(),
+                ActorId(i as u64),
+                NodeConfig::default(),
+                MemoryStore::default(),
+                i as u64,
+                &members,
+            );
+            for other in &members {
+                n.peer_up(&other.id);
+            }
+            nodes.insert(m.id.clone(), n);
+        }
+        Cluster {
+            nodes,
+            net: Network::new(0),
+            answers: BTreeMap::new(),
+            now: 1000,
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    fn t(&self) -> Now {
+        Now::at(self.now)
+    }
+
+    /// Node `id` drops off the network (without anyone noticing).
+    fn cut(&mut self, id: &str) {
+        let all = self.ids();
+        self.net.isolate(id, &all);
+    }
+
+    fn collect(&mut self, from: &str) {
+        for out in self.nodes.get_mut(from).unwrap().drain() {
+            match out {
+                Output::Send { to, message } => {
+                    self.net.send(self.now, from, &to, message);
+                }
+                Output::Persist(_) => {}
+                Output::Respond { client, response } => {
+                    assert!(
+                        self.answers.insert(client, response).is_none(),
+                        "answered twice"
+                    );
+                }
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        while let Some((_, env)) = self.net.next_before(self.now) {
+            let now = self.t();
+            self.nodes
+                .get_mut(&env.to)
+                .unwrap()
+                .step(now, &env.from, env.message);
+            self.collect(&env.to);
+        }
+    }
+
+    /// Node `id` dies: its links are cut and every other node learns it is down.
+    fn kill(&mut self, id: &str) {
+        self.cut(id);
+        let now = self.t();
+        for o in self.ids().into_iter().filter(|k| k != id) {
+            self.nodes.get_mut(&o).unwrap().peer_down(now, id);
+            self.collect(&o);
+        }
+    }
+
+    fn request(
+        &mut self,
+        at: &str,
+        client: ClientId,
+        req: ClientRequest,
+    ) -> crate::message::ClientResponse {
+        let now = self.t();
+        self.nodes.get_mut(at).unwrap().request(now, client, req);
+        self.collect(at);
+        self.run();
+        self.answers.remove(&client).expect("an answer")
+    }
+
+    fn put(
+        &mut self,
+        at: &str,
+        key: &[u8],
+        value: &[u8],
+        context: Option<VersionVector>,
+        w: Option<u8>,
+    ) -> crate::message::ClientResponse {
+        self.request(
+            at,
+            1,
+            ClientRequest::Put {
+                key: key.to_vec(),
+                value: Some(value.to_vec()),
+                context,
+                w,
+                pw: None,
+            },
+        )
+    }
+
+    fn get(&mut self, at: &str, key: &[u8]) -> Object {
+        match self.request(
+            at,
+            2,
+            ClientRequest::Get {
+                key: key.to_vec(),
+                r: None,
+                pr: None,
+            },
+        ) {
+            Ok(Reply::Read(o)) => o,
+            other => panic!("get failed: {other:?}"),
+        }
+    }
+
+    fn local(&self, node: &str, key: &[u8]) -> Option<Object> {
+        self.nodes[node].store().object(key)
+    }
+
+    fn primaries(&self, key: &[u8]) -> Vec<String> {
+        self.nodes["n0"].preference(key).primaries
+    }
+}
+
+fn values(o: &Object) -> Vec<Vec<u8>> {
+    o.live().filter_map(|s| s.value.clone()).collect()
+}
+
+#[test]
+fn write_anywhere_read_everywhere_on_exactly_n_replicas() {
+    let mut c = Cluster::new(5);
+    for k in 0..20u8 {
+        let key = [b'k', k];
+        let at = format!("n{}", k % 5);
+        assert!(matches!(
+            c.put(&at, &key, b"v", None, None),
+            Ok(Reply::Written { .. })
+        ));
+        for reader in 0..5 {
+            assert_eq!(
+                values(&c.get(&format!("n{reader}"), &key)),
+                vec![b"v".to_vec()]
+            );
+        }
+        let primaries = c.primaries(&key);
+        assert_eq!(primaries.len(), 3);
+        for n in c.nodes.keys() {
+            assert_eq!(
+                c.local(n, &key).is_some(),
+                primaries.contains(n),
+                "{n} for key {k}"
+            );
+        }
+    }
+    let forwarded: u64 = c.nodes.values().map(|n| n.stats().forwarded).sum();
+    assert!(forwarded > 0, "non-coordinators forwarded");
+}
+
+#[test]
+fn writes_with_one_primary_down_and_w3_failure() {
+    let mut c = Cluster::new(5);
+    let key = b"key".to_vec();
+    let primaries = c.primaries(&key);
+    // Kill the coordinator itself: the next primary takes over.
+    c.kill(&primaries[0]);
+    let entry = c
+        .nodes
+        .keys()
+        .find(|n| !primaries.contains(n))
+        .unwrap()
+        .clone();
+    assert!(matches!(
+        c.put(&entry, &key, b"v1", None, None),
+        Ok(Reply::Written { .. })
+    ));
+    assert_eq!(values(&c.get(&entry, &key)), vec![b"v1".to_vec()]);
+    // W=3 with a primary down still succeeds: a fallback stands in (sloppy quorum)...
+    assert!(matches!(
+        c.put(&entry, &key, b"v2", None, Some(3)),
+        Ok(Reply::Written { .. })
+    ));
+    // ...unless the caller insists on primaries.
+    match c.request(
+        &entry,
+        9,
+        ClientRequest::Put {
+            key: key.clone(),
+            value: Some(b"v3".to_vec()),
+            context: None,
+            w: Some(3),
+            pw: Some(3),
+        },
+    ) {
+        Err(OpError::Unavailable {
+            kind: QuorumKind::Write,
+            primary_needed: 3,
+            written: false,
+            failed,
+            ..
+        }) => {
+            assert_eq!(failed, vec![primaries[0].clone()]);
+        }
+        other => panic!("expected a quorum error, got {other:?}"),
+    }
+    assert!(matches!(
+        c.put(&entry, &key, b"v2", None, Some(4)),
+        Err(OpError::InvalidQuorum { value: 4, n: 3, .. })
+    ));
+}
+
+#[test]
+fn lost_messages_time_out_with_counts() {
+    let mut c = Cluster::new(3);
+    let key = b"x".to_vec();
+    let primaries = c.primaries(&key);
+    // The other two primaries silently drop everything (no peer_down).
+    c.cut(&primaries[1]);
+    c.cut(&primaries[2]);
+    let coord = primaries[0].clone();
+    let t = c.t();
+    c.nodes.get_mut(&coord).unwrap().request(
+        t,
+        7,
+        ClientRequest::Put {
+            key: key.clone(),
+            value: Some(b"v".to_vec()),
+            context: None,
+            w: None,
+            pw: None,
+        },
+    );
+    c.collect(&coord);
+    c.run();
+    assert!(c.answers.is_empty(), "no answer before the timeout");
+    c.now += 2000;
+    let t = c.t();
+    c.nodes.get_mut(&coord).unwrap().tick(t);
+    c.collect(&coord);
+    match c.answers.remove(&7) {
+        Some(Err(OpError::Unavailable {
+            answered: 1,
+            written: true,
+            ..
+        })) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.nodes[&coord].in_flight(), 0);
+}
+
+#[test]
+fn read_repair_fixes_stale_replicas_and_skips_consistent_ones() {
+    let mut c = Cluster::new(5);
+    let key = b"r".to_vec();
+    let primaries = c.primaries(&key);
+    c.put(&primaries[0], &key, b"v1", None, None).unwrap();
+    // The third primary misses the second write.
+    c.cut(&primaries[2]);
+    let ctx = c.local(&primaries[0], &key).unwrap().context();
+    c.put(&primaries[0], &key, b"v2", Some(ctx), None).unwrap();
+    c.net.heal_all();
+    assert_eq!(
+        values(&c.local(&primaries[2], &key).unwrap()),
+        vec![b"v1".to_vec()]
+    );
+    let repairs_before: u64 = c.nodes.values().map(|n| n.stats().read_repairs).sum();
+    assert_eq!(values(&c.get(&primaries[0], &key)), vec![b"v2".to_vec()]);
+    assert_eq!(
+        values(&c.local(&primaries[2], &key).unwrap()),
+        vec![b"v2".to_vec()]
+    );
+    let repairs: u64 = c.nodes.values().map(|n| n.stats().read_repairs).sum();
+    assert_eq!(repairs - repairs_before, 1);
+    c.get(&primaries[0], &key);
+    let again: u64 = c.nodes.values().map(|n| n.stats().read_repairs).sum();
+    assert_eq!(again, repairs, "a consistent read repairs nothing");
+}
+
+#[test]
+fn concurrent_writes_through_different_coordinators_become_siblings() {
+    let mut c = Cluster::new(5);
+    let key = b"s".to_vec();
+    let primaries = c.primaries(&key);
+    c.put(&primaries[0], &key, b"base", None, None).unwrap();
+    let ctx = c.get(&primaries[0], &key).context();
+    // Two coordinators (forced with hops > 0 by sending Forward directly) write with the same context.
+    for (i, coord) in [&primaries[0], &primaries[1]].into_iter().enumerate() {
+        let req = ClientRequest::Put {
+            key: key.clone(),
+            value: Some(vec![b'a' + i as u8]),
+            context: Some(ctx.clone()),
+            w: Some(3),
+            pw: None,
+        };
+        c.net.send(
+            c.now,
+            "client",
+            coord,
+            KvMessage::Forward {
+                id: 99,
+                request: req,
+                hops: 0,
+            }
+            .into(),
+        );
+    }
+    c.nodes.insert(
+        "client".into(),
+        Node::new(
+            Member {
+                id: "client".into(),
+                generation: 1,
+                version: 1,
+                status: crate::membership::Status::Up,
+                peer_addr: String::new(),
+                http_addr: String::new(),
+                tokens: vec![1],
+            },
+            ActorId(99),
+            NodeConfig::default(),
+            MemoryStore::default(),
+            99,
+            &[],
+        ),
+    );
+    c.run();
+    let o = c.get(&primaries[2], &key);
+    let mut vals = values(&o);
+    vals.sort();
+    assert_eq!(vals, vec![b"a".to_vec(), b"b".to_vec()]);
+    // Reconcile with the merged context.
+    c.put(&primaries[2], &key, b"ab", Some(o.context()), None)
+        .unwrap();
+    assert_eq!(values(&c.get(&primaries[1], &key)), vec![b"ab".to_vec()]);
+}
+
+#[test]
+fn invalid_peer_messages_are_refused_without_panic() {
+    let mut c = Cluster::new(3);
+    let n = c.nodes.get_mut("n0").unwrap();
+    n.drain();
+    let t = Now::at(1);
+    n.step(
+        t,
+        "n1",
+        KvMessage::Replicate {
+            id: 1,
+            key: vec![],
+            object: Object::new(),
+            hint: None,
+        }
+        .into(),
+    );
+    n.step(
+        t,
+        "n1",
+        KvMessage::Read {
+            id: 2,
+            key: vec![0; 5000],
+        }
+        .into(),
+    );
+    n.step(
+        t,
+        "n1",
+        KvMessage::ReplicateAck {
+            id: 12345,
+            result: Ok(()),
+        }
+        .into(),
+    );
+    n.step(
+        t,
+        "n1",
+        KvMessage::ForwardReply {
+            id: 12345,
+            response: Ok(Reply::Read(Object::new())),
+        }
+        .into(),
+    );
+    n.step(
+        t,
+        "n1",
+        HandoffMessage::Ack {
+            id: 12345,
+            result: Ok(()),
+        }
+        .into(),
+    );
+    let out = n.drain();
+    assert!(matches!(
+        &out[0],
+        Output::Send {
+            message: Message::Kv(KvMessage::ReplicateAck { result: Err(e), .. }),
+            ..
+        } if !e.retryable()
+    ));
+    assert!(matches!(
+        &out[1],
+        Output::Send {
+            message: Message::Kv(KvMessage::ReadReply { result: Err(e), .. }),
+            ..
+        } if !e.retryable()
+    ));
+    assert_eq!(out.len(), 2);
+    assert_eq!(n.stats().rejected_messages, 1);
+}
+
+#[test]
+fn sloppy_quorum_hints_and_handoff() {
+    let mut c = Cluster::new(5);
+    let key = b"h".to_vec();
+    let primaries = c.primaries(&key);
+    let down = primaries[2].clone();
+    c.kill(&down);
+    // W=3 still succeeds: the fallback's acknowledgement counts.
+    assert!(matches!(
+        c.put(&primaries[0], &key, b"v", None, Some(3)),
+        Ok(Reply::Written { .. })
+    ));
+    let pref = c.nodes[&primaries[0]].preference(&key);
+    let target = pref.targets.iter().find(|t| t.hint().is_some()).unwrap();
+    let (fallback, owner) = (target.node.clone(), target.hint().map(str::to_owned));
+    assert_eq!(owner.as_deref(), Some(down.as_str()));
+    assert!(!primaries.contains(&fallback));
+    assert_eq!(
+        c.nodes[&fallback].store().hint_count(),
+        1,
+        "the fallback keeps a hint"
+    );
+    assert!(c.local(&fallback, &key).is_none(), "not in its own objects");
+    assert_eq!(c.nodes[&fallback].stats().hints_stored, 1);
+    // PW=3 refuses the sloppy write, saying how many primaries are there.
+    match c.request(
+        &primaries[0],
+        5,
+        ClientRequest::Put {
+            key: key.clone(),
+            value: Some(b"x".to_vec()),
+            context: None,
+            w: Some(2),
+            pw: Some(3),
+        },
+    ) {
+        Err(OpError::Unavailable {
+            primary_needed: 3,
+            primary_answered: 2,
+            sent: false,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // The owner comes back: the hint goes home and is deleted.
+    c.net.heal(&down);
+    let ids: Vec<String> = c.nodes.keys().cloned().collect();
+    for id in &ids {
+        c.nodes.get_mut(id).unwrap().peer_up(&down);
+        c.collect(id);
+    }
+    c.run();
+    c.now += 2000;
+    let t = c.t();
+    c.nodes.get_mut(&fallback).unwrap().tick(t);
+    c.collect(&fallback);
+    c.run();
+    assert_eq!(values(&c.local(&down, &key).unwrap()), vec![b"v".to_vec()]);
+    assert!(
+        c.nodes[&fallback].store().hint_count() == 0,
+        "hint deleted after the ack"
+    );
+    assert_eq!(c.nodes[&fallback].stats().hints_delivered, 1);
+}
+
+fn mk(i: usize, generation: u64) -> Member {
+    Member {
+        id: format!("n{i}"),
+        generation,
+        version: 1,
+        status: crate::membership::Status::Up,
+        peer_addr: format!("p{i}"),
+        http_addr: String::new(),
+        tokens: hashed_tokens(&format!("n{i}"), 8),
+    }
+}
+
+fn node(i: usize, known: &[Member]) -> Node<MemoryStore> {
+    Node::new(
+        mk(i, 1),
+        ActorId(i as u64),
+        NodeConfig::default(),
+        MemoryStore::default(),
+        i as u64,
+        known,
+    )
+}
+
+/// Delivers messages between `a` and `b` until neither has anything to say.
+fn exchange(a: &mut Node<MemoryStore>, b: &mut Node<MemoryStore>, now: u64) -> usize {
+    let mut sent = 0;
+    loop {
+        let mut quiet = true;
+        for from in [0, 1] {
+            let (src, dst) = if from == 0 {
+                (&mut *a, &mut *b)
+            } else {
+                (&mut *b, &mut *a)
+            };
+            let (src_id, dst_id) = (src.id().to_owned(), dst.id().to_owned());
+            for out in src.drain() {
+                if let Output::Send { message, to } = out
+                    && to == dst_id
+                {
+                    quiet = false;
+                    sent += 1;
+                    dst.step(Now::at(now), &src_id, message);
+                }
+            }
+        }
+        if quiet {
+            return sent;
+        }
+    }
+}
+
+#[test]
+fn gossip_spreads_members_and_ring_versions_converge() {
+    let mut a = node(0, &[]);
+    let mut b = node(1, &[]);
+    assert!(b.learn(&[mk(2, 1)]));
+    a.learn(&[mk(1, 1)]);
+    b.learn(&[mk(0, 1)]);
+    a.peer_up("n1");
+    b.peer_up("n0");
+    exchange(&mut a, &mut b, 10);
+    assert_eq!(a.members().len(), 3);
+    assert_eq!(b.members().len(), 3);
+    assert_eq!(a.ring().version(), b.ring().version());
+    assert_eq!(a.view().members, b.view().members);
+    // Agreeing nodes exchange digests, plus the heartbeat that moved: syn, syn-ack, and an
+    // ack carrying a's new heartbeat only.
+    b.drain();
+    a.tick(Now::at(2000));
+    assert_eq!(exchange(&mut a, &mut b, 2000), 3);
+    assert_eq!(a.view(), b.view());
+}
+
+#[test]
+fn persisted_members_are_known_at_start_and_generation_rises() {
+    let known = vec![mk(0, 5), mk(1, 7), mk(2, 1)];
+    let mut n = Node::new(
+        mk(0, 3),
+        ActorId(0),
+        NodeConfig::default(),
+        MemoryStore::default(),
+        0,
+        &known,
+    );
+    assert_eq!(n.members().len(), 3, "knows the cluster without seeds");
+    assert_eq!(n.me().generation, 6, "above the persisted generation");
+    assert!(matches!(&n.drain()[..], [Output::Persist(m)] if m.generation == 6));
+}
+
+#[test]
+fn silent_peers_are_suspected_and_readmitted_when_heard() {
+    let mut a = node(0, &[mk(1, 1)]);
+    a.peer_up("n1");
+    a.drain();
+    // n1's heartbeat arrives every second for a while...
+    for t in 1..=20u64 {
+        let delta = Delta {
+            members: vec![],
+            heartbeats: vec![("n1".into(), 1, t)],
+        };
+        a.step(Now::at(t * 1000), "n2", GossipMessage::Ack { delta }.into());
+    }
+    assert!(a.is_up("n1"));
+    // ...then stops.
+    a.tick(Now::at(40_000));
+    assert!(!a.is_up("n1"), "phi {}", a.opinion("n1").phi);
+    assert!(
+        !a.ring_info()
+            .members
+            .iter()
+            .find(|m| m.member.id == "n1")
+            .unwrap()
+            .up
+    );
+    // Hearing from it again re-admits it.
+    a.step(
+        Now::at(40_001),
+        "n1",
+        GossipMessage::Syn { digest: vec![] }.into(),
+    );
+    assert!(a.is_up("n1"));
+}
+
+/// The wall clock of `c.now` stepped back by `back` ms, the monotonic clock unmoved.
+fn stepped_back(c: &Cluster, back: u64) -> Now {
+    Now {
+        mono: c.now,
+        wall: c.now + 1_000_000 - back,
+    }
+}
+
+#[test]
+fn a_wall_clock_step_back_changes_no_timer() {
+    let mut c = Cluster::new(5);
+    c.now = 1_000_000;
+    let key = b"clock".to_vec();
+    let primaries = c.primaries(&key);
+    let coord = primaries[0].clone();
+
+    // Versions take the wall clock: a write stamped while the clock is 60 s behind says so.
+    let t = stepped_back(&c, 60_000);
+    c.nodes.get_mut(&coord).unwrap().request(
+        t,
+        1,
+        ClientRequest::Put {
+            key: key.clone(),
+            value: Some(b"v".to_vec()),
+            context: None,
+            w: None,
+            pw: None,
+        },
+    );
+    c.collect(&coord);
+    c.run();
+    match c.answers.remove(&1) {
+        Some(Ok(Reply::Written { object, .. })) => {
+            let ts: Vec<u64> = object.live().map(|s| s.timestamp).collect();
+            assert_eq!(ts, vec![t.wall]);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A deadline set before the step still fires request_timeout_ms later on the monotonic
+    // clock, though the wall clock now reads 58 s before the request was made.
+    c.cut(&primaries[1]);
+    c.cut(&primaries[2]);
+    let t = c.t();
+    c.nodes.get_mut(&coord).unwrap().request(
+        t,
+        2,
+        ClientRequest::Put {
+            key: key.clone(),
+            value: Some(b"w".to_vec()),
+            context: None,
+            w: Some(3),
+            pw: None,
+        },
+    );
+    c.collect(&coord);
+    c.run();
+    assert!(c.answers.is_empty());
+    c.now += 2000;
+    let t = stepped_back(&c, 60_000);
+    c.nodes.get_mut(&coord).unwrap().tick(t);
+    c.collect(&coord);
+    assert!(
+        matches!(c.answers.remove(&2), Some(Err(OpError::Unavailable { .. }))),
+        "the deadline fired on time"
+    );
+    c.net.heal_all();
+
+    // Gossip keeps its interval: one round per second of monotonic time, whatever the wall
+    // clock does.
+    let n = c.nodes.get_mut(&coord).unwrap();
+    n.drain();
+    let mut rounds = 0;
+    for step in 1..=5u64 {
+        n.tick(Now {
+            mono: 1_002_000 + step * 1000,
+            wall: 900_000,
+        });
+        if n.drain().iter().any(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    message: Message::Gossip(GossipMessage::Syn { .. }),
+                    ..
+                }
+            )
+        }) {
+            rounds += 1;
+        }
+    }
+    assert_eq!(rounds, 5, "a gossip round every second");
+
+    // Handoff keeps its scan interval too: a hint goes home on the next scan.
+    let mut c = Cluster::new(5);
+    c.now = 1_000_000;
+    let key = b"hinted".to_vec();
+    let primaries = c.primaries(&key);
+    let down = primaries[2].clone();
+    c.kill(&down);
+    assert!(matches!(
+        c.put(&primaries[0], &key, b"h", None, Some(3)),
+        Ok(Reply::Written { .. })
+    ));
+    let fallback = c.nodes[&primaries[0]]
+        .preference(&key)
+        .targets
+        .iter()
+        .find(|t| t.hint().is_some())
+        .unwrap()
+        .node
+        .clone();
+    c.net.heal(&down);
+    for id in c.ids() {
+        c.nodes.get_mut(&id).unwrap().peer_up(&down);
+        c.collect(&id);
+    }
+    c.run();
+    c.now += 1000;
+    let t = stepped_back(&c, 60_000);
+    c.nodes.get_mut(&fallback).unwrap().tick(t);
+    c.collect(&fallback);
+    c.run();
+    assert_eq!(values(&c.local(&down, &key).unwrap()), vec![b"h".to_vec()]);
+    assert_eq!(c.nodes[&fallback].store().hint_count(), 0);
+}

@@ -1,0 +1,134 @@
+//! The admin endpoints: the ring, members, counters, where a key lives and this node's own
+//! copy of a key.
+
+use super::errors::ApiError;
+use super::kv::context_token;
+use super::{AppState, key_after, on_store, query};
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+pub(crate) async fn admin_ring(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let info = query(&s, |n| n.ring_info()).await?;
+    Ok(axum::Json(info).into_response())
+}
+
+pub(crate) async fn admin_members(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let body = query(&s, |n| {
+        let info = n.ring_info();
+        let members: Vec<serde_json::Value> = info
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.member.id,
+                    "peer_addr": m.member.peer_addr,
+                    "http_addr": m.member.http_addr,
+                    "status": m.member.status.as_str(),
+                    "generation": m.member.generation,
+                    "version": m.member.version,
+                    "heartbeat": m.heartbeat,
+                    "up": m.up,
+                    "connected": m.connected,
+                    "phi": m.detector.map(|d| d.phi),
+                    "last_heard_ms": m.detector.map(|d| d.last_heard_ms),
+                    "tokens": m.member.tokens.len(),
+                    "share": m.share,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "node": info.node,
+            "ring_version": info.version,
+            "stats": n.stats(),
+            "members": members,
+        })
+    })
+    .await?;
+    Ok(axum::Json(body).into_response())
+}
+
+pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let stats = query(&s, |n| n.stats()).await?;
+    let pending = on_store(&s, |store| store.hint_counts()).await?;
+    let total: u64 = pending.values().sum();
+    Ok(axum::Json(serde_json::json!({
+        "node": s.node_id,
+        "hints_stored": stats.hints_stored,
+        "hints_delivered": stats.hints_delivered,
+        "hints_pending": total,
+        "hints_pending_by_owner": pending,
+        "read_repairs": stats.read_repairs,
+        "sloppy_writes": stats.sloppy_writes,
+        "forwarded": stats.forwarded,
+        "coordinated_reads": stats.coordinated_reads,
+        "coordinated_writes": stats.coordinated_writes,
+        "rejected_messages": stats.rejected_messages,
+    }))
+    .into_response())
+}
+
+pub(crate) async fn admin_preference_list(
+    State(s): State<AppState>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let key = key_after(&uri, "/admin/preference-list/")?;
+    let position = dynamokv_core::ring::position(&key);
+    let body = query(&s, move |n| {
+        let pref = n.preference(&key);
+        let http = |id: &str| n.members().get(id).map(|m| m.http_addr.clone());
+        // Every primary (up or not), then the fallbacks standing in for the down ones.
+        let primaries = pref.primaries.iter().map(|id| {
+            serde_json::json!({
+                "node": id, "primary": true, "up": n.is_up(id), "http_addr": http(id),
+            })
+        });
+        let fallbacks = pref.targets.iter().filter_map(|t| {
+            t.hint().map(|owner| {
+                serde_json::json!({
+                    "node": t.node, "primary": false, "fallback_for": owner,
+                    "up": n.is_up(&t.node), "http_addr": http(&t.node),
+                })
+            })
+        });
+        serde_json::json!({
+            "position": position,
+            "ring_version": format!("{:016x}", n.ring().version()),
+            "nodes": pref.primaries,
+            "entries": primaries.chain(fallbacks).collect::<Vec<_>>(),
+        })
+    })
+    .await?;
+    Ok(axum::Json(body).into_response())
+}
+
+pub(crate) async fn admin_local(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_after(&uri, "/admin/local/")?;
+    let k = key.clone();
+    let found = on_store(&s, move |store| store.get(&k)).await?;
+    let Some(obj) = found else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("node {} holds no copy of this key", s.node_id),
+        ));
+    };
+    Ok(axum::Json(serde_json::json!({
+        "node": s.node_id,
+        "position": dynamokv_core::ring::position(&key),
+        "clock": obj.clock().iter().map(|(a, e)| serde_json::json!({
+            "actor": a.to_string(), "counter": e.counter, "timestamp": e.timestamp,
+        })).collect::<Vec<_>>(),
+        "siblings": obj.siblings().iter().map(|sib| serde_json::json!({
+            "actor": sib.dot.actor.to_string(),
+            "counter": sib.dot.counter,
+            "timestamp": sib.timestamp,
+            "tombstone": sib.is_tombstone(),
+            "value": sib.value.as_ref().map(|v| STANDARD.encode(v)),
+        })).collect::<Vec<_>>(),
+        "context": context_token(&s.codec, &key, &obj),
+    }))
+    .into_response())
+}

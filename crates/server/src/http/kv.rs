@@ -1,0 +1,313 @@
+//! The key-value API: `GET`, `PUT` and `DELETE /kv/{key}`.
+
+use super::errors::ApiError;
+use super::render::{SiblingJson, SiblingsJson, multipart, wants_json};
+use super::{
+    AppState, CONTEXT_HEADER, RING_VERSION_HEADER, TOMBSTONES_HEADER, VERSION_HEADER, key_from,
+};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use dynamokv_core::message::{ClientRequest, Reply};
+use dynamokv_core::{ContextCodec, Object, VersionVector};
+
+/// any other parameter is refused.
+fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiError> {
+    let mut values = [None, None];
+    for pair in uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(i) = names.iter().position(|n| *n == k) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!(
+                    "unknown query parameter {k:?}; this request takes ?{}=1..N and ?{}=0..N",
+                    names[0], names[1]
+                ),
+            ));
+        };
+        let n: u8 = v.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_quorum",
+                format!("{k}={v:?} is not a number; use {k}=1..N"),
+            )
+        })?;
+        values[i] = Some(n);
+    }
+    Ok(values)
+}
+
+fn context_from(
+    codec: &ContextCodec,
+    key: &[u8],
+    headers: &HeaderMap,
+) -> Result<Option<VersionVector>, ApiError> {
+    let Some(v) = headers.get(CONTEXT_HEADER) else {
+        return Ok(None);
+    };
+    let token = v.to_str().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_context",
+            "the X-Context header is not ASCII; send the X-Context of a recent read unchanged",
+        )
+    })?;
+    codec
+        .decode(key, token)
+        .map(Some)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_context", e.to_string()))
+}
+
+pub(crate) fn context_token(codec: &ContextCodec, key: &[u8], obj: &Object) -> Option<String> {
+    (!obj.clock().is_empty()).then(|| codec.encode(key, obj.clock()))
+}
+
+fn with_headers(mut resp: Response, s: &AppState, key: &[u8], obj: &Object, ring: u64) -> Response {
+    if let Some(ctx) =
+        context_token(&s.codec, key, obj).and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        resp.headers_mut().insert(CONTEXT_HEADER, ctx);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{ring:016x}")) {
+        resp.headers_mut().insert(RING_VERSION_HEADER, v);
+    }
+    resp
+}
+
+/// Sends a request to the node thread and waits for its answer.
+async fn call(s: &AppState, request: ClientRequest) -> Result<(Reply, u64), ApiError> {
+    let (response, ring) = s.node.call(request).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            format!("{e}; retry on another node"),
+        )
+    })?;
+    match response {
+        Ok(reply) => Ok((reply, ring)),
+        Err(e) => {
+            let mut err = ApiError::from(e);
+            if let Ok(v) = HeaderValue::from_str(&format!("{ring:016x}")) {
+                err.detail
+                    .get_or_insert_with(|| serde_json::json!({}))
+                    .as_object_mut()
+                    .map(|o| {
+                        o.insert("ring_version".into(), v.to_str().unwrap_or_default().into())
+                    });
+            }
+            Err(err)
+        }
+    }
+}
+
+pub(crate) async fn put_key(
+    State(s): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = key_from(&uri)?;
+    let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
+    let context = context_from(&s.codec, &key, &headers)?;
+    let value = read_body(body, &headers, s.max_value_bytes).await?;
+    write(&s, key, Some(value), context, w, pw).await
+}
+
+pub(crate) async fn delete_key(
+    State(s): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = key_from(&uri)?;
+    let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
+    let context = context_from(&s.codec, &key, &headers)?;
+    write(&s, key, None, context, w, pw).await
+}
+
+async fn write(
+    s: &AppState,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    context: Option<VersionVector>,
+    w: Option<u8>,
+    pw: Option<u8>,
+) -> Result<Response, ApiError> {
+    let request = ClientRequest::Put {
+        key: key.clone(),
+        value,
+        context,
+        w,
+        pw,
+    };
+    match call(s, request).await? {
+        (Reply::Written { object, dot }, ring) => {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("{}:{}", dot.actor, dot.counter)) {
+                resp.headers_mut().insert(VERSION_HEADER, v);
+            }
+            Ok(with_headers(resp, s, &key, &object, ring))
+        }
+        (Reply::Read(_), _) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the coordinator answered a write with a read; retry",
+        )),
+    }
+}
+
+/// Past the limit, the body is still read and thrown away up to this many bytes, so that a
+/// client still sending gets the 413 instead of a broken connection.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Reads a request body of at most `max` bytes, answering 413 past it.
+async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt as _;
+    let too_large = |size: Option<usize>| {
+        let size = size.map_or_else(
+            || "more than".to_owned(),
+            |s| format!("{s} bytes, more than"),
+        );
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!("the value is {size} the {max} bytes this node accepts; store smaller values"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if let Some(n) = declared.filter(|n| *n > max)
+        && (expects_continue || n - max > DRAIN_LIMIT)
+    {
+        // The client waits for our go-ahead, or the body is too big to drain: answer now.
+        return Err(too_large(declared));
+    }
+    let mut body = body;
+    let mut value = Vec::with_capacity(declared.unwrap_or(0).min(max));
+    let mut seen = 0usize;
+    let mut complete = true;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the request body could not be read ({e}); resend it"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen <= max {
+                value.extend_from_slice(&data);
+            } else if seen - max > DRAIN_LIMIT {
+                complete = false;
+                break;
+            }
+        }
+    }
+    if seen > max {
+        return Err(too_large(declared.or(complete.then_some(seen))));
+    }
+    Ok(value)
+}
+
+/// JSON form of a read.
+pub(crate) async fn get_key(
+    State(s): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = key_from(&uri)?;
+    let [r, pr] = quorum_params(&uri, ["r", "pr"])?;
+    let (obj, ring) = match call(
+        &s,
+        ClientRequest::Get {
+            key: key.clone(),
+            r,
+            pr,
+        },
+    )
+    .await?
+    {
+        (Reply::Read(obj), ring) => (obj, ring),
+        (Reply::Written { .. }, _) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the coordinator answered a read with a write; retry",
+            ));
+        }
+    };
+    let live: Vec<_> = obj.live().collect();
+    let tombstones = obj.siblings().len() - live.len();
+    let context = context_token(&s.codec, &key, &obj);
+    let mut resp = if live.is_empty() {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            if tombstones > 0 {
+                "the key was deleted; X-Context covers the delete"
+            } else {
+                "no value is stored under this key"
+            },
+        )
+        .into_response()
+    } else if wants_json(&headers) {
+        let status = if live.len() == 1 {
+            StatusCode::OK
+        } else {
+            StatusCode::MULTIPLE_CHOICES
+        };
+        let body = SiblingsJson {
+            siblings: live
+                .iter()
+                .map(|sib| SiblingJson {
+                    value: STANDARD.encode(sib.value.as_deref().unwrap_or_default()),
+                    timestamp: sib.timestamp,
+                })
+                .collect(),
+            context,
+            tombstones,
+        };
+        (status, axum::Json(body)).into_response()
+    } else if let [only] = live.as_slice() {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            only.value.clone().unwrap_or_default(),
+        )
+            .into_response()
+    } else {
+        let values: Vec<(&[u8], u64)> = live
+            .iter()
+            .map(|sib| (sib.value.as_deref().unwrap_or_default(), sib.timestamp))
+            .collect();
+        let (boundary, body) = multipart(&values);
+        (
+            StatusCode::MULTIPLE_CHOICES,
+            [(
+                header::CONTENT_TYPE,
+                format!("multipart/mixed; boundary={boundary}"),
+            )],
+            body,
+        )
+            .into_response()
+    };
+    if tombstones > 0 && !live.is_empty() {
+        resp.headers_mut()
+            .insert(TOMBSTONES_HEADER, HeaderValue::from(tombstones));
+    }
+    Ok(with_headers(resp, &s, &key, &obj, ring))
+}

@@ -1,0 +1,205 @@
+//! The HTTP API (axum).
+//!
+//! - `PUT /kv/{key}` - body is the value; optional `X-Context`. 204 with `X-Context`.
+//! - `GET /kv/{key}` - 200 with the value, 300 with every sibling (`multipart/mixed`, or JSON
+//!   with base64 values for `Accept: application/json`), 404 when no live value; `X-Context`
+//!   covers everything returned.
+//! - `DELETE /kv/{key}` - optional `X-Context`; writes a tombstone; 204 with `X-Context`.
+//! - `GET /health` - 200 while the node serves requests.
+//! - `GET /admin/ring`, `GET /admin/preference-list/{key}`, `GET /admin/local/{key}` - the ring,
+//!   where a key lives, and this node's own copy of a key.
+//!
+//! Gets take `?r=`, puts and deletes `?w=` (1 to N). Every answer to a key request carries
+//! `X-Ring-Version`, so partition-aware clients notice a ring change.
+//!
+//! Keys are the percent-decoded path segment (arbitrary bytes; `/` must be sent as `%2F`).
+//! Errors are JSON `{"error": code, "message": text}`; a refused request changes nothing.
+
+//!
+//! One module per concern: [`kv`] (the key-value API), [`admin`] (ring, members, stats,
+//! preference lists, local copies), [`faults`] (fault injection for tests), [`errors`] (the JSON
+//! error answers) and [`render`] (siblings as multipart or JSON).
+
+pub mod admin;
+pub mod errors;
+pub mod faults;
+pub mod kv;
+pub mod render;
+
+pub use errors::ApiError;
+pub use render::multipart;
+
+use crate::runtime::NodeHandle;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use dynamokv_core::{ActorId, ContextCodec};
+use dynamokv_storage::ObjectStore;
+use std::sync::Arc;
+
+/// The header carrying a context token.
+pub const CONTEXT_HEADER: &str = "x-context";
+/// The header counting tombstone siblings hidden from a read.
+pub const TOMBSTONES_HEADER: &str = "x-tombstones";
+/// The header naming the version a write created: `ACTOR:COUNTER` (its dot).
+pub const VERSION_HEADER: &str = "x-version";
+/// The header carrying the answering node's ring version.
+pub const RING_VERSION_HEADER: &str = "x-ring-version";
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node thread.
+    pub node: NodeHandle,
+    /// This node's objects (for `/admin/local`).
+    pub store: Arc<ObjectStore>,
+    /// The context codec.
+    pub codec: ContextCodec,
+    /// This node's id.
+    pub node_id: String,
+    /// This node's actor.
+    pub actor: ActorId,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// The peer transport (for the fault-injection endpoint).
+    pub transport: crate::transport::Transport,
+    /// Whether `/admin/faults` may change anything.
+    pub fault_injection: bool,
+}
+
+/// The router of the HTTP API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route(
+            "/kv/{*key}",
+            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
+        )
+        .route("/kv", any(missing_key))
+        .route("/kv/", any(missing_key))
+        .route("/admin/ring", get(admin::admin_ring))
+        .route("/admin/members", get(admin::admin_members))
+        .route("/admin/stats", get(admin::admin_stats))
+        .route(
+            "/admin/preference-list/{*key}",
+            get(admin::admin_preference_list),
+        )
+        .route("/admin/local/{*key}", get(admin::admin_local))
+        .route(
+            "/admin/faults",
+            get(faults::get_faults)
+                .post(faults::set_faults)
+                .delete(faults::clear_faults),
+        )
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "node": s.node_id,
+        "actor": s.actor.to_string(),
+    }))
+    .into_response()
+}
+
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_route",
+        format!(
+            "no such endpoint: {}; use /kv/{{key}} (GET, PUT, DELETE), /health or /admin/...",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method; /kv/{key} takes GET, PUT and DELETE",
+    )
+}
+
+async fn missing_key() -> ApiError {
+    ApiError::bad_key("the key is empty; use /kv/{key} with a key of 1 to 1024 bytes")
+}
+
+/// The key: the percent-decoded path segment after `prefix`.
+pub(crate) fn key_after(uri: &Uri, prefix: &str) -> Result<Vec<u8>, ApiError> {
+    let raw = uri
+        .path()
+        .strip_prefix(prefix)
+        .ok_or_else(|| ApiError::bad_key(format!("keys go after {prefix}")))?;
+    if raw.contains('/') {
+        return Err(ApiError::bad_key(
+            "the key must be one path segment: percent-encode '/' in keys as %2F",
+        ));
+    }
+    let key: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    dynamokv_core::limits::check_key(&key).map_err(|e| ApiError::bad_key(e.to_string()))?;
+    Ok(key)
+}
+
+pub(crate) fn key_from(uri: &Uri) -> Result<Vec<u8>, ApiError> {
+    key_after(uri, "/kv/")
+}
+
+/// Reads the quorum parameters `names` (e.g. `r` and `pr`) from the query, each 0..=255;
+/// any other parameter is refused.
+pub(crate) async fn on_store<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&ObjectStore) -> dynamokv_storage::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = s.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_error",
+                e.to_string(),
+            )
+        })
+}
+
+/// Runs a read-only query on the node thread.
+pub(crate) async fn query<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&crate::runtime::CoreNode) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    s.node.query(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            e.to_string(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_percent_decoded_single_segments() {
+        let uri: Uri = "/kv/a%2Fb%00%FF".parse().unwrap();
+        assert_eq!(key_from(&uri).unwrap(), b"a/b\x00\xff".to_vec());
+        let uri: Uri = "/kv/a/b".parse().unwrap();
+        assert!(key_from(&uri).is_err());
+        let long = format!("/kv/{}", "x".repeat(1025));
+        assert!(key_from(&long.parse().unwrap()).is_err());
+    }
+}
