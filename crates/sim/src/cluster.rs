@@ -1,0 +1,209 @@
+//! The simulated nodes: each a core node over the in-memory engine, its persisted history,
+//! and whether it is paused; building the cluster, draining outputs, and the end-of-run checks
+//! on membership and hints.
+
+use crate::checker::Violation;
+use crate::run::{Ev, Sim};
+use crate::workload::Client;
+use crate::{CoreNode, EPOCH, Rng, SimConfig};
+use dynamokv_core::ActorId;
+use dynamokv_core::clock::Now;
+use dynamokv_core::membership::Member;
+use dynamokv_core::node::{Node, Output};
+use dynamokv_core::ring::hashed_tokens;
+use dynamokv_core::store::LocalStore;
+use dynamokv_storage::{MemoryEngine, ObjectStore};
+use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+pub(crate) struct SimNode {
+    pub(crate) member: Member,
+    /// The persisted membership history (survives crashes).
+    pub(crate) history: Vec<Member>,
+    pub(crate) core: Option<CoreNode>,
+    pub(crate) store: Arc<ObjectStore>,
+    pub(crate) paused: bool,
+    pub(crate) held: Vec<Ev>,
+    pub(crate) skew: i64,
+    pub(crate) actors: u64,
+}
+
+impl Sim {
+    /// Builds the cluster for `cfg`.
+    pub fn new(cfg: SimConfig) -> Sim {
+        let mut rng = Rng::new(cfg.seed);
+        let members: Vec<Member> = (0..cfg.nodes)
+            .map(|i| {
+                let id = format!("n{i:03}");
+                Member {
+                    tokens: hashed_tokens(&id, cfg.vnodes),
+                    id,
+                    generation: EPOCH,
+                    version: 1,
+                    status: dynamokv_core::membership::Status::Up,
+                    peer_addr: format!("sim:{i}"),
+                    http_addr: format!("sim:{i}"),
+                }
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for m in &members {
+            let skew = if cfg.faults.skew {
+                rng.range(0, 4000) as i64 - 2000
+            } else {
+                0
+            };
+            let store = Arc::new(ObjectStore::new(Arc::new(MemoryEngine::new())));
+            let mut core = Node::new(
+                m.clone(),
+                ActorId(rng.next_u64()),
+                cfg.node,
+                store.clone(),
+                rng.next_u64(),
+                &members,
+            );
+            // Start converged and connected: the history each node would have persisted.
+            for other in &members {
+                core.assume_connected(&other.id);
+            }
+            core.drain();
+            nodes.push(SimNode {
+                member: m.clone(),
+                history: members.clone(),
+                core: Some(core),
+                store,
+                paused: false,
+                held: Vec::new(),
+                skew,
+                actors: 1,
+            });
+        }
+        let clients = (0..cfg.clients)
+            .map(|_| Client {
+                busy: None,
+                contexts: BTreeMap::new(),
+            })
+            .collect();
+        Sim {
+            rng,
+            now: EPOCH,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            nodes,
+            cut: BTreeSet::new(),
+            loss: false,
+            clients,
+            ops: Vec::new(),
+            pending: BTreeMap::new(),
+            next_client_id: 1,
+            issued: 0,
+            faults: 0,
+            delivered: 0,
+            dropped: 0,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            trace: Vec::new(),
+            violations: Vec::new(),
+            stop_issuing: false,
+            crashed_hint_stats: (0, 0),
+            cfg,
+        }
+    }
+
+    /// Node `i`'s clocks: the simulated time on its monotonic clock, and the simulated time
+    /// plus its skew on its wall clock.
+    pub(crate) fn node_now(&self, i: usize) -> Now {
+        Now {
+            mono: self.now,
+            wall: self.now.saturating_add_signed(self.nodes[i].skew),
+        }
+    }
+
+    pub(crate) fn index_of(&self, id: &str) -> Option<usize> {
+        id.strip_prefix('n')
+            .and_then(|n| n.parse().ok())
+            .filter(|i: &usize| *i < self.nodes.len())
+    }
+
+    /// Moves node `i`'s outputs into the network and the client histories.
+    pub(crate) fn drain(&mut self, i: usize) {
+        let outs = match self.nodes[i].core.as_mut() {
+            Some(c) => c.drain(),
+            None => return,
+        };
+        for out in outs {
+            match out {
+                Output::Send { to, message } => {
+                    let Some(j) = self.index_of(&to) else {
+                        continue;
+                    };
+                    let delay = if self.cfg.faults.delay {
+                        self.rng.range(1, 50)
+                    } else {
+                        self.rng.range(1, 3)
+                    };
+                    if self.cut.contains(&(i, j)) || (self.loss && self.rng.chance(0.05)) {
+                        self.dropped += 1;
+                        continue;
+                    }
+                    self.at(
+                        self.now + delay,
+                        Ev::Deliver {
+                            from: i,
+                            to: j,
+                            message,
+                        },
+                    );
+                }
+                Output::Respond { client, response } => self.answer(client, response),
+                Output::Persist(member) => self.nodes[i].history.push(member),
+            }
+        }
+    }
+    /// Hints kept anywhere in the cluster.
+    pub(crate) fn hints_pending(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.store.scan_hints(None, usize::MAX).map_or(0, |h| h.len()))
+            .sum()
+    }
+
+    /// Whether every node believes every other node is up.
+    pub(crate) fn all_up(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            n.core
+                .as_ref()
+                .is_some_and(|c| self.nodes.iter().all(|o| c.is_up(&o.member.id)))
+        })
+    }
+
+    /// After the heal: every node holds the same membership view and ring version.
+    pub(crate) fn check_membership(&mut self) {
+        let views: Vec<(String, u64, BTreeMap<String, Member>)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .map(|c| (c.id().to_owned(), c.ring().version(), c.members().clone()))
+            .collect();
+        if let Some((first, version, members)) = views.first() {
+            for (id, v, m) in &views[1..] {
+                if v != version || m != members {
+                    self.violations.push(Violation::Membership {
+                        what: format!("{id} and {first} disagree on the membership view or ring version after the heal"),
+                    });
+                    return;
+                }
+            }
+            if members.len() != self.nodes.len() {
+                self.violations.push(Violation::Membership {
+                    what: format!(
+                        "the view has {} members, the cluster {}",
+                        members.len(),
+                        self.nodes.len()
+                    ),
+                });
+            }
+        }
+    }
+}

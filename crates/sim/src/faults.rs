@@ -1,0 +1,153 @@
+//! Which faults a run injects, and when: crashes, pauses, partitions, loss and clock steps.
+
+use crate::run::{Ev, Sim};
+use std::collections::BTreeSet;
+
+/// Which faults a run injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Faults {
+    /// Node crashes and restarts.
+    pub crash: bool,
+    /// Node pauses (a stopped process: no answers, no connection loss).
+    pub pause: bool,
+    /// One-way and two-way partitions.
+    pub partition: bool,
+    /// Random message loss (5% while active).
+    pub loss: bool,
+    /// Message delays up to 50 ms (reordering).
+    pub delay: bool,
+    /// Per-node wall-clock skew up to ±2 s, and wall-clock steps of up to ±60 s during the run
+    /// (timers run on the monotonic clock and must not notice).
+    pub skew: bool,
+}
+
+impl Faults {
+    /// Every fault kind.
+    pub fn all() -> Self {
+        Faults {
+            crash: true,
+            pause: true,
+            partition: true,
+            loss: true,
+            delay: true,
+            skew: true,
+        }
+    }
+
+    /// Parses `all`, `none`, or a comma-separated list of kinds.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut f = Faults::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "all" => f = Faults::all(),
+                "none" => {}
+                "crash" => f.crash = true,
+                "pause" => f.pause = true,
+                "partition" => f.partition = true,
+                "loss" => f.loss = true,
+                "delay" => f.delay = true,
+                "skew" => f.skew = true,
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?}: use crash, pause, partition, loss, delay, skew, all or none"
+                    ));
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// The kinds as the command line spells them.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = [
+            (self.crash, "crash"),
+            (self.pause, "pause"),
+            (self.partition, "partition"),
+            (self.loss, "loss"),
+            (self.delay, "delay"),
+            (self.skew, "skew"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(",")
+        }
+    }
+}
+
+impl Sim {
+    /// Schedules the fault episodes inside `[start, end)`.
+    pub(crate) fn schedule_faults(&mut self, start: u64, end: u64) {
+        let f = self.cfg.faults;
+        let mut kinds = Vec::new();
+        if f.crash {
+            kinds.push(0);
+        }
+        if f.pause {
+            kinds.push(1);
+        }
+        if f.partition {
+            kinds.push(2);
+        }
+        if f.loss {
+            kinds.push(3);
+        }
+        if f.skew {
+            kinds.push(4);
+        }
+        if kinds.is_empty() {
+            return;
+        }
+        let episodes = self.rng.range(2, 6);
+        let n = self.nodes.len();
+        for _ in 0..episodes {
+            let t0 = self.rng.range(start, end);
+            let len = self.rng.range(200, 3000);
+            let kind = kinds[self.rng.below(kinds.len() as u64) as usize];
+            let victim = self.rng.below(n as u64) as usize;
+            self.faults += 1;
+            match kind {
+                0 => {
+                    self.at(t0, Ev::Crash(victim));
+                    self.at(t0 + len, Ev::Restart(victim));
+                }
+                1 => {
+                    self.at(t0, Ev::Pause(victim));
+                    self.at(t0 + len, Ev::Resume(victim));
+                }
+                2 => {
+                    let side: BTreeSet<usize> = (0..n).filter(|_| self.rng.chance(0.4)).collect();
+                    let one_way = self.rng.chance(0.3);
+                    let mut links = Vec::new();
+                    for a in 0..n {
+                        for b in 0..n {
+                            if side.contains(&a) && !side.contains(&b) {
+                                links.push((a, b));
+                                if !one_way {
+                                    links.push((b, a));
+                                }
+                            }
+                        }
+                    }
+                    self.at(t0, Ev::Cut(links.clone()));
+                    self.at(t0 + len, Ev::Heal(links));
+                }
+                3 => {
+                    self.at(t0, Ev::Loss(true));
+                    self.at(t0 + len, Ev::Loss(false));
+                }
+                _ => {
+                    // The wall clock steps back or forth by up to a minute, then steps back
+                    // again; timers follow the monotonic clock and must not notice.
+                    let delta = self.rng.range(0, 120_000) as i64 - 60_000;
+                    self.at(t0, Ev::ClockStep(victim, delta));
+                    self.at(t0 + len, Ev::ClockStep(victim, -delta));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The run loop: one event queue ordered by (time, sequence number), the network's deliveries,
+//! ticks, client steps and fault events, every one hashed into the trace.
+
+use crate::checker::{Outcome, Violation, WriteRecord};
+use crate::cluster::SimNode;
+use crate::workload::{Client, OpRecord, key_name};
+use crate::{EPOCH, Rng, SimConfig};
+use crate::{Report, TICK_MS};
+use dynamokv_core::message::{ClientId, ClientRequest};
+use dynamokv_core::message::{GossipMessage, HandoffMessage, KvMessage, Message};
+use dynamokv_core::node::Node;
+use dynamokv_core::store::LocalStore;
+use dynamokv_core::{ActorId, Object};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone)]
+pub(crate) enum Ev {
+    Deliver {
+        from: usize,
+        to: usize,
+        message: Message,
+    },
+    Request {
+        to: usize,
+        client: ClientId,
+        request: ClientRequest,
+    },
+    Tick,
+    ClientNext(usize),
+    ClientTimeout(usize, usize),
+    Crash(usize),
+    Restart(usize),
+    Pause(usize),
+    Resume(usize),
+    Cut(Vec<(usize, usize)>),
+    Heal(Vec<(usize, usize)>),
+    Loss(bool),
+    /// Node `.0`'s wall clock jumps by `.1` ms (its monotonic clock does not move).
+    ClockStep(usize, i64),
+}
+
+/// A simulation run.
+pub struct Sim {
+    pub(crate) cfg: SimConfig,
+    pub(crate) rng: Rng,
+    pub(crate) now: u64,
+    pub(crate) seq: u64,
+    pub(crate) queue: BinaryHeap<Reverse<(u64, u64)>>,
+    pub(crate) events: BTreeMap<u64, Ev>,
+    pub(crate) nodes: Vec<SimNode>,
+    pub(crate) cut: BTreeSet<(usize, usize)>,
+    pub(crate) loss: bool,
+    pub(crate) clients: Vec<Client>,
+    pub(crate) ops: Vec<OpRecord>,
+    pub(crate) pending: BTreeMap<ClientId, (usize, usize)>,
+    pub(crate) next_client_id: ClientId,
+    pub(crate) issued: usize,
+    pub(crate) faults: usize,
+    pub(crate) delivered: u64,
+    pub(crate) dropped: u64,
+    pub(crate) hasher: xxhash_rust::xxh3::Xxh3,
+    pub(crate) trace: Vec<String>,
+    pub(crate) violations: Vec<Violation>,
+    pub(crate) stop_issuing: bool,
+    /// Hint counters of node incarnations that crashed (stored, delivered).
+    pub(crate) crashed_hint_stats: (u64, u64),
+}
+
+fn message_kind(m: &Message) -> (u8, &[u8]) {
+    match m {
+        Message::Kv(KvMessage::Forward { request, .. }) => (0, request.key()),
+        Message::Kv(KvMessage::ForwardReply { .. }) => (1, &[]),
+        Message::Kv(KvMessage::Replicate { key, .. }) => (2, key),
+        Message::Kv(KvMessage::ReplicateAck { .. }) => (3, &[]),
+        Message::Kv(KvMessage::Read { key, .. }) => (4, key),
+        Message::Kv(KvMessage::ReadReply { .. }) => (5, &[]),
+        Message::Kv(KvMessage::Repair { key, .. }) => (6, key),
+        Message::Gossip(GossipMessage::Syn { .. }) => (7, &[]),
+        Message::Gossip(GossipMessage::SynAck { .. }) => (8, &[]),
+        Message::Gossip(GossipMessage::Ack { .. }) => (9, &[]),
+        Message::Handoff(HandoffMessage::Deliver { key, .. }) => (10, key),
+        Message::Handoff(HandoffMessage::Ack { .. }) => (11, &[]),
+    }
+}
+
+impl Sim {
+    pub(crate) fn at(&mut self, time: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((time, self.seq)));
+        self.events.insert(self.seq, ev);
+    }
+
+    pub(crate) fn log(&mut self, line: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            let l = line();
+            self.trace.push(format!("{:>8} {l}", self.now - EPOCH));
+        }
+    }
+
+    pub(crate) fn hash(&mut self, parts: &[u64], bytes: &[u8]) {
+        for p in parts {
+            self.hasher.update(&p.to_le_bytes());
+        }
+        self.hasher.update(bytes);
+    }
+    pub(crate) fn step(&mut self, time: u64, ev: Ev) {
+        self.now = time;
+        match ev {
+            Ev::Deliver { from, to, message } => {
+                let (kind, key) = message_kind(&message);
+                let (kind, key) = (kind, key.to_vec());
+                self.hash(&[time, 1, from as u64, to as u64, kind.into()], &key);
+                if self.nodes[to].core.is_none() || self.cut.contains(&(from, to)) {
+                    self.dropped += 1;
+                    return;
+                }
+                if self.nodes[to].paused {
+                    self.nodes[to].held.push(Ev::Deliver { from, to, message });
+                    return;
+                }
+                self.delivered += 1;
+                let now = self.node_now(to);
+                let from_id = self.nodes[from].member.id.clone();
+                if let Some(core) = self.nodes[to].core.as_mut() {
+                    core.step(now, &from_id, message);
+                }
+                self.drain(to);
+            }
+            Ev::Request {
+                to,
+                client,
+                request,
+            } => {
+                self.hash(&[time, 2, to as u64, client], request.key());
+                if self.nodes[to].core.is_none() {
+                    return;
+                }
+                if self.nodes[to].paused {
+                    self.nodes[to].held.push(Ev::Request {
+                        to,
+                        client,
+                        request,
+                    });
+                    return;
+                }
+                let now = self.node_now(to);
+                if let Some(core) = self.nodes[to].core.as_mut() {
+                    core.request(now, client, request);
+                }
+                self.drain(to);
+            }
+            Ev::Tick => {
+                self.hash(&[time, 3], &[]);
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].paused {
+                        continue;
+                    }
+                    let now = self.node_now(i);
+                    if let Some(core) = self.nodes[i].core.as_mut() {
+                        core.tick(now);
+                    }
+                    self.drain(i);
+                }
+                self.at(time + TICK_MS, Ev::Tick);
+            }
+            Ev::ClientNext(c) => {
+                self.hash(&[time, 4, c as u64], &[]);
+                self.client_next(c);
+            }
+            Ev::ClientTimeout(c, op) => {
+                if !self.ops[op].done {
+                    self.hash(&[time, 5, c as u64, op as u64], &[]);
+                    self.log(|| format!("client {c} op {op} timed out"));
+                    self.ops[op].done = true;
+                    self.ops[op].outcome = Some(Outcome::Unknown);
+                    self.pending.retain(|_, v| *v != (c, op));
+                    self.finish_op(c);
+                }
+            }
+            Ev::Crash(i) => {
+                self.hash(&[time, 6, i as u64], &[]);
+                if let Some(dead) = self.nodes[i].core.take() {
+                    self.crashed_hint_stats.0 += dead.stats().hints_stored;
+                    self.crashed_hint_stats.1 += dead.stats().hints_delivered;
+                    self.log(|| format!("crash n{i:03}"));
+                    self.nodes[i].paused = false;
+                    self.nodes[i].held.clear();
+                    let id = self.nodes[i].member.id.clone();
+                    for j in 0..self.nodes.len() {
+                        let now = self.node_now(j);
+                        if let Some(core) = self.nodes[j].core.as_mut() {
+                            core.peer_down(now, &id);
+                        }
+                        self.drain(j);
+                    }
+                }
+            }
+            Ev::Restart(i) => {
+                self.hash(&[time, 7, i as u64], &[]);
+                if self.nodes[i].core.is_none() {
+                    self.log(|| format!("restart n{i:03}"));
+                    let mut member = self.nodes[i].member.clone();
+                    member.generation = self.node_now(i).wall;
+                    self.nodes[i].actors += 1;
+                    let seed = self.rng.next_u64();
+                    let actor = ActorId(self.rng.next_u64());
+                    let history = self.nodes[i].history.clone();
+                    let mut core = Node::new(
+                        member,
+                        actor,
+                        self.cfg.node,
+                        self.nodes[i].store.clone(),
+                        seed,
+                        &history,
+                    );
+                    self.nodes[i].member = core.me().clone();
+                    let now = self.node_now(i);
+                    core.tick(now);
+                    self.nodes[i].core = Some(core);
+                    // Connections come back both ways.
+                    let id = self.nodes[i].member.id.clone();
+                    for j in 0..self.nodes.len() {
+                        if j == i || self.nodes[j].core.is_none() {
+                            continue;
+                        }
+                        let other = self.nodes[j].member.id.clone();
+                        if let Some(c) = self.nodes[i].core.as_mut() {
+                            c.peer_up(&other);
+                        }
+                        if let Some(c) = self.nodes[j].core.as_mut() {
+                            c.peer_up(&id);
+                        }
+                        self.drain(j);
+                    }
+                    self.drain(i);
+                }
+            }
+            Ev::Pause(i) => {
+                self.hash(&[time, 8, i as u64], &[]);
+                if self.nodes[i].core.is_some() {
+                    self.log(|| format!("pause n{i:03}"));
+                    self.nodes[i].paused = true;
+                }
+            }
+            Ev::Resume(i) => {
+                self.hash(&[time, 9, i as u64], &[]);
+                if self.nodes[i].paused {
+                    self.log(|| format!("resume n{i:03}"));
+                    self.nodes[i].paused = false;
+                    let held = std::mem::take(&mut self.nodes[i].held);
+                    for ev in held {
+                        self.step(time, ev);
+                    }
+                }
+            }
+            Ev::Cut(links) => {
+                self.hash(&[time, 10, links.len() as u64], &[]);
+                self.log(|| format!("cut {links:?}"));
+                self.cut.extend(links);
+            }
+            Ev::Heal(links) => {
+                self.hash(&[time, 11, links.len() as u64], &[]);
+                self.log(|| format!("heal {links:?}"));
+                for l in links {
+                    self.cut.remove(&l);
+                }
+            }
+            Ev::Loss(on) => {
+                self.hash(&[time, 12, u64::from(on)], &[]);
+                self.log(|| format!("loss {on}"));
+                self.loss = on;
+            }
+            Ev::ClockStep(i, delta) => {
+                self.hash(&[time, 13, i as u64, delta as u64], &[]);
+                self.log(|| format!("n{i:03} wall clock steps by {delta} ms"));
+                self.nodes[i].skew += delta;
+            }
+        }
+    }
+
+    pub(crate) fn run_until(&mut self, end: u64) {
+        while let Some(Reverse((time, seq))) = self.queue.peek().copied() {
+            if time > end {
+                break;
+            }
+            self.queue.pop();
+            if let Some(ev) = self.events.remove(&seq) {
+                self.step(time, ev);
+            }
+        }
+        self.now = end;
+    }
+
+    pub(crate) fn all_done(&self) -> bool {
+        self.issued >= self.cfg.ops && self.clients.iter().all(|c| c.busy.is_none())
+    }
+
+    /// Runs the workload with faults, heals, settles, and checks.
+    pub fn run(mut self) -> Report {
+        self.at(self.now, Ev::Tick);
+        for c in 0..self.clients.len() {
+            self.at(self.now + c as u64, Ev::ClientNext(c));
+        }
+        // Faults hit while the workload runs (roughly 10 ms per operation per client).
+        let window = (self.cfg.ops as u64 * 10 / self.cfg.clients.max(1) as u64).max(2000);
+        self.schedule_faults(self.now + 100, self.now + window);
+        // Run until the workload is done (bounded).
+        let limit = self.now + window * 20 + 60_000;
+        while !self.all_done() && self.now < limit {
+            let next = self.now + 100;
+            self.run_until(next);
+        }
+        self.stop_issuing = true;
+        // Heal everything.
+        self.run_until(self.now.max(EPOCH + window + 3000));
+        let t = self.now + 1;
+        for i in 0..self.nodes.len() {
+            self.at(t, Ev::Restart(i));
+            self.at(t, Ev::Resume(i));
+        }
+        let all: Vec<(usize, usize)> = self.cut.iter().copied().collect();
+        self.at(t, Ev::Heal(all));
+        self.at(t, Ev::Loss(false));
+        self.run_until(t + 3000);
+        // Wait (bounded) until every node believes every other is up again.
+        let deadline = self.now + 60_000;
+        while !(self.all_up() && self.hints_pending() == 0) && self.now < deadline {
+            let next = self.now + 250;
+            self.run_until(next);
+        }
+        if self.hints_pending() > 0 {
+            self.violations.push(Violation::Membership {
+                what: format!(
+                    "{} hints still undelivered 60 s after the heal",
+                    self.hints_pending()
+                ),
+            });
+        }
+        if !self.all_up() {
+            self.violations.push(Violation::Membership {
+                what: "some node still believes a live peer is down 60 s after the faults healed"
+                    .into(),
+            });
+        }
+        // Repair: read every key at R=N through its first primary.
+        let n = self.cfg.node.n;
+        for k in 0..self.cfg.keys {
+            let key = key_name(k);
+            let Some(&first) = self.primaries(&key).first() else {
+                continue;
+            };
+            let cid = self.next_client_id;
+            self.next_client_id += 1;
+            self.at(
+                self.now + 1,
+                Ev::Request {
+                    to: first,
+                    client: cid,
+                    request: ClientRequest::Get {
+                        key,
+                        r: Some(n),
+                        pr: None,
+                    },
+                },
+            );
+        }
+        let settle = self.now + 5000;
+        self.run_until(settle);
+
+        // Final state of every key on its primaries.
+        let mut replicas: BTreeMap<Vec<u8>, Vec<(String, Option<Object>)>> = BTreeMap::new();
+        for k in 0..self.cfg.keys {
+            let key = key_name(k);
+            let copies = self
+                .primaries(&key)
+                .into_iter()
+                .map(|p| {
+                    (
+                        self.nodes[p].member.id.clone(),
+                        self.nodes[p].store.get(&key).ok().flatten(),
+                    )
+                })
+                .collect();
+            replicas.insert(key, copies);
+        }
+        let writes: Vec<WriteRecord> = self
+            .ops
+            .iter()
+            .filter_map(|o| {
+                let (value, context, _) = o.write.clone()?;
+                Some(WriteRecord {
+                    key: o.key.clone(),
+                    value,
+                    context,
+                    outcome: o.outcome.unwrap_or(Outcome::Unknown),
+                    dot: o.dot,
+                })
+            })
+            .collect();
+        self.check_membership();
+        let mut violations = std::mem::take(&mut self.violations);
+        violations.extend(crate::checker::check(&writes, &replicas));
+        let count = |f: &dyn Fn(&Outcome) -> bool| {
+            self.ops
+                .iter()
+                .filter(|o| o.outcome.as_ref().is_some_and(f))
+                .count()
+        };
+        let _ = self.ops.iter().map(|o| o.client).max();
+        Report {
+            seed: self.cfg.seed,
+            ops: self.ops.len(),
+            ok: count(&|o| *o == Outcome::Ok),
+            failed: count(&|o| matches!(o, Outcome::Failed { .. })),
+            unknown: count(&|o| *o == Outcome::Unknown),
+            faults: self.faults,
+            delivered: self.delivered,
+            dropped: self.dropped,
+            sim_ms: self.now - EPOCH,
+            trace_hash: self.hasher.digest(),
+            hints_stored: self.crashed_hint_stats.0
+                + self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.core.as_ref())
+                    .map(|c| c.stats().hints_stored)
+                    .sum::<u64>(),
+            hints_delivered: self.crashed_hint_stats.1
+                + self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.core.as_ref())
+                    .map(|c| c.stats().hints_delivered)
+                    .sum::<u64>(),
+            violations,
+            trace: std::mem::take(&mut self.trace),
+        }
+    }
+}

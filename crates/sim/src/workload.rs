@@ -1,0 +1,237 @@
+//! The clients: what they send (gets, puts with the context of their last read, blind puts,
+//! deletes), and how their answers are recorded for the checker.
+
+use crate::CLIENT_TIMEOUT_MS;
+use crate::checker::{Outcome, Violation};
+use crate::run::{Ev, Sim};
+use dynamokv_core::VersionVector;
+use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse, OpError, Reply};
+use dynamokv_core::store::LocalStore;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+pub(crate) struct OpRecord {
+    pub(crate) client: usize,
+    pub(crate) key: Vec<u8>,
+    pub(crate) write: Option<(Option<Vec<u8>>, VersionVector, Option<u8>)>,
+    pub(crate) done: bool,
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) dot: Option<dynamokv_core::Dot>,
+}
+
+pub(crate) struct Client {
+    pub(crate) busy: Option<usize>,
+    pub(crate) contexts: BTreeMap<Vec<u8>, VersionVector>,
+}
+
+pub(crate) fn key_name(i: usize) -> Vec<u8> {
+    format!("key{i:03}").into_bytes()
+}
+
+impl Sim {
+    pub(crate) fn answer(&mut self, cid: ClientId, response: ClientResponse) {
+        let Some((c, op)) = self.pending.remove(&cid) else {
+            return;
+        };
+        if self.ops[op].done {
+            return;
+        }
+        let key = self.ops[op].key.clone();
+        let is_write = self.ops[op].write.is_some();
+        let outcome = match &response {
+            Ok(_) => Outcome::Ok,
+            Err(OpError::Unavailable { written, .. }) => Outcome::Failed {
+                maybe_written: *written,
+            },
+            Err(OpError::CoordinatorUnreachable { .. }) => Outcome::Unknown,
+            Err(_) => Outcome::Failed {
+                maybe_written: false,
+            },
+        };
+        match response {
+            Ok(Reply::Read(obj)) => {
+                self.clients[c].contexts.insert(key.clone(), obj.context());
+            }
+            Ok(Reply::Written { object, dot }) => {
+                self.ops[op].dot = Some(dot);
+                self.clients[c]
+                    .contexts
+                    .insert(key.clone(), object.context());
+                self.check_ack(op, dot);
+            }
+            Err(_) => {}
+        }
+        self.log(|| {
+            format!(
+                "client {c} op {op} {} -> {outcome:?}",
+                if is_write { "write" } else { "read" }
+            )
+        });
+        self.ops[op].done = true;
+        self.ops[op].outcome = Some(outcome);
+        self.finish_op(c);
+    }
+
+    /// An acknowledged write must be held by at least W of its primaries right now.
+    pub(crate) fn check_ack(&mut self, op: usize, dot: dynamokv_core::Dot) {
+        let key = self.ops[op].key.clone();
+        let w = self.ops[op]
+            .write
+            .as_ref()
+            .and_then(|(_, _, w)| *w)
+            .unwrap_or(self.cfg.node.w) as usize;
+        // Holders: nodes whose own copy, or a hint they keep, has the write.
+        let holders = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.store
+                    .get(&key)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|o| o.clock().covers(dot))
+                    || n.store
+                        .hints_for_key(&key)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|h| h.object.clock().covers(dot))
+            })
+            .count();
+        if holders < w {
+            self.violations.push(Violation::UnderReplicatedAck {
+                key,
+                dot,
+                holders,
+                needed: w,
+            });
+        }
+    }
+
+    pub(crate) fn primaries(&self, key: &[u8]) -> Vec<usize> {
+        let ring_owner = self
+            .nodes
+            .iter()
+            .find_map(|n| n.core.as_ref())
+            .map(|c| c.preference(key).primaries);
+        ring_owner
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| self.index_of(id))
+            .collect()
+    }
+
+    pub(crate) fn finish_op(&mut self, c: usize) {
+        self.clients[c].busy = None;
+        let think = self.rng.range(1, 10);
+        self.at(self.now + think, Ev::ClientNext(c));
+    }
+
+    pub(crate) fn client_next(&mut self, c: usize) {
+        if self.clients[c].busy.is_some() || self.stop_issuing || self.issued >= self.cfg.ops {
+            return;
+        }
+        self.issued += 1;
+        let k = key_name(self.rng.below(self.cfg.keys as u64) as usize);
+        let n = self.cfg.node.n;
+        let quorum = if self.rng.chance(0.3) {
+            Some(self.rng.range(1, u64::from(n)) as u8)
+        } else {
+            None
+        };
+        let roll = self.rng.below(100);
+        let op = self.ops.len();
+        let value = format!("c{c}-op{op}").into_bytes();
+        let last = self.clients[c]
+            .contexts
+            .get(&k)
+            .cloned()
+            .unwrap_or_default();
+        // Now and then ask for primaries explicitly (PR/PW), which refuses sloppy quorums.
+        let strict = if self.rng.chance(0.1) {
+            Some(self.rng.range(1, u64::from(n)) as u8)
+        } else {
+            None
+        };
+        let (request, write) = match roll {
+            0..30 => (
+                ClientRequest::Get {
+                    key: k.clone(),
+                    r: quorum,
+                    pr: strict,
+                },
+                None,
+            ),
+            30..65 => (
+                ClientRequest::Put {
+                    key: k.clone(),
+                    value: Some(value.clone()),
+                    context: Some(last.clone()),
+                    w: quorum,
+                    pw: strict,
+                },
+                Some((Some(value), last, quorum)),
+            ),
+            65..80 => (
+                ClientRequest::Put {
+                    key: k.clone(),
+                    value: Some(value.clone()),
+                    context: Some(VersionVector::new()),
+                    w: quorum,
+                    pw: strict,
+                },
+                Some((Some(value), VersionVector::new(), quorum)),
+            ),
+            80..92 => (
+                ClientRequest::Put {
+                    key: k.clone(),
+                    value: None,
+                    context: Some(last.clone()),
+                    w: quorum,
+                    pw: strict,
+                },
+                Some((None, last, quorum)),
+            ),
+            _ => (
+                ClientRequest::Put {
+                    key: k.clone(),
+                    value: None,
+                    context: Some(VersionVector::new()),
+                    w: quorum,
+                    pw: strict,
+                },
+                Some((None, VersionVector::new(), quorum)),
+            ),
+        };
+        self.ops.push(OpRecord {
+            client: c,
+            key: k,
+            write,
+            done: false,
+            outcome: None,
+            dot: None,
+        });
+        let to = self.rng.below(self.nodes.len() as u64) as usize;
+        self.clients[c].busy = Some(op);
+        if self.nodes[to].core.is_none() {
+            // Connection refused: nothing was sent.
+            self.ops[op].done = true;
+            self.ops[op].outcome = Some(Outcome::Failed {
+                maybe_written: false,
+            });
+            self.finish_op(c);
+            return;
+        }
+        let cid = self.next_client_id;
+        self.next_client_id += 1;
+        self.pending.insert(cid, (c, op));
+        self.at(
+            self.now + 1,
+            Ev::Request {
+                to,
+                client: cid,
+                request,
+            },
+        );
+        self.at(self.now + CLIENT_TIMEOUT_MS, Ev::ClientTimeout(c, op));
+    }
+}
