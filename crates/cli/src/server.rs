@@ -219,3 +219,64 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(dynamokv_server::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    /// The help text of `--flag`: from its line to the next flag's.
+    fn block<'a>(help: &'a str, flag: &str) -> &'a str {
+        let start = help
+            .find(&format!("--{flag} <"))
+            .unwrap_or_else(|| panic!("no --{flag} in the help"));
+        let rest = &help[start..];
+        let end = rest[1..].find("\n  -").map_or(rest.len(), |e| e + 1);
+        &rest[..end]
+    }
+
+    /// The defaults written in the help are the ones `Config::default()` puts in force (the one
+    /// place defaults live): a changed default cannot leave a stale help text behind.
+    #[test]
+    fn help_states_the_defaults_in_force() {
+        let help = Cli::command().render_long_help().to_string();
+        let d = Config::default();
+        let sync = match d.sync {
+            SyncMode::Always => "always",
+            SyncMode::Periodic => "periodic",
+            SyncMode::Never => "never",
+        };
+        let expected: Vec<(&str, String)> = vec![
+            ("data-dir", d.data_dir.display().to_string()),
+            ("listen", d.listen.to_string()),
+            ("vnodes", d.vnodes.to_string()),
+            ("replicas", d.node.n.to_string()),
+            ("read-quorum", d.node.r.to_string()),
+            ("write-quorum", d.node.w.to_string()),
+            ("request-timeout-ms", d.node.request_timeout_ms.to_string()),
+            ("max-frame-bytes", d.max_frame_bytes.to_string()),
+            ("hint-rate", d.node.hint_rate_per_sec.to_string()),
+            (
+                "hint-scan-interval-ms",
+                d.node.hint_scan_interval_ms.to_string(),
+            ),
+            ("http", d.http.to_string()),
+            ("max-value-bytes", d.max_value_bytes.to_string()),
+            ("sync", sync.to_string()),
+            ("sync-interval-ms", d.sync_interval_ms.to_string()),
+        ];
+        for (flag, value) in expected {
+            let text = block(&help, flag);
+            assert!(
+                text.contains(&format!("[default: {value}]")),
+                "--{flag} should say [default: {value}]:\n{text}"
+            );
+        }
+    }
+}

@@ -18,6 +18,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error answered with `status`, machine-readable `code` and a `message` saying what to
+    /// do.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -28,6 +30,7 @@ impl ApiError {
         }
     }
 
+    /// A 400 `bad_key`.
     pub fn bad_key(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_key", message)
     }
