@@ -3,33 +3,12 @@
 
 mod common;
 
-use common::{Node, except, http, start_cluster, wait_for_ring};
+use common::{Node, dirs, except, http, primaries, start_cluster, wait_for_ring};
 use dynamokv_client::{ClusterClient, Routing};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-fn dirs(n: usize) -> Vec<tempfile::TempDir> {
-    (0..n).map(|_| tempfile::tempdir().unwrap()).collect()
-}
-
-async fn preference_list(c: &reqwest::Client, node: &Node, key: &str) -> Vec<String> {
-    let v: Value = c
-        .get(format!("{}/admin/preference-list/{key}", node.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap().to_owned())
-        .collect()
-}
 
 /// Which nodes hold a copy of `key` whose single live value is `value`.
 async fn holders(c: &reqwest::Client, nodes: &[Node], key: &str, value: &str) -> BTreeSet<String> {
@@ -100,10 +79,7 @@ async fn five_nodes_replicate_route_and_survive_a_kill() {
     // Each key is stored on exactly its N preference-list nodes (the third copy may trail W=2).
     for i in 0..20 {
         let key = format!("key{i}");
-        let pref: BTreeSet<String> = preference_list(&c, &nodes[2], &key)
-            .await
-            .into_iter()
-            .collect();
+        let pref: BTreeSet<String> = primaries(&nodes[2], &key).await.into_iter().collect();
         assert_eq!(pref.len(), 3);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -183,7 +159,7 @@ async fn five_nodes_replicate_route_and_survive_a_kill() {
             read(&c, &reader.url, &key, "").await,
             (StatusCode::OK, "v".to_owned())
         );
-        if preference_list(&c, entry, &key).await.contains(&victim_id) {
+        if primaries(entry, &key).await.contains(&victim_id) {
             with_victim.push(key);
         }
     }

@@ -4,14 +4,10 @@
 mod common;
 
 use common::harness::{settle_and_check, start_workload};
-use common::{Node, http, start_cluster, wait_for_ring};
+use common::{Node, dirs, http, start_cluster, wait_for_ring};
 use std::time::Duration;
 
 const FLAGS: &[&str] = &["--enable-fault-injection", "--request-timeout-ms", "1000"];
-
-fn dirs(n: usize) -> Vec<tempfile::TempDir> {
-    (0..n).map(|_| tempfile::tempdir().unwrap()).collect()
-}
 
 fn signal(node: &Node, sig: &str) {
     let pid = node.pid().expect("running");

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Node, except, http, start_cluster, wait_for_ring};
+use common::{Node, except, http, primaries, start_cluster, wait_for_ring};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -15,16 +15,6 @@ async fn get_json(url: String) -> Value {
 
 async fn stats(node: &Node) -> Value {
     get_json(format!("{}/admin/stats", node.url)).await
-}
-
-async fn pref(node: &Node, key: &str) -> Vec<String> {
-    let v = get_json(format!("{}/admin/preference-list/{key}", node.url)).await;
-    v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Writes `keys` concurrently through the `entry` nodes; returns how many got 204.
@@ -133,7 +123,7 @@ async fn writes_survive_down_nodes_and_hints_go_home() {
     assert!(pending > 0, "fallbacks keep hints for n2");
     let mut owned = Vec::new();
     for k in &keys {
-        if pref(alive[0], k).await.contains(&"n2".to_owned()) {
+        if primaries(alive[0], k).await.contains(&"n2".to_owned()) {
             owned.push(k.clone());
         }
     }
@@ -191,7 +181,7 @@ async fn writes_survive_down_nodes_and_hints_go_home() {
     wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 5).await;
     wait_drained(&nodes.iter().collect::<Vec<_>>()).await;
     for k in &keys2 {
-        if pref(&nodes[0], k).await.contains(&"n2".to_owned()) {
+        if primaries(&nodes[0], k).await.contains(&"n2".to_owned()) {
             let r = c
                 .get(format!("{}/admin/local/{k}", nodes[1].url))
                 .send()
@@ -221,7 +211,7 @@ async fn writes_survive_down_nodes_and_hints_go_home() {
     let results = write_all(&alive, &keys3, "?w=2&pw=2").await;
     let mut refused = 0;
     for (k, status, body) in &results {
-        let p = pref(&nodes[0], k).await;
+        let p = primaries(&nodes[0], k).await;
         let lost = p.iter().filter(|id| *id == "n3" || *id == "n4").count();
         if lost >= 2 {
             refused += 1;

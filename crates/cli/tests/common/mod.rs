@@ -230,3 +230,26 @@ pub async fn wait_for_ring(nodes: &[&Node], expect: usize) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `n` fresh temporary data directories.
+pub fn dirs(n: usize) -> Vec<tempfile::TempDir> {
+    (0..n).map(|_| tempfile::tempdir().unwrap()).collect()
+}
+
+/// The primaries of `key` as `node` sees them (`/admin/preference-list`), in ring order.
+pub async fn primaries(node: &Node, key: &str) -> Vec<String> {
+    let v: serde_json::Value = http()
+        .get(format!("{}/admin/preference-list/{key}", node.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
