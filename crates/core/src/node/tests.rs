@@ -1,4 +1,7 @@
 //! Scenario tests of the node state machine over the in-memory store and network.
+//!
+//! Over 700 lines on purpose: the whole file is tests (one harness and the scenarios it runs);
+//! it splits when a concept's scenarios outgrow it.
 
 use super::*;
 use crate::membership::Delta;
@@ -104,6 +107,20 @@ impl Cluster {
         }
     }
 
+    /// Sends `req` to node `at` at time `now` and delivers what follows; the answer, if any,
+    /// waits in `answers`.
+    fn submit(&mut self, at: &str, now: Now, client: ClientId, req: ClientRequest) {
+        self.nodes.get_mut(at).unwrap().request(now, client, req);
+        self.collect(at);
+        self.run();
+    }
+
+    /// Node `at`'s clock reads `now`.
+    fn tick(&mut self, at: &str, now: Now) {
+        self.nodes.get_mut(at).unwrap().tick(now);
+        self.collect(at);
+    }
+
     fn request(
         &mut self,
         at: &str,
@@ -111,9 +128,7 @@ impl Cluster {
         req: ClientRequest,
     ) -> crate::message::ClientResponse {
         let now = self.t();
-        self.nodes.get_mut(at).unwrap().request(now, client, req);
-        self.collect(at);
-        self.run();
+        self.submit(at, now, client, req);
         self.answers.remove(&client).expect("an answer")
     }
 
@@ -159,6 +174,17 @@ impl Cluster {
 
     fn primaries(&self, key: &[u8]) -> Vec<String> {
         self.nodes["n0"].preference(key).primaries
+    }
+}
+
+/// A put of `value` under `key` without context, with write quorum `w`.
+fn put_request(key: &[u8], value: &[u8], w: Option<u8>) -> ClientRequest {
+    ClientRequest::Put {
+        key: key.to_vec(),
+        value: Some(value.to_vec()),
+        context: None,
+        w,
+        pw: None,
     }
 }
 
@@ -258,24 +284,11 @@ fn lost_messages_time_out_with_counts() {
     c.cut(&primaries[2]);
     let coord = primaries[0].clone();
     let t = c.t();
-    c.nodes.get_mut(&coord).unwrap().request(
-        t,
-        7,
-        ClientRequest::Put {
-            key: key.clone(),
-            value: Some(b"v".to_vec()),
-            context: None,
-            w: None,
-            pw: None,
-        },
-    );
-    c.collect(&coord);
-    c.run();
+    c.submit(&coord, t, 7, put_request(&key, b"v", None));
     assert!(c.answers.is_empty(), "no answer before the timeout");
     c.now += 2000;
     let t = c.t();
-    c.nodes.get_mut(&coord).unwrap().tick(t);
-    c.collect(&coord);
+    c.tick(&coord, t);
     match c.answers.remove(&7) {
         Some(Err(OpError::Unavailable {
             answered: 1,
@@ -499,8 +512,7 @@ fn sloppy_quorum_hints_and_handoff() {
     c.run();
     c.now += 2000;
     let t = c.t();
-    c.nodes.get_mut(&fallback).unwrap().tick(t);
-    c.collect(&fallback);
+    c.tick(&fallback, t);
     c.run();
     assert_eq!(values(&c.local(&down, &key).unwrap()), vec![b"v".to_vec()]);
     assert!(
@@ -651,19 +663,7 @@ fn a_wall_clock_step_back_changes_no_timer() {
 
     // Versions take the wall clock: a write stamped while the clock is 60 s behind says so.
     let t = stepped_back(&c, 60_000);
-    c.nodes.get_mut(&coord).unwrap().request(
-        t,
-        1,
-        ClientRequest::Put {
-            key: key.clone(),
-            value: Some(b"v".to_vec()),
-            context: None,
-            w: None,
-            pw: None,
-        },
-    );
-    c.collect(&coord);
-    c.run();
+    c.submit(&coord, t, 1, put_request(&key, b"v", None));
     match c.answers.remove(&1) {
         Some(Ok(Reply::Written { object, .. })) => {
             let ts: Vec<u64> = object.live().map(|s| s.timestamp).collect();
@@ -677,24 +677,11 @@ fn a_wall_clock_step_back_changes_no_timer() {
     c.cut(&primaries[1]);
     c.cut(&primaries[2]);
     let t = c.t();
-    c.nodes.get_mut(&coord).unwrap().request(
-        t,
-        2,
-        ClientRequest::Put {
-            key: key.clone(),
-            value: Some(b"w".to_vec()),
-            context: None,
-            w: Some(3),
-            pw: None,
-        },
-    );
-    c.collect(&coord);
-    c.run();
+    c.submit(&coord, t, 2, put_request(&key, b"w", Some(3)));
     assert!(c.answers.is_empty());
     c.now += 2000;
     let t = stepped_back(&c, 60_000);
-    c.nodes.get_mut(&coord).unwrap().tick(t);
-    c.collect(&coord);
+    c.tick(&coord, t);
     assert!(
         matches!(c.answers.remove(&2), Some(Err(OpError::Unavailable { .. }))),
         "the deadline fired on time"
@@ -752,8 +739,7 @@ fn a_wall_clock_step_back_changes_no_timer() {
     c.run();
     c.now += 1000;
     let t = stepped_back(&c, 60_000);
-    c.nodes.get_mut(&fallback).unwrap().tick(t);
-    c.collect(&fallback);
+    c.tick(&fallback, t);
     c.run();
     assert_eq!(values(&c.local(&down, &key).unwrap()), vec![b"h".to_vec()]);
     assert_eq!(c.nodes[&fallback].store().hint_count(), 0);
