@@ -27,6 +27,7 @@ pub mod failure_detector;
 pub mod gossip;
 pub mod limits;
 pub mod membership;
+pub mod merkle;
 pub mod message;
 pub mod node;
 pub mod preference;
