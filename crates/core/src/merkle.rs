@@ -77,7 +77,9 @@ fn hash_children(children: &[Hash]) -> Hash {
 
 /// A range of ring positions `(start, end]`, wrapping past zero when `start >= end`
 /// (`start == end` is the whole ring, the range of a ring with one token).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Range {
     /// Exclusive start.
     pub start: u64,
@@ -372,7 +374,10 @@ mod tests {
 
     #[test]
     fn a_range_and_its_wrap() {
-        let r = Range { start: u64::MAX - 1, end: 1 };
+        let r = Range {
+            start: u64::MAX - 1,
+            end: 1,
+        };
         assert!(r.contains(u64::MAX) && r.contains(0) && r.contains(1));
         assert!(!r.contains(u64::MAX - 1) && !r.contains(2));
         assert_eq!(r.len(), 3);
@@ -389,7 +394,11 @@ mod tests {
         let b = a.update(ActorId(1), &a.context(), Some(b"y".to_vec()), 2);
         let del = a.update(ActorId(1), &a.context(), None, 2);
         assert_ne!(digest(&a), digest(&b));
-        assert_ne!(digest(&b), digest(&del), "a tombstone is not the value it replaced");
+        assert_ne!(
+            digest(&b),
+            digest(&del),
+            "a tombstone is not the value it replaced"
+        );
         assert_eq!(digest(&a), digest(&a.merge(&a)));
     }
 }

@@ -3,6 +3,7 @@
 //! postcard in length-prefixed frames.
 
 use crate::membership::{Delta, DigestEntry};
+use crate::merkle::{Digest, Hash, Range};
 use crate::version::{Dot, Object, VersionVector};
 use serde::{Deserialize, Serialize};
 
@@ -199,12 +200,16 @@ pub enum WireError {
     /// The receiver's storage failed: the same message may succeed later.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The receiver lost its data and is rebuilding it by anti-entropy: its copy does not
+    /// count yet.
+    #[error("the replica is rebuilding its data")]
+    Rebuilding,
 }
 
 impl WireError {
     /// Whether sending the same message again may succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, WireError::Storage(_))
+        matches!(self, WireError::Storage(_) | WireError::Rebuilding)
     }
 }
 
@@ -217,6 +222,14 @@ pub enum Message {
     Handoff(HandoffMessage),
     /// Membership gossip.
     Gossip(GossipMessage),
+    /// Anti-entropy: replicas of a range compare Merkle trees and exchange what differs.
+    Sync(SyncMessage),
+}
+
+impl From<SyncMessage> for Message {
+    fn from(m: SyncMessage) -> Self {
+        Message::Sync(m)
+    }
 }
 
 impl From<KvMessage> for Message {
@@ -339,4 +352,85 @@ pub enum GossipMessage {
         /// Records and heartbeats the receiver lacks.
         delta: Delta,
     },
+}
+
+/// The messages of anti-entropy (Dynamo section 4.7): the initiator of a session walks down
+/// the Merkle trees of one range with another replica of it, then exchanges the objects of the
+/// keys that differ. The responder keeps no state between messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncMessage {
+    /// Initiator, step 1: "my root for this range".
+    Root {
+        /// Session id at the initiator.
+        session: u64,
+        /// The range compared.
+        range: Range,
+        /// The initiator's root hash.
+        root: Hash,
+    },
+    /// Responder, step 2: equal, or its branch hashes, or why it cannot compare.
+    RootReply {
+        /// The initiator's session id.
+        session: u64,
+        /// The comparison.
+        answer: RootAnswer,
+    },
+    /// Initiator, step 3: its leaf hashes under the branches that differ.
+    Leaves {
+        /// Session id at the initiator.
+        session: u64,
+        /// The range compared.
+        range: Range,
+        /// (branch index, that branch's leaf hashes).
+        branches: Vec<(u16, Vec<Hash>)>,
+    },
+    /// Responder, step 4: the leaves that differ and its keys in them, with their digests.
+    Keys {
+        /// The initiator's session id.
+        session: u64,
+        /// The leaves that differ.
+        leaves: Vec<u16>,
+        /// The responder's keys in those leaves and the digests of their versions.
+        entries: Vec<(Vec<u8>, Digest)>,
+        /// False when the list was cut short to bound the message (a later session finishes).
+        complete: bool,
+    },
+    /// Initiator, step 5 (repeated): objects the responder lacks or holds in another version,
+    /// and keys the initiator lacks.
+    Push {
+        /// Session id at the initiator.
+        session: u64,
+        /// The range compared.
+        range: Range,
+        /// The initiator's objects, which the responder merges.
+        objects: Vec<(Vec<u8>, Object)>,
+        /// Keys whose objects the initiator wants.
+        want: Vec<Vec<u8>>,
+    },
+    /// Responder, step 6: merged objects that differ from what was pushed, and the wanted
+    /// ones; `last` ends the answer to one push.
+    Pull {
+        /// The initiator's session id.
+        session: u64,
+        /// Objects for the initiator to merge.
+        objects: Vec<(Vec<u8>, Object)>,
+        /// Whether this is the last part of the answer.
+        last: bool,
+    },
+    /// Responder: the session cannot go on (no tree for the range, or it is being built).
+    Refused {
+        /// The initiator's session id.
+        session: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A responder's comparison of roots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootAnswer {
+    /// The roots are equal: the replicas hold the same versions of every key in the range.
+    Equal,
+    /// The roots differ: the responder's branch hashes.
+    Differ(Vec<Hash>),
 }

@@ -181,6 +181,18 @@ impl Ring {
             .collect()
     }
 
+    /// Every range of the ring, one per token: from the previous token (exclusive) to the token
+    /// (inclusive); with one token, the whole ring. In token order.
+    pub fn ranges(&self) -> Vec<crate::merkle::Range> {
+        let n = self.tokens.len();
+        (0..n)
+            .map(|i| crate::merkle::Range {
+                start: self.tokens[(i + n - 1) % n].0,
+                end: self.tokens[i].0,
+            })
+            .collect()
+    }
+
     /// The arcs `(start exclusive, end inclusive)` whose first replica is `node`.
     pub fn arcs_of(&self, node: &str) -> Vec<(u64, u64)> {
         let Some(idx) = self.nodes.iter().position(|n| n == node) else {

@@ -36,6 +36,21 @@ pub trait LocalStore {
         self.modify(key, &mut |current| current.merge(incoming))
     }
 
+    /// Up to `limit` objects whose ring position is in `[lo, hi]`, in storage order (ring
+    /// position, then key), after the key `after` when given (its position must be in the
+    /// span). Anti-entropy builds its trees and compares leaves with it.
+    fn scan(
+        &self,
+        lo: u64,
+        hi: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Object)>, StoreError>;
+
+    /// Removes `key` if its copy is still exactly `expected`; returns whether it was removed
+    /// (tombstone collection).
+    fn remove_if(&self, key: &[u8], expected: &Object) -> Result<bool, StoreError>;
+
     /// Durably merges `incoming` into the hint kept for `owner` under `key`.
     fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<(), StoreError>;
 
@@ -65,6 +80,20 @@ impl<T: LocalStore + ?Sized> LocalStore for std::sync::Arc<T> {
         f: &mut dyn FnMut(Object) -> Object,
     ) -> Result<Object, StoreError> {
         (**self).modify(key, f)
+    }
+
+    fn scan(
+        &self,
+        lo: u64,
+        hi: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Object)>, StoreError> {
+        (**self).scan(lo, hi, after, limit)
+    }
+
+    fn remove_if(&self, key: &[u8], expected: &Object) -> Result<bool, StoreError> {
+        (**self).remove_if(key, expected)
     }
 
     fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<(), StoreError> {

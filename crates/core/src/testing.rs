@@ -45,6 +45,37 @@ impl LocalStore for MemoryStore {
         Ok(new)
     }
 
+    fn scan(
+        &self,
+        lo: u64,
+        hi: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Object)>, StoreError> {
+        let order = |k: &[u8]| (crate::ring::position(k), k.to_vec());
+        let after = after.map(order);
+        let mut found: Vec<((u64, Vec<u8>), Object)> = self
+            .objects
+            .borrow()
+            .iter()
+            .map(|(k, o)| (order(k), o.clone()))
+            .filter(|((pos, _), _)| lo <= *pos && *pos <= hi)
+            .filter(|(id, _)| after.as_ref().is_none_or(|a| id > a))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.truncate(limit);
+        Ok(found.into_iter().map(|((_, k), o)| (k, o)).collect())
+    }
+
+    fn remove_if(&self, key: &[u8], expected: &Object) -> Result<bool, StoreError> {
+        let mut objects = self.objects.borrow_mut();
+        if objects.get(key) == Some(expected) {
+            objects.remove(key);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<(), StoreError> {
         let mut hints = self.hints.borrow_mut();
         let e = hints.entry((key.to_vec(), owner.to_owned())).or_default();

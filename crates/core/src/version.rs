@@ -246,6 +246,17 @@ impl Object {
         self.clock.clone()
     }
 
+    /// An upper bound of the object's encoded size in bytes (values, dots and clock together):
+    /// what object limits and transfer budgets count.
+    pub fn size_bytes(&self) -> usize {
+        10 + self.clock.len() * 30
+            + self
+                .siblings
+                .iter()
+                .map(|s| 40 + s.value.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+    }
+
     /// Stamps a new write coordinated by `actor` at time `now` (ms since the Unix epoch).
     ///
     /// `context` is what the client read (empty for a blind write). The siblings it covers are

@@ -7,7 +7,7 @@ use crate::workload::{Client, OpRecord, key_name};
 use crate::{EPOCH, Rng, SimConfig};
 use crate::{Report, TICK_MS};
 use dynamokv_core::message::{ClientId, ClientRequest};
-use dynamokv_core::message::{GossipMessage, HandoffMessage, KvMessage, Message};
+use dynamokv_core::message::{GossipMessage, HandoffMessage, KvMessage, Message, SyncMessage};
 use dynamokv_core::node::Node;
 use dynamokv_core::store::LocalStore;
 use dynamokv_core::{ActorId, Object};
@@ -82,6 +82,19 @@ fn message_kind(m: &Message) -> (u8, &[u8]) {
         Message::Gossip(GossipMessage::Ack { .. }) => (9, &[]),
         Message::Handoff(HandoffMessage::Deliver { key, .. }) => (10, key),
         Message::Handoff(HandoffMessage::Ack { .. }) => (11, &[]),
+        Message::Sync(m) => (12 + sync_kind(m), &[]),
+    }
+}
+
+fn sync_kind(m: &SyncMessage) -> u8 {
+    match m {
+        SyncMessage::Root { .. } => 0,
+        SyncMessage::RootReply { .. } => 1,
+        SyncMessage::Leaves { .. } => 2,
+        SyncMessage::Keys { .. } => 3,
+        SyncMessage::Push { .. } => 4,
+        SyncMessage::Pull { .. } => 5,
+        SyncMessage::Refused { .. } => 6,
     }
 }
 

@@ -99,6 +99,49 @@ impl ObjectStore {
     pub fn merge(&self, key: &[u8], incoming: &Object) -> Result<Object> {
         self.modify(key, |current| current.merge(incoming))
     }
+
+    /// Up to `limit` objects with ring position in `[lo, hi]`, in storage order, after `after`.
+    pub fn scan(
+        &self,
+        lo: u64,
+        hi: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Object)>> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(k) => Bound::Excluded(storage_key(k)),
+            None => Bound::Included(lo.to_be_bytes().to_vec()),
+        };
+        let end = match hi.checked_add(1) {
+            Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for (sk, v) in self.engine.scan(
+            Space::Objects,
+            start.as_ref().map(Vec::as_slice),
+            end.as_ref().map(Vec::as_slice),
+            limit,
+        )? {
+            let Some((_, key)) = decode_storage_key(&sk) else {
+                tracing::warn!("skipping a malformed object key");
+                continue;
+            };
+            out.push((key.to_vec(), decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes `key` if its copy is exactly `expected` (checked under the key's lock).
+    pub fn remove_if(&self, key: &[u8], expected: &Object) -> Result<bool> {
+        let _guard = self.lock(key);
+        if self.get(key)?.as_ref() != Some(expected) {
+            return Ok(false);
+        }
+        self.engine.delete(Space::Objects, &storage_key(key))?;
+        Ok(true)
+    }
 }
 
 /// The hints-space key of the hint for `owner` under `key`: the key's ring position (8 bytes
@@ -271,6 +314,26 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
             .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
     }
 
+    fn scan(
+        &self,
+        lo: u64,
+        hi: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> std::result::Result<Vec<(Vec<u8>, Object)>, dynamokv_core::store::StoreError> {
+        ObjectStore::scan(self, lo, hi, after, limit)
+            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+    }
+
+    fn remove_if(
+        &self,
+        key: &[u8],
+        expected: &Object,
+    ) -> std::result::Result<bool, dynamokv_core::store::StoreError> {
+        ObjectStore::remove_if(self, key, expected)
+            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+    }
+
     fn put_hint(
         &self,
         owner: &str,
@@ -366,6 +429,43 @@ mod tests {
             Some((&b"xy"[..], "n9"))
         );
         assert_eq!(decode_hint_key(b"short"), None);
+    }
+
+    #[test]
+    fn scan_pages_a_span_in_ring_order_and_remove_if_checks_the_copy() {
+        let store = ObjectStore::new(Arc::new(MemoryEngine::new()));
+        let o = Object::new().update(ActorId(1), &VersionVector::new(), Some(b"v".to_vec()), 1);
+        let keys: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_string().into_bytes()).collect();
+        for k in &keys {
+            store.merge(k, &o).unwrap();
+        }
+        let (lo, hi) = (u64::MAX / 4, u64::MAX / 2);
+        let mut expected: Vec<&Vec<u8>> = keys
+            .iter()
+            .filter(|k| (lo..=hi).contains(&ring::position(k)))
+            .collect();
+        expected.sort_by_key(|k| storage_key(k));
+        let mut got = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store.scan(lo, hi, after.as_deref(), 7).unwrap();
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            got.extend(page.into_iter().map(|(k, _)| k));
+        }
+        assert_eq!(got.iter().collect::<Vec<_>>(), expected);
+        assert!(!expected.is_empty());
+        let all = store.scan(0, u64::MAX, None, 1000).unwrap();
+        assert_eq!(all.len(), 200, "the last position is included");
+
+        let other = o.update(ActorId(1), &o.context(), None, 2);
+        assert!(
+            !store.remove_if(b"1", &other).unwrap(),
+            "a different copy stays"
+        );
+        assert!(store.get(b"1").unwrap().is_some());
+        assert!(store.remove_if(b"1", &o).unwrap());
+        assert_eq!(store.get(b"1").unwrap(), None);
     }
 
     #[test]

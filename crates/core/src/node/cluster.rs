@@ -28,6 +28,7 @@ pub struct Cluster {
     next_gossip: u64,
     members_epoch: u64,
     rejected: u64,
+    known_before: bool,
 }
 
 impl Cluster {
@@ -74,6 +75,7 @@ impl Cluster {
             next_gossip: 0,
             members_epoch: 0,
             rejected: 0,
+            known_before: false,
         }
     }
 
@@ -221,10 +223,23 @@ impl Cluster {
         }
     }
 
+    /// Whether a peer holds a record of this node from an earlier life (an older generation):
+    /// the cluster knew this node before it started.
+    pub fn known_before(&self) -> bool {
+        self.known_before
+    }
+
     /// Applies gossip: records (persisted, ring rebuilt) and heartbeats (fed to the detector).
     /// Returns true when a record changed.
     fn apply_delta(&mut self, delta: &Delta, out: &mut Outbox) -> bool {
         let me = self.me.id.clone();
+        if delta
+            .members
+            .iter()
+            .any(|m| m.id == me && m.generation < self.me.generation)
+        {
+            self.known_before = true;
+        }
         let records_change = delta
             .members
             .iter()

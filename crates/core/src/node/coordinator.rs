@@ -57,6 +57,8 @@ pub struct Local<'a, S> {
     pub config: &'a NodeConfig,
     /// Its storage.
     pub store: &'a S,
+    /// Whether it is rebuilding lost data (its own copy does not count towards R).
+    pub rebuilding: bool,
 }
 
 /// The operations this node coordinates, and their counters.
@@ -162,7 +164,9 @@ impl Coordinator {
                 self.reads += 1;
                 let mut replies = BTreeMap::new();
                 for t in &pref.targets {
-                    if t.node == local.id {
+                    if t.node == local.id && local.rebuilding {
+                        tally.fail(&t.node);
+                    } else if t.node == local.id {
                         match local_read(local.store, &key) {
                             Ok(obj) => {
                                 tally.succeed(&t.node);

@@ -12,11 +12,14 @@
 //! - [`coordinator`]: the gets and puts coordinated here, their quorums and read repair;
 //! - [`replica`]: what a replica does with writes, reads, repairs and returning hints;
 //! - [`handoff`]: the worker handing hints back to their owners, under a [`throttle`];
+//! - [`anti_entropy`]: Merkle trees per range, compared and repaired with the other replicas;
+//! - [`tracked`]: the store's journal of writes, which keeps the trees current;
 //! - [`info`]: counters and the ring as operators and clients see it.
 //!
 //! Messages are dispatched by family ([`Message::Kv`], [`Message::Handoff`],
-//! [`Message::Gossip`]); a new concept brings its own family and module.
+//! [`Message::Gossip`], [`Message::Sync`]); a new concept brings its own family and module.
 
+pub mod anti_entropy;
 pub mod cluster;
 pub mod coordinator;
 pub mod forward;
@@ -25,6 +28,7 @@ pub mod info;
 pub mod outbox;
 pub mod replica;
 pub mod throttle;
+pub mod tracked;
 
 pub use info::{MemberInfo, NodeStats, RingInfo};
 pub use outbox::{Origin, Outbox, Output};
@@ -38,6 +42,7 @@ use crate::preference::{PreferenceList, preference_list};
 use crate::ring::Ring;
 use crate::store::LocalStore;
 use crate::version::ActorId;
+use anti_entropy::{AntiEntropy, AntiEntropyConfig};
 use cluster::Cluster;
 use coordinator::{Coordinator, Local};
 use forward::{Forwarder, Route};
@@ -45,6 +50,7 @@ use handoff::{Handoff, HandoffConfig};
 use replica::Replica;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use tracked::Tracked;
 
 /// Coordination settings. The defaults here are the node's defaults everywhere (the server's
 /// configuration embeds this struct).
@@ -71,6 +77,15 @@ pub struct NodeConfig {
     pub hint_rate_per_sec: u64,
     /// Most hint deliveries in flight at once.
     pub hint_max_in_flight: usize,
+    /// Pause between the starts of two anti-entropy rounds (each range compared with each
+    /// other replica), in milliseconds; 0 runs anti-entropy only on demand.
+    pub anti_entropy_interval_ms: u64,
+    /// Most objects anti-entropy sends or asks for per second.
+    pub anti_entropy_keys_per_sec: u64,
+    /// Most object bytes anti-entropy sends per second.
+    pub anti_entropy_bytes_per_sec: u64,
+    /// Most anti-entropy sessions at once.
+    pub anti_entropy_sessions: usize,
 }
 
 impl Default for NodeConfig {
@@ -85,6 +100,10 @@ impl Default for NodeConfig {
             hint_scan_interval_ms: 1000,
             hint_rate_per_sec: 2000,
             hint_max_in_flight: 64,
+            anti_entropy_interval_ms: 10_000,
+            anti_entropy_keys_per_sec: 5_000,
+            anti_entropy_bytes_per_sec: 32 << 20,
+            anti_entropy_sessions: 4,
         }
     }
 }
@@ -99,6 +118,18 @@ impl NodeConfig {
             ..DetectorConfig::default()
         }
     }
+
+    /// The anti-entropy settings.
+    pub fn anti_entropy(&self) -> AntiEntropyConfig {
+        AntiEntropyConfig {
+            n: usize::from(self.n),
+            interval_ms: self.anti_entropy_interval_ms,
+            keys_per_sec: self.anti_entropy_keys_per_sec,
+            bytes_per_sec: self.anti_entropy_bytes_per_sec,
+            sessions: self.anti_entropy_sessions,
+            timeout_ms: self.request_timeout_ms * 5,
+        }
+    }
 }
 
 /// Who this node is, for its coordinator (a macro, so that the borrows stay per field).
@@ -109,6 +140,7 @@ macro_rules! local {
             actor: $node.actor,
             config: &$node.config,
             store: &$node.store,
+            rebuilding: $node.anti_entropy.rebuilding(),
         }
     };
 }
@@ -117,12 +149,15 @@ macro_rules! local {
 pub struct Node<S> {
     actor: ActorId,
     config: NodeConfig,
-    store: S,
+    store: Tracked<S>,
     cluster: Cluster,
     forwarder: Forwarder,
     coordinator: Coordinator,
     replica: Replica,
     handoff: Handoff,
+    anti_entropy: AntiEntropy,
+    /// The node started with no data; rebuild it if the cluster knew this node before.
+    data_lost: bool,
     out: Outbox,
 }
 
@@ -150,7 +185,7 @@ impl<S: LocalStore> Node<S> {
         Self {
             actor,
             config,
-            store,
+            store: Tracked::new(store),
             cluster,
             forwarder: Forwarder::default(),
             coordinator: Coordinator::default(),
@@ -161,6 +196,8 @@ impl<S: LocalStore> Node<S> {
                 max_in_flight: config.hint_max_in_flight,
                 timeout_ms: config.request_timeout_ms,
             }),
+            anti_entropy: AntiEntropy::new(config.anti_entropy()),
+            data_lost: false,
             out,
         }
     }
@@ -202,7 +239,40 @@ impl<S: LocalStore> Node<S> {
 
     /// The local store.
     pub fn store(&self) -> &S {
-        &self.store
+        self.store.inner()
+    }
+
+    /// Declares that this node started with an empty data directory. If the cluster turns out
+    /// to know this node from before, it lost its data: it rebuilds it by anti-entropy, and its
+    /// copies do not count towards read quorums until then.
+    pub fn started_empty(&mut self) {
+        self.data_lost = true;
+    }
+
+    /// Starts an anti-entropy round with every other replica of every range (an operator's
+    /// repair); returns the round's id.
+    pub fn repair(&mut self) -> u64 {
+        self.anti_entropy.force_round()
+    }
+
+    /// Anti-entropy counters and progress.
+    pub fn anti_entropy_stats(&self) -> anti_entropy::AntiEntropyStats {
+        self.anti_entropy.stats()
+    }
+
+    /// Brings the trees up to date with the writes of the last input, and notices lost data.
+    fn follow_writes(&mut self) {
+        self.anti_entropy.apply(self.store.take_changes());
+        if self.data_lost && self.cluster.known_before() {
+            self.data_lost = false;
+            // The trees must know the ranges before the rebuild can list them.
+            self.anti_entropy.trees().reshape(
+                self.cluster.ring(),
+                self.cluster.id(),
+                usize::from(self.config.n),
+            );
+            self.anti_entropy.start_rebuilding();
+        }
     }
 
     /// Counters.
@@ -233,7 +303,10 @@ impl<S: LocalStore> Node<S> {
 
     /// Requests in flight: forwarded, coordinated, and hint deliveries.
     pub fn in_flight(&self) -> usize {
-        self.forwarder.in_flight() + self.coordinator.in_flight() + self.handoff.in_flight()
+        self.forwarder.in_flight()
+            + self.coordinator.in_flight()
+            + self.handoff.in_flight()
+            + self.anti_entropy.in_flight()
     }
 
     /// Takes the outputs produced so far.
@@ -292,6 +365,7 @@ impl<S: LocalStore> Node<S> {
     pub fn request(&mut self, now: Now, client: ClientId, request: ClientRequest) {
         self.cluster.observe(now.mono);
         self.route(now, Origin::Client(client), request, 0);
+        self.follow_writes();
     }
 
     fn route(&mut self, now: Now, origin: Origin, request: ClientRequest, hops: u8) {
@@ -336,7 +410,12 @@ impl<S: LocalStore> Node<S> {
                 self.handoff.on_ack(&self.store, from, id, result);
             }
             Message::Gossip(m) => self.cluster.on_message(from, m, &mut self.out),
+            Message::Sync(m) => {
+                self.anti_entropy
+                    .on_message(now.mono, from, m, &self.store, &mut self.out);
+            }
         }
+        self.follow_writes();
     }
 
     fn on_kv(&mut self, now: Now, from: &str, message: KvMessage) {
@@ -383,8 +462,9 @@ impl<S: LocalStore> Node<S> {
                 self.timed_out(mono, silent);
             }
             KvMessage::Read { id, key } => {
+                let rebuilding = self.anti_entropy.rebuilding();
                 self.replica
-                    .on_read(&self.store, from, id, key, &mut self.out);
+                    .on_read(&self.store, rebuilding, from, id, key, &mut self.out);
             }
             KvMessage::ReadReply { id, result } => {
                 let local = local!(self);
@@ -411,7 +491,9 @@ impl<S: LocalStore> Node<S> {
             .coordinator
             .peer_down(&local, now.mono, node, &mut self.out);
         self.handoff.peer_down(node);
+        self.anti_entropy.peer_down(node);
         self.timed_out(now.mono, silent);
+        self.follow_writes();
     }
 
     /// Time passed: expire requests, gossip, hand hints off.
@@ -426,6 +508,17 @@ impl<S: LocalStore> Node<S> {
         self.cluster.tick(mono, &mut self.out);
         self.handoff
             .tick(mono, &self.store, &self.cluster, &mut self.out);
+        self.follow_writes();
+        let cluster = &self.cluster;
+        self.anti_entropy.tick(
+            mono,
+            cluster.id(),
+            cluster.ring(),
+            |n| cluster.is_up(n),
+            &self.store,
+            &mut self.out,
+        );
+        self.follow_writes();
     }
 }
 

@@ -75,10 +75,13 @@ impl Replica {
         out.send(from, KvMessage::ReplicateAck { id, result });
     }
 
-    /// A coordinator's read: this node's copy (hints included).
+    /// A coordinator's read: this node's copy (hints included), unless it is rebuilding lost
+    /// data.
+    #[allow(clippy::too_many_arguments)] // the fields of the message, plus where it goes
     pub fn on_read<S: LocalStore>(
         &mut self,
         store: &S,
+        rebuilding: bool,
         from: &str,
         id: RequestId,
         key: Vec<u8>,
@@ -86,6 +89,7 @@ impl Replica {
     ) {
         let result = match limits::check_key(&key) {
             Err(e) => Err(WireError::Invalid(e.to_string())),
+            Ok(()) if rebuilding => Err(WireError::Rebuilding),
             Ok(()) => local_read(store, &key).map_err(storage),
         };
         out.send(from, KvMessage::ReadReply { id, result });

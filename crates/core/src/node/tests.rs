@@ -534,11 +534,15 @@ fn mk(i: usize, generation: u64) -> Member {
     }
 }
 
+/// A node for the gossip scenarios, which count messages: anti-entropy only on demand.
 fn node(i: usize, known: &[Member]) -> Node<MemoryStore> {
     Node::new(
         mk(i, 1),
         ActorId(i as u64),
-        NodeConfig::default(),
+        NodeConfig {
+            anti_entropy_interval_ms: 0,
+            ..NodeConfig::default()
+        },
         MemoryStore::default(),
         i as u64,
         known,

@@ -1,0 +1,344 @@
+//! Anti-entropy between workers over in-memory stores, messages delivered in order.
+
+use super::*;
+use crate::message::Message;
+use crate::node::outbox::Output;
+use crate::node::tracked::Tracked;
+use crate::ring::hashed_tokens;
+use crate::testing::MemoryStore;
+use crate::version::{ActorId, VersionVector};
+
+struct Replica {
+    ae: AntiEntropy,
+    store: Tracked<MemoryStore>,
+    up: bool,
+}
+
+struct Lab {
+    ring: Ring,
+    nodes: BTreeMap<String, Replica>,
+    now: u64,
+}
+
+fn config() -> AntiEntropyConfig {
+    AntiEntropyConfig {
+        n: 3,
+        interval_ms: 1_000,
+        keys_per_sec: 100_000,
+        bytes_per_sec: 1 << 30,
+        sessions: 4,
+        timeout_ms: 5_000,
+    }
+}
+
+fn obj(actor: u64, value: &str) -> Object {
+    Object::new().update(
+        ActorId(actor),
+        &VersionVector::new(),
+        Some(value.as_bytes().to_vec()),
+        1,
+    )
+}
+
+impl Lab {
+    fn new(ids: &[&str]) -> Lab {
+        let tokens = ids
+            .iter()
+            .map(|id| (id.to_string(), hashed_tokens(id, 8)))
+            .collect();
+        Lab {
+            ring: Ring::new(&tokens).unwrap(),
+            nodes: ids
+                .iter()
+                .map(|id| {
+                    let r = Replica {
+                        ae: AntiEntropy::new(config()),
+                        store: Tracked::new(MemoryStore::default()),
+                        up: true,
+                    };
+                    (id.to_string(), r)
+                })
+                .collect(),
+            now: 1_000,
+        }
+    }
+
+    fn write(&mut self, id: &str, key: &[u8], o: &Object) {
+        let r = self.nodes.get_mut(id).unwrap();
+        r.store.merge(key, o).unwrap();
+        r.ae.apply(r.store.take_changes());
+    }
+
+    /// The node loses its disk: a new, empty store and a new worker.
+    fn wipe(&mut self, id: &str) {
+        let r = self.nodes.get_mut(id).unwrap();
+        r.store = Tracked::new(MemoryStore::default());
+        r.ae = AntiEntropy::new(config());
+    }
+
+    /// Runs `ms` of time in 20 ms ticks, delivering every message at once.
+    fn run(&mut self, ms: u64) {
+        let end = self.now + ms;
+        let up: BTreeSet<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, r)| r.up)
+            .map(|(id, _)| id.clone())
+            .collect();
+        while self.now < end {
+            self.now += 20;
+            let mut queue: VecDeque<(String, String, SyncMessage)> = VecDeque::new();
+            for (id, r) in self.nodes.iter_mut().filter(|(_, r)| r.up) {
+                let mut out = Outbox::default();
+                r.ae.tick(
+                    self.now,
+                    id,
+                    &self.ring,
+                    |n| up.contains(n),
+                    &r.store,
+                    &mut out,
+                );
+                r.ae.apply(r.store.take_changes());
+                queue.extend(sends(id, out));
+            }
+            while let Some((from, to, m)) = queue.pop_front() {
+                let Some(r) = self.nodes.get_mut(&to).filter(|r| r.up) else {
+                    continue;
+                };
+                let mut out = Outbox::default();
+                r.ae.on_message(self.now, &from, m, &r.store, &mut out);
+                r.ae.apply(r.store.take_changes());
+                queue.extend(sends(&to, out));
+            }
+        }
+    }
+
+    fn object(&self, id: &str, key: &[u8]) -> Option<Object> {
+        self.nodes[id].store.inner().object(key)
+    }
+}
+
+fn sends(from: &str, mut out: Outbox) -> Vec<(String, String, SyncMessage)> {
+    out.drain()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                message: Message::Sync(m),
+            } => Some((from.to_owned(), to, m)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn keys(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("key-{i}").into_bytes()).collect()
+}
+
+#[test]
+fn a_wiped_replica_gets_every_key_back_without_reads() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    for k in keys(500) {
+        for id in ["a", "b", "c"] {
+            lab.write(id, &k, &obj(1, "v"));
+        }
+    }
+    lab.run(3_000);
+    assert!(
+        lab.nodes["a"].ae.stats().in_sync > 0,
+        "equal trees compare equal"
+    );
+    lab.wipe("c");
+    assert_eq!(lab.object("c", b"key-7"), None);
+    lab.run(5_000);
+    for k in keys(500) {
+        assert_eq!(lab.object("c", &k), Some(obj(1, "v")), "{k:?}");
+    }
+    let repaired: u64 = lab.nodes.values().map(|r| r.ae.stats().keys_repaired).sum();
+    assert_eq!(repaired, 500, "each key repaired once, on the wiped node");
+}
+
+#[test]
+fn divergent_replicas_converge_both_ways_with_the_one_merge() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    for (i, k) in keys(200).iter().enumerate() {
+        match i % 3 {
+            0 => lab.write("a", k, &obj(1, "only-a")),
+            1 => {
+                lab.write("a", k, &obj(1, "x"));
+                lab.write("b", k, &obj(2, "y"));
+            }
+            _ => lab.write("c", k, &obj(3, "only-c")),
+        }
+    }
+    lab.run(5_000);
+    for (i, k) in keys(200).iter().enumerate() {
+        let expected = match i % 3 {
+            0 => obj(1, "only-a"),
+            1 => obj(1, "x").merge(&obj(2, "y")),
+            _ => obj(3, "only-c"),
+        };
+        for id in ["a", "b", "c"] {
+            assert_eq!(lab.object(id, k).as_ref(), Some(&expected), "{id} {k:?}");
+        }
+    }
+    // And once converged, the trees say so.
+    let before: u64 = lab.nodes.values().map(|r| r.ae.stats().keys_repaired).sum();
+    lab.run(3_000);
+    let after: u64 = lab.nodes.values().map(|r| r.ae.stats().keys_repaired).sum();
+    assert_eq!(before, after, "nothing left to repair");
+}
+
+#[test]
+fn a_down_replica_is_skipped_and_caught_up_when_back() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    lab.nodes.get_mut("c").unwrap().up = false;
+    for k in keys(50) {
+        lab.write("a", &k, &obj(1, "v"));
+    }
+    lab.run(3_000);
+    assert!(lab.nodes["a"].ae.stats().round.is_some() || lab.nodes["a"].ae.stats().last_round > 0);
+    assert_eq!(lab.object("b", b"key-1"), Some(obj(1, "v")));
+    assert_eq!(lab.object("c", b"key-1"), None);
+    lab.nodes.get_mut("c").unwrap().up = true;
+    lab.run(3_000);
+    for k in keys(50) {
+        assert_eq!(lab.object("c", &k), Some(obj(1, "v")));
+    }
+}
+
+#[test]
+fn a_tree_built_across_ticks_with_writes_in_between_equals_a_fresh_build() {
+    let mut lab = Lab::new(&["a"]);
+    let store = Tracked::new(MemoryStore::default());
+    for k in keys(3000) {
+        store.merge(&k, &obj(1, "old")).unwrap();
+    }
+    let _ = store.take_changes();
+    let mut trees = Trees::default();
+    trees.reshape(&lab.ring, "a", 3);
+    let mut round = 0;
+    loop {
+        // Writes before and after the build's cursor, and deletes, between pages.
+        for (i, k) in keys(3000).iter().enumerate().skip(round).step_by(97) {
+            if i % 2 == 0 {
+                store.merge(k, &obj(2, "new")).unwrap();
+            } else {
+                store.remove_if(k, &store.get(k).unwrap().unwrap()).unwrap();
+            }
+        }
+        for c in store.take_changes() {
+            trees.apply(&c.key, c.old.as_ref(), c.new.as_ref());
+        }
+        if trees.build(&store, 100).unwrap() == 0 {
+            break;
+        }
+        round += 1;
+    }
+    let mut fresh = Trees::default();
+    fresh.reshape(&lab.ring, "a", 3);
+    fresh.build(&store, usize::MAX).unwrap();
+    let ranges: Vec<Range> = trees.peers().keys().copied().collect();
+    assert!(round > 10, "the build took many pages");
+    for r in ranges {
+        let (a, b) = (trees.get_mut(&r).unwrap(), fresh.get_mut(&r).unwrap());
+        assert!(a.ready() && b.ready());
+        let (ka, kb) = (a.tree.keys(), b.tree.keys());
+        assert_eq!((a.tree.root(), ka), (b.tree.root(), kb));
+    }
+    lab.nodes.clear();
+}
+
+#[test]
+fn a_corrupt_tree_is_rebuilt_and_changes_no_value() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    for k in keys(100) {
+        for id in ["a", "b", "c"] {
+            lab.write(id, &k, &obj(1, "v"));
+        }
+    }
+    lab.run(2_000);
+    // A key that is not in storage lands in a's tree: the trees now disagree with the data.
+    let bogus = b"key-7";
+    let pos = position(bogus);
+    let r = lab.nodes.get_mut("a").unwrap();
+    let range = r.ae.trees.range_of(pos).unwrap();
+    r.ae.trees
+        .get_mut(&range)
+        .unwrap()
+        .tree
+        .update(pos, bogus, None, Some(&[9; 16]));
+    lab.run(5_000);
+    assert!(lab.nodes["a"].ae.stats().trees_rebuilt >= 1);
+    for k in keys(100) {
+        for id in ["a", "b", "c"] {
+            assert_eq!(lab.object(id, &k), Some(obj(1, "v")));
+        }
+    }
+    let in_sync = lab.nodes["a"].ae.stats().in_sync;
+    lab.run(3_000);
+    assert!(
+        lab.nodes["a"].ae.stats().in_sync > in_sync,
+        "in sync again after the rebuild"
+    );
+}
+
+#[test]
+fn rebuilding_ends_once_every_range_synchronised() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    for k in keys(100) {
+        lab.write("a", &k, &obj(1, "v"));
+        lab.write("b", &k, &obj(1, "v"));
+    }
+    let r = lab.nodes.get_mut("c").unwrap();
+    r.ae.trees.reshape(&lab.ring, "c", 3);
+    r.ae.start_rebuilding();
+    assert!(lab.nodes["c"].ae.rebuilding());
+    lab.run(5_000);
+    assert!(!lab.nodes["c"].ae.rebuilding());
+    assert_eq!(lab.object("c", b"key-3"), Some(obj(1, "v")));
+}
+
+#[test]
+fn a_stranger_or_a_key_outside_the_range_changes_nothing() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    lab.run(200);
+    let r = lab.nodes.get_mut("a").unwrap();
+    let range = *r.ae.trees.peers().keys().next().unwrap();
+    let outside = (0..1000)
+        .map(|i| format!("x{i}").into_bytes())
+        .find(|k| !range.contains(position(k)))
+        .unwrap();
+    let inside = (0..1000)
+        .map(|i| format!("x{i}").into_bytes())
+        .find(|k| range.contains(position(k)))
+        .unwrap();
+    let push = |from: &str, key: &[u8], r: &mut Replica| {
+        let mut out = Outbox::default();
+        let m = SyncMessage::Push {
+            session: 1,
+            range,
+            objects: vec![(key.to_vec(), obj(9, "evil"))],
+            want: vec![],
+        };
+        r.ae.on_message(1, from, m, &r.store, &mut out);
+        out.drain()
+    };
+    let answer = push("mallory", &inside, r);
+    assert!(matches!(
+        &answer[..],
+        [Output::Send {
+            message: Message::Sync(SyncMessage::Refused { .. }),
+            ..
+        }]
+    ));
+    push("b", &outside, r);
+    assert_eq!(r.store.inner().object(&inside), None);
+    assert_eq!(r.store.inner().object(&outside), None);
+    push("b", &inside, r);
+    assert_eq!(
+        r.store.inner().object(&inside),
+        Some(obj(9, "evil")),
+        "a replica's push merges"
+    );
+}

@@ -1,0 +1,220 @@
+//! The Merkle trees of the ranges this node replicates: which ranges those are (from the ring),
+//! building each tree from a paged scan across ticks, and following every local write.
+
+use crate::merkle::{Digest, Range, Tree, digest};
+use crate::ring::{Ring, position};
+use crate::store::{LocalStore, StoreError};
+use std::collections::BTreeMap;
+
+/// Keys scanned into trees per tick, so that building never stalls the node.
+pub const BUILD_KEYS_PER_TICK: usize = 2_000;
+
+/// Where the build of one tree is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Build {
+    /// Scanning span `span` of the range, after key `after` (none yet in that span).
+    Scanning { span: usize, after: Option<Vec<u8>> },
+    /// Every key of the range is in the tree.
+    Ready,
+}
+
+/// One range's tree and its build.
+#[derive(Debug, Clone)]
+pub struct RangeTree {
+    /// The tree.
+    pub tree: Tree,
+    build: Build,
+    spans: Vec<(u64, u64)>,
+}
+
+impl RangeTree {
+    fn new(range: Range) -> Self {
+        Self {
+            tree: Tree::new(range),
+            build: Build::Scanning {
+                span: 0,
+                after: None,
+            },
+            spans: range.spans(),
+        }
+    }
+
+    /// Whether the tree holds every key of its range.
+    pub fn ready(&self) -> bool {
+        self.build == Build::Ready
+    }
+
+    /// Whether the build already passed `(pos, key)` (so a write to it must update the tree).
+    fn scanned(&self, pos: u64, key: &[u8]) -> bool {
+        let Build::Scanning { span, after } = &self.build else {
+            return true;
+        };
+        let Some(j) = self
+            .spans
+            .iter()
+            .position(|(lo, hi)| *lo <= pos && pos <= *hi)
+        else {
+            return false;
+        };
+        match j.cmp(span) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => after
+                .as_ref()
+                .is_some_and(|a| (pos, key) <= (position(a), a.as_slice())),
+        }
+    }
+}
+
+/// The trees of every range this node replicates, and the other replicas of each.
+#[derive(Debug, Default)]
+pub struct Trees {
+    ring_version: Option<u64>,
+    trees: BTreeMap<Range, RangeTree>,
+    /// Range by its end, to find the range of a position.
+    by_end: BTreeMap<u64, Range>,
+    /// The other primaries of each range, sorted.
+    peers: BTreeMap<Range, Vec<String>>,
+    rebuilt: u64,
+}
+
+/// The ranges of `ring` (one per token: from the previous token, exclusive, to it) of which
+/// `me` is one of the `n` primaries, with the other primaries.
+pub fn replicated_ranges(ring: &Ring, me: &str, n: usize) -> BTreeMap<Range, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for range in ring.ranges() {
+        let primaries = ring.walk(range.end, n);
+        if primaries.contains(&me) {
+            let mut others: Vec<String> = primaries
+                .into_iter()
+                .filter(|p| *p != me)
+                .map(str::to_owned)
+                .collect();
+            others.sort();
+            out.insert(range, others);
+        }
+    }
+    out
+}
+
+impl Trees {
+    /// Follows the ring: keeps the trees of ranges still replicated here, starts building the
+    /// new ones, drops the others. Returns true when the set of ranges changed.
+    pub fn reshape(&mut self, ring: &Ring, me: &str, n: usize) -> bool {
+        if self.ring_version == Some(ring.version()) {
+            return false;
+        }
+        self.ring_version = Some(ring.version());
+        let ranges = replicated_ranges(ring, me, n);
+        let changed = ranges.keys().ne(self.trees.keys());
+        self.trees.retain(|r, _| ranges.contains_key(r));
+        for r in ranges.keys() {
+            self.trees.entry(*r).or_insert_with(|| RangeTree::new(*r));
+        }
+        self.by_end = ranges.keys().map(|r| (r.end, *r)).collect();
+        self.peers = ranges;
+        changed
+    }
+
+    /// The range holding `pos`, if this node replicates it.
+    pub fn range_of(&self, pos: u64) -> Option<Range> {
+        let r = self
+            .by_end
+            .range(pos..)
+            .next()
+            .or_else(|| self.by_end.iter().next())
+            .map(|(_, r)| *r)?;
+        r.contains(pos).then_some(r)
+    }
+
+    /// Applies one write to the tree of its key's range.
+    pub fn apply(&mut self, key: &[u8], old: Option<&Digest>, new: Option<&Digest>) {
+        let pos = position(key);
+        let Some(range) = self.range_of(pos) else {
+            return;
+        };
+        if let Some(t) = self.trees.get_mut(&range)
+            && t.scanned(pos, key)
+        {
+            t.tree.update(pos, key, old, new);
+        }
+    }
+
+    /// Scans up to `budget` keys into the trees being built; returns how many it scanned.
+    pub fn build<S: LocalStore>(&mut self, store: &S, budget: usize) -> Result<usize, StoreError> {
+        let mut scanned = 0;
+        for t in self.trees.values_mut() {
+            while scanned < budget {
+                let Build::Scanning { span, after } = &t.build else {
+                    break;
+                };
+                let (span, (lo, hi)) = (*span, t.spans[*span]);
+                let limit = budget - scanned;
+                let page = store.scan(lo, hi, after.as_deref(), limit)?;
+                scanned += page.len();
+                let full = page.len() == limit;
+                let last = page.last().map(|(k, _)| k.clone());
+                for (key, object) in &page {
+                    t.tree.insert(position(key), key, &digest(object));
+                }
+                t.build = match (full, last) {
+                    (true, last) => Build::Scanning { span, after: last },
+                    (false, _) if span + 1 < t.spans.len() => Build::Scanning {
+                        span: span + 1,
+                        after: None,
+                    },
+                    (false, _) => Build::Ready,
+                };
+            }
+            if scanned >= budget {
+                break;
+            }
+        }
+        Ok(scanned)
+    }
+
+    /// Throws a tree away and builds it again from storage (it disagreed with the keys).
+    pub fn rebuild(&mut self, range: Range) {
+        if let Some(t) = self.trees.get_mut(&range) {
+            *t = RangeTree::new(range);
+            self.rebuilt += 1;
+        }
+    }
+
+    /// Drops every tree and builds them all again.
+    pub fn rebuild_all(&mut self) {
+        let ranges: Vec<Range> = self.trees.keys().copied().collect();
+        for r in ranges {
+            self.rebuild(r);
+        }
+    }
+
+    /// The tree of `range`.
+    pub fn get_mut(&mut self, range: &Range) -> Option<&mut RangeTree> {
+        self.trees.get_mut(range)
+    }
+
+    /// The tree of `range`.
+    pub fn get(&self, range: &Range) -> Option<&RangeTree> {
+        self.trees.get(range)
+    }
+
+    /// The other primaries of each replicated range.
+    pub fn peers(&self) -> &BTreeMap<Range, Vec<String>> {
+        &self.peers
+    }
+
+    /// Whether `node` is another primary of `range`.
+    pub fn is_peer(&self, range: &Range, node: &str) -> bool {
+        self.peers
+            .get(range)
+            .is_some_and(|p| p.iter().any(|x| x == node))
+    }
+
+    /// (trees, trees being built, keys in the trees, trees rebuilt because they disagreed).
+    pub fn counts(&self) -> (usize, usize, u64, u64) {
+        let building = self.trees.values().filter(|t| !t.ready()).count();
+        let keys = self.trees.values().map(|t| t.tree.keys()).sum();
+        (self.trees.len(), building, keys, self.rebuilt)
+    }
+}
