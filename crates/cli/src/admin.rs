@@ -1,4 +1,5 @@
-//! `dynamokv admin status`: the cluster as one node (or every node) sees it.
+//! `dynamokv admin status`: the cluster as one node (or every node) sees it; `dynamokv admin
+//! repair`: an anti-entropy round on demand, with its progress.
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
@@ -11,6 +12,25 @@ use std::process::ExitCode;
 pub enum AdminCommand {
     /// Members, their status as seen from a node, phi, tokens, share, and the ring version.
     Status(StatusArgs),
+    /// Compares every range a node replicates with every other replica now (anti-entropy),
+    /// repairs what differs, and shows the progress until the round ends.
+    Repair(RepairArgs),
+}
+
+/// Flags of `dynamokv admin repair`.
+#[derive(Args, Debug)]
+pub struct RepairArgs {
+    /// Base URL of the node to repair.
+    #[arg(
+        long,
+        env = "DYNAMOKV_NODE",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    node: String,
+    /// Give up waiting after this many seconds (the round goes on).
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    timeout: u64,
 }
 
 /// Flags of `dynamokv admin status`.
@@ -69,6 +89,28 @@ fn print_view(v: &Value) {
             st["read_repairs"],
             st["sloppy_writes"]
         );
+        let ae = &st["anti_entropy"];
+        if ae.is_object() {
+            let state = if ae["rebuilding"].as_bool() == Some(true) {
+                format!(
+                    "REBUILDING lost data ({} ranges to go; reads here do not count)",
+                    ae["rebuilding_ranges"]
+                )
+            } else {
+                "complete".to_owned()
+            };
+            println!(
+                "  anti-entropy: data {state}; {} trees ({} building, {} keys, {:.1} MiB); {} exchanges ({} in sync, {} failed); {} keys repaired",
+                ae["trees"],
+                ae["trees_building"],
+                ae["tree_keys"],
+                ae["tree_memory_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                ae["exchanges"],
+                ae["in_sync"],
+                ae["failed"],
+                ae["keys_repaired"]
+            );
+        }
     }
     println!(
         "{:<14} {:<22} {:<22} {:<8} {:<8} {:>7} {:>10} {:>6} {:>7} {:>14}",
@@ -119,7 +161,68 @@ fn print_view(v: &Value) {
 
 /// Runs `dynamokv admin ...`.
 pub fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
-    let AdminCommand::Status(args) = cmd;
+    match cmd {
+        AdminCommand::Status(args) => status(args),
+        AdminCommand::Repair(args) => repair(args),
+    }
+}
+
+fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        let url = format!("{}/admin/repair", args.node.trim_end_matches('/'));
+        let r = http
+            .post(&url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", args.node))?;
+        if !r.status().is_success() {
+            bail!("{} answered {}", args.node, r.status());
+        }
+        let started: Value = r.json().await?;
+        let round = started["round"].as_u64().context("no round id in the answer")?;
+        let node = started["node"].as_str().unwrap_or("?").to_owned();
+        println!("repair round {round} started on {node}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
+        let mut last_line = String::new();
+        loop {
+            let p = fetch(&http, &args.node, "repair").await?;
+            if p["last_round"].as_u64().unwrap_or(0) >= round {
+                println!(
+                    "repair round {round} finished on {node}: {} keys repaired so far, {} exchanges, {} failed",
+                    p["keys_repaired"], p["exchanges"], p["failed"]
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let line = match p["round"].as_object() {
+                Some(r) if r.get("id").and_then(Value::as_u64) == Some(round) => format!(
+                    "  {}/{} range comparisons ({} skipped: peer down), {} keys repaired",
+                    r["done"], r["pairs"], r["skipped"], p["keys_repaired"]
+                ),
+                _ => format!(
+                    "  waiting for the round to start ({} trees still building)",
+                    p["trees_building"]
+                ),
+            };
+            if line != last_line {
+                println!("{line}");
+                last_line = line;
+            }
+            if std::time::Instant::now() > deadline {
+                println!("still running after {} s; the round goes on", args.timeout);
+                return Ok(ExitCode::from(2));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -58,6 +58,16 @@ pub struct ServerArgs {
     /// How often hints are scanned for owners that are back, in ms. [default: 1000]
     #[arg(long, value_name = "MS")]
     hint_scan_interval_ms: Option<u64>,
+    /// Pause between anti-entropy rounds (every range compared with its other replicas), in
+    /// ms; 0 runs anti-entropy only on demand (`dynamokv admin repair`). [default: 10000]
+    #[arg(long, value_name = "MS")]
+    anti_entropy_interval_ms: Option<u64>,
+    /// Most objects anti-entropy sends or asks for per second. [default: 5000]
+    #[arg(long, value_name = "N")]
+    anti_entropy_keys_per_sec: Option<u64>,
+    /// Most object bytes anti-entropy sends per second. [default: 33554432]
+    #[arg(long, value_name = "BYTES")]
+    anti_entropy_bytes_per_sec: Option<u64>,
     /// Let POST /admin/faults drop or delay peer messages (fault tests only, never production).
     #[arg(long)]
     enable_fault_injection: bool,
@@ -150,6 +160,15 @@ impl ServerArgs {
         }
         if let Some(v) = self.hint_scan_interval_ms {
             c.node.hint_scan_interval_ms = v;
+        }
+        if let Some(v) = self.anti_entropy_interval_ms {
+            c.node.anti_entropy_interval_ms = v;
+        }
+        if let Some(v) = self.anti_entropy_keys_per_sec {
+            c.node.anti_entropy_keys_per_sec = v;
+        }
+        if let Some(v) = self.anti_entropy_bytes_per_sec {
+            c.node.anti_entropy_bytes_per_sec = v;
         }
         if self.enable_fault_injection {
             c.enable_fault_injection = true;
@@ -265,6 +284,18 @@ mod tests {
             (
                 "hint-scan-interval-ms",
                 d.node.hint_scan_interval_ms.to_string(),
+            ),
+            (
+                "anti-entropy-interval-ms",
+                d.node.anti_entropy_interval_ms.to_string(),
+            ),
+            (
+                "anti-entropy-keys-per-sec",
+                d.node.anti_entropy_keys_per_sec.to_string(),
+            ),
+            (
+                "anti-entropy-bytes-per-sec",
+                d.node.anti_entropy_bytes_per_sec.to_string(),
             ),
             ("http", d.http.to_string()),
             ("max-value-bytes", d.max_value_bytes.to_string()),

@@ -352,6 +352,12 @@ pub enum GossipMessage {
         /// Records and heartbeats the receiver lacks.
         delta: Delta,
     },
+    /// "I knew you before this start, under an older generation": a node that started with an
+    /// empty data directory learns that it lost data the cluster expects it to hold.
+    Restarted {
+        /// The generation the sender knew.
+        previous_generation: u64,
+    },
 }
 
 /// The messages of anti-entropy (Dynamo section 4.7): the initiator of a session walks down

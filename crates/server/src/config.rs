@@ -196,6 +196,14 @@ impl Config {
                 "hint_scan_interval_ms, hint_rate_per_sec and hint_max_in_flight must be at least 1".into(),
             ));
         }
+        if self.node.anti_entropy_keys_per_sec == 0
+            || self.node.anti_entropy_bytes_per_sec == 0
+            || self.node.anti_entropy_sessions == 0
+        {
+            return Err(ConfigError::Invalid(
+                "anti_entropy_keys_per_sec, anti_entropy_bytes_per_sec and anti_entropy_sessions must be at least 1".into(),
+            ));
+        }
         if self.node.gossip_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "gossip_interval_ms must be at least 1".into(),

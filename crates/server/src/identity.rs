@@ -25,6 +25,9 @@ pub struct Identity {
     pub fresh_actor: Option<&'static str>,
 }
 
+/// Why a node takes a new actor id when its data directory is new.
+pub const NEW_DATA_DIRECTORY: &str = "new data directory";
+
 fn random_u64() -> Result<u64, StorageError> {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).map_err(|e| StorageError::Engine(format!("no randomness: {e}")))?;
@@ -46,7 +49,7 @@ impl Identity {
                 ActorId(random_u64()?),
                 Some("the last shutdown was not clean"),
             ),
-            (None, _) => (ActorId(random_u64()?), Some("new data directory")),
+            (None, _) => (ActorId(random_u64()?), Some(NEW_DATA_DIRECTORY)),
         };
         let mut b = WriteBatch::new();
         b.put(Space::Meta, ACTOR, actor.0.to_be_bytes());

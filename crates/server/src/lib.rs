@@ -120,7 +120,7 @@ pub async fn run(
         http_addr: advertise_http.clone(),
         tokens: dynamokv_core::ring::hashed_tokens(&local.node_id, config.vnodes),
     };
-    let core = Node::new(
+    let mut core = Node::new(
         me,
         local.identity.actor,
         config.node,
@@ -128,6 +128,10 @@ pub async fn run(
         local.identity.actor.0 ^ node::now_ms(),
         &known,
     );
+    if local.identity.fresh_actor == Some(identity::NEW_DATA_DIRECTORY) {
+        // If the cluster knew this node, its data is lost: rebuild it before counting reads.
+        core.started_empty();
+    }
     // The generation the core settled on (above any persisted one) is what peers must see.
     let me = core.me().clone();
     let (events_tx, events_rx) = std::sync::mpsc::channel();

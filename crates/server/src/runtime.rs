@@ -39,6 +39,8 @@ pub enum Event {
     Transport(PeerEvent),
     /// Run a read-only query against the node.
     Query(Box<dyn FnOnce(&CoreNode) + Send>),
+    /// Run an operator's command on the node (its outputs are carried out like any other).
+    Command(Box<dyn FnOnce(&mut CoreNode) + Send>),
     /// Stop the thread.
     Stop,
 }
@@ -77,6 +79,20 @@ impl NodeHandle {
         let (tx, rx) = oneshot::channel();
         self.events
             .send(Event::Query(Box::new(move |n| {
+                let _ = tx.send(f(n));
+            })))
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Runs `f` on the node thread with the node mutable, and returns its result.
+    pub async fn command<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut CoreNode) -> T + Send + 'static,
+    ) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.events
+            .send(Event::Command(Box::new(move |n| {
                 let _ = tx.send(f(n));
             })))
             .map_err(|_| Stopped)?;
@@ -145,6 +161,7 @@ pub fn run_node(
             Some(Event::Transport(PeerEvent::Up(id))) => node.peer_up(&id),
             Some(Event::Transport(PeerEvent::Down(id))) => node.peer_down(now, &id),
             Some(Event::Query(f)) => f(&node),
+            Some(Event::Command(f)) => f(&mut node),
             Some(Event::Stop) => break,
             None => {}
         }

@@ -80,6 +80,7 @@ fn message_kind(m: &Message) -> (u8, &[u8]) {
         Message::Gossip(GossipMessage::Syn { .. }) => (7, &[]),
         Message::Gossip(GossipMessage::SynAck { .. }) => (8, &[]),
         Message::Gossip(GossipMessage::Ack { .. }) => (9, &[]),
+        Message::Gossip(GossipMessage::Restarted { .. }) => (19, &[]),
         Message::Handoff(HandoffMessage::Deliver { key, .. }) => (10, key),
         Message::Handoff(HandoffMessage::Ack { .. }) => (11, &[]),
         Message::Sync(m) => (12 + sync_kind(m), &[]),

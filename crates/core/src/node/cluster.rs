@@ -29,6 +29,9 @@ pub struct Cluster {
     members_epoch: u64,
     rejected: u64,
     known_before: bool,
+    /// Members seen restarting (a newer generation), with the generation known before; told
+    /// when they connect.
+    restarted: BTreeMap<String, u64>,
 }
 
 impl Cluster {
@@ -76,6 +79,7 @@ impl Cluster {
             members_epoch: 0,
             rejected: 0,
             known_before: false,
+            restarted: BTreeMap::new(),
         }
     }
 
@@ -163,6 +167,14 @@ impl Cluster {
         if node != self.me.id && self.connected.insert(node.to_owned()) {
             let digest = self.view.digest();
             out.send(node, GossipMessage::Syn { digest });
+            if let Some(previous_generation) = self.restarted.remove(node) {
+                out.send(
+                    node,
+                    GossipMessage::Restarted {
+                        previous_generation,
+                    },
+                );
+            }
         }
     }
 
@@ -212,6 +224,13 @@ impl Cluster {
             GossipMessage::Ack { delta } => {
                 self.apply_delta(&delta, out);
             }
+            GossipMessage::Restarted {
+                previous_generation,
+            } => {
+                if previous_generation < self.me.generation {
+                    self.known_before = true;
+                }
+            }
         }
     }
 
@@ -223,8 +242,8 @@ impl Cluster {
         }
     }
 
-    /// Whether a peer holds a record of this node from an earlier life (an older generation):
-    /// the cluster knew this node before it started.
+    /// Whether a peer told this node it knew it under an older generation: the cluster knew
+    /// this node before it started.
     pub fn known_before(&self) -> bool {
         self.known_before
     }
@@ -233,13 +252,6 @@ impl Cluster {
     /// Returns true when a record changed.
     fn apply_delta(&mut self, delta: &Delta, out: &mut Outbox) -> bool {
         let me = self.me.id.clone();
-        if delta
-            .members
-            .iter()
-            .any(|m| m.id == me && m.generation < self.me.generation)
-        {
-            self.known_before = true;
-        }
         let records_change = delta
             .members
             .iter()
@@ -270,9 +282,10 @@ impl Cluster {
                     self.members_epoch += 1;
                     changed = !applied.members.is_empty();
                     for m in applied.members {
-                        if before.get(&m.id).is_some_and(|g| *g < m.generation) {
+                        if let Some(g) = before.get(&m.id).filter(|g| **g < m.generation) {
                             // A restart: its detector history belongs to the old process.
                             self.detector.reset(&m.id, self.now);
+                            self.restarted.insert(m.id.clone(), *g);
                         }
                         out.persist(m);
                     }

@@ -103,7 +103,7 @@ impl Default for NodeConfig {
             anti_entropy_interval_ms: 10_000,
             anti_entropy_keys_per_sec: 5_000,
             anti_entropy_bytes_per_sec: 32 << 20,
-            anti_entropy_sessions: 4,
+            anti_entropy_sessions: 8,
         }
     }
 }
@@ -265,12 +265,6 @@ impl<S: LocalStore> Node<S> {
         self.anti_entropy.apply(self.store.take_changes());
         if self.data_lost && self.cluster.known_before() {
             self.data_lost = false;
-            // The trees must know the ranges before the rebuild can list them.
-            self.anti_entropy.trees().reshape(
-                self.cluster.ring(),
-                self.cluster.id(),
-                usize::from(self.config.n),
-            );
             self.anti_entropy.start_rebuilding();
         }
     }
@@ -413,6 +407,14 @@ impl<S: LocalStore> Node<S> {
             Message::Sync(m) => {
                 self.anti_entropy
                     .on_message(now.mono, from, m, &self.store, &mut self.out);
+                self.follow_writes();
+                let cluster = &self.cluster;
+                self.anti_entropy.schedule(
+                    now.mono,
+                    cluster.id(),
+                    &|n| cluster.is_up(n),
+                    &mut self.out,
+                );
             }
         }
         self.follow_writes();

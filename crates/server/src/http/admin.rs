@@ -3,7 +3,7 @@
 
 use super::errors::ApiError;
 use super::kv::context_token;
-use super::{AppState, key_after, on_store, query};
+use super::{AppState, command, key_after, on_store, query};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -51,7 +51,7 @@ pub(crate) async fn admin_members(State(s): State<AppState>) -> Result<Response,
 }
 
 pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let stats = query(&s, |n| n.stats()).await?;
+    let (stats, anti_entropy) = query(&s, |n| (n.stats(), n.anti_entropy_stats())).await?;
     let pending = on_store(&s, |store| store.hint_counts()).await?;
     let total: u64 = pending.values().sum();
     Ok(axum::Json(serde_json::json!({
@@ -66,6 +66,35 @@ pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, A
         "coordinated_reads": stats.coordinated_reads,
         "coordinated_writes": stats.coordinated_writes,
         "rejected_messages": stats.rejected_messages,
+        "anti_entropy": anti_entropy,
+    }))
+    .into_response())
+}
+
+/// `POST /admin/repair`: starts an anti-entropy round of every range this node replicates
+/// with every other replica; answers the round's id (follow it with `GET /admin/repair`).
+pub(crate) async fn start_repair(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let round = command(&s, |n| n.repair()).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "node": s.node_id, "round": round })),
+    )
+        .into_response())
+}
+
+/// `GET /admin/repair`: the anti-entropy round in progress and the last one finished.
+pub(crate) async fn repair_progress(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let ae = query(&s, |n| n.anti_entropy_stats()).await?;
+    Ok(axum::Json(serde_json::json!({
+        "node": s.node_id,
+        "round": ae.round,
+        "last_round": ae.last_round,
+        "keys_repaired": ae.keys_repaired,
+        "exchanges": ae.exchanges,
+        "failed": ae.failed,
+        "rebuilding": ae.rebuilding,
+        "rebuilding_ranges": ae.rebuilding_ranges,
+        "trees_building": ae.trees_building,
     }))
     .into_response())
 }

@@ -83,6 +83,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/members", get(admin::admin_members))
         .route("/admin/stats", get(admin::admin_stats))
         .route(
+            "/admin/repair",
+            get(admin::repair_progress).post(admin::start_repair),
+        )
+        .route(
             "/admin/preference-list/{*key}",
             get(admin::admin_preference_list),
         )
@@ -176,6 +180,20 @@ pub(crate) async fn on_store<T: Send + 'static>(
 }
 
 /// Runs a read-only query on the node thread.
+/// Runs an operator's command on the node thread.
+pub(crate) async fn command<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&mut crate::runtime::CoreNode) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    s.node.command(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            e.to_string(),
+        )
+    })
+}
+
 pub(crate) async fn query<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&crate::runtime::CoreNode) -> T + Send + 'static,

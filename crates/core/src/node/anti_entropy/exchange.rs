@@ -81,10 +81,7 @@ impl AntiEntropy {
         };
         let answer = if t.tree.root() == root {
             self.proven_equal(now, range, from, root);
-            if let Some(r) = self.rebuilding.as_mut() {
-                r.remove(&range);
-                self.check_rebuilt();
-            }
+            self.synchronised(range);
             RootAnswer::Equal
         } else {
             self.stats.bytes_sent += (FANOUT * 32) as u64;
@@ -248,7 +245,13 @@ impl AntiEntropy {
 
     /// Sends the next batch of a session, if the throttle lets it; ends a session with nothing
     /// left to send.
-    pub(super) fn pump<S: LocalStore>(&mut self, now: u64, session: u64, store: &S, out: &mut Outbox) {
+    pub(super) fn pump<S: LocalStore>(
+        &mut self,
+        now: u64,
+        session: u64,
+        store: &S,
+        out: &mut Outbox,
+    ) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };

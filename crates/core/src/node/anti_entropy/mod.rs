@@ -159,6 +159,7 @@ pub struct AntiEntropy {
     next_round_at: u64,
     force: bool,
     synced: BTreeMap<(Range, String), Synced>,
+    /// While rebuilding lost data: the ranges synchronised since it began.
     rebuilding: Option<BTreeSet<Range>>,
     stats: AntiEntropyStats,
 }
@@ -206,18 +207,11 @@ impl AntiEntropy {
         }
     }
 
-    /// This node lost its data: its copies do not count until each range synchronised.
+    /// This node lost its data: its copies do not count until each range it replicates (as the
+    /// ring is then) finished a session with another replica.
     pub fn start_rebuilding(&mut self) {
-        let ranges = self
-            .trees
-            .peers()
-            .iter()
-            .filter(|(_, p)| !p.is_empty())
-            .map(|(r, _)| *r)
-            .collect();
-        self.rebuilding = Some(ranges);
+        self.rebuilding = Some(BTreeSet::new());
         self.force = true;
-        self.check_rebuilt();
     }
 
     /// Whether this node is rebuilding lost data.
@@ -225,9 +219,25 @@ impl AntiEntropy {
         self.rebuilding.is_some()
     }
 
-    fn check_rebuilt(&mut self) {
-        if self.rebuilding.as_ref().is_some_and(BTreeSet::is_empty) {
-            self.rebuilding = None;
+    /// Ranges with another replica not yet synchronised since rebuilding began.
+    fn rebuilding_left(&self) -> usize {
+        let Some(done) = &self.rebuilding else {
+            return 0;
+        };
+        self.trees
+            .peers()
+            .iter()
+            .filter(|(r, p)| !p.is_empty() && !done.contains(*r))
+            .count()
+    }
+
+    /// `range` finished a session (or proved equal): one less to rebuild.
+    fn synchronised(&mut self, range: Range) {
+        if let Some(done) = self.rebuilding.as_mut() {
+            done.insert(range);
+            if self.rebuilding_left() == 0 {
+                self.rebuilding = None;
+            }
         }
     }
 
@@ -246,7 +256,7 @@ impl AntiEntropy {
             trees_rebuilt: rebuilt,
             tree_memory_bytes: (trees * crate::merkle::Tree::MEMORY_BYTES) as u64,
             rebuilding: self.rebuilding.is_some(),
-            rebuilding_ranges: self.rebuilding.as_ref().map_or(0, BTreeSet::len),
+            rebuilding_ranges: self.rebuilding_left(),
             round: self.round.as_ref().map(|r| r.progress.clone()),
             ..self.stats.clone()
         }
@@ -290,11 +300,6 @@ impl AntiEntropy {
             for id in dropped {
                 self.end(id, End::Failed);
             }
-            if let Some(r) = self.rebuilding.as_mut() {
-                let peers = self.trees.peers();
-                r.retain(|range| peers.get(range).is_some_and(|p| !p.is_empty()));
-            }
-            self.check_rebuilt();
         }
         if let Err(e) = self.trees.build(store, BUILD_KEYS_PER_TICK) {
             // Try again next tick; the trees stay not ready meanwhile.
@@ -322,7 +327,15 @@ impl AntiEntropy {
         self.schedule(now, me, &is_up, out);
     }
 
-    fn schedule(&mut self, now: u64, me: &str, is_up: &impl Fn(&str) -> bool, out: &mut Outbox) {
+    /// Starts the round when one is due and as many sessions as allowed. Called every tick and
+    /// after every anti-entropy message, so a session that ends makes room at once.
+    pub fn schedule(
+        &mut self,
+        now: u64,
+        me: &str,
+        is_up: &impl Fn(&str) -> bool,
+        out: &mut Outbox,
+    ) {
         if self.round.is_none() {
             let due = self.config.interval_ms > 0 && now >= self.next_round_at;
             if !(self.force || due) {
@@ -430,11 +443,8 @@ impl AntiEntropy {
             End::Repaired => self.stats.exchanges += 1,
             End::Failed => self.stats.failed += 1,
         }
-        if how != End::Failed
-            && let Some(r) = self.rebuilding.as_mut()
-        {
-            r.remove(&s.range);
-            self.check_rebuilt();
+        if how != End::Failed {
+            self.synchronised(s.range);
         }
         if let (Some(round_id), Some(round)) = (s.round, self.round.as_mut())
             && round.progress.id == round_id

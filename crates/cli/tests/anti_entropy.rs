@@ -1,0 +1,179 @@
+//! End-to-end tests of anti-entropy on real processes: a node that lost its disk gets its keys
+//! back with no client reads, and replicas that missed writes converge with no hint to help.
+
+mod common;
+
+use common::{Node, cli, dirs, http, primaries, start_cluster, wait_for_ring};
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+async fn get_json(url: String) -> Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Writes `keys` through `node`, 8 at a time; every write must succeed.
+async fn write_all(node: &Node, keys: &[String], query: &str) {
+    let mut tasks = Vec::new();
+    for chunk in keys.chunks(keys.len().div_ceil(8)) {
+        let (url, chunk, query) = (node.url.clone(), chunk.to_vec(), query.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let c = http();
+            for k in chunk {
+                let r = c
+                    .put(format!("{url}/kv/{k}{query}"))
+                    .body(format!("v-{k}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::NO_CONTENT, "{k}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The keys of `keys` that `node` holds no copy of (`/admin/local`).
+async fn missing_on(node: &Node, keys: &[String]) -> Vec<String> {
+    let c = http();
+    let mut missing = Vec::new();
+    for k in keys {
+        let r = c
+            .get(format!("{}/admin/local/{k}", node.url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != StatusCode::OK {
+            missing.push(k.clone());
+        }
+    }
+    missing
+}
+
+/// Waits until `node` holds every key of `keys` (at most `secs`); returns how long it took.
+async fn wait_holds(node: &Node, keys: &[String], secs: u64) -> Duration {
+    let start = Instant::now();
+    loop {
+        let missing = missing_on(node, keys).await;
+        if missing.is_empty() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{} still lacks {} of {} keys after {secs} s, e.g. {:?}",
+            node.id,
+            missing.len(),
+            keys.len(),
+            missing.first()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_disk_gets_its_keys_back_without_reads() {
+    let dirs = dirs(5);
+    let mut nodes = start_cluster(&dirs, &["--anti-entropy-interval-ms", "2000"]);
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 5).await;
+    let keys: Vec<String> = (0..2000).map(|i| format!("k{i:05}")).collect();
+    write_all(&nodes[0], &keys, "?w=3").await;
+    let mut owned = Vec::new();
+    for k in &keys {
+        if primaries(&nodes[0], k).await.contains(&"n3".to_owned()) {
+            owned.push(k.clone());
+        }
+    }
+    assert!(owned.len() > 600, "n3 is a primary of {} keys", owned.len());
+
+    // n3 loses its disk and comes back under the same id.
+    nodes[2].kill9();
+    std::fs::remove_dir_all(&nodes[2].data_dir).unwrap();
+    std::fs::create_dir_all(&nodes[2].data_dir).unwrap();
+    nodes[2].restart();
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 5).await;
+
+    // While it rebuilds, reads through it at R=1 still find every key: its own (empty) copy
+    // does not count.
+    let c = http();
+    let mut not_found = 0;
+    for k in owned.iter().take(200) {
+        let r = c
+            .get(format!("{}/kv/{k}?r=1", nodes[2].url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::NOT_FOUND {
+            not_found += 1;
+        }
+    }
+    assert_eq!(not_found, 0, "R=1 reads through the rebuilding node");
+
+    let took = wait_holds(&nodes[2], &owned, 60).await;
+    eprintln!("n3 got {} keys back in {took:?}", owned.len());
+    let stats = get_json(format!("{}/admin/stats", nodes[2].url)).await;
+    let ae = &stats["anti_entropy"];
+    assert!(
+        ae["keys_repaired"].as_u64().unwrap() >= owned.len() as u64 / 2,
+        "{ae}"
+    );
+    // Once every range synchronised, the node says its data is complete.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ae = get_json(format!("{}/admin/stats", nodes[2].url)).await["anti_entropy"].clone();
+        if ae["rebuilding"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still rebuilding: {ae}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = cli(&["admin", "status", "--node", &nodes[2].url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("anti-entropy: data complete"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_that_missed_writes_converge_by_anti_entropy_alone() {
+    let dirs = dirs(3);
+    // Hints would take an hour to go home: only anti-entropy can bring the writes over.
+    let flags = [
+        "--anti-entropy-interval-ms",
+        "0",
+        "--hint-scan-interval-ms",
+        "3600000",
+    ];
+    let mut nodes = start_cluster(&dirs, &flags);
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    nodes[1].kill9();
+    nodes[2].kill9();
+    let keys: Vec<String> = (0..300).map(|i| format!("w1-{i:03}")).collect();
+    write_all(&nodes[0], &keys, "?w=1").await;
+    nodes[1].restart();
+    nodes[2].restart();
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    assert_eq!(missing_on(&nodes[1], &keys).await.len(), keys.len());
+
+    // On demand, with progress, until the round ends.
+    let out = cli(&[
+        "admin",
+        "repair",
+        "--node",
+        &nodes[0].url,
+        "--timeout",
+        "60",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("finished"), "{text}");
+    for n in &nodes[1..] {
+        assert!(missing_on(n, &keys).await.is_empty(), "{} converged", n.id);
+    }
+    // Every copy is the same version: a read at R=3 is a single value.
+    let r = http()
+        .get(format!("{}/kv/{}?r=3", nodes[2].url, keys[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
