@@ -89,6 +89,23 @@ fn print_view(v: &Value) {
             st["read_repairs"],
             st["sloppy_writes"]
         );
+        let rv = &st["reads_by_versions"];
+        let counts: Vec<u64> = ["1", "2", "3", "4+"]
+            .iter()
+            .map(|k| rv[*k].as_u64().unwrap_or(0))
+            .collect();
+        let total: u64 = counts.iter().sum::<u64>().max(1);
+        let pct = |i: usize| counts[i] as f64 * 100.0 / total as f64;
+        println!(
+            "  versions per read: 1: {:.3}%, 2: {:.3}%, 3: {:.3}%, 4+: {:.3}% (of {} reads that found a value); {} writes left 25+ siblings, {} refused by limits",
+            pct(0),
+            pct(1),
+            pct(2),
+            pct(3),
+            counts.iter().sum::<u64>(),
+            st["sibling_warnings"],
+            st["refused_writes"]
+        );
         let ae = &st["anti_entropy"];
         if ae.is_object() {
             let state = if ae["rebuilding"].as_bool() == Some(true) {

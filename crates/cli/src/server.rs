@@ -68,6 +68,14 @@ pub struct ServerArgs {
     /// Most object bytes anti-entropy sends per second. [default: 33554432]
     #[arg(long, value_name = "BYTES")]
     anti_entropy_bytes_per_sec: Option<u64>,
+    /// Largest object per key (every sibling together), in bytes; a write that would pass it
+    /// is refused with 413. [default: 8388608]
+    #[arg(long, value_name = "BYTES")]
+    max_object_bytes: Option<usize>,
+    /// Most siblings per key; a write that would add one more is refused with 409 until a
+    /// client reads the key and writes back with its context. [default: 100]
+    #[arg(long, value_name = "N")]
+    max_siblings: Option<usize>,
     /// Let POST /admin/faults drop or delay peer messages (fault tests only, never production).
     #[arg(long)]
     enable_fault_injection: bool,
@@ -160,6 +168,12 @@ impl ServerArgs {
         }
         if let Some(v) = self.hint_scan_interval_ms {
             c.node.hint_scan_interval_ms = v;
+        }
+        if let Some(v) = self.max_object_bytes {
+            c.node.max_object_bytes = v;
+        }
+        if let Some(v) = self.max_siblings {
+            c.node.max_siblings = v;
         }
         if let Some(v) = self.anti_entropy_interval_ms {
             c.node.anti_entropy_interval_ms = v;
@@ -297,6 +311,8 @@ mod tests {
                 "anti-entropy-bytes-per-sec",
                 d.node.anti_entropy_bytes_per_sec.to_string(),
             ),
+            ("max-object-bytes", d.node.max_object_bytes.to_string()),
+            ("max-siblings", d.node.max_siblings.to_string()),
             ("http", d.http.to_string()),
             ("max-value-bytes", d.max_value_bytes.to_string()),
             ("sync", sync.to_string()),

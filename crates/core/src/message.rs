@@ -123,6 +123,28 @@ pub enum OpError {
     /// A bad request (e.g. key length) that a peer forwarded.
     #[error("{0}")]
     BadRequest(String),
+    /// The write would make the key's object (every sibling together) larger than the limit.
+    #[error(
+        "a write to key {key:?} would make its object {bytes} bytes (every sibling together; the limit is {limit}): read the key and write back with its context to reconcile its siblings, or write a smaller value"
+    )]
+    ObjectTooLarge {
+        /// The key, as text (lossy, shortened).
+        key: String,
+        /// The object's size with this write.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The write would add a sibling to a key that has as many as allowed.
+    #[error(
+        "key {key:?} has {siblings} concurrent versions (siblings), the most allowed: read it and write back with its context to reconcile them"
+    )]
+    TooManySiblings {
+        /// The key, as text (lossy, shortened).
+        key: String,
+        /// Siblings it has.
+        siblings: u64,
+    },
     /// Local storage failed.
     #[error("storage failure on {node}: {message}")]
     Storage {

@@ -231,6 +231,21 @@ impl Config {
                 self.max_value_bytes * 2 + 64 * 1024
             )));
         }
+        if self.node.max_siblings == 0 {
+            return Err(ConfigError::Invalid(
+                "max_siblings must be at least 1".into(),
+            ));
+        }
+        if self.node.max_object_bytes < self.max_value_bytes.saturating_add(4096)
+            || self.node.max_object_bytes.saturating_add(2 << 20) > self.max_frame_bytes
+        {
+            return Err(ConfigError::Invalid(format!(
+                "max_object_bytes ({}) must be at least max_value_bytes plus 4 KiB ({}) and leave 2 MiB under max_frame_bytes ({})",
+                self.node.max_object_bytes,
+                self.max_value_bytes + 4096,
+                self.max_frame_bytes
+            )));
+        }
         if self.cluster_secret.as_deref() == Some("") {
             return Err(ConfigError::Invalid(
                 "cluster_secret must not be empty".into(),

@@ -456,10 +456,13 @@ async fn dial_loop(
 }
 
 /// Writes queued messages (batching what is ready) until the connection fails; returns why.
+/// A message too large for a frame is dropped alone, with a warning: the connection and the
+/// other messages on it go on (the sender's request times out like any lost message).
 async fn pump(
     framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
     rx: &mut mpsc::UnboundedReceiver<Message>,
 ) -> String {
+    let max_frame = framed.codec().max_frame_length();
     loop {
         tokio::select! {
             m = rx.recv() => {
@@ -472,7 +475,15 @@ async fn pump(
                     }
                 }
                 for m in batch {
-                    if let Err(e) = framed.feed(encode_frame(&Frame::Message(m))).await {
+                    let frame = encode_frame(&Frame::Message(m));
+                    if frame.len() > max_frame {
+                        tracing::warn!(
+                            bytes = frame.len(), max_frame,
+                            "dropping a peer message larger than the frame limit"
+                        );
+                        continue;
+                    }
+                    if let Err(e) = framed.feed(frame).await {
                         return format!("write failed: {e}");
                     }
                 }

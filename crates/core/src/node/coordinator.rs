@@ -17,11 +17,23 @@ use crate::message::{ClientRequest, KvMessage, OpError, QuorumKind, Reply, Reque
 use crate::preference::PreferenceList;
 use crate::quorum::{Reachability, Tally, Verdict};
 use crate::store::LocalStore;
-use crate::version::{ActorId, Dot, Object, VersionVector};
+use crate::version::{ActorId, Dot, Object};
 use std::collections::BTreeMap;
 
 /// What each target returned to a read.
 type Replies = BTreeMap<String, Option<Object>>;
+
+/// A delete without a context, waiting for the read of what it deletes.
+#[derive(Debug)]
+struct DeleteAfter {
+    now: Now,
+    w: Option<u8>,
+    pw: Option<u8>,
+    pref: PreferenceList,
+}
+
+/// Siblings per key at which writes are counted as warnings.
+pub const SIBLING_WARNING: usize = 25;
 
 #[derive(Debug)]
 enum Kind {
@@ -30,6 +42,8 @@ enum Kind {
         replies: Replies,
         /// Nodes whose copy read repair may fix: the primaries.
         primaries: Vec<String>,
+        /// Set when this read is the first half of a delete without a context.
+        then_delete: Option<DeleteAfter>,
     },
     Write {
         object: Object,
@@ -70,6 +84,44 @@ pub struct Coordinator {
     writes: u64,
     read_repairs: u64,
     sloppy_writes: u64,
+    /// Reads that found 1, 2, 3, 4 or more versions (Dynamo's section 6.3 table).
+    versions: [u64; 4],
+    sibling_warnings: u64,
+    refused_writes: u64,
+}
+
+/// The key as text for an error message: lossy UTF-8, shortened.
+fn key_text(key: &[u8]) -> String {
+    let text = String::from_utf8_lossy(key);
+    match text.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.into_owned(),
+    }
+}
+
+/// Why `candidate` (what a write would store over `current`) is refused, if it is.
+fn over_limits(
+    config: &NodeConfig,
+    key: &[u8],
+    current: &Object,
+    candidate: &Object,
+) -> Option<OpError> {
+    let siblings = candidate.siblings().len();
+    if siblings > config.max_siblings && siblings > current.siblings().len() {
+        return Some(OpError::TooManySiblings {
+            key: key_text(key),
+            siblings: current.siblings().len() as u64,
+        });
+    }
+    let bytes = candidate.size_bytes();
+    if bytes > config.max_object_bytes && bytes > current.size_bytes() {
+        return Some(OpError::ObjectTooLarge {
+            key: key_text(key),
+            bytes: bytes as u64,
+            limit: config.max_object_bytes as u64,
+        });
+    }
+    None
 }
 
 /// The quorum for a request: the override (1..=N) or the default capped at the number of
@@ -159,6 +211,36 @@ impl Coordinator {
             .with_primaries(pref.primaries.iter().cloned(), primary_needed);
         self.next_id += 1;
         let id = self.next_id;
+        let (request, then_delete) = match request {
+            // A delete without a context deletes what the replicas hold: read it first (at R),
+            // then delete exactly that.
+            ClientRequest::Put {
+                key,
+                value: None,
+                context: None,
+                w,
+                pw,
+            } => {
+                let read_quorum = usize::from(config.r).min(replicas).max(1);
+                tally = Tally::new(
+                    pref.targets.iter().map(|t| t.node.clone()).collect(),
+                    read_quorum,
+                );
+                let then = DeleteAfter {
+                    now,
+                    w,
+                    pw,
+                    pref: pref.clone(),
+                };
+                let read = ClientRequest::Get {
+                    key,
+                    r: None,
+                    pr: None,
+                };
+                (read, Some(then))
+            }
+            other => (other, None),
+        };
         let kind = match request {
             ClientRequest::Get { key, .. } => {
                 self.reads += 1;
@@ -190,6 +272,7 @@ impl Coordinator {
                     key,
                     replies,
                     primaries: pref.primaries,
+                    then_delete,
                 }
             }
             ClientRequest::Put {
@@ -201,23 +284,31 @@ impl Coordinator {
                 self.writes += 1;
                 let actor = local.actor;
                 let mut value = Some(value);
+                let mut refused = None;
                 let stamped = local.store.modify(&key, &mut |current| {
-                    let ctx = match (&context, &value) {
-                        (Some(c), _) => c.clone(),
-                        // A delete without context supersedes what this node holds.
-                        (None, Some(None)) => current.context(),
-                        (None, _) => VersionVector::new(),
-                    };
+                    let ctx = context.clone().unwrap_or_default();
                     // The wall clock: only for the timestamp the version carries.
-                    current.update(actor, &ctx, value.take().flatten(), now.wall)
+                    let candidate = current.update(actor, &ctx, value.take().flatten(), now.wall);
+                    refused = over_limits(config, &key, &current, &candidate);
+                    if refused.is_some() {
+                        return current;
+                    }
+                    candidate
                 });
-                let object = match stamped {
-                    Ok(o) => o,
-                    Err(e) => {
+                let object = match (stamped, refused) {
+                    (_, Some(e)) => {
+                        self.refused_writes += 1;
+                        return out.respond(origin, Err(e));
+                    }
+                    (Ok(o), None) => o,
+                    (Err(e), None) => {
                         let node = local.id.to_owned();
                         return out.respond(origin, Err(OpError::Storage { node, message: e.0 }));
                     }
                 };
+                if object.siblings().len() >= SIBLING_WARNING {
+                    self.sibling_warnings += 1;
+                }
                 tally.succeed(local.id);
                 if pref.sloppy() {
                     self.sloppy_writes += 1;
@@ -360,6 +451,15 @@ impl Coordinator {
             return Vec::new();
         };
         let expired = now >= op.deadline;
+        if let Kind::Read {
+            then_delete: Some(_),
+            ..
+        } = &op.kind
+            && op.origin.is_some()
+            && op.tally.verdict(expired) == Verdict::Reached
+        {
+            return self.delete_what_was_read(local, id, now, out);
+        }
         if op.origin.is_some() {
             let (kind, written) = match &op.kind {
                 Kind::Read { .. } => (QuorumKind::Read, false),
@@ -369,7 +469,14 @@ impl Coordinator {
                 Verdict::Waiting => None,
                 Verdict::Failed => Some(Err(op.tally.unavailable(kind, written))),
                 Verdict::Reached => Some(Ok(match &op.kind {
-                    Kind::Read { replies, .. } => Reply::Read(merge_all(replies.values())),
+                    Kind::Read { replies, .. } => {
+                        let merged = merge_all(replies.values());
+                        let live = merged.live().count();
+                        if live > 0 {
+                            self.versions[live.min(4) - 1] += 1;
+                        }
+                        Reply::Read(merged)
+                    }
                     Kind::Write { object, dot } => Reply::Written {
                         object: object.clone(),
                         dot: *dot,
@@ -393,11 +500,56 @@ impl Coordinator {
                 key,
                 replies,
                 primaries,
+                ..
             } = done.kind
         {
             self.read_repair(local, &key, &replies, &primaries, out);
         }
         silent
+    }
+
+    /// The read of a delete without a context reached R: delete exactly what it found, under
+    /// the same origin, as a put with the merged context.
+    fn delete_what_was_read<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        id: RequestId,
+        now: u64,
+        out: &mut Outbox,
+    ) -> Vec<String> {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return Vec::new();
+        };
+        let (
+            Some(origin),
+            Kind::Read {
+                key,
+                replies,
+                then_delete,
+                ..
+            },
+        ) = (op.origin.take(), &mut op.kind)
+        else {
+            return Vec::new();
+        };
+        let Some(then) = then_delete.take() else {
+            return Vec::new();
+        };
+        let context = merge_all(replies.values()).context();
+        let request = ClientRequest::Put {
+            key: key.clone(),
+            value: None,
+            context: Some(context),
+            w: then.w,
+            pw: then.pw,
+        };
+        // The read stays until its replies are in, for read repair.
+        let now = Now {
+            mono: now,
+            wall: then.now.wall,
+        };
+        self.start(local, now, origin, request, then.pref, out);
+        Vec::new()
     }
 
     /// Sends the merge of every reply to each primary whose copy differed from it.
@@ -446,5 +598,11 @@ impl Coordinator {
             self.read_repairs,
             self.sloppy_writes,
         )
+    }
+
+    /// Reads that found 1, 2, 3 and 4 or more versions; writes that left 25 siblings or more;
+    /// writes refused by the object or sibling limits.
+    pub fn version_counters(&self) -> ([u64; 4], u64, u64) {
+        (self.versions, self.sibling_warnings, self.refused_writes)
     }
 }

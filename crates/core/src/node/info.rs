@@ -25,6 +25,13 @@ pub struct NodeStats {
     pub hints_delivered: u64,
     /// Writes that went to at least one fallback (sloppy quorum).
     pub sloppy_writes: u64,
+    /// Reads coordinated here that found 1, 2, 3, and 4 or more live versions (the share of
+    /// reads with siblings, as in the Dynamo paper's section 6.3).
+    pub reads_by_versions: [u64; 4],
+    /// Writes that left a key with 25 siblings or more.
+    pub sibling_warnings: u64,
+    /// Writes refused by the object size or sibling limits.
+    pub refused_writes: u64,
 }
 
 /// A member as the admin endpoint shows it.

@@ -86,6 +86,12 @@ pub struct NodeConfig {
     pub anti_entropy_bytes_per_sec: u64,
     /// Most anti-entropy sessions at once.
     pub anti_entropy_sessions: usize,
+    /// Largest object (every sibling of a key together), in bytes: a write that would pass it
+    /// is refused, so that an object always fits in a peer message.
+    pub max_object_bytes: usize,
+    /// Most siblings per key: a write that would add one more is refused (409) until a client
+    /// reads the key and writes back with its context.
+    pub max_siblings: usize,
 }
 
 impl Default for NodeConfig {
@@ -104,6 +110,8 @@ impl Default for NodeConfig {
             anti_entropy_keys_per_sec: 5_000,
             anti_entropy_bytes_per_sec: 32 << 20,
             anti_entropy_sessions: 8,
+            max_object_bytes: 8 << 20,
+            max_siblings: 100,
         }
     }
 }
@@ -273,6 +281,8 @@ impl<S: LocalStore> Node<S> {
     pub fn stats(&self) -> NodeStats {
         let (coordinated_reads, coordinated_writes, read_repairs, sloppy_writes) =
             self.coordinator.counters();
+        let (reads_by_versions, sibling_warnings, refused_writes) =
+            self.coordinator.version_counters();
         NodeStats {
             forwarded: self.forwarder.forwarded(),
             coordinated_reads,
@@ -282,6 +292,9 @@ impl<S: LocalStore> Node<S> {
             hints_stored: self.replica.hints_stored(),
             hints_delivered: self.handoff.delivered(),
             sloppy_writes,
+            reads_by_versions,
+            sibling_warnings,
+            refused_writes,
         }
     }
 

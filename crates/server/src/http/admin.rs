@@ -66,6 +66,14 @@ pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, A
         "coordinated_reads": stats.coordinated_reads,
         "coordinated_writes": stats.coordinated_writes,
         "rejected_messages": stats.rejected_messages,
+        "reads_by_versions": {
+            "1": stats.reads_by_versions[0],
+            "2": stats.reads_by_versions[1],
+            "3": stats.reads_by_versions[2],
+            "4+": stats.reads_by_versions[3],
+        },
+        "sibling_warnings": stats.sibling_warnings,
+        "refused_writes": stats.refused_writes,
         "anti_entropy": anti_entropy,
     }))
     .into_response())

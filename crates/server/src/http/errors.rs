@@ -102,6 +102,12 @@ impl From<OpError> for ApiError {
                 "coordinator_unreachable",
                 message,
             ),
+            OpError::ObjectTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "object_too_large", message)
+            }
+            OpError::TooManySiblings { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message)
+            }
             OpError::Storage { .. } => {
                 tracing::error!(error = %message, "storage failure");
                 ApiError::new(
