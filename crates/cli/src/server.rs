@@ -76,6 +76,10 @@ pub struct ServerArgs {
     /// client reads the key and writes back with its context. [default: 100]
     #[arg(long, value_name = "N")]
     max_siblings: Option<usize>,
+    /// Youngest tombstone (deleted key) that may be collected once every replica is proven to
+    /// hold it, in ms. [default: 300000]
+    #[arg(long, value_name = "MS")]
+    tombstone_min_age_ms: Option<u64>,
     /// Let POST /admin/faults drop or delay peer messages (fault tests only, never production).
     #[arg(long)]
     enable_fault_injection: bool,
@@ -171,6 +175,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.max_object_bytes {
             c.node.max_object_bytes = v;
+        }
+        if let Some(v) = self.tombstone_min_age_ms {
+            c.node.tombstone_min_age_ms = v;
         }
         if let Some(v) = self.max_siblings {
             c.node.max_siblings = v;
@@ -313,6 +320,10 @@ mod tests {
             ),
             ("max-object-bytes", d.node.max_object_bytes.to_string()),
             ("max-siblings", d.node.max_siblings.to_string()),
+            (
+                "tombstone-min-age-ms",
+                d.node.tombstone_min_age_ms.to_string(),
+            ),
             ("http", d.http.to_string()),
             ("max-value-bytes", d.max_value_bytes.to_string()),
             ("sync", sync.to_string()),

@@ -177,3 +177,73 @@ async fn replicas_that_missed_writes_converge_by_anti_entropy_alone() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_missed_by_a_down_replica_stays_and_its_tombstone_goes_once_all_agree() {
+    let dirs = dirs(3);
+    let flags = [
+        "--anti-entropy-interval-ms",
+        "500",
+        "--tombstone-min-age-ms",
+        "1000",
+    ];
+    let mut nodes = start_cluster(&dirs, &flags);
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    let c = http();
+    let keys: Vec<String> = (0..20).map(|i| format!("gone{i}")).collect();
+    write_all(&nodes[0], &keys, "?w=3").await;
+    nodes[2].kill9();
+    for k in &keys {
+        let r = c
+            .delete(format!("{}/kv/{k}?w=2", nodes[0].url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    // Well past the minimum age, the tombstones stay while n3 (which missed them) is down.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        missing_on(&nodes[0], &keys).await.is_empty(),
+        "n1 keeps its tombstones"
+    );
+    let stats = get_json(format!("{}/admin/stats", nodes[0].url)).await;
+    assert_eq!(stats["anti_entropy"]["tombstones_collected"], 0);
+
+    nodes[2].restart();
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    // The delete wins on n3, and then every copy is collected.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let mut left = 0;
+        for n in &nodes {
+            left += keys.len() - missing_on(n, &keys).await.len();
+        }
+        for k in &keys {
+            let r = c
+                .get(format!("{}/kv/{k}?r=2", nodes[2].url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{k} came back");
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} copies still held");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Collected everywhere, and not back at any R through any node.
+    for n in &nodes {
+        for k in &keys {
+            let r = c.get(format!("{}/kv/{k}?r=1", n.url)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{k} via {}", n.id);
+        }
+    }
+    let mut collected = 0;
+    for n in &nodes {
+        let s = get_json(format!("{}/admin/stats", n.url)).await;
+        collected += s["anti_entropy"]["tombstones_collected"].as_u64().unwrap();
+    }
+    assert_eq!(collected, 3 * keys.len() as u64);
+}

@@ -395,6 +395,8 @@ pub enum SyncMessage {
         range: Range,
         /// The initiator's root hash.
         root: Hash,
+        /// Whether the initiator keeps hints (tombstones wait while any node does).
+        hints: bool,
     },
     /// Responder, step 2: equal, or its branch hashes, or why it cannot compare.
     RootReply {
@@ -402,6 +404,8 @@ pub enum SyncMessage {
         session: u64,
         /// The comparison.
         answer: RootAnswer,
+        /// Whether the responder keeps hints.
+        hints: bool,
     },
     /// Initiator, step 3: its leaf hashes under the branches that differ.
     Leaves {
@@ -444,6 +448,14 @@ pub enum SyncMessage {
         objects: Vec<(Vec<u8>, Object)>,
         /// Whether this is the last part of the answer.
         last: bool,
+    },
+    /// The first replica of a range, once every replica was proven to hold the same
+    /// tombstones: "remove these keys if your copy is still this version".
+    Reap {
+        /// The range.
+        range: Range,
+        /// Keys and the digests of the tombstone-only versions to remove.
+        keys: Vec<(Vec<u8>, Digest)>,
     },
     /// Responder: the session cannot go on (no tree for the range, or it is being built).
     Refused {

@@ -270,7 +270,21 @@ impl Object {
         value: Option<Vec<u8>>,
         now: u64,
     ) -> Object {
-        let counter = self.clock.counter(actor).max(context.counter(actor)) + 1;
+        self.update_from(actor, context, value, now, 0)
+    }
+
+    /// [`Object::update`], with the new dot's counter at least `floor`. A coordinator holding
+    /// no entry of its own for a key passes the wall clock in ms, so that a counter it issued
+    /// before the key's tombstone was collected is never issued again.
+    pub fn update_from(
+        &self,
+        actor: ActorId,
+        context: &VersionVector,
+        value: Option<Vec<u8>>,
+        now: u64,
+        floor: u64,
+    ) -> Object {
+        let counter = (self.clock.counter(actor).max(context.counter(actor)) + 1).max(floor);
         let dot = Dot { actor, counter };
         let mut clock = self.clock.clone();
         clock.merge(context);

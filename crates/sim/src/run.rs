@@ -96,6 +96,7 @@ fn sync_kind(m: &SyncMessage) -> u8 {
         SyncMessage::Push { .. } => 4,
         SyncMessage::Pull { .. } => 5,
         SyncMessage::Refused { .. } => 6,
+        SyncMessage::Reap { .. } => 7,
     }
 }
 

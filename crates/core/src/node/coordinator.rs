@@ -288,7 +288,14 @@ impl Coordinator {
                 let stamped = local.store.modify(&key, &mut |current| {
                     let ctx = context.clone().unwrap_or_default();
                     // The wall clock: only for the timestamp the version carries.
-                    let candidate = current.update(actor, &ctx, value.take().flatten(), now.wall);
+                    // A key this node holds no entry of its own for (never written here, or its
+                    // tombstone collected) starts its counter at the wall clock.
+                    let floor = match current.clock().get(actor).or(ctx.get(actor)) {
+                        Some(_) => 0,
+                        None => now.wall,
+                    };
+                    let candidate =
+                        current.update_from(actor, &ctx, value.take().flatten(), now.wall, floor);
                     refused = over_limits(config, &key, &current, &candidate);
                     if refused.is_some() {
                         return current;

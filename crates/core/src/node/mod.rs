@@ -92,6 +92,9 @@ pub struct NodeConfig {
     /// Most siblings per key: a write that would add one more is refused (409) until a client
     /// reads the key and writes back with its context.
     pub max_siblings: usize,
+    /// Youngest tombstone that may be collected once every replica is proven to hold it, in
+    /// milliseconds (wall clock).
+    pub tombstone_min_age_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -112,6 +115,7 @@ impl Default for NodeConfig {
             anti_entropy_sessions: 8,
             max_object_bytes: 8 << 20,
             max_siblings: 100,
+            tombstone_min_age_ms: 300_000,
         }
     }
 }
@@ -136,6 +140,7 @@ impl NodeConfig {
             bytes_per_sec: self.anti_entropy_bytes_per_sec,
             sessions: self.anti_entropy_sessions,
             timeout_ms: self.request_timeout_ms * 5,
+            tombstone_min_age_ms: self.tombstone_min_age_ms,
         }
     }
 }
@@ -526,7 +531,7 @@ impl<S: LocalStore> Node<S> {
         self.follow_writes();
         let cluster = &self.cluster;
         self.anti_entropy.tick(
-            mono,
+            now,
             cluster.id(),
             cluster.ring(),
             |n| cluster.is_up(n),

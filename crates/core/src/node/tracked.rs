@@ -17,6 +17,15 @@ pub struct Change {
     pub old: Option<Digest>,
     /// Its version after.
     pub new: Option<Digest>,
+    /// Whether it held only tombstones before.
+    pub old_dead: bool,
+    /// Whether it holds only tombstones after.
+    pub new_dead: bool,
+}
+
+/// Whether an object holds only tombstones (a deleted key).
+pub fn dead(o: &Object) -> bool {
+    !o.is_empty() && o.live().next().is_none()
 }
 
 fn digest_of(o: &Object) -> Option<Digest> {
@@ -49,12 +58,15 @@ impl<S: LocalStore> Tracked<S> {
         std::mem::take(&mut *self.changes.borrow_mut())
     }
 
-    fn record(&self, key: &[u8], old: Option<Digest>, new: Option<Digest>) {
-        if old != new {
+    fn record(&self, key: &[u8], (old, old_dead): (Option<Digest>, bool), new: &Object) {
+        let new_digest = digest_of(new);
+        if old != new_digest {
             self.changes.borrow_mut().push(Change {
                 key: key.to_vec(),
                 old,
-                new,
+                new: new_digest,
+                old_dead,
+                new_dead: dead(new),
             });
         }
     }
@@ -70,12 +82,12 @@ impl<S: LocalStore> LocalStore for Tracked<S> {
         key: &[u8],
         f: &mut dyn FnMut(Object) -> Object,
     ) -> Result<Object, StoreError> {
-        let mut old = None;
+        let mut old = (None, false);
         let new = self.inner.modify(key, &mut |current| {
-            old = digest_of(&current);
+            old = (digest_of(&current), dead(&current));
             f(current)
         })?;
-        self.record(key, old, digest_of(&new));
+        self.record(key, old, &new);
         Ok(new)
     }
 
@@ -92,7 +104,8 @@ impl<S: LocalStore> LocalStore for Tracked<S> {
     fn remove_if(&self, key: &[u8], expected: &Object) -> Result<bool, StoreError> {
         let removed = self.inner.remove_if(key, expected)?;
         if removed {
-            self.record(key, digest_of(expected), None);
+            let old = (digest_of(expected), dead(expected));
+            self.record(key, old, &Object::new());
         }
         Ok(removed)
     }

@@ -18,7 +18,12 @@ impl AntiEntropy {
                 session,
                 range,
                 root,
-            } => self.on_root(now, from, session, range, root, out),
+                hints,
+            } => {
+                self.peer_hints(from, hints);
+                self.on_root(now, from, session, range, root, out)
+            }
+            SyncMessage::Reap { range, keys } => self.on_reap(from, range, keys, store),
             SyncMessage::Leaves {
                 session,
                 range,
@@ -30,7 +35,12 @@ impl AntiEntropy {
                 objects,
                 want,
             } => self.on_push(from, session, range, objects, want, store, out),
-            SyncMessage::RootReply { session, answer } => {
+            SyncMessage::RootReply {
+                session,
+                answer,
+                hints,
+            } => {
+                self.peer_hints(from, hints);
                 self.on_root_reply(now, from, session, answer, out)
             }
             SyncMessage::Keys {
@@ -87,7 +97,15 @@ impl AntiEntropy {
             self.stats.bytes_sent += (FANOUT * 32) as u64;
             RootAnswer::Differ(t.tree.branches())
         };
-        out.send(from, SyncMessage::RootReply { session, answer });
+        let hints = self.hints_here();
+        out.send(
+            from,
+            SyncMessage::RootReply {
+                session,
+                answer,
+                hints,
+            },
+        );
     }
 
     fn on_root_reply(

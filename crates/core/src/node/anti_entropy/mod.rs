@@ -16,11 +16,13 @@
 //!   with another primary.
 
 mod exchange;
+mod gc;
 pub mod trees;
 
 use super::outbox::Outbox;
 use super::replica::validate;
 use super::throttle::Throttle;
+use crate::clock::Now;
 use crate::merkle::{Digest, FANOUT, Hash, LEAVES, Range, digest};
 use crate::message::{RootAnswer, SyncMessage};
 use crate::ring::{Ring, position};
@@ -52,6 +54,8 @@ pub struct AntiEntropyConfig {
     pub sessions: usize,
     /// How long a session waits for an answer, ms.
     pub timeout_ms: u64,
+    /// Youngest tombstone that may be collected, ms (wall clock).
+    pub tombstone_min_age_ms: u64,
 }
 
 /// Counters and progress, for `/admin/stats` and `admin repair`.
@@ -79,6 +83,10 @@ pub struct AntiEntropyStats {
     pub trees_rebuilt: u64,
     /// Approximate memory of the trees, bytes.
     pub tree_memory_bytes: u64,
+    /// Deleted keys whose tombstones are still kept.
+    pub tombstones: u64,
+    /// Deleted keys whose tombstones were collected here.
+    pub tombstones_collected: u64,
     /// True while this node rebuilds lost data (its reads do not count).
     pub rebuilding: bool,
     /// Ranges still to synchronise before rebuilding ends.
@@ -161,6 +169,7 @@ pub struct AntiEntropy {
     synced: BTreeMap<(Range, String), Synced>,
     /// While rebuilding lost data: the ranges synchronised since it began.
     rebuilding: Option<BTreeSet<Range>>,
+    gc: gc::Collector,
     stats: AntiEntropyStats,
 }
 
@@ -180,6 +189,7 @@ impl AntiEntropy {
             force: false,
             synced: BTreeMap::new(),
             rebuilding: None,
+            gc: gc::Collector::default(),
             stats: AntiEntropyStats::default(),
         }
     }
@@ -192,7 +202,7 @@ impl AntiEntropy {
     /// Follows local writes: `changes` from the store's journal.
     pub fn apply(&mut self, changes: Vec<super::tracked::Change>) {
         for c in changes {
-            self.trees.apply(&c.key, c.old.as_ref(), c.new.as_ref());
+            self.trees.apply(&c);
         }
     }
 
@@ -248,13 +258,14 @@ impl AntiEntropy {
 
     /// Counters and progress.
     pub fn stats(&self) -> AntiEntropyStats {
-        let (trees, building, keys, rebuilt) = self.trees.counts();
+        let (trees, building, keys, rebuilt, tombstones) = self.trees.counts();
         AntiEntropyStats {
             trees,
             trees_building: building,
             tree_keys: keys,
             trees_rebuilt: rebuilt,
             tree_memory_bytes: (trees * crate::merkle::Tree::MEMORY_BYTES) as u64,
+            tombstones,
             rebuilding: self.rebuilding.is_some(),
             rebuilding_ranges: self.rebuilding_left(),
             round: self.round.as_ref().map(|r| r.progress.clone()),
@@ -280,16 +291,18 @@ impl AntiEntropy {
         }
     }
 
-    /// Time passed: follow the ring, build trees, expire sessions, push, start sessions.
+    /// Time passed: follow the ring, build trees, expire sessions, push, start sessions,
+    /// collect tombstones.
     pub fn tick<S: LocalStore>(
         &mut self,
-        now: u64,
+        clock: Now,
         me: &str,
         ring: &Ring,
         is_up: impl Fn(&str) -> bool,
         store: &S,
         out: &mut Outbox,
     ) {
+        let now = clock.mono;
         if self.trees.reshape(ring, me, self.config.n) {
             let dropped: Vec<u64> = self
                 .sessions
@@ -325,6 +338,7 @@ impl AntiEntropy {
             self.pump(now, id, store, out);
         }
         self.schedule(now, me, &is_up, out);
+        self.collect(clock, me, ring, &is_up, store, out);
     }
 
     /// Starts the round when one is due and as many sessions as allowed. Called every tick and
@@ -408,6 +422,7 @@ impl AntiEntropy {
                     session,
                     range,
                     root,
+                    hints: self.hints_here(),
                 },
             );
         }

@@ -28,6 +28,7 @@ fn config() -> AntiEntropyConfig {
         bytes_per_sec: 1 << 30,
         sessions: 4,
         timeout_ms: 5_000,
+        tombstone_min_age_ms: 1_000,
     }
 }
 
@@ -90,14 +91,11 @@ impl Lab {
             let mut queue: VecDeque<(String, String, SyncMessage)> = VecDeque::new();
             for (id, r) in self.nodes.iter_mut().filter(|(_, r)| r.up) {
                 let mut out = Outbox::default();
-                r.ae.tick(
-                    self.now,
-                    id,
-                    &self.ring,
-                    |n| up.contains(n),
-                    &r.store,
-                    &mut out,
-                );
+                let now = crate::clock::Now {
+                    mono: self.now,
+                    wall: self.now,
+                };
+                r.ae.tick(now, id, &self.ring, |n| up.contains(n), &r.store, &mut out);
                 r.ae.apply(r.store.take_changes());
                 queue.extend(sends(id, out));
             }
@@ -228,7 +226,7 @@ fn a_tree_built_across_ticks_with_writes_in_between_equals_a_fresh_build() {
             }
         }
         for c in store.take_changes() {
-            trees.apply(&c.key, c.old.as_ref(), c.new.as_ref());
+            trees.apply(&c);
         }
         if trees.build(&store, 100).unwrap() == 0 {
             break;
@@ -341,4 +339,94 @@ fn a_stranger_or_a_key_outside_the_range_changes_nothing() {
         Some(obj(9, "evil")),
         "a replica's push merges"
     );
+}
+
+fn deleted(o: &Object) -> Object {
+    o.update(ActorId(1), &o.context(), None, 5)
+}
+
+#[test]
+fn tombstones_are_collected_once_every_replica_holds_them() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    let ks = keys(30);
+    for k in &ks {
+        for id in ["a", "b", "c"] {
+            lab.write(id, k, &deleted(&obj(1, "v")));
+        }
+    }
+    lab.write("a", b"alive", &obj(1, "v"));
+    lab.write("b", b"alive", &obj(1, "v"));
+    lab.write("c", b"alive", &obj(1, "v"));
+    lab.run(8_000);
+    for k in &ks {
+        for id in ["a", "b", "c"] {
+            assert_eq!(lab.object(id, k), None, "{id} {k:?}");
+        }
+    }
+    assert_eq!(
+        lab.object("c", b"alive"),
+        Some(obj(1, "v")),
+        "values are never collected"
+    );
+    let collected: u64 = lab
+        .nodes
+        .values()
+        .map(|r| r.ae.stats().tombstones_collected)
+        .sum();
+    assert_eq!(collected, 90, "every replica's copy went");
+    assert!(lab.nodes.values().all(|r| r.ae.stats().tombstones == 0));
+}
+
+#[test]
+fn collection_waits_for_a_down_replica_and_the_delete_wins_when_it_returns() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    let ks = keys(30);
+    for k in &ks {
+        // c missed the delete: it still holds the value.
+        lab.write("a", k, &deleted(&obj(1, "v")));
+        lab.write("b", k, &deleted(&obj(1, "v")));
+        lab.write("c", k, &obj(1, "v"));
+    }
+    lab.nodes.get_mut("c").unwrap().up = false;
+    lab.run(10_000);
+    for k in &ks {
+        assert_eq!(
+            lab.object("a", k),
+            Some(deleted(&obj(1, "v"))),
+            "kept while c is down"
+        );
+    }
+    lab.nodes.get_mut("c").unwrap().up = true;
+    lab.run(2_000);
+    // Anti-entropy brings c the delete before anything is collected: no value comes back.
+    for k in &ks {
+        for id in ["a", "b", "c"] {
+            let o = lab.object(id, k);
+            assert!(o.is_none_or(|o| o.live().count() == 0), "{id} {k:?}");
+        }
+    }
+    lab.run(8_000);
+    for k in &ks {
+        for id in ["a", "b", "c"] {
+            assert_eq!(lab.object(id, k), None, "collected at last on {id}");
+        }
+    }
+}
+
+#[test]
+fn a_pending_hint_anywhere_holds_collection_back() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    let k = b"k".to_vec();
+    for id in ["a", "b", "c"] {
+        lab.write(id, &k, &deleted(&obj(1, "v")));
+    }
+    // b keeps an old value for some other owner: it might hand it back after collection.
+    lab.nodes["b"]
+        .store
+        .put_hint("elsewhere", b"other", &obj(1, "v"))
+        .unwrap();
+    lab.run(8_000);
+    for id in ["a", "b", "c"] {
+        assert!(lab.object(id, &k).is_some(), "{id} kept its tombstone");
+    }
 }

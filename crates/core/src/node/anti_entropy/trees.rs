@@ -1,7 +1,8 @@
 //! The Merkle trees of the ranges this node replicates: which ranges those are (from the ring),
 //! building each tree from a paged scan across ticks, and following every local write.
 
-use crate::merkle::{Digest, Range, Tree, digest};
+use crate::merkle::{Range, Tree, digest};
+use crate::node::tracked::{Change, dead};
 use crate::ring::{Ring, position};
 use crate::store::{LocalStore, StoreError};
 use std::collections::BTreeMap;
@@ -23,6 +24,8 @@ enum Build {
 pub struct RangeTree {
     /// The tree.
     pub tree: Tree,
+    /// Keys of the range holding only tombstones (what tombstone collection looks for).
+    pub dead: u64,
     build: Build,
     spans: Vec<(u64, u64)>,
 }
@@ -31,6 +34,7 @@ impl RangeTree {
     fn new(range: Range) -> Self {
         Self {
             tree: Tree::new(range),
+            dead: 0,
             build: Build::Scanning {
                 span: 0,
                 after: None,
@@ -75,6 +79,8 @@ pub struct Trees {
     by_end: BTreeMap<u64, Range>,
     /// The other primaries of each range, sorted.
     peers: BTreeMap<Range, Vec<String>>,
+    /// The ranges whose first replica is this node.
+    owned: std::collections::BTreeSet<Range>,
     rebuilt: u64,
 }
 
@@ -112,6 +118,11 @@ impl Trees {
             self.trees.entry(*r).or_insert_with(|| RangeTree::new(*r));
         }
         self.by_end = ranges.keys().map(|r| (r.end, *r)).collect();
+        self.owned = ranges
+            .keys()
+            .filter(|r| ring.walk(r.end, 1).first() == Some(&me))
+            .copied()
+            .collect();
         self.peers = ranges;
         changed
     }
@@ -128,16 +139,27 @@ impl Trees {
     }
 
     /// Applies one write to the tree of its key's range.
-    pub fn apply(&mut self, key: &[u8], old: Option<&Digest>, new: Option<&Digest>) {
-        let pos = position(key);
+    pub fn apply(&mut self, c: &Change) {
+        let pos = position(&c.key);
         let Some(range) = self.range_of(pos) else {
             return;
         };
         if let Some(t) = self.trees.get_mut(&range)
-            && t.scanned(pos, key)
+            && t.scanned(pos, &c.key)
         {
-            t.tree.update(pos, key, old, new);
+            t.tree.update(pos, &c.key, c.old.as_ref(), c.new.as_ref());
+            match (c.old_dead, c.new_dead) {
+                (false, true) => t.dead += 1,
+                (true, false) => t.dead = t.dead.saturating_sub(1),
+                _ => {}
+            }
         }
+    }
+
+    /// Whether this node is the first replica of `range` (the one that collects its
+    /// tombstones).
+    pub fn owns(&self, range: &Range) -> bool {
+        self.owned.contains(range)
     }
 
     /// Scans up to `budget` keys into the trees being built; returns how many it scanned.
@@ -156,6 +178,9 @@ impl Trees {
                 let last = page.last().map(|(k, _)| k.clone());
                 for (key, object) in &page {
                     t.tree.insert(position(key), key, &digest(object));
+                    if dead(object) {
+                        t.dead += 1;
+                    }
                 }
                 t.build = match (full, last) {
                     (true, last) => Build::Scanning { span, after: last },
@@ -211,10 +236,17 @@ impl Trees {
             .is_some_and(|p| p.iter().any(|x| x == node))
     }
 
-    /// (trees, trees being built, keys in the trees, trees rebuilt because they disagreed).
-    pub fn counts(&self) -> (usize, usize, u64, u64) {
+    /// (trees, trees being built, keys in the trees, trees rebuilt because they disagreed,
+    /// deleted keys still holding tombstones).
+    pub fn counts(&self) -> (usize, usize, u64, u64, u64) {
         let building = self.trees.values().filter(|t| !t.ready()).count();
         let keys = self.trees.values().map(|t| t.tree.keys()).sum();
-        (self.trees.len(), building, keys, self.rebuilt)
+        let dead = self.trees.values().map(|t| t.dead).sum();
+        (self.trees.len(), building, keys, self.rebuilt, dead)
+    }
+
+    /// Every range with its tree.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Range, &mut RangeTree)> {
+        self.trees.iter_mut()
     }
 }
