@@ -7,6 +7,8 @@
 //! - **False sibling**: two siblings of the final object where one write's context covered the
 //!   other's dot (the later write saw the earlier one, so it should have replaced it).
 //! - **Diverged replicas**: the N replicas of a key do not hold the same object.
+//! - **Resurrected value**: an acknowledged delete whose tombstone was collected, with a value
+//!   it had superseded back in the final object.
 //! - **Under-replicated acknowledgement**: a write acknowledged at W that fewer than W replicas
 //!   held when it was acknowledged (a failed write reported as acknowledged). Only the simulator
 //!   can see this one, at the moment of the answer; it records it as a violation directly.
@@ -81,6 +83,14 @@ pub enum Violation {
         /// The later write's value (whose context covered the earlier).
         by: Option<Vec<u8>>,
     },
+    /// A value an acknowledged delete had superseded is back after its tombstone was
+    /// collected.
+    Resurrected {
+        /// The key.
+        key: Vec<u8>,
+        /// The value that came back.
+        value: Option<Vec<u8>>,
+    },
     /// Replicas of a key differ.
     Diverged {
         /// The key.
@@ -129,6 +139,12 @@ impl fmt::Display for Violation {
                 String::from_utf8_lossy(key),
                 show(seen),
                 show(by)
+            ),
+            Violation::Resurrected { key, value } => write!(
+                f,
+                "deleted value came back: key {:?}: {} after its tombstone was collected",
+                String::from_utf8_lossy(key),
+                show(value)
             ),
             Violation::Diverged { key, copies } => write!(
                 f,
@@ -214,6 +230,19 @@ pub fn check(
                 ws.iter()
                     .any(|o| !std::ptr::eq(*o, *w) && o.may_exist() && o.context.covers(d))
             });
+            // A delete's tombstone may be collected once every replica held it; then nothing
+            // it superseded may be back.
+            if !present && w.value.is_none() {
+                for s in merged.live() {
+                    if w.context.covers(s.dot) {
+                        out.push(Violation::Resurrected {
+                            key: key.to_vec(),
+                            value: s.value.clone(),
+                        });
+                    }
+                }
+                continue;
+            }
             if !present && !superseded {
                 out.push(Violation::LostWrite {
                     key: key.to_vec(),

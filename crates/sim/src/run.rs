@@ -308,6 +308,19 @@ impl Sim {
         self.now = end;
     }
 
+    /// Whether every key's primaries hold the same copy.
+    pub(crate) fn converged(&self) -> bool {
+        (0..self.cfg.keys).all(|k| {
+            let key = key_name(k);
+            let mut copies = self
+                .primaries(&key)
+                .into_iter()
+                .map(|p| self.nodes[p].store.get(&key).ok().flatten());
+            let first = copies.next().flatten();
+            copies.all(|c| c == first)
+        })
+    }
+
     pub(crate) fn all_done(&self) -> bool {
         self.issued >= self.cfg.ops && self.clients.iter().all(|c| c.busy.is_none())
     }
@@ -359,31 +372,23 @@ impl Sim {
                     .into(),
             });
         }
-        // Repair: read every key at R=N through its first primary.
-        let n = self.cfg.node.n;
-        for k in 0..self.cfg.keys {
-            let key = key_name(k);
-            let Some(&first) = self.primaries(&key).first() else {
-                continue;
-            };
-            let cid = self.next_client_id;
-            self.next_client_id += 1;
-            self.at(
-                self.now + 1,
-                Ev::Request {
-                    to: first,
-                    client: cid,
-                    request: ClientRequest::Get {
-                        key,
-                        r: Some(n),
-                        pr: None,
-                    },
-                },
-            );
+        // Repair by anti-entropy alone: no client reads. Every node starts a round with every
+        // other replica of each of its ranges, again every few seconds, until every key's
+        // primaries agree (or two simulated minutes pass: the checker then reports them).
+        let deadline = self.now + 120_000;
+        let mut next_round = self.now;
+        while !self.converged() && self.now < deadline {
+            if self.now >= next_round {
+                for i in 0..self.nodes.len() {
+                    if let Some(core) = self.nodes[i].core.as_mut() {
+                        core.repair();
+                    }
+                }
+                next_round = self.now + 5_000;
+            }
+            let next = self.now + 250;
+            self.run_until(next);
         }
-        let settle = self.now + 5000;
-        self.run_until(settle);
-
         // Final state of every key on its primaries.
         let mut replicas: BTreeMap<Vec<u8>, Vec<(String, Option<Object>)>> = BTreeMap::new();
         for k in 0..self.cfg.keys {
@@ -449,6 +454,18 @@ impl Sim {
                     .filter_map(|n| n.core.as_ref())
                     .map(|c| c.stats().hints_delivered)
                     .sum::<u64>(),
+            ae_keys_repaired: self
+                .nodes
+                .iter()
+                .filter_map(|n| n.core.as_ref())
+                .map(|c| c.anti_entropy_stats().keys_repaired)
+                .sum(),
+            tombstones_collected: self
+                .nodes
+                .iter()
+                .filter_map(|n| n.core.as_ref())
+                .map(|c| c.anti_entropy_stats().tombstones_collected)
+                .sum(),
             violations,
             trace: std::mem::take(&mut self.trace),
         }

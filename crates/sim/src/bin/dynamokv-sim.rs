@@ -127,7 +127,7 @@ fn main() -> ExitCode {
             }
         }
         println!(
-            "seed {seed}: ops {} (ok {}, failed {}, unknown {}), faults {}, messages delivered {} dropped {}, hints stored {} delivered {}, simulated {:.1} s",
+            "seed {seed}: ops {} (ok {}, failed {}, unknown {}), faults {}, messages delivered {} dropped {}, hints stored {} delivered {}, anti-entropy repaired {} keys, tombstones collected {}, simulated {:.1} s",
             r.ops,
             r.ok,
             r.failed,
@@ -137,6 +137,8 @@ fn main() -> ExitCode {
             r.dropped,
             r.hints_stored,
             r.hints_delivered,
+            r.ae_keys_repaired,
+            r.tombstones_collected,
             r.sim_ms as f64 / 1000.0
         );
         println!("trace-hash: {:016x}", r.trace_hash);

@@ -212,7 +212,7 @@ impl AntiEntropy {
         session: u64,
         leaves: Vec<u16>,
         entries: Vec<(Vec<u8>, Digest)>,
-        complete: bool,
+        _complete: bool, // a cut list costs only extra pushes; a later session finishes
         store: &S,
         out: &mut Outbox,
     ) {
@@ -246,11 +246,11 @@ impl AntiEntropy {
             .filter(|k| !mine.contains_key(*k))
             .cloned()
             .collect();
+        if mine_complete && self.tree_disagrees(range, &leaves, &mine) {
+            // This node's tree does not match its own keys: rebuild it from storage.
+            self.trees.rebuild(range);
+        }
         if push.is_empty() && want.is_empty() {
-            if complete && mine_complete {
-                // The leaves differ but the keys agree: this node's tree is wrong.
-                self.trees.rebuild(range);
-            }
             return self.end(session, End::Repaired);
         }
         if let Some(s) = self.sessions.get_mut(&session) {
@@ -259,6 +259,30 @@ impl AntiEntropy {
             s.stage = Stage::Pushing { awaiting: false };
         }
         self.pump(now, session, store, out);
+    }
+
+    /// Whether the tree of `range` disagrees with this node's own keys in `leaves`.
+    fn tree_disagrees(
+        &self,
+        range: Range,
+        leaves: &[usize],
+        mine: &BTreeMap<Vec<u8>, Digest>,
+    ) -> bool {
+        let Some(t) = self.trees.get(&range) else {
+            return false;
+        };
+        let mut computed: BTreeMap<usize, Hash> = leaves.iter().map(|l| (*l, [0; 32])).collect();
+        for (key, d) in mine {
+            if let Some(h) = computed.get_mut(&range.leaf_of(position(key))) {
+                let e = crate::merkle::entry_hash(key, d);
+                for (a, b) in h.iter_mut().zip(e) {
+                    *a ^= b;
+                }
+            }
+        }
+        computed
+            .iter()
+            .any(|(l, h)| t.tree.leaves_of(l / FANOUT)[l % FANOUT] != *h)
     }
 
     /// Sends the next batch of a session, if the throttle lets it; ends a session with nothing
