@@ -24,6 +24,7 @@
 //! flight, who is up, pending quorums) but nothing that was acknowledged. A restarted node
 //! takes a new actor id, as the server does after an unclean shutdown.
 
+pub mod ae_lab;
 pub mod checker;
 mod cluster;
 mod faults;

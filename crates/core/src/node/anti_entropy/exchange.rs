@@ -137,13 +137,25 @@ impl AntiEntropy {
                     .tree
                     .differing_branches(&theirs)
                     .into_iter()
-                    .map(|b| (b as u16, t.tree.leaves_of(b).to_vec()))
+                    .map(|b| {
+                        let leaves = t.tree.leaves_of(b);
+                        // A branch with no key travels as an empty list.
+                        let sent = if leaves.iter().all(|h| *h == EMPTY) {
+                            Vec::new()
+                        } else {
+                            leaves.to_vec()
+                        };
+                        (b as u16, sent)
+                    })
                     .collect();
                 if branches.is_empty() {
                     // Equal by now: a write arrived meanwhile. Not a proof; next round.
                     return self.end(session, End::Repaired);
                 }
-                self.stats.bytes_sent += (branches.len() * (FANOUT * 32 + 2)) as u64;
+                self.stats.bytes_sent += branches
+                    .iter()
+                    .map(|(_, l)| l.len() * 32 + 3)
+                    .sum::<usize>() as u64;
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.stage = Stage::Leaves;
                     s.deadline = now + self.config.timeout_ms;
@@ -177,8 +189,10 @@ impl AntiEntropy {
             return;
         };
         let mut leaves: Vec<usize> = Vec::new();
+        let empty = [EMPTY; FANOUT];
         for (b, theirs) in branches.iter().take(FANOUT) {
             let b = usize::from(*b);
+            let theirs: &[Hash] = if theirs.is_empty() { &empty } else { theirs };
             if b < FANOUT && theirs.len() == FANOUT {
                 leaves.extend(t.tree.differing_leaves(b, theirs));
             }

@@ -23,7 +23,7 @@ use super::outbox::Outbox;
 use super::replica::validate;
 use super::throttle::Throttle;
 use crate::clock::Now;
-use crate::merkle::{Digest, FANOUT, Hash, LEAVES, Range, digest};
+use crate::merkle::{Digest, EMPTY, FANOUT, Hash, LEAVES, Range, digest};
 use crate::message::{RootAnswer, SyncMessage};
 use crate::ring::{Ring, position};
 use crate::store::LocalStore;
@@ -357,13 +357,15 @@ impl AntiEntropy {
             }
             let forced = self.force;
             self.force = false;
-            let pairs: Vec<(Range, String)> = self
+            // Peer by peer, so that sessions running together are on different ranges.
+            let mut pairs: Vec<(Range, String)> = self
                 .trees
                 .peers()
                 .iter()
                 .flat_map(|(r, peers)| peers.iter().map(move |p| (*r, p.clone())))
                 .filter(|(_, p)| forced || me < p.as_str())
                 .collect();
+            pairs.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
             let id = self.next_round_id;
             self.next_round_id += 1;
             self.round = Some(Round {
@@ -390,8 +392,9 @@ impl AntiEntropy {
                 round.progress.done += 1;
                 continue;
             };
-            if !t.ready() {
-                // Wait for the tree to be built.
+            if !t.ready() || self.sessions.values().any(|s| s.range == range) {
+                // Wait for the tree to be built, or for the session on this range with
+                // another replica to end (what it repairs need not travel twice).
                 break;
             }
             round.next += 1;
