@@ -274,8 +274,9 @@ impl Object {
     }
 
     /// [`Object::update`], with the new dot's counter at least `floor`. A coordinator holding
-    /// no entry of its own for a key passes the wall clock in ms, so that a counter it issued
-    /// before the key's tombstone was collected is never issued again.
+    /// no entry of its own for a key passes one more than the highest counter it ever issued,
+    /// so that a counter it issued before the key's tombstone was collected is never issued
+    /// again.
     pub fn update_from(
         &self,
         actor: ActorId,

@@ -13,6 +13,7 @@ use dynamokv_storage::{Engine, Space, StorageError, WriteBatch};
 
 const ACTOR: &[u8] = b"actor";
 const CLEAN: &[u8] = b"clean-shutdown";
+const COUNTER_FLOOR: &[u8] = b"counter-floor";
 const SECRET: &[u8] = b"cluster-secret";
 const NODE_ID: &[u8] = b"node-id";
 
@@ -57,6 +58,19 @@ impl Identity {
         engine.write(b)?;
         engine.flush()?;
         Ok(Identity { actor, fresh_actor })
+    }
+
+    /// The highest version counter the actor issued in its previous run (0 if unknown).
+    pub fn counter_floor(engine: &dyn Engine) -> Result<u64, StorageError> {
+        Ok(engine
+            .get(Space::Meta, COUNTER_FLOOR)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Keeps the highest version counter the actor issued, for its next run.
+    pub fn save_counter_floor(engine: &dyn Engine, floor: u64) -> Result<(), StorageError> {
+        engine.put(Space::Meta, COUNTER_FLOOR, &floor.to_be_bytes())
     }
 
     /// Records a clean shutdown, durably. Call after the last write.
@@ -108,6 +122,14 @@ impl Identity {
 mod tests {
     use super::*;
     use dynamokv_storage::MemoryEngine;
+
+    #[test]
+    fn counter_floor_is_kept() {
+        let e = MemoryEngine::new();
+        assert_eq!(Identity::counter_floor(&e).unwrap(), 0);
+        Identity::save_counter_floor(&e, 1234).unwrap();
+        assert_eq!(Identity::counter_floor(&e).unwrap(), 1234);
+    }
 
     #[test]
     fn actor_kept_after_clean_shutdown_and_renewed_after_crash() {

@@ -128,6 +128,15 @@ pub async fn run(
         local.identity.actor.0 ^ node::now_ms(),
         &known,
     );
+    if local.identity.fresh_actor.is_none() {
+        // The same actor as the last run: continue above the counters it issued.
+        let engine = local.engine.clone();
+        let floor = blocking("reading the version counter floor", move || {
+            identity::Identity::counter_floor(engine.as_ref()).map_err(NodeError::from)
+        })
+        .await?;
+        core.raise_counter_floor(floor);
+    }
     if local.identity.fresh_actor == Some(identity::NEW_DATA_DIRECTORY) {
         // If the cluster knew this node, its data is lost: rebuild it before counting reads.
         core.started_empty();

@@ -197,5 +197,11 @@ pub fn run_node(
             }
         }
     }
+    // The next run of the same actor must not issue these counters again.
+    if let Err(e) =
+        crate::identity::Identity::save_counter_floor(engine.as_ref(), node.counter_floor())
+    {
+        tracing::error!(error = %e, "cannot keep the version counter floor");
+    }
     tracing::debug!("node thread stopped");
 }

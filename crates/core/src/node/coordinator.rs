@@ -88,6 +88,8 @@ pub struct Coordinator {
     versions: [u64; 4],
     sibling_warnings: u64,
     refused_writes: u64,
+    /// The highest counter this node's actor issued, for any key (see `counter_floor`).
+    counter_floor: u64,
 }
 
 /// The key as text for an error message: lossy UTF-8, shortened.
@@ -283,17 +285,19 @@ impl Coordinator {
             } => {
                 self.writes += 1;
                 let actor = local.actor;
+                let next_counter = self.counter_floor + 1;
                 let mut value = Some(value);
                 let mut refused = None;
                 let stamped = local.store.modify(&key, &mut |current| {
                     let ctx = context.clone().unwrap_or_default();
-                    // The wall clock: only for the timestamp the version carries.
                     // A key this node holds no entry of its own for (never written here, or its
-                    // tombstone collected) starts its counter at the wall clock.
+                    // tombstone collected while some replica may still hold it) continues from
+                    // the highest counter this actor ever issued, so no dot is issued twice.
                     let floor = match current.clock().get(actor).or(ctx.get(actor)) {
                         Some(_) => 0,
-                        None => now.wall,
+                        None => next_counter,
                     };
+                    // The wall clock: only for the timestamp the version carries.
                     let candidate =
                         current.update_from(actor, &ctx, value.take().flatten(), now.wall, floor);
                     refused = over_limits(config, &key, &current, &candidate);
@@ -313,6 +317,7 @@ impl Coordinator {
                         return out.respond(origin, Err(OpError::Storage { node, message: e.0 }));
                     }
                 };
+                self.counter_floor = self.counter_floor.max(object.clock().counter(actor));
                 if object.siblings().len() >= SIBLING_WARNING {
                     self.sibling_warnings += 1;
                 }
@@ -605,6 +610,17 @@ impl Coordinator {
             self.read_repairs,
             self.sloppy_writes,
         )
+    }
+
+    /// The highest counter this node's actor issued (persisted across clean restarts, when the
+    /// actor is kept).
+    pub fn counter_floor(&self) -> u64 {
+        self.counter_floor
+    }
+
+    /// Raises the counter floor (to what a previous run of the same actor issued).
+    pub fn raise_counter_floor(&mut self, floor: u64) {
+        self.counter_floor = self.counter_floor.max(floor);
     }
 
     /// Reads that found 1, 2, 3 and 4 or more versions; writes that left 25 siblings or more;

@@ -255,6 +255,19 @@ impl<S: LocalStore> Node<S> {
         self.store.inner()
     }
 
+    /// The highest counter this node's actor issued for any key. A coordinator writing a key it
+    /// holds no entry of its own for continues above it, so that a counter issued before the
+    /// key's tombstone was collected is never issued again. The server keeps it across clean
+    /// restarts ([`Node::raise_counter_floor`]).
+    pub fn counter_floor(&self) -> u64 {
+        self.coordinator.counter_floor()
+    }
+
+    /// Restores the counter floor of a previous run of the same actor.
+    pub fn raise_counter_floor(&mut self, floor: u64) {
+        self.coordinator.raise_counter_floor(floor);
+    }
+
     /// Declares that this node started with an empty data directory. If the cluster turns out
     /// to know this node from before, it lost its data: it rebuilds it by anti-entropy, and its
     /// copies do not count towards read quorums until then.

@@ -748,3 +748,29 @@ fn a_wall_clock_step_back_changes_no_timer() {
     assert_eq!(values(&c.local(&down, &key).unwrap()), vec![b"h".to_vec()]);
     assert_eq!(c.nodes[&fallback].store().hint_count(), 0);
 }
+
+#[test]
+fn a_coordinator_whose_copy_was_collected_never_reissues_a_counter() {
+    let mut c = Cluster::new(3);
+    let at = c.primaries(b"k")[0].clone();
+    let mut top = 0;
+    for v in [&b"a"[..], b"b", b"c"] {
+        let ctx = c.local(&at, b"k").map(|o| o.context());
+        let Ok(Reply::Written { dot, .. }) = c.put(&at, b"k", v, ctx, None) else {
+            panic!("write failed");
+        };
+        top = dot.counter;
+    }
+    assert!(top >= 3);
+    // The key's copy goes (its tombstone collected here, say), but another replica may still
+    // hold the old clock: the next dot must be above every counter issued before.
+    let copy = c.local(&at, b"k").unwrap();
+    assert!(c.nodes[&at].store().remove_if(b"k", &copy).unwrap());
+    let Ok(Reply::Written { dot, .. }) = c.put(&at, b"k", b"d", None, None) else {
+        panic!("write failed");
+    };
+    assert!(dot.counter > top, "{} after {top}", dot.counter);
+    // And the floor survives a restart of the same actor.
+    let floor = c.nodes[&at].counter_floor();
+    assert_eq!(floor, dot.counter);
+}

@@ -7,7 +7,9 @@
 //! - no node keeps hints: this node checks its own store, and every other member reported
 //!   "no hints" in its latest anti-entropy message (a fallback could otherwise hand an old
 //!   value back after the tombstone is gone);
-//! - every tombstone of the key is older than `tombstone_min_age_ms` (wall clock).
+//! - the collector has seen the key hold this very version, only tombstones, for at least
+//!   `tombstone_min_age_ms` (on its own monotonic clock: a coordinator's skewed wall clock
+//!   cannot make a fresh tombstone look old).
 //!
 //! It then sends the other primaries [`SyncMessage::Reap`] with the keys and the digests of
 //! their versions and removes its own copies; a replica removes a key only if its copy is still
@@ -33,6 +35,8 @@ pub(super) struct Sweep {
     span: usize,
     after: Option<Vec<u8>>,
     found: Vec<(Vec<u8>, Object)>,
+    /// Every tombstone-only key of the range this sweep saw: its version and since when.
+    seen: BTreeMap<Vec<u8>, (Digest, u64)>,
 }
 
 /// The collector's state.
@@ -45,6 +49,9 @@ pub(super) struct Collector {
     peer_hints: BTreeMap<String, bool>,
     /// Whether this node keeps hints, and when that was last checked.
     hints_here: (bool, u64),
+    /// Per range, the tombstone-only keys the last sweep saw: their version and since when
+    /// (monotonic ms).
+    seen: BTreeMap<Range, BTreeMap<Vec<u8>, (Digest, u64)>>,
 }
 
 impl AntiEntropy {
@@ -108,7 +115,14 @@ impl AntiEntropy {
                 .unwrap_or(true);
             self.gc.hints_here = (kept, now.mono);
         }
-        let pause = self.config.interval_ms.max(1_000);
+        // Sweep a range often enough to see a tombstone reach the minimum age a few times over.
+        let trees = &self.trees;
+        self.gc.seen.retain(|r, _| trees.get(r).is_some());
+        let pause = self
+            .config
+            .interval_ms
+            .max(self.config.tombstone_min_age_ms / 4)
+            .max(1_000);
         if self.gc.sweep.is_none() {
             let next = self
                 .trees
@@ -140,6 +154,7 @@ impl AntiEntropy {
                 span: 0,
                 after: None,
                 found: Vec::new(),
+                seen: BTreeMap::new(),
             });
         }
         let Some(mut sweep) = self.gc.sweep.take() else {
@@ -156,12 +171,18 @@ impl AntiEntropy {
             let full = page.len() == budget;
             budget -= page.len();
             sweep.after = page.last().map(|(k, _)| k.clone());
+            let before = self.gc.seen.get(&sweep.range);
             for (key, object) in page {
-                let old = object
-                    .siblings()
-                    .iter()
-                    .all(|s| s.timestamp.saturating_add(min_age) <= now.wall);
-                if dead(&object) && old {
+                if !dead(&object) {
+                    continue;
+                }
+                let version = digest(&object);
+                let since = before
+                    .and_then(|b| b.get(&key))
+                    .filter(|(d, _)| *d == version)
+                    .map_or(now.mono, |(_, since)| *since);
+                sweep.seen.insert(key.clone(), (version, since));
+                if now.mono >= since.saturating_add(min_age) {
                     sweep.found.push((key, object));
                 }
             }
@@ -174,6 +195,8 @@ impl AntiEntropy {
             self.gc.sweep = Some(sweep);
             return;
         }
+        let seen = std::mem::take(&mut sweep.seen);
+        self.gc.seen.insert(sweep.range, seen);
         // Reap only if nothing changed here since the sweep began and the proof still holds.
         let unchanged = self
             .trees
