@@ -8,7 +8,7 @@ use crate::store::{LocalStore, StoreError};
 use std::collections::BTreeMap;
 
 /// Keys scanned into trees per tick, so that building never stalls the node.
-pub const BUILD_KEYS_PER_TICK: usize = 2_000;
+pub const BUILD_KEYS_PER_TICK: usize = 1_000;
 
 /// Where the build of one tree is.
 #[derive(Debug, Clone, PartialEq, Eq)]
