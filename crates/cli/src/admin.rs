@@ -15,6 +15,49 @@ pub enum AdminCommand {
     /// Compares every range a node replicates with every other replica now (anti-entropy),
     /// repairs what differs, and shows the progress until the round ends.
     Repair(RepairArgs),
+    /// Waits until a node started with --seeds has joined: it is `joining` while it fetches the
+    /// data of the ranges it will own, then `up`. (A new node joins by starting with --seeds.)
+    Join(ChangeArgs),
+    /// Makes a node leave the cluster gracefully: it hands every range to its new owners, then
+    /// is `left`. Shows the plan first.
+    Leave(ChangeArgs),
+    /// Declares a dead node removed: the new owners of its ranges rebuild them from the
+    /// surviving replicas. Shows the plan first.
+    Remove(RemoveArgs),
+}
+
+/// Flags of `dynamokv admin join` and `leave`.
+#[derive(Args, Debug)]
+pub struct ChangeArgs {
+    /// Base URL of the node that joins or leaves.
+    #[arg(
+        long,
+        env = "DYNAMOKV_NODE",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    node: String,
+    /// Return at once instead of waiting for the change to complete.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up waiting after this many seconds (the change goes on).
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    timeout: u64,
+}
+
+/// Flags of `dynamokv admin remove`.
+#[derive(Args, Debug)]
+pub struct RemoveArgs {
+    /// The id of the dead node to remove.
+    id: String,
+    /// Base URL of any live node.
+    #[arg(
+        long,
+        env = "DYNAMOKV_NODE",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    node: String,
 }
 
 /// Flags of `dynamokv admin repair`.
@@ -106,6 +149,22 @@ fn print_view(v: &Value) {
             st["sibling_warnings"],
             st["refused_writes"]
         );
+        let t = &st["transfer"];
+        if let Some(change) = t["change"].as_str().filter(|c| !c.is_empty()) {
+            let (done, total) = (
+                t["confirmed"].as_u64().unwrap_or(0),
+                t["ranges"].as_u64().unwrap_or(0),
+            );
+            let secs = t["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+            let eta = if done > 0 && total > done {
+                format!("{:.0} s", secs * (total - done) as f64 / done as f64)
+            } else {
+                "-".to_owned()
+            };
+            println!(
+                "  transfer: {change}, {done}/{total} ranges confirmed after {secs:.1} s, ETA {eta}"
+            );
+        }
         let ae = &st["anti_entropy"];
         if ae.is_object() {
             let state = if ae["rebuilding"].as_bool() == Some(true) {
@@ -181,7 +240,144 @@ pub fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AdminCommand::Status(args) => status(args),
         AdminCommand::Repair(args) => repair(args),
+        AdminCommand::Join(args) => change(args, false),
+        AdminCommand::Leave(args) => change(args, true),
+        AdminCommand::Remove(args) => remove(args),
     }
+}
+
+fn runtime() -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    Ok((rt, http))
+}
+
+async fn post(http: &reqwest::Client, url: &str, path: &str) -> anyhow::Result<Value> {
+    let r = http
+        .post(format!("{}{path}", url.trim_end_matches('/')))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "{url} refused ({status}): {}",
+            body["message"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(body)
+}
+
+async fn print_plan(http: &reqwest::Client, url: &str, query: &str) -> anyhow::Result<()> {
+    let r = http
+        .get(format!("{}/admin/plan?{query}", url.trim_end_matches('/')))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let plan: Value = r.json().await?;
+    if let Some(msg) = plan["message"].as_str() {
+        bail!("{msg}");
+    }
+    println!(
+        "plan: {:.1}% of the key space (about {} keys) moves to new owners; {} members remain",
+        plan["share"].as_f64().unwrap_or(0.0) * 100.0,
+        plan["keys_estimate"],
+        plan["remaining_members"]
+    );
+    for m in plan["moves"].as_array().into_iter().flatten() {
+        println!(
+            "  -> {:<14} {:>5.1}% (about {} keys)",
+            m["to"].as_str().unwrap_or("?"),
+            m["share"].as_f64().unwrap_or(0.0) * 100.0,
+            m["keys_estimate"]
+        );
+    }
+    Ok(())
+}
+
+/// This node's own id and status, as it declares them.
+async fn own_status(http: &reqwest::Client, url: &str) -> anyhow::Result<(String, String)> {
+    let v = fetch(http, url, "members").await?;
+    let id = v["node"].as_str().unwrap_or_default().to_owned();
+    let status = v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["id"] == id.as_str())
+        .and_then(|m| m["status"].as_str())
+        .unwrap_or("?")
+        .to_owned();
+    Ok((id, status))
+}
+
+fn change(args: ChangeArgs, leave: bool) -> anyhow::Result<ExitCode> {
+    let (rt, http) = runtime()?;
+    rt.block_on(async {
+        let (id, status) = own_status(&http, &args.node).await?;
+        if leave {
+            print_plan(&http, &args.node, &format!("leave={id}")).await?;
+            post(&http, &args.node, "/admin/leave").await?;
+            println!("{id} is leaving");
+        } else if status == "up" {
+            println!("{id} is up: it has joined");
+            return Ok(ExitCode::SUCCESS);
+        } else if status != "joining" {
+            bail!("{id} is {status}, not joining; a new node joins by starting with --seeds");
+        }
+        if args.no_wait {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let target = if leave { "left" } else { "up" };
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {bar:40} {pos}/{len} ranges confirmed, {elapsed} elapsed, ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(if leave { "leaving" } else { "joining" });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
+        loop {
+            let (_, status) = own_status(&http, &args.node).await?;
+            if status == target {
+                bar.finish_and_clear();
+                println!("{id} is {target}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Ok(st) = fetch(&http, &args.node, "stats").await {
+                let t = &st["transfer"];
+                bar.set_length(t["ranges"].as_u64().unwrap_or(0));
+                bar.set_position(t["confirmed"].as_u64().unwrap_or(0));
+            }
+            if std::time::Instant::now() > deadline {
+                bar.abandon();
+                println!(
+                    "still {status} after {} s; the change goes on",
+                    args.timeout
+                );
+                return Ok(ExitCode::from(2));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+}
+
+fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
+    let (rt, http) = runtime()?;
+    rt.block_on(async {
+        print_plan(&http, &args.node, &format!("remove={}", args.id)).await?;
+        post(&http, &args.node, &format!("/admin/remove/{}", args.id)).await?;
+        println!(
+            "{} removed; its ranges are rebuilt from the surviving replicas by anti-entropy (see dynamokv admin status)",
+            args.id
+        );
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {

@@ -126,6 +126,74 @@ pub fn ring_of<'a>(members: impl IntoIterator<Item = &'a Member>) -> Result<Ring
     Ring::new(&tokens)
 }
 
+/// The rings of a set of member records while membership changes are in progress.
+///
+/// - `current`: who owns data now (up and leaving members, [`ring_of`]): reads and the write
+///   quorum use it.
+/// - `future`: who will own it once every join and leave in progress has ended (up and joining
+///   members): writes also go to a key's future primaries that are not current ones (pending
+///   replicas), and joining nodes fetch the data of their future ranges.
+/// - `all`: every token of both, the finest partition of the ring: anti-entropy keeps a tree per
+///   range of it, so that current and future owners compare the same ranges.
+///
+/// With no change in progress the three are the same ring.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rings {
+    /// Up and leaving members.
+    pub current: Ring,
+    /// Up and joining members.
+    pub future: Ring,
+    /// Up, joining and leaving members.
+    pub all: Ring,
+}
+
+fn ring_with<'a>(
+    members: impl IntoIterator<Item = &'a Member>,
+    keep: impl Fn(Status) -> bool,
+) -> Result<Ring, RingError> {
+    let tokens: BTreeMap<String, Vec<u64>> = members
+        .into_iter()
+        .filter(|m| keep(m.status))
+        .map(|m| (m.id.clone(), m.tokens.clone()))
+        .collect();
+    Ring::new(&tokens)
+}
+
+/// The current, future and all-tokens rings of a set of member records (see [`Rings`]).
+pub fn rings_of<'a>(
+    members: impl IntoIterator<Item = &'a Member> + Clone,
+) -> Result<Rings, RingError> {
+    Ok(Rings {
+        current: ring_of(members.clone())?,
+        future: ring_with(members.clone(), |s| {
+            matches!(s, Status::Up | Status::Joining)
+        })?,
+        all: ring_with(members, |s| s != Status::Left)?,
+    })
+}
+
+/// What a membership change would move once complete: for each node, the fraction of the key
+/// space it would newly replicate (summed over its ranges), given the records before and after.
+pub fn plan<'a>(
+    before: impl IntoIterator<Item = &'a Member> + Clone,
+    after: impl IntoIterator<Item = &'a Member> + Clone,
+    n: usize,
+) -> Result<BTreeMap<String, f64>, RingError> {
+    let old = ring_with(before.clone(), |s| s == Status::Up || s == Status::Joining)?;
+    let new = ring_with(after.clone(), |s| s == Status::Up || s == Status::Joining)?;
+    let all = ring_with(before.into_iter().chain(after), |s| s != Status::Left)?;
+    let mut gained: BTreeMap<String, f64> = BTreeMap::new();
+    for range in all.ranges() {
+        let was = old.walk(range.end, n);
+        for node in new.walk(range.end, n) {
+            if !was.contains(&node) {
+                *gained.entry(node.to_owned()).or_default() += range.len() as f64 / 2f64.powi(64);
+            }
+        }
+    }
+    Ok(gained)
+}
+
 /// A heartbeat: the node's generation and a counter it raises every gossip round.
 pub type Heartbeat = (u64, u64);
 
@@ -269,6 +337,11 @@ impl View {
             }
         }
         applied
+    }
+
+    /// The current, future and all-tokens rings this view describes (see [`Rings`]).
+    pub fn rings(&self) -> Result<Rings, RingError> {
+        rings_of(self.members.values())
     }
 
     /// The ring this view describes (see [`ring_of`]).

@@ -457,6 +457,24 @@ pub enum SyncMessage {
         /// Keys and the digests of the tombstone-only versions to remove.
         keys: Vec<(Vec<u8>, Digest)>,
     },
+    /// "Here is a key of a range I no longer replicate: merge it" (moved data, after a join
+    /// or a leave); the sender deletes its copy once every current owner acknowledged.
+    Handover {
+        /// Id at the sender.
+        id: u64,
+        /// The key.
+        key: Vec<u8>,
+        /// The sender's copy.
+        object: Object,
+    },
+    /// The answer to a [`SyncMessage::Handover`]: merged (`true`), or refused because the
+    /// receiver does not replicate the key.
+    HandoverAck {
+        /// The sender's id.
+        id: u64,
+        /// Whether the receiver merged it.
+        ok: bool,
+    },
     /// Responder: the session cannot go on (no tree for the range, or it is being built).
     Refused {
         /// The initiator's session id.

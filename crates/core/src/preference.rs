@@ -50,6 +50,28 @@ pub struct PreferenceList {
     /// Where requests go: every reachable primary in ring order, then one fallback per
     /// unreachable primary while reachable nodes remain.
     pub targets: Vec<Target>,
+    /// Reachable nodes that will be primaries once the joins and leaves in progress end and are
+    /// not targets now: writes go to them too, without counting toward W ([`with_pending`]).
+    #[serde(default)]
+    pub pending: Vec<String>,
+}
+
+/// Adds to `pref` the pending replicas of `key`: its primaries in the `future` ring (see
+/// [`crate::membership::Rings`]) that are reachable and not already targets.
+pub fn with_pending(
+    mut pref: PreferenceList,
+    future: &Ring,
+    key: &[u8],
+    n: usize,
+    is_up: impl Fn(&str) -> bool,
+) -> PreferenceList {
+    pref.pending = future
+        .walk(position(key), n)
+        .into_iter()
+        .filter(|p| is_up(p) && !pref.targets.iter().any(|t| t.node == *p))
+        .map(str::to_owned)
+        .collect();
+    pref
 }
 
 impl PreferenceList {
@@ -123,7 +145,11 @@ pub fn preference_list(
             });
         }
     }
-    PreferenceList { primaries, targets }
+    PreferenceList {
+        primaries,
+        targets,
+        pending: Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -111,11 +111,22 @@ pub async fn run(
     if known.len() > 1 {
         tracing::info!(members = known.len(), "membership history replayed");
     }
+    // A node keeps the status it had; a new node joining through seeds starts as `joining`
+    // (it owns nothing until it holds the data of its ranges); the first node of a cluster is up.
+    use dynamokv_core::membership::Status;
+    let status = match known.iter().find(|m| m.id == local.node_id) {
+        Some(previous) => previous.status,
+        None if config.seeds.is_empty() => Status::Up,
+        None => Status::Joining,
+    };
+    if status != Status::Up {
+        tracing::info!(status = status.as_str(), "starting");
+    }
     let me = Member {
         id: local.node_id.clone(),
         generation: node::now_ms(),
         version: 1,
-        status: dynamokv_core::membership::Status::Up,
+        status,
         peer_addr: advertise_peer.clone(),
         http_addr: advertise_http.clone(),
         tokens: dynamokv_core::ring::hashed_tokens(&local.node_id, config.vnodes),

@@ -97,6 +97,8 @@ fn sync_kind(m: &SyncMessage) -> u8 {
         SyncMessage::Pull { .. } => 5,
         SyncMessage::Refused { .. } => 6,
         SyncMessage::Reap { .. } => 7,
+        SyncMessage::Handover { .. } => 8,
+        SyncMessage::HandoverAck { .. } => 9,
     }
 }
 

@@ -199,7 +199,8 @@ pub fn start_cluster(dirs: &[tempfile::TempDir], extra: &[&str]) -> Vec<Node> {
     nodes
 }
 
-/// Polls every node's `/admin/ring` until all list `expect` members, all up, with one version.
+/// Polls every node's `/admin/ring` until all list `expect` members, all up and joined, with
+/// one version.
 pub async fn wait_for_ring(nodes: &[&Node], expect: usize) -> String {
     let c = http();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -211,7 +212,16 @@ pub async fn wait_for_ring(nodes: &[&Node], expect: usize) -> String {
                 Ok(r) => {
                     let v: serde_json::Value = r.json().await.unwrap_or_default();
                     let members = v["members"].as_array().cloned().unwrap_or_default();
-                    let up = members.iter().filter(|m| m["up"] == true).count();
+                    // Up as seen from here, and joined (status up, not still joining).
+                    let up = members
+                        .iter()
+                        .filter(|m| {
+                            m["up"] == true
+                                && m["status"]
+                                    .as_str()
+                                    .is_some_and(|s| s.eq_ignore_ascii_case("up"))
+                        })
+                        .count();
                     if members.len() != expect || up != expect {
                         ok = false;
                     }

@@ -7,7 +7,7 @@
 use super::outbox::Outbox;
 use crate::failure_detector::{DetectorConfig, FailureDetector, Opinion};
 use crate::gossip;
-use crate::membership::{Delta, Member, Status, View, supersedes};
+use crate::membership::{Delta, Member, Rings, Status, View, supersedes};
 use crate::message::GossipMessage;
 use crate::ring::Ring;
 use crate::rng::Rng;
@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Cluster {
     me: Member,
     view: View,
-    ring: Ring,
+    rings: Rings,
     connected: BTreeSet<String>,
     seeds: BTreeSet<String>,
     detector: FailureDetector,
@@ -63,12 +63,12 @@ impl Cluster {
         );
         view.members.insert(me.id.clone(), me.clone());
         view.heartbeats.insert(me.id.clone(), (me.generation, 1));
-        let ring = view.ring().unwrap_or_default();
+        let rings = view.rings().unwrap_or_default();
         out.persist(me.clone());
         Self {
             me,
             view,
-            ring,
+            rings,
             connected: BTreeSet::new(),
             seeds: BTreeSet::new(),
             detector: FailureDetector::new(detector),
@@ -98,9 +98,14 @@ impl Cluster {
         &self.me.id
     }
 
-    /// The ring.
+    /// The ring: who owns data now.
     pub fn ring(&self) -> &Ring {
-        &self.ring
+        &self.rings.current
+    }
+
+    /// The current, future and all-tokens rings (see [`Rings`]).
+    pub fn rings(&self) -> &Rings {
+        &self.rings
     }
 
     /// The replicated membership state.
@@ -199,11 +204,35 @@ impl Cluster {
         self.view
             .members
             .insert(self.me.id.clone(), self.me.clone());
-        if let Ok(ring) = self.view.ring() {
-            self.ring = ring;
+        if let Ok(rings) = self.view.rings() {
+            self.rings = rings;
         }
         self.members_epoch += 1;
         out.persist(self.me.clone());
+    }
+
+    /// Declares `id` removed (`left`) on its behalf: for a dead node that will not come back.
+    /// Refused for this node itself, an unknown id, or a node that is up (it can leave itself).
+    pub fn remove(&mut self, id: &str, out: &mut Outbox) -> Result<(), String> {
+        if id == self.me.id {
+            return Err("a node cannot remove itself; use leave".into());
+        }
+        let Some(known) = self.view.members.get(id) else {
+            return Err(format!("no member {id} is known"));
+        };
+        if self.is_up(id) {
+            return Err(format!(
+                "{id} is up: ask it to leave (dynamokv admin leave), which hands its data over"
+            ));
+        }
+        if known.status == Status::Left {
+            return Ok(());
+        }
+        let mut record = known.clone();
+        record.status = Status::Left;
+        record.version += 1;
+        self.learn(&[record], out);
+        Ok(())
     }
 
     /// A gossip message from `from`.
@@ -275,9 +304,9 @@ impl Cluster {
                 heartbeats: Vec::new(),
             };
             let applied = next.apply(&records, &me);
-            match next.ring() {
-                Ok(ring) => {
-                    self.ring = ring;
+            match next.rings() {
+                Ok(rings) => {
+                    self.rings = rings;
                     self.view = next;
                     self.members_epoch += 1;
                     changed = !applied.members.is_empty();

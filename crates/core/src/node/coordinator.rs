@@ -336,6 +336,19 @@ impl Coordinator {
                         },
                     );
                 }
+                // Nodes joining (or taking over from a leaving node) get every write of the
+                // ranges they will own; their answers do not count toward W.
+                for p in pref.pending.iter().filter(|p| *p != local.id) {
+                    out.send(
+                        p,
+                        KvMessage::Replicate {
+                            id,
+                            key: key.clone(),
+                            object: object.clone(),
+                            hint: None,
+                        },
+                    );
+                }
                 let dot = Dot {
                     actor,
                     counter: object.clock().counter(actor),

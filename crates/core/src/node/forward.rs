@@ -167,6 +167,7 @@ mod tests {
                     role: Role::Primary,
                 })
                 .collect(),
+            pending: Vec::new(),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod forward;
 pub mod handoff;
 pub mod info;
 pub mod outbox;
+pub mod rebalance;
 pub mod replica;
 pub mod throttle;
 pub mod tracked;
@@ -38,7 +39,7 @@ use crate::failure_detector::{DetectorConfig, Opinion};
 use crate::limits;
 use crate::membership::{Member, Status, View};
 use crate::message::{ClientId, ClientRequest, HandoffMessage, KvMessage, Message, OpError};
-use crate::preference::{PreferenceList, preference_list};
+use crate::preference::{PreferenceList, preference_list, with_pending};
 use crate::ring::Ring;
 use crate::store::LocalStore;
 use crate::version::ActorId;
@@ -169,6 +170,7 @@ pub struct Node<S> {
     replica: Replica,
     handoff: Handoff,
     anti_entropy: AntiEntropy,
+    rebalance: rebalance::Rebalance,
     /// The node started with no data; rebuild it if the cluster knew this node before.
     data_lost: bool,
     out: Outbox,
@@ -210,6 +212,7 @@ impl<S: LocalStore> Node<S> {
                 timeout_ms: config.request_timeout_ms,
             }),
             anti_entropy: AntiEntropy::new(config.anti_entropy()),
+            rebalance: rebalance::Rebalance::default(),
             data_lost: false,
             out,
         }
@@ -291,6 +294,10 @@ impl<S: LocalStore> Node<S> {
         self.anti_entropy.apply(self.store.take_changes());
         if self.data_lost && self.cluster.known_before() {
             self.data_lost = false;
+            // Not a new node but one that lost its data: it keeps its place in the ring.
+            if self.cluster.me().status == Status::Joining {
+                self.cluster.set_status(Status::Up, &mut self.out);
+            }
             self.anti_entropy.start_rebuilding();
         }
     }
@@ -344,14 +351,13 @@ impl<S: LocalStore> Node<S> {
         info::ring_info(&self.cluster, (self.config.n, self.config.r, self.config.w))
     }
 
-    /// The preference list of `key` as this node sees the cluster now.
+    /// The preference list of `key` as this node sees the cluster now, with the pending
+    /// replicas of joins and leaves in progress.
     pub fn preference(&self, key: &[u8]) -> PreferenceList {
-        preference_list(
-            self.cluster.ring(),
-            key,
-            usize::from(self.config.n),
-            |node| self.cluster.is_up(node),
-        )
+        let n = usize::from(self.config.n);
+        let is_up = |node: &str| self.cluster.is_up(node);
+        let pref = preference_list(self.cluster.ring(), key, n, is_up);
+        with_pending(pref, &self.cluster.rings().future, key, n, is_up)
     }
 
     /// Learns member records (from a peer's handshake). Returns true when a record changed.
@@ -362,6 +368,28 @@ impl<S: LocalStore> Node<S> {
     /// Marks `id` as a seed: gossip turns to seeds now and then, so partitions heal.
     pub fn add_seed(&mut self, id: &str) {
         self.cluster.add_seed(id);
+    }
+
+    /// Starts a graceful leave: this node becomes `leaving`, hands its ranges to their new owners,
+    /// then becomes `left`.
+    pub fn leave(&mut self) -> Result<(), String> {
+        match self.cluster.me().status {
+            Status::Up => {
+                self.cluster.set_status(Status::Leaving, &mut self.out);
+                Ok(())
+            }
+            Status::Leaving => Ok(()),
+            other => Err(format!(
+                "this node is {}; only an up node can leave",
+                other.as_str()
+            )),
+        }
+    }
+
+    /// Declares the dead member `id` removed: the new owners of its ranges rebuild them from
+    /// the surviving replicas.
+    pub fn remove(&mut self, id: &str) -> Result<(), String> {
+        self.cluster.remove(id, &mut self.out)
     }
 
     /// Declares a new status for this node; gossip spreads it and the history keeps it.
@@ -546,12 +574,24 @@ impl<S: LocalStore> Node<S> {
         self.anti_entropy.tick(
             now,
             cluster.id(),
-            cluster.ring(),
+            cluster.rings(),
             |n| cluster.is_up(n),
             &self.store,
             &mut self.out,
         );
         self.follow_writes();
+        let status = self.cluster.me().status;
+        if let Some(next) =
+            self.rebalance
+                .tick(mono, self.cluster.id(), status, &mut self.anti_entropy)
+        {
+            self.cluster.set_status(next, &mut self.out);
+        }
+    }
+
+    /// How far this node's own join or leave is.
+    pub fn transfer(&self) -> &rebalance::Transfer {
+        self.rebalance.progress()
     }
 }
 

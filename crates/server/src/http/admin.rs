@@ -51,7 +51,10 @@ pub(crate) async fn admin_members(State(s): State<AppState>) -> Result<Response,
 }
 
 pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let (stats, anti_entropy) = query(&s, |n| (n.stats(), n.anti_entropy_stats())).await?;
+    let (stats, anti_entropy, transfer) = query(&s, |n| {
+        (n.stats(), n.anti_entropy_stats(), n.transfer().clone())
+    })
+    .await?;
     let pending = on_store(&s, |store| store.hint_counts()).await?;
     let total: u64 = pending.values().sum();
     Ok(axum::Json(serde_json::json!({
@@ -75,6 +78,7 @@ pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, A
         "sibling_warnings": stats.sibling_warnings,
         "refused_writes": stats.refused_writes,
         "anti_entropy": anti_entropy,
+        "transfer": transfer,
     }))
     .into_response())
 }
@@ -168,4 +172,99 @@ pub(crate) async fn admin_local(State(s): State<AppState>, uri: Uri) -> Result<R
         "context": context_token(&s.codec, &key, &obj),
     }))
     .into_response())
+}
+
+fn refused(message: String) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "refused", message)
+}
+
+/// `POST /admin/leave`: this node starts a graceful leave (`leaving`, then `left` once its new
+/// owners confirmed every range).
+pub(crate) async fn leave(State(s): State<AppState>) -> Result<Response, ApiError> {
+    command(&s, |n| n.leave()).await?.map_err(refused)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "node": s.node_id, "status": "leaving" })),
+    )
+        .into_response())
+}
+
+/// `POST /admin/remove/{id}`: declares a dead member removed; the new owners of its ranges
+/// rebuild them from the surviving replicas.
+pub(crate) async fn remove(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let id = String::from_utf8(key_after(&uri, "/admin/remove/")?)
+        .map_err(|_| ApiError::bad_key("the node id is not UTF-8"))?;
+    let who = id.clone();
+    command(&s, move |n| n.remove(&who))
+        .await?
+        .map_err(refused)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "removed": id })),
+    )
+        .into_response())
+}
+
+/// `GET /admin/plan?leave=ID` or `?remove=ID`: what the change would move, per new owner, as a
+/// share of the key space and an estimate of keys.
+pub(crate) async fn plan(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let id = match (q.get("leave"), q.get("remove")) {
+        (Some(id), None) | (None, Some(id)) => id.clone(),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_plan",
+                "ask for ?leave=NODE or ?remove=NODE",
+            ));
+        }
+    };
+    let body = query(&s, move |n| {
+        let before: Vec<_> = n.members().values().cloned().collect();
+        if !before.iter().any(|m| m.id == id) {
+            return Err(format!("no member {id} is known"));
+        }
+        let after: Vec<_> = before
+            .iter()
+            .cloned()
+            .map(|mut m| {
+                if m.id == id {
+                    m.status = dynamokv_core::membership::Status::Left;
+                }
+                m
+            })
+            .collect();
+        let nodes = after
+            .iter()
+            .filter(|m| m.status != dynamokv_core::membership::Status::Left)
+            .count();
+        let gained = dynamokv_core::membership::plan(&before, &after, usize::from(n.config().n))
+            .map_err(|e| e.to_string())?;
+        let ae = n.anti_entropy_stats();
+        // This node holds about N/nodes of every key; scale its count to the cluster.
+        let keys_here = ae.tree_keys as f64;
+        let total_keys = keys_here * (nodes.max(1) as f64 + 1.0) / f64::from(n.config().n);
+        let moves: Vec<serde_json::Value> = gained
+            .iter()
+            .map(|(node, share)| {
+                serde_json::json!({
+                    "to": node,
+                    "share": share,
+                    "keys_estimate": (share * total_keys).round(),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "node": id,
+            "remaining_members": nodes,
+            "moves": moves,
+            "share": gained.values().sum::<f64>(),
+            "keys_estimate": (gained.values().sum::<f64>() * total_keys).round(),
+        }))
+    })
+    .await?
+    .map_err(refused)?;
+    Ok(axum::Json(body).into_response())
 }

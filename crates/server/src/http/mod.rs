@@ -34,7 +34,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use dynamokv_core::{ActorId, ContextCodec};
 use dynamokv_storage::ObjectStore;
 use std::sync::Arc;
@@ -82,6 +82,9 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/ring", get(admin::admin_ring))
         .route("/admin/members", get(admin::admin_members))
         .route("/admin/stats", get(admin::admin_stats))
+        .route("/admin/leave", post(admin::leave))
+        .route("/admin/remove/{*id}", post(admin::remove))
+        .route("/admin/plan", get(admin::plan))
         .route(
             "/admin/repair",
             get(admin::repair_progress).post(admin::start_repair),

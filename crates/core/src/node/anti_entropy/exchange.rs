@@ -24,6 +24,10 @@ impl AntiEntropy {
                 self.on_root(now, from, session, range, root, out)
             }
             SyncMessage::Reap { range, keys } => self.on_reap(from, range, keys, store),
+            SyncMessage::Handover { id, key, object } => {
+                self.on_handover(from, id, key, object, store, out)
+            }
+            SyncMessage::HandoverAck { id, ok } => self.on_handover_ack(from, id, ok, store),
             SyncMessage::Leaves {
                 session,
                 range,
@@ -452,7 +456,7 @@ impl AntiEntropy {
 
     /// Merges an object another replica sent for `key` of `range`; the merged copy, or `None`
     /// when the object was refused or could not be stored.
-    fn merge_in<S: LocalStore>(
+    pub(super) fn merge_in<S: LocalStore>(
         &mut self,
         store: &S,
         range: Range,

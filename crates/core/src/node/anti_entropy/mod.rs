@@ -17,12 +17,14 @@
 
 mod exchange;
 mod gc;
+mod moved;
 pub mod trees;
 
 use super::outbox::Outbox;
 use super::replica::validate;
 use super::throttle::Throttle;
 use crate::clock::Now;
+use crate::membership::Rings;
 use crate::merkle::{Digest, EMPTY, FANOUT, Hash, LEAVES, Range, digest};
 use crate::message::{RootAnswer, SyncMessage};
 use crate::ring::{Ring, position};
@@ -87,6 +89,8 @@ pub struct AntiEntropyStats {
     pub tombstones: u64,
     /// Deleted keys whose tombstones were collected here.
     pub tombstones_collected: u64,
+    /// Keys of ranges no longer replicated here, handed to their owners and deleted here.
+    pub moved_keys: u64,
     /// True while this node rebuilds lost data (its reads do not count).
     pub rebuilding: bool,
     /// Ranges still to synchronise before rebuilding ends.
@@ -170,6 +174,7 @@ pub struct AntiEntropy {
     /// While rebuilding lost data: the ranges synchronised since it began.
     rebuilding: Option<BTreeSet<Range>>,
     gc: gc::Collector,
+    moved: moved::Moved,
     stats: AntiEntropyStats,
 }
 
@@ -190,6 +195,7 @@ impl AntiEntropy {
             synced: BTreeMap::new(),
             rebuilding: None,
             gc: gc::Collector::default(),
+            moved: moved::Moved::default(),
             stats: AntiEntropyStats::default(),
         }
     }
@@ -197,6 +203,24 @@ impl AntiEntropy {
     /// The trees.
     pub fn trees(&mut self) -> &mut Trees {
         &mut self.trees
+    }
+
+    /// The trees, to read.
+    pub fn trees_ref(&self) -> &Trees {
+        &self.trees
+    }
+
+    /// Whether some tree is still being built.
+    pub fn building(&self) -> bool {
+        self.trees.counts().1 > 0
+    }
+
+    /// Asks for another forced round as soon as the current one ends (a join or leave in
+    /// progress keeps comparing until every range is confirmed).
+    pub fn keep_comparing(&mut self) {
+        if self.round.is_none() {
+            self.force = true;
+        }
     }
 
     /// Follows local writes: `changes` from the store's journal.
@@ -266,6 +290,7 @@ impl AntiEntropy {
             trees_rebuilt: rebuilt,
             tree_memory_bytes: (trees * crate::merkle::Tree::MEMORY_BYTES) as u64,
             tombstones,
+            moved_keys: self.moved.dropped,
             rebuilding: self.rebuilding.is_some(),
             rebuilding_ranges: self.rebuilding_left(),
             round: self.round.as_ref().map(|r| r.progress.clone()),
@@ -297,13 +322,18 @@ impl AntiEntropy {
         &mut self,
         clock: Now,
         me: &str,
-        ring: &Ring,
+        rings: &Rings,
         is_up: impl Fn(&str) -> bool,
         store: &S,
         out: &mut Outbox,
     ) {
         let now = clock.mono;
-        if self.trees.reshape(ring, me, self.config.n) {
+        let first = self.trees.owners().is_empty();
+        if self.trees.reshape(rings, me, self.config.n) {
+            // New ranges (a join or a leave): compare them at once rather than next round.
+            if !first && self.config.interval_ms > 0 {
+                self.force = true;
+            }
             let dropped: Vec<u64> = self
                 .sessions
                 .iter()
@@ -338,7 +368,8 @@ impl AntiEntropy {
             self.pump(now, id, store, out);
         }
         self.schedule(now, me, &is_up, out);
-        self.collect(clock, me, ring, &is_up, store, out);
+        self.collect(clock, me, &rings.all, &is_up, store, out);
+        self.move_data(now, rings, &is_up, store, out);
     }
 
     /// Starts the round when one is due and as many sessions as allowed. Called every tick and

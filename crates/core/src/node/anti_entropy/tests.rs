@@ -15,7 +15,7 @@ struct Replica {
 }
 
 struct Lab {
-    ring: Ring,
+    ring: Rings,
     nodes: BTreeMap<String, Replica>,
     now: u64,
 }
@@ -48,7 +48,14 @@ impl Lab {
             .map(|id| (id.to_string(), hashed_tokens(id, 8)))
             .collect();
         Lab {
-            ring: Ring::new(&tokens).unwrap(),
+            ring: {
+                let r = Ring::new(&tokens).unwrap();
+                Rings {
+                    current: r.clone(),
+                    future: r.clone(),
+                    all: r,
+                }
+            },
             nodes: ids
                 .iter()
                 .map(|id| {

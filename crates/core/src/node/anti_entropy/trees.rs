@@ -1,9 +1,10 @@
 //! The Merkle trees of the ranges this node replicates: which ranges those are (from the ring),
 //! building each tree from a paged scan across ticks, and following every local write.
 
+use crate::membership::Rings;
 use crate::merkle::{Range, Tree, digest};
 use crate::node::tracked::{Change, dead};
-use crate::ring::{Ring, position};
+use crate::ring::position;
 use crate::store::{LocalStore, StoreError};
 use std::collections::BTreeMap;
 
@@ -77,41 +78,63 @@ pub struct Trees {
     trees: BTreeMap<Range, RangeTree>,
     /// Range by its end, to find the range of a position.
     by_end: BTreeMap<u64, Range>,
-    /// The other primaries of each range, sorted.
+    /// The other primaries of each range (current or future), sorted.
     peers: BTreeMap<Range, Vec<String>>,
+    /// Current and future primaries of each range.
+    owners: BTreeMap<Range, Owners>,
     /// The ranges whose first replica is this node.
     owned: std::collections::BTreeSet<Range>,
     rebuilt: u64,
 }
 
-/// The ranges of `ring` (one per token: from the previous token, exclusive, to it) of which
-/// `me` is one of the `n` primaries, with the other primaries.
-pub fn replicated_ranges(ring: &Ring, me: &str, n: usize) -> BTreeMap<Range, Vec<String>> {
+/// Who holds one range now and who will once the changes in progress end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owners {
+    /// Its primaries in the current ring.
+    pub current: Vec<String>,
+    /// Its primaries in the future ring.
+    pub future: Vec<String>,
+}
+
+/// The ranges of the all-tokens ring (one per token: from the previous token, exclusive, to
+/// it) of which `me` is one of the `n` primaries in the current or the future ring, with their
+/// owners.
+pub fn replicated_ranges(rings: &Rings, me: &str, n: usize) -> BTreeMap<Range, Owners> {
     let mut out = BTreeMap::new();
-    for range in ring.ranges() {
-        let primaries = ring.walk(range.end, n);
-        if primaries.contains(&me) {
-            let mut others: Vec<String> = primaries
+    for range in rings.all.ranges() {
+        let owners = Owners {
+            current: rings
+                .current
+                .walk(range.end, n)
                 .into_iter()
-                .filter(|p| *p != me)
                 .map(str::to_owned)
-                .collect();
-            others.sort();
-            out.insert(range, others);
+                .collect(),
+            future: rings
+                .future
+                .walk(range.end, n)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        };
+        if owners.current.iter().chain(&owners.future).any(|p| p == me) {
+            out.insert(range, owners);
         }
     }
     out
 }
 
 impl Trees {
-    /// Follows the ring: keeps the trees of ranges still replicated here, starts building the
+    /// Follows the rings: keeps the trees of ranges still replicated here, starts building the
     /// new ones, drops the others. Returns true when the set of ranges changed.
-    pub fn reshape(&mut self, ring: &Ring, me: &str, n: usize) -> bool {
-        if self.ring_version == Some(ring.version()) {
+    pub fn reshape(&mut self, rings: &Rings, me: &str, n: usize) -> bool {
+        let version = rings.all.version()
+            ^ rings.current.version().rotate_left(21)
+            ^ rings.future.version().rotate_left(42);
+        if self.ring_version == Some(version) {
             return false;
         }
-        self.ring_version = Some(ring.version());
-        let ranges = replicated_ranges(ring, me, n);
+        self.ring_version = Some(version);
+        let ranges = replicated_ranges(rings, me, n);
         let changed = ranges.keys().ne(self.trees.keys());
         self.trees.retain(|r, _| ranges.contains_key(r));
         for r in ranges.keys() {
@@ -119,12 +142,32 @@ impl Trees {
         }
         self.by_end = ranges.keys().map(|r| (r.end, *r)).collect();
         self.owned = ranges
-            .keys()
-            .filter(|r| ring.walk(r.end, 1).first() == Some(&me))
-            .copied()
+            .iter()
+            .filter(|(_, o)| o.current.first().map(String::as_str) == Some(me))
+            .map(|(r, _)| *r)
             .collect();
-        self.peers = ranges;
+        self.peers = ranges
+            .iter()
+            .map(|(r, o)| {
+                let mut peers: Vec<String> = o
+                    .current
+                    .iter()
+                    .chain(&o.future)
+                    .filter(|p| *p != me)
+                    .cloned()
+                    .collect();
+                peers.sort();
+                peers.dedup();
+                (*r, peers)
+            })
+            .collect();
+        self.owners = ranges;
         changed
+    }
+
+    /// Who holds each replicated range now and later.
+    pub fn owners(&self) -> &BTreeMap<Range, Owners> {
+        &self.owners
     }
 
     /// The range holding `pos`, if this node replicates it.
