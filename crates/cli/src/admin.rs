@@ -344,7 +344,7 @@ fn change(args: ChangeArgs, leave: bool) -> anyhow::Result<ExitCode> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
         loop {
             let (_, status) = own_status(&http, &args.node).await?;
-            if status == target {
+            if status == target && everyone_sees(&http, &args.node, &id, target).await {
                 bar.finish_and_clear();
                 println!("{id} is {target}");
                 return Ok(ExitCode::SUCCESS);
@@ -365,6 +365,33 @@ fn change(args: ChangeArgs, leave: bool) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     })
+}
+
+/// Whether every other member that answers shows `id` with `status` (so the node can be stopped
+/// once it left: the others know).
+async fn everyone_sees(http: &reqwest::Client, url: &str, id: &str, status: &str) -> bool {
+    let Ok(v) = fetch(http, url, "members").await else {
+        return false;
+    };
+    for m in v["members"].as_array().into_iter().flatten() {
+        if m["id"] == id || m["status"] == "left" {
+            continue;
+        }
+        let other = format!("http://{}", m["http_addr"].as_str().unwrap_or_default());
+        let Ok(view) = fetch(http, &other, "members").await else {
+            continue;
+        };
+        let seen = view["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["id"] == id)
+            .and_then(|x| x["status"].as_str());
+        if seen != Some(status) {
+            return false;
+        }
+    }
+    true
 }
 
 fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {

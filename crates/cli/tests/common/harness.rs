@@ -74,6 +74,11 @@ async fn outcome_of(
     }
 }
 
+/// The workload's name for key `i`.
+pub fn key_name(i: usize) -> String {
+    key(i)
+}
+
 /// Starts `clients` closed-loop clients against `urls` over `keys` keys.
 pub fn start_workload(urls: Vec<String>, clients: usize, keys: usize) -> Workload {
     let writes = Arc::new(Mutex::new(Vec::new()));
@@ -180,6 +185,8 @@ pub struct History {
     pub writes: Vec<WriteRecord>,
     /// Keys used.
     pub keys: usize,
+    /// Reads sent, and reads answered (200, 300 or 404).
+    pub reads: (u64, u64),
 }
 
 impl Workload {
@@ -202,6 +209,7 @@ impl Workload {
         History {
             writes,
             keys: self.keys,
+            reads,
         }
     }
 }

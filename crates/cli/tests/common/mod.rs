@@ -211,7 +211,14 @@ pub async fn wait_for_ring(nodes: &[&Node], expect: usize) -> String {
             match c.get(format!("{}/admin/ring", n.url)).send().await {
                 Ok(r) => {
                     let v: serde_json::Value = r.json().await.unwrap_or_default();
-                    let members = v["members"].as_array().cloned().unwrap_or_default();
+                    // Members that left (or were removed) are listed but out of the ring.
+                    let members: Vec<serde_json::Value> = v["members"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|m| m["status"] != "Left")
+                        .collect();
                     // Up as seen from here, and joined (status up, not still joining).
                     let up = members
                         .iter()
