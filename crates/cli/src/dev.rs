@@ -5,9 +5,14 @@
 //! agree on one ring, prints each node's endpoints, and stops them all (SIGTERM, clean shutdown)
 //! on Ctrl-C or SIGTERM. The cluster secret is kept in DIR/cluster-secret so that contexts stay
 //! valid across restarts of the dev cluster.
+//!
+//! A node that dies does not stop the cluster: `dev` reports it (with its log and the command
+//! that restarts it) and keeps the others running. Every node's pid is in DIR/nI.pid, so other
+//! invocations manage the running cluster: `dynamokv dev --dir DIR stop n3` (SIGTERM), `kill n3`
+//! (SIGKILL), `start n3` (again, same ports and data), `add` (a new node that joins).
 
 use anyhow::{Context as _, bail};
-use clap::Args;
+use clap::{Args, Subcommand};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -49,13 +54,45 @@ pub struct DevArgs {
     /// Log filter for the nodes' log files.
     #[arg(long, default_value = "info")]
     log: String,
+    /// Manage the running dev cluster in --dir instead of starting one.
+    #[command(subcommand)]
+    command: Option<DevCommand>,
 }
 
-struct Proc {
-    id: String,
-    child: Child,
-    http: String,
-    peer: String,
+/// Commands for a running dev cluster.
+#[derive(Subcommand, Debug)]
+pub enum DevCommand {
+    /// Stops a node cleanly (SIGTERM); the others keep serving.
+    Stop {
+        /// The node id, e.g. n3.
+        id: String,
+    },
+    /// Kills a node (SIGKILL), as a crash would.
+    Kill {
+        /// The node id, e.g. n3.
+        id: String,
+    },
+    /// Starts a stopped node again, with its ports and data.
+    Start {
+        /// The node id, e.g. n3.
+        id: String,
+    },
+    /// Adds a new node, which joins the cluster (and takes its share of the data).
+    Add,
+}
+
+/// What `dev` started with, kept in DIR/dev.json for `start` and `add`.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+struct Settings {
+    http_port_base: u16,
+    peer_port_base: u16,
+    vnodes: Option<u16>,
+    replicas: u8,
+    read_quorum: u8,
+    write_quorum: u8,
+    sync: String,
+    log: String,
+    nodes: u16,
 }
 
 fn secret(dir: &Path) -> anyhow::Result<String> {
@@ -72,31 +109,209 @@ fn secret(dir: &Path) -> anyhow::Result<String> {
     Ok(s)
 }
 
-fn terminate(procs: &mut [Proc]) {
-    for p in procs.iter() {
-        // SIGTERM: the node stops cleanly (syncs and marks a clean shutdown).
-        unsafe {
-            libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM);
+fn pid_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.pid"))
+}
+
+fn read_pid(dir: &Path, id: &str) -> Option<i32> {
+    std::fs::read_to_string(pid_path(dir, id))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // Signal 0 checks that the process exists; a zombie child is reaped by `try_wait` first.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// The node index (1-based) of an id like `n3`.
+fn index_of(id: &str) -> anyhow::Result<u16> {
+    id.strip_prefix('n')
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n >= 1)
+        .with_context(|| format!("{id} is not a dev node id (n1, n2, ...)"))
+}
+
+fn command_line(exe: &Path, dir: &Path, set: &Settings, index: u16, secret: &str) -> Command {
+    let id = format!("n{index}");
+    let peer = |i: u16| format!("127.0.0.1:{}", set.peer_port_base + i - 1);
+    let seeds: Vec<String> = (1..=set.nodes.max(index))
+        .filter(|i| *i != index)
+        .map(peer)
+        .collect();
+    let mut cmd = Command::new(exe);
+    cmd.arg("server")
+        .args(["--node-id", &id])
+        .arg("--data-dir")
+        .arg(dir.join(&id))
+        .args([
+            "--http",
+            &format!("127.0.0.1:{}", set.http_port_base + index - 1),
+        ])
+        .args(["--listen", &peer(index)])
+        .args(["-n", &set.replicas.to_string()])
+        .args(["-r", &set.read_quorum.to_string()])
+        .args(["-w", &set.write_quorum.to_string()])
+        .args(["--sync", &set.sync])
+        .args(["--log", &set.log])
+        .env("DYNAMOKV_CLUSTER_SECRET", secret);
+    if !seeds.is_empty() {
+        cmd.args(["--seeds", &seeds.join(",")]);
+    }
+    if let Some(v) = set.vnodes {
+        cmd.args(["--vnodes", &v.to_string()]);
+    }
+    // Own process group: Ctrl-C reaches only `dev`, which then stops the nodes in order.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd
+}
+
+/// Starts node `index`; waits for its `listening` line; records its pid.
+fn spawn(
+    exe: &Path,
+    dir: &Path,
+    set: &Settings,
+    index: u16,
+    secret: &str,
+) -> anyhow::Result<(Child, String, String)> {
+    let id = format!("n{index}");
+    let log_path = dir.join(format!("{id}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut cmd = command_line(exe, dir, set, index, secret);
+    cmd.stdout(Stdio::piped()).stderr(log);
+    let mut child = cmd.spawn().context("starting a node")?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = match lines.next() {
+        Some(Ok(l)) if l.starts_with("listening ") => l,
+        _ => {
+            let _ = child.wait();
+            bail!(
+                "node {id} did not start; see {} (is port {} or {} in use?)",
+                log_path.display(),
+                set.http_port_base + index - 1,
+                set.peer_port_base + index - 1
+            );
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    std::fs::write(pid_path(dir, &id), child.id().to_string())
+        .with_context(|| format!("writing {}", pid_path(dir, &id).display()))?;
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Ok((child, field("http="), field("peer=")))
+}
+
+fn load_settings(dir: &Path) -> anyhow::Result<Settings> {
+    let path = dir.join("dev.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no dev cluster in {} ({} is missing); start one with dynamokv dev --dir {}",
+            dir.display(),
+            path.display(),
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `dev stop|kill|start|add` against the cluster running in `dir`.
+fn manage(dir: &Path, command: DevCommand) -> anyhow::Result<ExitCode> {
+    let mut set = load_settings(dir)?;
+    let exe = std::env::current_exe().context("finding the dynamokv binary")?;
+    match command {
+        DevCommand::Stop { id } => {
+            index_of(&id)?;
+            let pid = read_pid(dir, &id).filter(|p| alive(*p));
+            let Some(pid) = pid else {
+                bail!("{id} is not running");
+            };
+            signal(pid, libc::SIGTERM);
+            println!(
+                "{id} (pid {pid}) stopping; start it again with: dynamokv dev --dir {} start {id}",
+                dir.display()
+            );
+        }
+        DevCommand::Kill { id } => {
+            index_of(&id)?;
+            let Some(pid) = read_pid(dir, &id).filter(|p| alive(*p)) else {
+                bail!("{id} is not running");
+            };
+            signal(pid, libc::SIGKILL);
+            println!(
+                "{id} (pid {pid}) killed; start it again with: dynamokv dev --dir {} start {id}",
+                dir.display()
+            );
+        }
+        DevCommand::Start { id } => {
+            let index = index_of(&id)?;
+            if index > set.nodes {
+                bail!(
+                    "{id} is not a node of this cluster; dynamokv dev --dir {} add adds one",
+                    dir.display()
+                );
+            }
+            if read_pid(dir, &id).is_some_and(alive) {
+                bail!("{id} is already running");
+            }
+            let (child, http, _) = spawn(&exe, dir, &set, index, &secret(dir)?)?;
+            println!("{id} started: http://{http} (pid {})", child.id());
+        }
+        DevCommand::Add => {
+            let index = set.nodes + 1;
+            set.nodes = index;
+            let (child, http, _) = spawn(&exe, dir, &set, index, &secret(dir)?)?;
+            std::fs::write(dir.join("dev.json"), serde_json::to_string_pretty(&set)?)?;
+            println!(
+                "n{index} started: http://{http} (pid {}); it joins (fetching its ranges) and then serves; follow with: dynamokv admin join --node http://{http}",
+                child.id()
+            );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn terminate(pids: &[i32]) {
+    for pid in pids {
+        // SIGTERM: the node stops cleanly (syncs and marks a clean shutdown).
+        signal(*pid, libc::SIGTERM);
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
-    for p in procs.iter_mut() {
-        loop {
-            match p.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = p.child.kill();
-                    let _ = p.child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+    for pid in pids {
+        while alive(*pid) && Instant::now() < deadline {
+            // Reap it if it is our child.
+            unsafe {
+                libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG);
             }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(*pid) {
+            signal(*pid, libc::SIGKILL);
         }
     }
 }
 
 /// Runs `dynamokv dev`.
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    if let Some(command) = args.command {
+        return manage(&args.dir, command);
+    }
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -115,11 +330,23 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_dir_all(args.dir.join(format!("n{i}")));
         }
     }
+    let set = Settings {
+        http_port_base: args.http_port_base,
+        peer_port_base: peer_base,
+        vnodes: args.vnodes,
+        replicas: args.replicas,
+        read_quorum: args.read_quorum,
+        write_quorum: args.write_quorum,
+        sync: args.sync.clone(),
+        log: args.log.clone(),
+        nodes: args.nodes,
+    };
+    std::fs::write(
+        args.dir.join("dev.json"),
+        serde_json::to_string_pretty(&set)?,
+    )?;
     let secret = secret(&args.dir)?;
     let exe = std::env::current_exe().context("finding the dynamokv binary")?;
-    let peers: Vec<String> = (0..args.nodes)
-        .map(|i| format!("127.0.0.1:{}", peer_base + i))
-        .collect();
 
     // Stop the nodes if we are interrupted while starting them.
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
@@ -132,79 +359,29 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let _ = stop_tx.send(());
     });
 
-    let mut procs: Vec<Proc> = Vec::new();
-    for i in 0..args.nodes {
-        let id = format!("n{}", i + 1);
-        let log_path = args.dir.join(format!("{id}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let seeds: Vec<&str> = peers
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != usize::from(i))
-            .map(|(_, p)| p.as_str())
-            .collect();
-        let mut cmd = Command::new(&exe);
-        cmd.arg("server")
-            .args(["--node-id", &id])
-            .arg("--data-dir")
-            .arg(args.dir.join(&id))
-            .args(["--http", &format!("127.0.0.1:{}", args.http_port_base + i)])
-            .args(["--listen", &peers[usize::from(i)]])
-            .args(["--seeds", &seeds.join(",")])
-            .args(["-n", &args.replicas.to_string()])
-            .args(["-r", &args.read_quorum.to_string()])
-            .args(["-w", &args.write_quorum.to_string()])
-            .args(["--sync", &args.sync])
-            .args(["--log", &args.log])
-            .env("DYNAMOKV_CLUSTER_SECRET", &secret)
-            .stdout(Stdio::piped())
-            .stderr(log.try_clone()?);
-        // Own process group: Ctrl-C reaches only `dev`, which then stops the nodes in order.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        if let Some(v) = args.vnodes {
-            cmd.args(["--vnodes", &v.to_string()]);
-        }
-        let mut child = cmd.spawn().context("starting a node")?;
-        let stdout = child.stdout.take().context("node stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = match lines.next() {
-            Some(Ok(l)) if l.starts_with("listening ") => l,
-            _ => {
-                let _ = child.wait();
-                terminate(&mut procs);
-                bail!(
-                    "node {id} did not start; see {} (is port {} or {} in use?)",
-                    log_path.display(),
-                    args.http_port_base + i,
-                    peer_base + i
-                );
+    let mut children: Vec<Child> = Vec::new();
+    let mut shown: Vec<(String, String, String, u32)> = Vec::new();
+    for i in 1..=args.nodes {
+        match spawn(&exe, &args.dir, &set, i, &secret) {
+            Ok((child, http, peer)) => {
+                shown.push((format!("n{i}"), http, peer, child.id()));
+                children.push(child);
             }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        let field = |name: &str| {
-            line.split(' ')
-                .find_map(|f| f.strip_prefix(name))
-                .unwrap_or_default()
-                .to_owned()
-        };
-        procs.push(Proc {
-            id,
-            http: field("http="),
-            peer: field("peer="),
-            child,
-        });
+            Err(e) => {
+                let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
+                terminate(&pids);
+                return Err(e);
+            }
+        }
         if stop_rx.try_recv().is_ok() {
-            terminate(&mut procs);
+            let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
+            terminate(&pids);
             return Ok(ExitCode::SUCCESS);
         }
     }
 
-    // Wait until every node sees the whole ring.
-    let urls: Vec<String> = procs.iter().map(|p| format!("http://{}", p.http)).collect();
+    // Wait until every node sees the whole ring, every member joined.
+    let urls: Vec<String> = shown.iter().map(|p| format!("http://{}", p.1)).collect();
     let agreed = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -217,7 +394,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 match c.ring().await {
                     Ok(info)
                         if info.members.len() == urls.len()
-                            && info.members.iter().all(|m| m.up) =>
+                            && info.members.iter().all(|m| {
+                                m.up && m.member.status == dynamokv_core::membership::Status::Up
+                            }) =>
                     {
                         versions.insert(info.version);
                     }
@@ -236,20 +415,20 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 
     println!(
         "dynamokv dev cluster: {} nodes, N={} R={} W={}, data and logs in {}",
-        procs.len(),
+        shown.len(),
         args.replicas,
         args.read_quorum,
         args.write_quorum,
         args.dir.display()
     );
     println!("{:<6} {:<28} {:<22} {:<8}", "node", "http", "peer", "pid");
-    for p in &procs {
+    for (id, http, peer, pid) in &shown {
         println!(
             "{:<6} {:<28} {:<22} {:<8}",
-            p.id,
-            format!("http://{}", p.http),
-            p.peer,
-            p.child.id()
+            id,
+            format!("http://{http}"),
+            peer,
+            pid
         );
     }
     if agreed {
@@ -259,34 +438,57 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             "warning: the nodes did not agree on one ring within 30 s; see the logs. Try anyway:"
         );
     }
+    let d = args.dir.display();
     println!(
         "  curl -X PUT --data hello http://{}/kv/greeting",
-        procs[0].http
+        shown[0].1
     );
-    println!("  curl http://{}/kv/greeting", procs[procs.len() - 1].http);
-    println!("  dynamokv get greeting --node http://{}", procs[0].http);
+    println!("  curl http://{}/kv/greeting", shown[shown.len() - 1].1);
+    println!("  dynamokv get greeting --node http://{}", shown[0].1);
+    println!("  dynamokv dev --dir {d} kill n3     # the others keep serving");
+    println!("  dynamokv dev --dir {d} start n3    # back, with its data; hints go home");
+    println!("  dynamokv dev --dir {d} add         # a new node joins");
     println!("Ctrl-C stops the cluster.");
 
-    // Run until interrupted or a node dies.
-    let mut code = ExitCode::SUCCESS;
-    'wait: loop {
+    // Run until interrupted; report nodes that die or come back (started by `dev start`/`add`).
+    let mut known: std::collections::BTreeMap<String, Option<i32>> = shown
+        .iter()
+        .map(|(id, _, _, pid)| (id.clone(), Some(*pid as i32)))
+        .collect();
+    loop {
         if stop_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
             break;
         }
-        for p in procs.iter_mut() {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                eprintln!(
-                    "node {} exited ({status}); see {}; stopping the cluster",
-                    p.id,
-                    args.dir.join(format!("{}.log", p.id)).display()
-                );
-                code = ExitCode::FAILURE;
-                break 'wait;
+        for c in children.iter_mut() {
+            let _ = c.try_wait();
+        }
+        let count = load_settings(&args.dir).map_or(args.nodes, |s| s.nodes);
+        for i in 1..=count {
+            let id = format!("n{i}");
+            let pid = read_pid(&args.dir, &id).filter(|p| alive(*p));
+            let before = known.get(&id).copied().flatten();
+            match (before, pid) {
+                (Some(old), None) => {
+                    println!(
+                        "node {id} (pid {old}) exited; its log: {}; the other nodes keep serving. Restart it with: dynamokv dev --dir {d} start {id}",
+                        args.dir.join(format!("{id}.log")).display()
+                    );
+                    known.insert(id, None);
+                }
+                (old, Some(new)) if old != Some(new) => {
+                    println!(
+                        "node {id} is running (pid {new}), http://127.0.0.1:{}",
+                        set.http_port_base + i - 1
+                    );
+                    known.insert(id, Some(new));
+                }
+                _ => {}
             }
         }
     }
-    println!("stopping {} nodes...", procs.len());
-    terminate(&mut procs);
+    let pids: Vec<i32> = known.values().flatten().copied().collect();
+    println!("stopping {} nodes...", pids.len());
+    terminate(&pids);
     println!("stopped");
-    Ok(code)
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,123 @@
+//! End-to-end: `dynamokv dev` keeps serving when a node dies, and `dev kill|start` manage the
+//! running cluster.
+
+mod common;
+
+use common::{BIN, http};
+use reqwest::StatusCode;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A port base with `count` free ports at base.. and base+1000.. (dev maps node i to fixed
+/// ports).
+fn free_base(count: u16) -> u16 {
+    for _ in 0..200 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = probe.local_addr().unwrap().port();
+        drop(probe);
+        if base > 60000 {
+            continue;
+        }
+        let all_free = (0..count).all(|i| {
+            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok()
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+fn dev(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["dev", "--dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base(3);
+    let mut sup = Command::new(BIN)
+        .args(["dev", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .args(["--http-port-base", &base.to_string(), "--log", "warn"])
+        .env_remove("DYNAMOKV_CLUSTER_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = sup.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(40))
+            .unwrap_or_else(|_| panic!("no line containing {what:?}"));
+        if line.contains(what) {
+            return line;
+        }
+    };
+    wait_for("all nodes agree on the ring");
+    wait_for("Ctrl-C stops the cluster");
+    let url = |i: u16| format!("http://127.0.0.1:{}", base + i - 1);
+    let c = http();
+    let put = |node: u16, key: &str| c.put(format!("{}/kv/{key}", url(node))).body("v").send();
+    assert_eq!(
+        put(1, "before").await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+
+    let out = dev(dir.path(), &["kill", "n2"]);
+    assert!(out.contains("start n2"), "{out}");
+    let line = wait_for("node n2");
+    assert!(line.contains("exited") && line.contains("n2.log"), "{line}");
+    assert!(
+        line.contains("start n2"),
+        "the restart command is shown: {line}"
+    );
+    // The others keep serving writes and reads.
+    for i in 0..20 {
+        let node = if i % 2 == 0 { 1 } else { 3 };
+        let r = put(node, &format!("during{i}")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "write {i} via n{node}");
+    }
+    let r = c.get(format!("{}/kv/before", url(3))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    dev(dir.path(), &["start", "n2"]);
+    wait_for("node n2 is running");
+    let r = c.get(format!("{}/health", url(2))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Ctrl-C (SIGTERM here) stops every node, the restarted one included.
+    unsafe {
+        libc::kill(sup.id() as i32, libc::SIGTERM);
+    }
+    let status = sup.wait().unwrap();
+    assert!(status.success());
+    for id in ["n1", "n2", "n3"] {
+        let pid: i32 = std::fs::read_to_string(dir.path().join(format!("{id}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(unsafe { libc::kill(pid, 0) } != 0, "{id} still running");
+    }
+}
