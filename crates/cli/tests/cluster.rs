@@ -266,6 +266,7 @@ async fn malformed_frames_do_not_crash_a_node() {
             peer_addr: "127.0.0.1:1".into(),
             http_addr: "127.0.0.1:1".into(),
             tokens: vec![42],
+            instance: 0,
         },
     };
     let answer = send(&frame(&dynamokv_server::transport::encode_hello(&hello)));

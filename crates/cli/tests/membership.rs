@@ -138,3 +138,68 @@ async fn gossip_joins_detects_failures_and_remembers_the_cluster() {
     let final_version = wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 5).await;
     assert_eq!(final_version, version, "same tokens, same ring");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_live_node_id_is_refused() {
+    let dirs = common::dirs(4);
+    let nodes = common::start_cluster(&dirs[..3], &[]);
+    common::wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    let addr_of = |v: &serde_json::Value, id: &str| {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| (m["peer_addr"].clone(), m["up"].clone()))
+    };
+    let c = common::http();
+    let before: serde_json::Value = c
+        .get(format!("{}/admin/members", nodes[0].url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The same id, another data directory, other ports: an operator's mistake.
+    let impostor = common::Node::start(
+        dirs[3].path(),
+        &[
+            "--cluster-secret",
+            common::SECRET,
+            "--node-id",
+            "n2",
+            "--seeds",
+            &nodes[0].peer,
+        ],
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    for n in &nodes {
+        let v: serde_json::Value = c
+            .get(format!("{}/admin/members", n.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            addr_of(&v, "n2"),
+            addr_of(&before, "n2"),
+            "{} kept the real n2",
+            n.id
+        );
+    }
+    // The real n2 keeps serving: writes through every node succeed.
+    for (i, n) in nodes.iter().enumerate() {
+        let r = c
+            .put(format!("{}/kv/after-impostor-{i}", n.url))
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    drop(impostor);
+    common::wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3).await;
+}

@@ -270,6 +270,7 @@ mod tests {
             peer_addr: format!("{id}:1"),
             http_addr: format!("{id}:2"),
             tokens: hashed_tokens(id, 8),
+            instance: 0,
         }
     }
 

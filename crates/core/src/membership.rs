@@ -71,6 +71,9 @@ pub struct Member {
     pub http_addr: String,
     /// The node's tokens on the ring.
     pub tokens: Vec<u64>,
+    /// A random number drawn when the node's data directory was created and kept with it: two
+    /// live processes claiming one node id are told apart by it, and the second is refused.
+    pub instance: u64,
 }
 
 /// Longest node id accepted.
@@ -364,6 +367,7 @@ mod tests {
             peer_addr: addr.into(),
             http_addr: addr.into(),
             tokens: vec![1],
+            instance: 0,
         }
     }
 
@@ -434,6 +438,7 @@ mod tests {
             peer_addr: format!("a{addr}"),
             http_addr: "h".into(),
             tokens: vec![u64::from(id)],
+            instance: 0,
         })
     }
 

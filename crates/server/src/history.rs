@@ -113,6 +113,7 @@ mod tests {
             peer_addr: format!("{id}:{generation}"),
             http_addr: String::new(),
             tokens: vec![1],
+            instance: 0,
         }
     }
 

@@ -14,6 +14,7 @@ use dynamokv_storage::{Engine, Space, StorageError, WriteBatch};
 const ACTOR: &[u8] = b"actor";
 const CLEAN: &[u8] = b"clean-shutdown";
 const COUNTER_FLOOR: &[u8] = b"counter-floor";
+const INSTANCE: &[u8] = b"instance";
 const SECRET: &[u8] = b"cluster-secret";
 const NODE_ID: &[u8] = b"node-id";
 
@@ -58,6 +59,21 @@ impl Identity {
         engine.write(b)?;
         engine.flush()?;
         Ok(Identity { actor, fresh_actor })
+    }
+
+    /// The data directory's instance number: drawn when the directory is new, kept with it
+    /// (across restarts and crashes), so two processes claiming one node id are told apart.
+    pub fn instance(engine: &dyn Engine) -> Result<u64, StorageError> {
+        if let Some(v) = engine
+            .get(Space::Meta, INSTANCE)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        {
+            return Ok(u64::from_be_bytes(v));
+        }
+        let v = random_u64()?;
+        engine.put(Space::Meta, INSTANCE, &v.to_be_bytes())?;
+        engine.flush()?;
+        Ok(v)
     }
 
     /// The highest version counter the actor issued in its previous run (0 if unknown).
@@ -122,6 +138,14 @@ impl Identity {
 mod tests {
     use super::*;
     use dynamokv_storage::MemoryEngine;
+
+    #[test]
+    fn instance_is_kept_with_the_directory() {
+        let e = MemoryEngine::new();
+        let a = Identity::instance(&e).unwrap();
+        assert_eq!(Identity::instance(&e).unwrap(), a);
+        assert_ne!(Identity::instance(&MemoryEngine::new()).unwrap(), a);
+    }
 
     #[test]
     fn counter_floor_is_kept() {

@@ -122,7 +122,13 @@ pub async fn run(
     if status != Status::Up {
         tracing::info!(status = status.as_str(), "starting");
     }
+    let engine = local.engine.clone();
+    let instance = blocking("reading the instance number", move || {
+        identity::Identity::instance(engine.as_ref()).map_err(NodeError::from)
+    })
+    .await?;
     let me = Member {
+        instance,
         id: local.node_id.clone(),
         generation: node::now_ms(),
         version: 1,

@@ -124,6 +124,7 @@ pub fn run_node(
     let mut next_client: ClientId = 1;
     let mut ring_version = node.ring().version();
     let mut members_epoch = node.members_epoch();
+    let mut conflicts = node.identity_conflicts().0;
     transport.sync_peers(node.members());
     // The monotonic clock: milliseconds since the thread started (plus one, so no timer
     // starts at zero). The wall clock goes only into version timestamps.
@@ -168,6 +169,18 @@ pub fn run_node(
         if now.mono >= next_tick {
             node.tick(now);
             next_tick = now.mono + TICK.as_millis() as u64;
+        }
+        if node.identity_conflicts().0 != conflicts {
+            let (count, last) = node.identity_conflicts();
+            conflicts = count;
+            if let Some(m) = last {
+                tracing::error!(
+                    id = %m.id, peer_addr = %m.peer_addr, http_addr = %m.http_addr,
+                    instance = format!("{:016x}", m.instance),
+                    "refused a second live process claiming node id {}: the id belongs to the node already up; stop the other process or give it its own --node-id",
+                    m.id
+                );
+            }
         }
         if node.members_epoch() != members_epoch {
             members_epoch = node.members_epoch();

@@ -55,6 +55,7 @@ fn member(i: usize, vnodes: u16) -> Member {
         peer_addr: format!("p{i}"),
         http_addr: format!("h{i}"),
         tokens: hashed_tokens(&format!("n{i}"), vnodes),
+        instance: 0,
     }
 }
 

@@ -38,6 +38,7 @@ impl Sim {
                 let id = format!("n{i:03}");
                 Member {
                     tokens: hashed_tokens(&id, cfg.vnodes),
+                    instance: 0,
                     id,
                     generation: EPOCH,
                     version: 1,

@@ -50,6 +50,7 @@ impl Net {
                 peer_addr: format!("sim:{id}"),
                 http_addr: format!("sim:{id}"),
                 tokens: hashed_tokens(id, 4),
+                instance: 0,
             })
             .collect();
         let config = NodeConfig::default();

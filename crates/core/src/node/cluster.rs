@@ -29,6 +29,8 @@ pub struct Cluster {
     members_epoch: u64,
     rejected: u64,
     known_before: bool,
+    /// Records refused because another live process holds the id, and the last one.
+    conflicts: (u64, Option<Member>),
     /// Members seen restarting (a newer generation), with the generation known before; told
     /// when they connect.
     restarted: BTreeMap<String, u64>,
@@ -79,6 +81,7 @@ impl Cluster {
             members_epoch: 0,
             rejected: 0,
             known_before: false,
+            conflicts: (0, None),
             restarted: BTreeMap::new(),
         }
     }
@@ -271,6 +274,12 @@ impl Cluster {
         }
     }
 
+    /// Records refused because another live process claimed a member's id, and the last such
+    /// record.
+    pub fn identity_conflicts(&self) -> (u64, Option<&Member>) {
+        (self.conflicts.0, self.conflicts.1.as_ref())
+    }
+
     /// Whether a peer told this node it knew it under an older generation: the cluster knew
     /// this node before it started.
     pub fn known_before(&self) -> bool {
@@ -281,6 +290,36 @@ impl Cluster {
     /// Returns true when a record changed.
     fn apply_delta(&mut self, delta: &Delta, out: &mut Outbox) -> bool {
         let me = self.me.id.clone();
+        // A record from another process claiming the id of a member that is up here (another
+        // data directory: another instance) is refused: an id belongs to one node.
+        let impostors: Vec<&Member> = delta
+            .members
+            .iter()
+            .filter(|m| {
+                m.id != me
+                    && self
+                        .view
+                        .members
+                        .get(&m.id)
+                        .is_some_and(|k| k.instance != m.instance && supersedes(Some(k), m))
+                    && self.is_up(&m.id)
+            })
+            .collect();
+        if !impostors.is_empty() {
+            self.conflicts.0 += impostors.len() as u64;
+            self.conflicts.1 = impostors.last().map(|m| (*m).clone());
+            let keep: Vec<Member> = delta
+                .members
+                .iter()
+                .filter(|m| !impostors.contains(m))
+                .cloned()
+                .collect();
+            let filtered = Delta {
+                members: keep,
+                heartbeats: delta.heartbeats.clone(),
+            };
+            return self.apply_delta(&filtered, out);
+        }
         let records_change = delta
             .members
             .iter()

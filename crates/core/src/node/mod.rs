@@ -589,6 +589,11 @@ impl<S: LocalStore> Node<S> {
         }
     }
 
+    /// Records refused because a second live process claimed a member's id, and the last one.
+    pub fn identity_conflicts(&self) -> (u64, Option<&Member>) {
+        self.cluster.identity_conflicts()
+    }
+
     /// How far this node's own join or leave is.
     pub fn transfer(&self) -> &rebalance::Transfer {
         self.rebalance.progress()

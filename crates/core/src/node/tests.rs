@@ -30,6 +30,7 @@ impl Cluster {
                 peer_addr: format!("p{i}"),
                 http_addr: format!("h{i}"),
                 tokens: hashed_tokens(&format!("n{i}"), 16),
+                instance: 0,
             })
             .collect();
         let mut nodes = BTreeMap::new();
@@ -367,6 +368,7 @@ fn concurrent_writes_through_different_coordinators_become_siblings() {
                 peer_addr: String::new(),
                 http_addr: String::new(),
                 tokens: vec![1],
+                instance: 0,
             },
             ActorId(99),
             NodeConfig::default(),
@@ -531,6 +533,7 @@ fn mk(i: usize, generation: u64) -> Member {
         peer_addr: format!("p{i}"),
         http_addr: String::new(),
         tokens: hashed_tokens(&format!("n{i}"), 8),
+        instance: 0,
     }
 }
 
