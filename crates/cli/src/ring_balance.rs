@@ -9,9 +9,13 @@
 //! - `equal Q`: Dynamo's strategy 3 - Q equal partitions dealt out as evenly as possible;
 //! - `greedy V`: nodes join one at a time and each of their V tokens splits the largest arc of
 //!   the currently most loaded node (needs agreement on the join order).
+//!
+//! Then a sequence of joins and leaves from 3 to 100 nodes with the placement a joining node
+//! uses (`ring::balanced_tokens`, 256 tokens): the balance at each size, and the data each join
+//! moves against the ideal (the new node's N/(n+1) share of the copies).
 
 use clap::Args;
-use dynamokv_core::ring::{Ring, hashed_tokens};
+use dynamokv_core::ring::{Ring, balanced_tokens, hashed_tokens};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
@@ -121,5 +125,56 @@ pub fn run(args: RingBalanceArgs) -> anyhow::Result<ExitCode> {
         }
         println!();
     }
+    sequence();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The share of the key space `node` replicates with `n` replicas.
+fn replicated(ring: &Ring, node: &str, n: usize) -> f64 {
+    ring.ranges()
+        .into_iter()
+        .filter(|r| ring.walk(r.end, n).contains(&node))
+        .map(|r| r.len() as f64 / 2f64.powi(64))
+        .sum()
+}
+
+/// Joins up to 100 nodes with balanced tokens, one node in five leaving in between.
+fn sequence() {
+    const N: usize = 3;
+    println!();
+    println!(
+        "join/leave sequence, balanced tokens (256 per node), a leave after every 4 joins; N={N}:"
+    );
+    println!("  nodes | max/mean | min/mean | worst join moved/ideal so far");
+    let mut members: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    members.insert(id(0), hashed_tokens(&id(0), 256));
+    let mut next = 1;
+    let mut worst: f64 = 0.0;
+    let mut joins = 0;
+    let mut rng = dynamokv_core::rng::Rng::new(7);
+    let mut shown = std::collections::BTreeSet::new();
+    while members.len() < 100 {
+        let ring = Ring::new(&members).expect("distinct tokens");
+        let new = id(next);
+        next += 1;
+        let tokens = balanced_tokens(&ring, &new, 256);
+        members.insert(new.clone(), tokens);
+        let after = Ring::new(&members).expect("distinct tokens");
+        if members.len() > N {
+            let moved = replicated(&after, &new, N);
+            let ideal = N as f64 / members.len() as f64;
+            worst = worst.max(moved / ideal);
+        }
+        joins += 1;
+        if joins % 4 == 0 && members.len() > 4 {
+            let ids: Vec<String> = members.keys().cloned().collect();
+            let gone = &ids[rng.below(ids.len() as u64) as usize];
+            members.remove(gone);
+        }
+        let n = members.len();
+        if [3, 5, 10, 30, 50, 100].contains(&n) && shown.insert(n) {
+            let (max, min) = stats(&members);
+            println!("  {n:>5} | {max:>8.3} | {min:>8.3} | {worst:.3}");
+        }
+    }
 }

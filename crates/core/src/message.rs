@@ -379,6 +379,8 @@ pub enum GossipMessage {
     Restarted {
         /// The generation the sender knew.
         previous_generation: u64,
+        /// The tokens the node had then (a node that lost its data takes its place back).
+        tokens: Vec<u64>,
     },
 }
 

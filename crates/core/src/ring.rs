@@ -44,6 +44,92 @@ pub fn hashed_tokens(node_id: &str, count: u16) -> Vec<u64> {
     tokens.into_iter().collect()
 }
 
+/// Tokens for a node joining `ring` (which must not hold it yet), placed so that the ring stays
+/// balanced: each token takes from the largest arc of the node with the largest share just what
+/// brings that node down to the new mean, until the joining node holds its share (1/(n+1) of the
+/// key space) or has used `count` tokens. A small offset derived from `node_id` keeps two nodes
+/// joining the same ring at once from choosing the same tokens.
+pub fn balanced_tokens(ring: &Ring, node_id: &str, count: u16) -> Vec<u64> {
+    if ring.is_empty() || count == 0 {
+        return hashed_tokens(node_id, count.max(1));
+    }
+    let full = 2f64.powi(64);
+    let target = 1.0 / (ring.nodes().len() + 1) as f64;
+    // Arcs per node, as (length, start, end), and each node's share.
+    let mut arcs: BTreeMap<String, Vec<(u128, u64, u64)>> = BTreeMap::new();
+    for node in ring.nodes() {
+        let mut a: Vec<(u128, u64, u64)> = ring
+            .arcs_of(node)
+            .into_iter()
+            .map(|(s, e)| {
+                let len = match e.wrapping_sub(s) {
+                    0 => 1u128 << 64,
+                    l => u128::from(l),
+                };
+                (len, s, e)
+            })
+            .collect();
+        a.sort_unstable();
+        arcs.insert(node.clone(), a);
+    }
+    let mut shares: BTreeMap<String, f64> = arcs
+        .iter()
+        .map(|(n, a)| (n.clone(), a.iter().map(|x| x.0 as f64).sum::<f64>() / full))
+        .collect();
+    let jitter = xxhash_rust::xxh3::xxh3_64(node_id.as_bytes()) % 4096;
+    let mut mine: BTreeSet<u64> = BTreeSet::new();
+    let mut have = 0.0;
+    while mine.len() < usize::from(count) && have < target * 0.999 {
+        let Some((heaviest, share)) = shares
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(n, s)| (n.clone(), *s))
+        else {
+            break;
+        };
+        let Some(a) = arcs.get_mut(&heaviest) else {
+            break;
+        };
+        let Some((len, start, end)) = a.pop() else {
+            break;
+        };
+        // Take what brings the heaviest node to the target, no more than the joiner still
+        // needs, and leave part of the arc to its owner.
+        // Pieces of at most a 128th of the target, so the joiner's tokens spread over many arcs
+        // (and its replicas over many neighbours).
+        let piece_max = target / f64::from(count.clamp(1, 128));
+        let want = (share - target).min(target - have).min(piece_max).max(0.0) * full;
+        if len < 1 << 16 {
+            // Too small to split: leave it to its owner.
+            if let Some(s) = shares.get_mut(&heaviest) {
+                *s -= len as f64 / full;
+            }
+            continue;
+        }
+        let take = (want as u128).clamp(1 << 13, len - (1 << 13));
+        let token = start
+            .wrapping_add(take as u64)
+            .wrapping_add(jitter)
+            .wrapping_sub(2048);
+        let piece = u128::from(token.wrapping_sub(start));
+        if !mine.insert(token) {
+            continue;
+        }
+        have += piece as f64 / full;
+        if let Some(s) = shares.get_mut(&heaviest) {
+            *s -= piece as f64 / full;
+        }
+        let rest = len - piece;
+        let a = arcs.get_mut(&heaviest).expect("the node's arcs");
+        let at = a.partition_point(|x| x.0 < rest);
+        a.insert(at, (rest, token, end));
+    }
+    if mine.is_empty() {
+        return hashed_tokens(node_id, count.max(1));
+    }
+    mine.into_iter().collect()
+}
+
 /// Why a ring could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
@@ -216,6 +302,38 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn balanced_tokens_give_a_joiner_its_share_and_keep_the_ring_even() {
+        let mut m: BTreeMap<String, Vec<u64>> = (0..5)
+            .map(|i| (format!("n{i}"), hashed_tokens(&format!("n{i}"), 256)))
+            .collect();
+        let ring = Ring::new(&m).unwrap();
+        let before = ring.shares();
+        let spread = |s: &BTreeMap<String, f64>| {
+            let mean = 1.0 / s.len() as f64;
+            let max = s.values().cloned().fold(f64::MIN, f64::max) / mean;
+            let min = s.values().cloned().fold(f64::MAX, f64::min) / mean;
+            (max, min)
+        };
+        assert!(
+            spread(&before).0 > 1.05,
+            "hashed tokens are uneven to begin with"
+        );
+        let a = balanced_tokens(&ring, "joiner", 256);
+        let b = balanced_tokens(&ring, "other", 256);
+        assert!(a.len() <= 256 && !a.is_empty());
+        assert_ne!(a, b, "two joiners of one ring do not pick the same tokens");
+        m.insert("joiner".into(), a);
+        let after = Ring::new(&m).unwrap().shares();
+        assert!(
+            (after["joiner"] - 1.0 / 6.0).abs() < 0.002,
+            "{}",
+            after["joiner"]
+        );
+        let (max, min) = spread(&after);
+        assert!(max <= 1.05 && min >= 0.95, "{max} {min}");
+    }
     use proptest::prelude::*;
 
     fn ring(nodes: usize, vnodes: u16) -> Ring {

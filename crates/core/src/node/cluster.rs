@@ -31,9 +31,11 @@ pub struct Cluster {
     known_before: bool,
     /// Records refused because another live process holds the id, and the last one.
     conflicts: (u64, Option<Member>),
-    /// Members seen restarting (a newer generation), with the generation known before; told
-    /// when they connect.
-    restarted: BTreeMap<String, u64>,
+    /// Members seen restarting (a newer generation), with the record known before; told when
+    /// they connect.
+    restarted: BTreeMap<String, Member>,
+    /// The tokens this node had before it lost its data, as a peer told it.
+    previous_tokens: Option<Vec<u64>>,
 }
 
 impl Cluster {
@@ -83,6 +85,7 @@ impl Cluster {
             known_before: false,
             conflicts: (0, None),
             restarted: BTreeMap::new(),
+            previous_tokens: None,
         }
     }
 
@@ -175,11 +178,12 @@ impl Cluster {
         if node != self.me.id && self.connected.insert(node.to_owned()) {
             let digest = self.view.digest();
             out.send(node, GossipMessage::Syn { digest });
-            if let Some(previous_generation) = self.restarted.remove(node) {
+            if let Some(previous) = self.restarted.remove(node) {
                 out.send(
                     node,
                     GossipMessage::Restarted {
-                        previous_generation,
+                        previous_generation: previous.generation,
+                        tokens: previous.tokens,
                     },
                 );
             }
@@ -197,6 +201,18 @@ impl Cluster {
     /// The transport lost `node`. Returns false when it was not connected.
     pub fn peer_down(&mut self, node: &str) -> bool {
         self.connected.remove(node)
+    }
+
+    /// The tokens this node had before it lost its data, if a peer told it.
+    pub fn previous_tokens(&self) -> Option<&Vec<u64>> {
+        self.previous_tokens.as_ref()
+    }
+
+    /// Declares new tokens for this node (a joining node placing itself, or a node that lost
+    /// its data taking its place back).
+    pub fn set_tokens(&mut self, tokens: Vec<u64>, out: &mut Outbox) {
+        self.me.tokens = tokens;
+        self.set_status(self.me.status, out);
     }
 
     /// Declares a new status for this node: its record gets a new version, which gossip
@@ -258,9 +274,13 @@ impl Cluster {
             }
             GossipMessage::Restarted {
                 previous_generation,
+                tokens,
             } => {
                 if previous_generation < self.me.generation {
                     self.known_before = true;
+                    if !tokens.is_empty() && tokens.len() <= crate::membership::MAX_TOKENS {
+                        self.previous_tokens = Some(tokens);
+                    }
                 }
             }
         }
@@ -337,6 +357,16 @@ impl Cluster {
                         .map(|k| (k.id.clone(), k.generation))
                 })
                 .collect();
+            let old_records: BTreeMap<String, Member> = delta
+                .members
+                .iter()
+                .filter_map(|m| {
+                    self.view
+                        .members
+                        .get(&m.id)
+                        .map(|k| (k.id.clone(), k.clone()))
+                })
+                .collect();
             let mut next = self.view.clone();
             let records = Delta {
                 members: delta.members.clone(),
@@ -350,10 +380,12 @@ impl Cluster {
                     self.members_epoch += 1;
                     changed = !applied.members.is_empty();
                     for m in applied.members {
-                        if let Some(g) = before.get(&m.id).filter(|g| **g < m.generation) {
+                        if before.get(&m.id).is_some_and(|g| *g < m.generation) {
                             // A restart: its detector history belongs to the old process.
                             self.detector.reset(&m.id, self.now);
-                            self.restarted.insert(m.id.clone(), *g);
+                            if let Some(old) = old_records.get(&m.id) {
+                                self.restarted.insert(m.id.clone(), old.clone());
+                            }
                         }
                         out.persist(m);
                     }

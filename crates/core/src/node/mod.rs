@@ -171,6 +171,8 @@ pub struct Node<S> {
     handoff: Handoff,
     anti_entropy: AntiEntropy,
     rebalance: rebalance::Rebalance,
+    /// When a joining node first saw a ring to join, and whether it placed its tokens.
+    placement: (Option<u64>, bool),
     /// The node started with no data; rebuild it if the cluster knew this node before.
     data_lost: bool,
     out: Outbox,
@@ -213,6 +215,7 @@ impl<S: LocalStore> Node<S> {
             }),
             anti_entropy: AntiEntropy::new(config.anti_entropy()),
             rebalance: rebalance::Rebalance::default(),
+            placement: (None, false),
             data_lost: false,
             out,
         }
@@ -294,7 +297,12 @@ impl<S: LocalStore> Node<S> {
         self.anti_entropy.apply(self.store.take_changes());
         if self.data_lost && self.cluster.known_before() {
             self.data_lost = false;
-            // Not a new node but one that lost its data: it keeps its place in the ring.
+            // Not a new node but one that lost its data: it takes its place back in the ring.
+            if let Some(tokens) = self.cluster.previous_tokens().cloned()
+                && tokens != self.cluster.me().tokens
+            {
+                self.cluster.set_tokens(tokens, &mut self.out);
+            }
             if self.cluster.me().status == Status::Joining {
                 self.cluster.set_status(Status::Up, &mut self.out);
             }
@@ -580,6 +588,7 @@ impl<S: LocalStore> Node<S> {
             &mut self.out,
         );
         self.follow_writes();
+        self.place_tokens(mono);
         let status = self.cluster.me().status;
         if let Some(next) =
             self.rebalance
@@ -592,6 +601,45 @@ impl<S: LocalStore> Node<S> {
     /// Records refused because a second live process claimed a member's id, and the last one.
     pub fn identity_conflicts(&self) -> (u64, Option<&Member>) {
         self.cluster.identity_conflicts()
+    }
+
+    /// A joining node places its tokens where they balance the ring it joins (once it has
+    /// seen that ring for a couple of gossip rounds), instead of keeping hashed ones.
+    fn place_tokens(&mut self, now: u64) {
+        let me = self.cluster.me();
+        let current = &self.cluster.rings().current;
+        if me.status != Status::Joining
+            || self.placement.1
+            || self.cluster.known_before()
+            || current.is_empty()
+            || current.nodes().contains(&me.id)
+        {
+            return;
+        }
+        let seen = *self.placement.0.get_or_insert(now);
+        if now < seen + 2 * self.config.gossip_interval_ms {
+            return;
+        }
+        self.placement.1 = true;
+        let others: Vec<Member> = self
+            .cluster
+            .view()
+            .members
+            .values()
+            .filter(|m| m.id != me.id && matches!(m.status, Status::Up | Status::Joining))
+            .cloned()
+            .collect();
+        // The future ring without this node: other joining members count as placed.
+        let tokens = others
+            .iter()
+            .map(|m| (m.id.clone(), m.tokens.clone()))
+            .collect();
+        let Ok(future) = Ring::new(&tokens) else {
+            return;
+        };
+        let count = u16::try_from(me.tokens.len()).unwrap_or(u16::MAX);
+        let tokens = crate::ring::balanced_tokens(&future, &me.id, count);
+        self.cluster.set_tokens(tokens, &mut self.out);
     }
 
     /// How far this node's own join or leave is.

@@ -230,15 +230,12 @@ impl AntiEntropy {
         }
     }
 
-    /// Starts a round of every pair of this node's as soon as possible; returns its id.
+    /// Starts a round of every pair of this node's as soon as possible (after the round in
+    /// progress, which may have compared ranges before the caller's reason to repair); returns
+    /// its id.
     pub fn force_round(&mut self) -> u64 {
         self.force = true;
-        match &self.round {
-            // A forced round after the one running, which may not include every pair.
-            Some(r) if !r.progress.forced => self.next_round_id,
-            Some(r) => r.progress.id,
-            None => self.next_round_id,
-        }
+        self.next_round_id
     }
 
     /// This node lost its data: its copies do not count until each range it replicates (as the
