@@ -114,11 +114,20 @@ pub async fn run(
     // A node keeps the status it had; a new node joining through seeds starts as `joining`
     // (it owns nothing until it holds the data of its ranges); the first node of a cluster is up.
     use dynamokv_core::membership::Status;
-    let status = match known.iter().find(|m| m.id == local.node_id) {
+    let previous = known
+        .iter()
+        .filter(|m| m.id == local.node_id)
+        .max_by_key(|m| (m.generation, m.version));
+    let status = match previous {
         Some(previous) => previous.status,
         None if config.seeds.is_empty() => Status::Up,
         None => Status::Joining,
     };
+    // A node keeps its place: the tokens it had (a joining node placed its own).
+    let tokens = previous.map_or_else(
+        || dynamokv_core::ring::hashed_tokens(&local.node_id, config.vnodes),
+        |p| p.tokens.clone(),
+    );
     if status != Status::Up {
         tracing::info!(status = status.as_str(), "starting");
     }
@@ -135,7 +144,7 @@ pub async fn run(
         status,
         peer_addr: advertise_peer.clone(),
         http_addr: advertise_http.clone(),
-        tokens: dynamokv_core::ring::hashed_tokens(&local.node_id, config.vnodes),
+        tokens,
     };
     let mut core = Node::new(
         me,
