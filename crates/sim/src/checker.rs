@@ -91,6 +91,13 @@ pub enum Violation {
         /// The value that came back.
         value: Option<Vec<u8>>,
     },
+    /// A live node that is not one of a key's owners still holds a copy after the run settled.
+    Misplaced {
+        /// The key.
+        key: Vec<u8>,
+        /// The node holding it.
+        node: String,
+    },
     /// Replicas of a key differ.
     Diverged {
         /// The key.
@@ -145,6 +152,11 @@ impl fmt::Display for Violation {
                 "deleted value came back: key {:?}: {} after its tombstone was collected",
                 String::from_utf8_lossy(key),
                 show(value)
+            ),
+            Violation::Misplaced { key, node } => write!(
+                f,
+                "key {:?} is still on {node}, which is not one of its owners",
+                String::from_utf8_lossy(key)
             ),
             Violation::Diverged { key, copies } => write!(
                 f,

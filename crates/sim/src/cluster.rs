@@ -27,12 +27,18 @@ pub(crate) struct SimNode {
     pub(crate) held: Vec<Ev>,
     pub(crate) skew: i64,
     pub(crate) actors: u64,
+    /// Crashed for good (removed from the cluster): never restarted.
+    pub(crate) retired: bool,
+    /// Started at least once (the spare node waits for its join).
+    pub(crate) joined: bool,
 }
 
 impl Sim {
     /// Builds the cluster for `cfg`.
     pub fn new(cfg: SimConfig) -> Sim {
         let mut rng = Rng::new(cfg.seed);
+        // With membership changes, one spare node waits to join.
+        let slots = cfg.nodes + usize::from(cfg.faults.membership);
         let members: Vec<Member> = (0..cfg.nodes)
             .map(|i| {
                 let id = format!("n{i:03}");
@@ -78,6 +84,32 @@ impl Sim {
                 held: Vec::new(),
                 skew,
                 actors: 1,
+                retired: false,
+                joined: true,
+            });
+        }
+        for i in cfg.nodes..slots {
+            let id = format!("n{i:03}");
+            nodes.push(SimNode {
+                member: Member {
+                    tokens: hashed_tokens(&id, cfg.vnodes),
+                    instance: 0,
+                    id,
+                    generation: EPOCH,
+                    version: 1,
+                    status: dynamokv_core::membership::Status::Joining,
+                    peer_addr: format!("sim:{i}"),
+                    http_addr: format!("sim:{i}"),
+                },
+                history: Vec::new(),
+                core: None,
+                store: Arc::new(ObjectStore::new(Arc::new(MemoryEngine::new()))),
+                paused: false,
+                held: Vec::new(),
+                skew: 0,
+                actors: 0,
+                retired: false,
+                joined: false,
             });
         }
         let clients = (0..cfg.clients)
@@ -162,20 +194,42 @@ impl Sim {
             }
         }
     }
-    /// Hints kept anywhere in the cluster.
+    /// Hints kept anywhere in the cluster (a removed node's hints died with it).
     pub(crate) fn hints_pending(&self) -> usize {
         self.nodes
             .iter()
+            .filter(|n| !n.retired)
             .map(|n| n.store.scan_hints(None, usize::MAX).map_or(0, |h| h.len()))
             .sum()
     }
 
-    /// Whether every node believes every other node is up.
+    /// The spare node that joins during the run, if any.
+    pub(crate) fn spare(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| !n.joined)
+    }
+
+    /// Nodes that are members of the cluster at the end: started, not removed, not left.
+    pub(crate) fn in_cluster(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| {
+                let n = &self.nodes[*i];
+                n.joined
+                    && !n.retired
+                    && n.core
+                        .as_ref()
+                        .is_none_or(|c| c.me().status != dynamokv_core::membership::Status::Left)
+            })
+            .collect()
+    }
+
+    /// Whether every member believes every other member is up.
     pub(crate) fn all_up(&self) -> bool {
-        self.nodes.iter().all(|n| {
-            n.core
+        let members = self.in_cluster();
+        members.iter().all(|i| {
+            self.nodes[*i]
+                .core
                 .as_ref()
-                .is_some_and(|c| self.nodes.iter().all(|o| c.is_up(&o.member.id)))
+                .is_some_and(|c| members.iter().all(|o| c.is_up(&self.nodes[*o].member.id)))
         })
     }
 
@@ -196,12 +250,13 @@ impl Sim {
                     return;
                 }
             }
-            if members.len() != self.nodes.len() {
+            let started = self.nodes.iter().filter(|n| n.joined).count();
+            if members.len() != started {
                 self.violations.push(Violation::Membership {
                     what: format!(
                         "the view has {} members, the cluster {}",
                         members.len(),
-                        self.nodes.len()
+                        started
                     ),
                 });
             }

@@ -19,6 +19,10 @@ pub struct Faults {
     /// Per-node wall-clock skew up to ±2 s, and wall-clock steps of up to ±60 s during the run
     /// (timers run on the monotonic clock and must not notice).
     pub skew: bool,
+    /// Membership changes: a node joins, one leaves, a crashed one is removed. Not part of
+    /// `all` yet: a few seeds in a hundred still end with one node missing a `left` record (see
+    /// docs/simulation.md); ask for it with `--faults all,membership`.
+    pub membership: bool,
 }
 
 impl Faults {
@@ -31,6 +35,7 @@ impl Faults {
             loss: true,
             delay: true,
             skew: true,
+            membership: false,
         }
     }
 
@@ -47,9 +52,10 @@ impl Faults {
                 "loss" => f.loss = true,
                 "delay" => f.delay = true,
                 "skew" => f.skew = true,
+                "membership" => f.membership = true,
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?}: use crash, pause, partition, loss, delay, skew, all or none"
+                        "unknown fault {other:?}: use crash, pause, partition, loss, delay, skew, membership, all or none"
                     ));
                 }
             }
@@ -66,6 +72,7 @@ impl Faults {
             (self.loss, "loss"),
             (self.delay, "delay"),
             (self.skew, "skew"),
+            (self.membership, "membership"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -83,6 +90,25 @@ impl Sim {
     /// Schedules the fault episodes inside `[start, end)`.
     pub(crate) fn schedule_faults(&mut self, start: u64, end: u64) {
         let f = self.cfg.faults;
+        if f.membership && self.spare().is_some() {
+            // The spare node joins early; later an original node leaves and, with enough nodes
+            // left for N, another crashes for good and is removed.
+            let originals = self.cfg.nodes;
+            let join = self.rng.range(start, start + (end - start) / 3);
+            self.at(join, Ev::Join(originals));
+            let leave = self.rng.range(join + 500, end.max(join + 1000));
+            let leaver = self.rng.below(originals as u64) as usize;
+            self.at(leave, Ev::Leave(leaver));
+            if originals > usize::from(self.cfg.node.n) + 1 {
+                let victim =
+                    (leaver + 1 + self.rng.below(originals as u64 - 1) as usize) % originals;
+                let by = (0..originals)
+                    .find(|i| *i != victim && *i != leaver)
+                    .unwrap_or(0);
+                self.at(leave + 200, Ev::Retire(victim));
+                self.at(leave + 3_000, Ev::Remove { victim, by });
+            }
+        }
         let mut kinds = Vec::new();
         if f.crash {
             kinds.push(0);
@@ -103,7 +129,7 @@ impl Sim {
             return;
         }
         let episodes = self.rng.range(2, 6);
-        let n = self.nodes.len();
+        let n = self.cfg.nodes;
         for _ in 0..episodes {
             let t0 = self.rng.range(start, end);
             let len = self.rng.range(200, 3000);

@@ -39,6 +39,19 @@ pub(crate) enum Ev {
     Loss(bool),
     /// Node `.0`'s wall clock jumps by `.1` ms (its monotonic clock does not move).
     ClockStep(usize, i64),
+    /// The spare node starts and joins.
+    Join(usize),
+    /// A node starts a graceful leave.
+    Leave(usize),
+    /// A node crashes for good (it will be removed).
+    Retire(usize),
+    /// Node `by` declares the retired node `victim` removed (retried while it still looks up).
+    Remove {
+        /// The dead node.
+        victim: usize,
+        /// The node asked.
+        by: usize,
+    },
 }
 
 /// A simulation run.
@@ -216,42 +229,50 @@ impl Sim {
             }
             Ev::Restart(i) => {
                 self.hash(&[time, 7, i as u64], &[]);
-                if self.nodes[i].core.is_none() {
+                if self.nodes[i].core.is_none() && !self.nodes[i].retired && self.nodes[i].joined {
                     self.log(|| format!("restart n{i:03}"));
-                    let mut member = self.nodes[i].member.clone();
-                    member.generation = self.node_now(i).wall;
-                    self.nodes[i].actors += 1;
-                    let seed = self.rng.next_u64();
-                    let actor = ActorId(self.rng.next_u64());
-                    let history = self.nodes[i].history.clone();
-                    let mut core = Node::new(
-                        member,
-                        actor,
-                        self.cfg.node,
-                        self.nodes[i].store.clone(),
-                        seed,
-                        &history,
-                    );
-                    self.nodes[i].member = core.me().clone();
-                    let now = self.node_now(i);
-                    core.tick(now);
-                    self.nodes[i].core = Some(core);
-                    // Connections come back both ways.
-                    let id = self.nodes[i].member.id.clone();
-                    for j in 0..self.nodes.len() {
-                        if j == i || self.nodes[j].core.is_none() {
-                            continue;
-                        }
-                        let other = self.nodes[j].member.id.clone();
-                        if let Some(c) = self.nodes[i].core.as_mut() {
-                            c.peer_up(&other);
-                        }
-                        if let Some(c) = self.nodes[j].core.as_mut() {
-                            c.peer_up(&id);
-                        }
-                        self.drain(j);
-                    }
+                    self.start_node(i);
+                }
+            }
+            Ev::Join(i) => {
+                self.hash(&[time, 14, i as u64], &[]);
+                if !self.nodes[i].joined {
+                    self.log(|| format!("join n{i:03}"));
+                    // It knows the cluster from a seed, as a node started with --seeds would.
+                    let view: Vec<dynamokv_core::membership::Member> = self
+                        .nodes
+                        .iter()
+                        .find_map(|n| n.core.as_ref())
+                        .map(|c| c.members().values().cloned().collect())
+                        .unwrap_or_default();
+                    self.nodes[i].history = view;
+                    self.nodes[i].joined = true;
+                    self.start_node(i);
+                }
+            }
+            Ev::Leave(i) => {
+                self.hash(&[time, 15, i as u64], &[]);
+                if let Some(core) = self.nodes[i].core.as_mut() {
+                    let left = core.leave();
+                    self.log(|| format!("leave n{i:03}: {left:?}"));
                     self.drain(i);
+                }
+            }
+            Ev::Retire(i) => {
+                self.hash(&[time, 16, i as u64], &[]);
+                self.log(|| format!("retire n{i:03}"));
+                self.nodes[i].retired = true;
+                self.at(time, Ev::Crash(i));
+            }
+            Ev::Remove { victim, by } => {
+                self.hash(&[time, 17, victim as u64, by as u64], &[]);
+                let id = self.nodes[victim].member.id.clone();
+                let result = self.nodes[by].core.as_mut().map(|c| c.remove(&id));
+                self.log(|| format!("remove n{victim:03} by n{by:03}: {result:?}"));
+                match result {
+                    Some(Ok(())) => self.drain(by),
+                    // Still believed up, or the asked node is down: try again soon.
+                    _ => self.at(time + 1_000, Ev::Remove { victim, by }),
                 }
             }
             Ev::Pause(i) => {
@@ -297,6 +318,52 @@ impl Sim {
         }
     }
 
+    /// Starts node `i` from its persisted history (its latest own record gives its status and
+    /// tokens) and connects it both ways.
+    pub(crate) fn start_node(&mut self, i: usize) {
+        let mut member = self.nodes[i]
+            .history
+            .iter()
+            .filter(|m| m.id == self.nodes[i].member.id)
+            .max_by_key(|m| (m.generation, m.version))
+            .cloned()
+            .unwrap_or_else(|| self.nodes[i].member.clone());
+        member.generation = self.node_now(i).wall;
+        member.version = 1;
+        self.nodes[i].actors += 1;
+        let seed = self.rng.next_u64();
+        let actor = ActorId(self.rng.next_u64());
+        let history = self.nodes[i].history.clone();
+        let mut core = Node::new(
+            member,
+            actor,
+            self.cfg.node,
+            self.nodes[i].store.clone(),
+            seed,
+            &history,
+        );
+        self.nodes[i].member = core.me().clone();
+        let now = self.node_now(i);
+        core.tick(now);
+        self.nodes[i].core = Some(core);
+        // Connections come back both ways.
+        let id = self.nodes[i].member.id.clone();
+        for j in 0..self.nodes.len() {
+            if j == i || self.nodes[j].core.is_none() {
+                continue;
+            }
+            let other = self.nodes[j].member.id.clone();
+            if let Some(c) = self.nodes[i].core.as_mut() {
+                c.peer_up(&other);
+            }
+            if let Some(c) = self.nodes[j].core.as_mut() {
+                c.peer_up(&id);
+            }
+            self.drain(j);
+        }
+        self.drain(i);
+    }
+
     pub(crate) fn run_until(&mut self, end: u64) {
         while let Some(Reverse((time, seq))) = self.queue.peek().copied() {
             if time > end {
@@ -310,17 +377,25 @@ impl Sim {
         self.now = end;
     }
 
-    /// Whether every key's primaries hold the same copy.
+    /// Whether every key's primaries hold the same copy, and no other live node a copy.
     pub(crate) fn converged(&self) -> bool {
         (0..self.cfg.keys).all(|k| {
             let key = key_name(k);
-            let mut copies = self
-                .primaries(&key)
-                .into_iter()
-                .map(|p| self.nodes[p].store.get(&key).ok().flatten());
+            let primaries = self.primaries(&key);
+            let mut copies = primaries
+                .iter()
+                .map(|p| self.nodes[*p].store.get(&key).ok().flatten());
             let first = copies.next().flatten();
-            copies.all(|c| c == first)
+            copies.all(|c| c == first) && self.misplaced(&key, &primaries).is_empty()
         })
+    }
+
+    /// Live nodes that are not primaries of `key` but hold a copy of it.
+    pub(crate) fn misplaced(&self, key: &[u8], primaries: &[usize]) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| !primaries.contains(i) && self.nodes[*i].core.is_some())
+            .filter(|i| self.nodes[*i].store.get(key).ok().flatten().is_some())
+            .collect()
     }
 
     pub(crate) fn all_done(&self) -> bool {
@@ -390,6 +465,17 @@ impl Sim {
             }
             let next = self.now + 250;
             self.run_until(next);
+        }
+        // Every key on exactly its N owners: none left behind on a node that lost its range.
+        for k in 0..self.cfg.keys {
+            let key = key_name(k);
+            let primaries = self.primaries(&key);
+            for i in self.misplaced(&key, &primaries) {
+                self.violations.push(Violation::Misplaced {
+                    key: key.clone(),
+                    node: self.nodes[i].member.id.clone(),
+                });
+            }
         }
         // Final state of every key on its primaries.
         let mut replicas: BTreeMap<Vec<u8>, Vec<(String, Option<Object>)>> = BTreeMap::new();

@@ -12,7 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug)]
 struct Delivery {
+    /// The hint's owner.
     owner: String,
+    /// Where it went: the owner, or a current owner of the key when the hint's owner left.
+    to: String,
     key: Vec<u8>,
     object: Object,
     deadline: u64,
@@ -75,7 +78,7 @@ impl Handoff {
         id: RequestId,
         result: Result<(), WireError>,
     ) {
-        if self.in_flight.get(&id).is_some_and(|d| d.owner == from)
+        if self.in_flight.get(&id).is_some_and(|d| d.to == from)
             && let Some(d) = self.retire(id)
             && result.is_ok()
             && store
@@ -91,7 +94,7 @@ impl Handoff {
         let lost: Vec<RequestId> = self
             .in_flight
             .iter()
-            .filter(|(_, d)| d.owner == node)
+            .filter(|(_, d)| d.to == node)
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
@@ -109,7 +112,7 @@ impl Handoff {
             .collect();
         expired
             .into_iter()
-            .filter_map(|id| self.retire(id).map(|d| d.owner))
+            .filter_map(|id| self.retire(id).map(|d| d.to))
             .collect()
     }
 
@@ -148,14 +151,42 @@ impl Handoff {
         for h in page {
             last = Some((h.key.clone(), h.owner.clone()));
             let busy = self.busy.contains(&(h.owner.clone(), h.key.clone()));
-            if busy || !cluster.is_up(&h.owner) || !cluster.view().members.contains_key(&h.owner) {
+            if busy {
+                continue;
+            }
+            // The owner, while it is in the ring; once it left (or was removed), the hint goes to
+            // the first reachable current owner of the key instead.
+            let to = if cluster.ring().nodes().contains(&h.owner) {
+                if !cluster.is_up(&h.owner) {
+                    continue;
+                }
+                h.owner.clone()
+            } else {
+                let ring = cluster.ring();
+                match ring
+                    .walk(crate::ring::position(&h.key), ring.nodes().len())
+                    .into_iter()
+                    .find(|n| cluster.is_up(n))
+                {
+                    Some(n) => n.to_owned(),
+                    None => continue,
+                }
+            };
+            if to == cluster.id() {
+                if store.merge(&h.key, &h.object).is_ok()
+                    && store
+                        .remove_hint(&h.owner, &h.key, &h.object)
+                        .unwrap_or(false)
+                {
+                    self.delivered += 1;
+                }
                 continue;
             }
             self.busy.insert((h.owner.clone(), h.key.clone()));
             self.next_id += 1;
             let id = self.next_id;
             out.send(
-                &h.owner,
+                &to,
                 HandoffMessage::Deliver {
                     id,
                     key: h.key.clone(),
@@ -166,6 +197,7 @@ impl Handoff {
                 id,
                 Delivery {
                     owner: h.owner,
+                    to,
                     key: h.key,
                     object: h.object,
                     deadline: now + self.config.timeout_ms,

@@ -55,9 +55,10 @@ pub(super) struct Collector {
 }
 
 impl AntiEntropy {
-    /// Whether this node keeps hints (as last checked).
+    /// Whether this node keeps hints, or may keep keys of ranges it no longer replicates (as
+    /// last checked): either could hand an old value back after a tombstone is collected.
     pub(super) fn hints_here(&self) -> bool {
-        self.gc.hints_here.0
+        self.gc.hints_here.0 || self.holding_moved()
     }
 
     /// A peer said whether it keeps hints.
@@ -89,7 +90,7 @@ impl AntiEntropy {
 
     /// Whether no node this one knows of keeps hints.
     fn no_hints_anywhere(&self, members: &[String], me: &str) -> bool {
-        !self.gc.hints_here.0
+        !self.hints_here()
             && members
                 .iter()
                 .filter(|m| *m != me)

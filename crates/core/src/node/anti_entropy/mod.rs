@@ -327,6 +327,8 @@ impl AntiEntropy {
         let now = clock.mono;
         let first = self.trees.owners().is_empty();
         if self.trees.reshape(rings, me, self.config.n) {
+            // Ranges changed hands: whether moved keys are held here is unknown again.
+            self.moved.holding = None;
             // New ranges (a join or a leave): compare them at once rather than next round.
             if !first && self.config.interval_ms > 0 {
                 self.force = true;

@@ -32,6 +32,11 @@ pub(super) struct Moved {
     next_id: u64,
     /// Keys handed over and deleted here.
     pub(super) dropped: u64,
+    /// Whether this node may hold keys of ranges it does not replicate: true until a full pass
+    /// found none (tombstones are not collected while any node may, since such a key could be
+    /// an old value a delete superseded).
+    pub(super) holding: Option<bool>,
+    found_in_pass: bool,
 }
 
 impl AntiEntropy {
@@ -54,12 +59,13 @@ impl AntiEntropy {
             if now < self.moved.next_pass
                 || now < first + 10_000
                 || !settled
-                || self.trees.owners().is_empty()
+                || rings.all.is_empty()
             {
                 return;
             }
             // A new pass over the ranges not replicated here (normally empty: a seek each).
             self.moved.next_pass = now + 5_000;
+            self.moved.found_in_pass = false;
             self.moved.scan = rings
                 .all
                 .ranges()
@@ -79,9 +85,13 @@ impl AntiEntropy {
                 return;
             };
             budget = budget.saturating_sub(page.len().max(1));
+            self.moved.found_in_pass |= !page.is_empty();
             if page.len() < limit {
                 self.moved.scan.remove(0);
                 self.moved.after = None;
+                if self.moved.scan.is_empty() {
+                    self.moved.holding = Some(self.moved.found_in_pass);
+                }
             } else {
                 self.moved.after = page.last().map(|(k, _)| k.clone());
             }
@@ -184,6 +194,11 @@ impl AntiEntropy {
         {
             self.moved.dropped += 1;
         }
+    }
+
+    /// Whether this node may hold moved keys not yet handed over (unknown counts as yes).
+    pub(super) fn holding_moved(&self) -> bool {
+        self.moved.holding != Some(false) || !self.moved.handovers.is_empty()
     }
 
     /// Keys handed over to their new owners and deleted here.
