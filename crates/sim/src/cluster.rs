@@ -233,6 +233,19 @@ impl Sim {
         })
     }
 
+    /// Whether every live node holds the same membership records and ring.
+    pub(crate) fn views_agree(&self) -> bool {
+        let mut views = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .map(|c| (c.ring().version(), c.members()));
+        let Some(first) = views.next() else {
+            return true;
+        };
+        views.all(|v| v == first)
+    }
+
     /// After the heal: every node holds the same membership view and ring version.
     pub(crate) fn check_membership(&mut self) {
         let views: Vec<(String, u64, BTreeMap<String, Member>)> = self

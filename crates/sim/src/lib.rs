@@ -10,7 +10,7 @@
 //!
 //! Clients issue gets, puts with the context of their last read, blind puts and deletes, with
 //! random valid R/W. Every operation is recorded with its outcome. Anti-entropy runs throughout
-//! (every 2 s) and collects tombstones older than 3 s. When the fault window ends, every fault
+//! (every 2 s) and collects tombstones seen unchanged for 1 s. When the fault window ends, every fault
 //! heals and the cluster settles; then anti-entropy alone (no client reads) must bring every
 //! key's primaries to the same copy. Finally the [`checker`] compares the history with every
 //! replica's copy.
@@ -79,7 +79,7 @@ impl SimConfig {
             vnodes: 16,
             node: NodeConfig {
                 anti_entropy_interval_ms: 2_000,
-                tombstone_min_age_ms: 3_000,
+                tombstone_min_age_ms: 1_000,
                 ..NodeConfig::default()
             },
             trace: false,

@@ -454,7 +454,8 @@ impl Sim {
         // primaries agree (or two simulated minutes pass: the checker then reports them).
         let deadline = self.now + 120_000;
         let mut next_round = self.now;
-        while !self.converged() && self.now < deadline {
+        // (Views too: a leave may end, and its `left` record spread, during this phase.)
+        while !(self.converged() && self.views_agree()) && self.now < deadline {
             if self.now >= next_round {
                 for i in 0..self.nodes.len() {
                     if let Some(core) = self.nodes[i].core.as_mut() {

@@ -142,9 +142,8 @@ impl AntiEntropy {
             let Some(range) = next.into_iter().find(|r| self.proven(*r, is_up)) else {
                 return;
             };
-            if !self.no_hints_anywhere(ring.nodes(), me) {
-                return;
-            }
+            // Sweep even while hints are kept somewhere: the sweep records since when each
+            // tombstone is unchanged; only the reap waits for no hints anywhere.
             let Some(t) = self.trees.get_mut(&range) else {
                 return;
             };

@@ -56,15 +56,12 @@ impl AntiEntropy {
             // seconds after start, when the ring may still lack members this node owns with.
             let settled = rings.all.nodes().iter().all(|n| is_up(n));
             let first = *self.moved.started.get_or_insert(now);
-            if now < self.moved.next_pass
-                || now < first + 10_000
-                || !settled
-                || rings.all.is_empty()
+            if now < self.moved.next_pass || now < first + 3_000 || !settled || rings.all.is_empty()
             {
                 return;
             }
             // A new pass over the ranges not replicated here (normally empty: a seek each).
-            self.moved.next_pass = now + 5_000;
+            self.moved.next_pass = now + 2_000;
             self.moved.found_in_pass = false;
             self.moved.scan = rings
                 .all
@@ -74,6 +71,10 @@ impl AntiEntropy {
                 .flat_map(|r| r.spans())
                 .collect();
             self.moved.after = None;
+            if self.moved.scan.is_empty() {
+                // This node replicates every range: it holds no moved key.
+                self.moved.holding = Some(false);
+            }
         }
         let mut budget = KEYS_PER_TICK;
         while budget > 0 && self.moved.handovers.len() < MAX_IN_FLIGHT {
