@@ -20,7 +20,7 @@ pub struct Faults {
     /// (timers run on the monotonic clock and must not notice).
     pub skew: bool,
     /// Membership changes: a node joins, one leaves, a crashed one is removed. Not part of
-    /// `all` yet: a few seeds in a hundred still end with one node missing a `left` record (see
+    /// `all` yet: one 3-node seed in 500 still ends with a deleted value back (see
     /// docs/simulation.md); ask for it with `--faults all,membership`.
     pub membership: bool,
 }

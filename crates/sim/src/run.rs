@@ -499,11 +499,19 @@ impl Sim {
             .iter()
             .filter_map(|o| {
                 let (value, context, _) = o.write.clone()?;
+                // A write whose every holder at acknowledgement was later removed for good
+                // (its disk lost) may be gone: W copies were all on dead disks.
+                let lost_with_its_disks =
+                    !o.holders.is_empty() && o.holders.iter().all(|h| self.nodes[*h].retired);
+                let outcome = match o.outcome.unwrap_or(Outcome::Unknown) {
+                    Outcome::Ok if lost_with_its_disks => Outcome::Unknown,
+                    other => other,
+                };
                 Some(WriteRecord {
                     key: o.key.clone(),
                     value,
                     context,
-                    outcome: o.outcome.unwrap_or(Outcome::Unknown),
+                    outcome,
                     dot: o.dot,
                 })
             })

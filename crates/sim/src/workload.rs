@@ -17,6 +17,8 @@ pub(crate) struct OpRecord {
     pub(crate) done: bool,
     pub(crate) outcome: Option<Outcome>,
     pub(crate) dot: Option<dynamokv_core::Dot>,
+    /// The nodes holding the write when it was acknowledged.
+    pub(crate) holders: Vec<usize>,
 }
 
 pub(crate) struct Client {
@@ -81,10 +83,9 @@ impl Sim {
             .and_then(|(_, _, w)| *w)
             .unwrap_or(self.cfg.node.w) as usize;
         // Holders: nodes whose own copy, or a hint they keep, has the write.
-        let holders = self
-            .nodes
-            .iter()
-            .filter(|n| {
+        let holding: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                let n = &self.nodes[*i];
                 n.store
                     .get(&key)
                     .ok()
@@ -96,7 +97,9 @@ impl Sim {
                         .iter()
                         .any(|h| h.object.clock().covers(dot))
             })
-            .count();
+            .collect();
+        let holders = holding.len();
+        self.ops[op].holders = holding;
         if holders < w {
             self.violations.push(Violation::UnderReplicatedAck {
                 key,
@@ -209,6 +212,7 @@ impl Sim {
             done: false,
             outcome: None,
             dot: None,
+            holders: Vec::new(),
         });
         let to = self.rng.below(self.nodes.len() as u64) as usize;
         self.clients[c].busy = Some(op);

@@ -154,25 +154,10 @@ impl Handoff {
             if busy {
                 continue;
             }
-            // The owner, while it is in the ring; once it left (or was removed), the hint goes to
-            // the first reachable current owner of the key instead.
-            let to = if cluster.ring().nodes().contains(&h.owner) {
-                if !cluster.is_up(&h.owner) {
-                    continue;
-                }
-                h.owner.clone()
-            } else {
-                let ring = cluster.ring();
-                match ring
-                    .walk(crate::ring::position(&h.key), ring.nodes().len())
-                    .into_iter()
-                    .find(|n| cluster.is_up(n))
-                {
-                    Some(n) => n.to_owned(),
-                    None => continue,
-                }
-            };
-            if to == cluster.id() {
+            // Once the owner left (or was removed), the hint becomes this node's own copy: if this
+            // node does not own the key either, the moved-data worker hands it to every current
+            // owner and deletes it only once all of them have it (no copy is lost on the way).
+            if !cluster.ring().nodes().contains(&h.owner) {
                 if store.merge(&h.key, &h.object).is_ok()
                     && store
                         .remove_hint(&h.owner, &h.key, &h.object)
@@ -182,6 +167,10 @@ impl Handoff {
                 }
                 continue;
             }
+            if !cluster.is_up(&h.owner) {
+                continue;
+            }
+            let to = h.owner.clone();
             self.busy.insert((h.owner.clone(), h.key.clone()));
             self.next_id += 1;
             let id = self.next_id;
