@@ -19,9 +19,8 @@ pub struct Faults {
     /// Per-node wall-clock skew up to ±2 s, and wall-clock steps of up to ±60 s during the run
     /// (timers run on the monotonic clock and must not notice).
     pub skew: bool,
-    /// Membership changes: a node joins, one leaves, a crashed one is removed. Not part of
-    /// `all` yet: one 3-node seed in 500 still ends with a deleted value back (see
-    /// docs/simulation.md); ask for it with `--faults all,membership`.
+    /// Membership changes: a node joins, one leaves, and (with enough nodes) a crashed one is
+    /// removed.
     pub membership: bool,
 }
 
@@ -35,7 +34,7 @@ impl Faults {
             loss: true,
             delay: true,
             skew: true,
-            membership: false,
+            membership: true,
         }
     }
 

@@ -579,6 +579,12 @@ impl<S: LocalStore> Node<S> {
             .tick(mono, &self.store, &self.cluster, &mut self.out);
         self.follow_writes();
         let cluster = &self.cluster;
+        let outsiders_up = cluster
+            .view()
+            .members
+            .values()
+            .any(|m| m.status == Status::Left && m.id != cluster.id() && cluster.is_up(&m.id));
+        self.anti_entropy.set_outsiders_up(outsiders_up);
         self.anti_entropy.tick(
             now,
             cluster.id(),

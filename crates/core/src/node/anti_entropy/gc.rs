@@ -4,9 +4,10 @@
 //! The first replica of a range collects, when all of this holds:
 //! - every other primary of the range is up, and the last exchange with each proved its tree
 //!   equal to this node's current root (nothing changed here since);
-//! - no node keeps hints: this node checks its own store, and every other member reported
-//!   "no hints" in its latest anti-entropy message (a fallback could otherwise hand an old
-//!   value back after the tombstone is gone);
+//! - no node keeps hints or moved keys: this node checks its own store, every other member of
+//!   the ring said so in its latest anti-entropy message, and no member that left is still
+//!   running (a fallback or an old owner could otherwise hand an old value back after the
+//!   tombstone is gone);
 //! - the collector has seen the key hold this very version, only tombstones, for at least
 //!   `tombstone_min_age_ms` (on its own monotonic clock: a coordinator's skewed wall clock
 //!   cannot make a fresh tombstone look old).
@@ -90,7 +91,8 @@ impl AntiEntropy {
 
     /// Whether no node this one knows of keeps hints.
     fn no_hints_anywhere(&self, members: &[String], me: &str) -> bool {
-        !self.hints_here()
+        !self.outsiders_up
+            && !self.hints_here()
             && members
                 .iter()
                 .filter(|m| *m != me)

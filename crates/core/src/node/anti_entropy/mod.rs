@@ -174,6 +174,9 @@ pub struct AntiEntropy {
     /// While rebuilding lost data: the ranges synchronised since it began.
     rebuilding: Option<BTreeSet<Range>>,
     gc: gc::Collector,
+    /// A member that left is still running: it may hold data it has not handed over, and it
+    /// reports nothing (it has no range), so no tombstone is collected meanwhile.
+    outsiders_up: bool,
     moved: moved::Moved,
     stats: AntiEntropyStats,
 }
@@ -195,6 +198,7 @@ impl AntiEntropy {
             synced: BTreeMap::new(),
             rebuilding: None,
             gc: gc::Collector::default(),
+            outsiders_up: false,
             moved: moved::Moved::default(),
             stats: AntiEntropyStats::default(),
         }
@@ -213,6 +217,11 @@ impl AntiEntropy {
     /// Whether some tree is still being built.
     pub fn building(&self) -> bool {
         self.trees.counts().1 > 0
+    }
+
+    /// Whether a member that left is still running (tombstones wait until it stopped).
+    pub fn set_outsiders_up(&mut self, up: bool) {
+        self.outsiders_up = up;
     }
 
     /// Asks for another forced round as soon as the current one ends (a join or leave in
