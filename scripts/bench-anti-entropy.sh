@@ -12,26 +12,11 @@ set -euo pipefail
 KEYS=${KEYS:-100000}
 SECS=${SECS:-20}
 BIN=${BIN:-target/release/dynamokv}
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-start() {
-    local i=$1
-    shift
-    "$BIN" server --node-id "n$i" --data-dir "$DIR/n$i" --http "127.0.0.1:$((18080 + i))" \
-        --listen "127.0.0.1:$((19080 + i))" --cluster-secret bench-secret --log warn "$@" \
-        >>"$DIR/n$i.log" 2>&1 &
-    PIDS[$i]=$!
-}
-url() { echo "http://127.0.0.1:$((18080 + $1))"; }
+HTTP_BASE=18080
+PEER_BASE=19080
+# shellcheck source=bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 stat() { curl -s "$(url "$1")/admin/stats"; }
-field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
 
 start 1
 sleep 0.3

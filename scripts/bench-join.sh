@@ -14,24 +14,10 @@ KEYS=${KEYS:-100000}
 SECS=${SECS:-20}
 KILL=${KILL:-0}
 BIN=${BIN:-target/release/dynamokv}
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-start() {
-    local i=$1
-    shift
-    "$BIN" server --node-id "n$i" --data-dir "$DIR/n$i" --http "127.0.0.1:$((18180 + i))" \
-        --listen "127.0.0.1:$((19180 + i))" --cluster-secret bench-secret --log warn "$@" \
-        >>"$DIR/n$i.log" 2>&1 &
-    PIDS[$i]=$!
-}
-url() { echo "http://127.0.0.1:$((18180 + $1))"; }
-field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+HTTP_BASE=18180
+PEER_BASE=19180
+# shellcheck source=bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 status_of() {
     curl -s "$(url "$1")/admin/members" |
         field "[m['status'] for m in d['members'] if m['id']=='n$1'][0]" 2>/dev/null || echo down

@@ -29,14 +29,8 @@ pub enum AdminCommand {
 /// Flags of `dynamokv admin join` and `leave`.
 #[derive(Args, Debug)]
 pub struct ChangeArgs {
-    /// Base URL of the node that joins or leaves.
-    #[arg(
-        long,
-        env = "DYNAMOKV_NODE",
-        default_value = "http://127.0.0.1:8080",
-        value_name = "URL"
-    )]
-    node: String,
+    #[command(flatten)]
+    node: NodeUrl,
     /// Return at once instead of waiting for the change to complete.
     #[arg(long)]
     no_wait: bool,
@@ -50,27 +44,28 @@ pub struct ChangeArgs {
 pub struct RemoveArgs {
     /// The id of the dead node to remove.
     id: String,
-    /// Base URL of any live node.
+    #[command(flatten)]
+    node: NodeUrl,
+}
+
+/// The node a command talks to.
+#[derive(Args, Debug)]
+pub struct NodeUrl {
+    /// Base URL of a node's HTTP API (for join and leave: the node that joins or leaves).
     #[arg(
-        long,
+        long = "node",
         env = "DYNAMOKV_NODE",
         default_value = "http://127.0.0.1:8080",
         value_name = "URL"
     )]
-    node: String,
+    url: String,
 }
 
 /// Flags of `dynamokv admin repair`.
 #[derive(Args, Debug)]
 pub struct RepairArgs {
-    /// Base URL of the node to repair.
-    #[arg(
-        long,
-        env = "DYNAMOKV_NODE",
-        default_value = "http://127.0.0.1:8080",
-        value_name = "URL"
-    )]
-    node: String,
+    #[command(flatten)]
+    node: NodeUrl,
     /// Give up waiting after this many seconds (the round goes on).
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     timeout: u64,
@@ -79,14 +74,8 @@ pub struct RepairArgs {
 /// Flags of `dynamokv admin status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Base URL of a node's HTTP API.
-    #[arg(
-        long,
-        env = "DYNAMOKV_NODE",
-        default_value = "http://127.0.0.1:8080",
-        value_name = "URL"
-    )]
-    node: String,
+    #[command(flatten)]
+    node: NodeUrl,
     /// Ask every member for its view and compare them.
     #[arg(long)]
     all: bool,
@@ -318,10 +307,10 @@ async fn own_status(http: &reqwest::Client, url: &str) -> anyhow::Result<(String
 fn change(args: ChangeArgs, leave: bool) -> anyhow::Result<ExitCode> {
     let (rt, http) = runtime()?;
     rt.block_on(async {
-        let (id, status) = own_status(&http, &args.node).await?;
+        let (id, status) = own_status(&http, &args.node.url).await?;
         if leave {
-            print_plan(&http, &args.node, &format!("leave={id}")).await?;
-            post(&http, &args.node, "/admin/leave").await?;
+            print_plan(&http, &args.node.url, &format!("leave={id}")).await?;
+            post(&http, &args.node.url, "/admin/leave").await?;
             println!("{id} is leaving");
         } else if status == "up" {
             println!("{id} is up: it has joined");
@@ -343,13 +332,13 @@ fn change(args: ChangeArgs, leave: bool) -> anyhow::Result<ExitCode> {
         bar.set_message(if leave { "leaving" } else { "joining" });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
         loop {
-            let (_, status) = own_status(&http, &args.node).await?;
-            if status == target && everyone_sees(&http, &args.node, &id, target).await {
+            let (_, status) = own_status(&http, &args.node.url).await?;
+            if status == target && everyone_sees(&http, &args.node.url, &id, target).await {
                 bar.finish_and_clear();
                 println!("{id} is {target}");
                 return Ok(ExitCode::SUCCESS);
             }
-            if let Ok(st) = fetch(&http, &args.node, "stats").await {
+            if let Ok(st) = fetch(&http, &args.node.url, "stats").await {
                 let t = &st["transfer"];
                 bar.set_length(t["ranges"].as_u64().unwrap_or(0));
                 bar.set_position(t["confirmed"].as_u64().unwrap_or(0));
@@ -397,8 +386,8 @@ async fn everyone_sees(http: &reqwest::Client, url: &str, id: &str, status: &str
 fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     let (rt, http) = runtime()?;
     rt.block_on(async {
-        print_plan(&http, &args.node, &format!("remove={}", args.id)).await?;
-        post(&http, &args.node, &format!("/admin/remove/{}", args.id)).await?;
+        print_plan(&http, &args.node.url, &format!("remove={}", args.id)).await?;
+        post(&http, &args.node.url, &format!("/admin/remove/{}", args.id)).await?;
         println!(
             "{} removed; its ranges are rebuilt from the surviving replicas by anti-entropy (see dynamokv admin status)",
             args.id
@@ -415,14 +404,14 @@ fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(5))
             .build()?;
-        let url = format!("{}/admin/repair", args.node.trim_end_matches('/'));
+        let url = format!("{}/admin/repair", args.node.url.trim_end_matches('/'));
         let r = http
             .post(&url)
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", args.node))?;
+            .with_context(|| format!("cannot reach {}", args.node.url))?;
         if !r.status().is_success() {
-            bail!("{} answered {}", args.node, r.status());
+            bail!("{} answered {}", args.node.url, r.status());
         }
         let started: Value = r.json().await?;
         let round = started["round"].as_u64().context("no round id in the answer")?;
@@ -431,7 +420,7 @@ fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
         let mut last_line = String::new();
         loop {
-            let p = fetch(&http, &args.node, "repair").await?;
+            let p = fetch(&http, &args.node.url, "repair").await?;
             if p["last_round"].as_u64().unwrap_or(0) >= round {
                 println!(
                     "repair round {round} finished on {node}: {} keys repaired so far, {} exchanges, {} failed",
@@ -470,7 +459,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(5))
             .build()?;
-        let first = members(&http, &args.node).await?;
+        let first = members(&http, &args.node.url).await?;
         if args.json && !args.all {
             println!("{first}");
             return Ok(ExitCode::SUCCESS);

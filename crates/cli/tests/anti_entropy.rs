@@ -3,14 +3,9 @@
 
 mod common;
 
-use common::{Node, cli, dirs, http, primaries, start_cluster, wait_for_ring};
+use common::{Node, cli, dirs, get_json, http, primaries, start_cluster, wait_for_ring};
 use reqwest::StatusCode;
-use serde_json::Value;
 use std::time::{Duration, Instant};
-
-async fn get_json(url: String) -> Value {
-    http().get(url).send().await.unwrap().json().await.unwrap()
-}
 
 /// Writes `keys` through `node`, 8 at a time; every write must succeed.
 async fn write_all(node: &Node, keys: &[String], query: &str) {

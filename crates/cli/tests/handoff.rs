@@ -2,16 +2,12 @@
 
 mod common;
 
-use common::{Node, except, http, primaries, start_cluster, wait_for_ring};
+use common::{Node, except, get_json, http, primaries, start_cluster, wait_for_ring};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
 const FLAGS: &[&str] = &["--hint-scan-interval-ms", "200"];
-
-async fn get_json(url: String) -> Value {
-    http().get(url).send().await.unwrap().json().await.unwrap()
-}
 
 async fn stats(node: &Node) -> Value {
     get_json(format!("{}/admin/stats", node.url)).await

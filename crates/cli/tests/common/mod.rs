@@ -270,3 +270,8 @@ pub async fn primaries(node: &Node, key: &str) -> Vec<String> {
         .map(|n| n.as_str().unwrap().to_owned())
         .collect()
 }
+
+/// GETs `url` and parses the JSON answer.
+pub async fn get_json(url: String) -> serde_json::Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}

@@ -12,10 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug)]
 struct Delivery {
-    /// The hint's owner.
     owner: String,
-    /// Where it went: the owner, or a current owner of the key when the hint's owner left.
-    to: String,
     key: Vec<u8>,
     object: Object,
     deadline: u64,
@@ -78,7 +75,7 @@ impl Handoff {
         id: RequestId,
         result: Result<(), WireError>,
     ) {
-        if self.in_flight.get(&id).is_some_and(|d| d.to == from)
+        if self.in_flight.get(&id).is_some_and(|d| d.owner == from)
             && let Some(d) = self.retire(id)
             && result.is_ok()
             && store
@@ -94,7 +91,7 @@ impl Handoff {
         let lost: Vec<RequestId> = self
             .in_flight
             .iter()
-            .filter(|(_, d)| d.to == node)
+            .filter(|(_, d)| d.owner == node)
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
@@ -112,7 +109,7 @@ impl Handoff {
             .collect();
         expired
             .into_iter()
-            .filter_map(|id| self.retire(id).map(|d| d.to))
+            .filter_map(|id| self.retire(id).map(|d| d.owner))
             .collect()
     }
 
@@ -170,12 +167,11 @@ impl Handoff {
             if !cluster.is_up(&h.owner) {
                 continue;
             }
-            let to = h.owner.clone();
             self.busy.insert((h.owner.clone(), h.key.clone()));
             self.next_id += 1;
             let id = self.next_id;
             out.send(
-                &to,
+                &h.owner,
                 HandoffMessage::Deliver {
                     id,
                     key: h.key.clone(),
@@ -186,7 +182,6 @@ impl Handoff {
                 id,
                 Delivery {
                     owner: h.owner,
-                    to,
                     key: h.key,
                     object: h.object,
                     deadline: now + self.config.timeout_ms,
