@@ -38,6 +38,11 @@ pub enum ClientRequest {
         w: Option<u8>,
         /// How many of the W acknowledgements must come from primaries (Riak's PW; default 0).
         pw: Option<u8>,
+        /// Write over every version the coordinator holds, as if the client had sent the
+        /// coordinator's own context joined with `context` (RESP `SET`). Versions the
+        /// coordinator has not seen (a concurrent write through another node) still become
+        /// siblings, so nothing acknowledged is dropped silently.
+        overwrite: bool,
     },
 }
 

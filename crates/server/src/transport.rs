@@ -31,8 +31,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// The version of the peer protocol. Peers with another version are refused at handshake, with
 /// a reason naming both versions. Version 2 groups messages by family (kv, handoff, gossip) and
-/// carries typed errors.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// carries typed errors; version 4 adds the overwrite flag of a forwarded put.
+pub const PROTOCOL_VERSION: u16 = 4;
 const MAGIC: &[u8; 8] = b"dynamokv";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

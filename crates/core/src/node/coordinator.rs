@@ -222,6 +222,7 @@ impl Coordinator {
                 context: None,
                 w,
                 pw,
+                ..
             } => {
                 let read_quorum = usize::from(config.r).min(replicas).max(1);
                 tally = Tally::new(
@@ -281,6 +282,7 @@ impl Coordinator {
                 key,
                 value,
                 context,
+                overwrite,
                 ..
             } => {
                 self.writes += 1;
@@ -289,7 +291,12 @@ impl Coordinator {
                 let mut value = Some(value);
                 let mut refused = None;
                 let stamped = local.store.modify(&key, &mut |current| {
-                    let ctx = context.clone().unwrap_or_default();
+                    let mut ctx = context.clone().unwrap_or_default();
+                    if overwrite {
+                        // Over everything this coordinator holds (RESP `SET`); versions it has
+                        // not seen yet still become siblings.
+                        ctx.merge(current.clock());
+                    }
                     // A key this node holds no entry of its own for (never written here, or its
                     // tombstone collected while some replica may still hold it) continues from
                     // the highest counter this actor ever issued, so no dot is issued twice.
@@ -567,6 +574,7 @@ impl Coordinator {
             context: Some(context),
             w: then.w,
             pw: then.pw,
+            overwrite: false,
         };
         // The read stays until its replies are in, for read repair.
         let now = Now {

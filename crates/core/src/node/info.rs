@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub struct NodeStats {
     /// Client requests forwarded to another coordinator.
     pub forwarded: u64,
+    /// Forwarded requests sent on to the next primary after the first stayed silent.
+    pub forward_retries: u64,
     /// Gets coordinated here.
     pub coordinated_reads: u64,
     /// Puts and deletes coordinated here.

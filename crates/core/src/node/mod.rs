@@ -318,6 +318,7 @@ impl<S: LocalStore> Node<S> {
             self.coordinator.version_counters();
         NodeStats {
             forwarded: self.forwarder.forwarded(),
+            forward_retries: self.forwarder.retried(),
             coordinated_reads,
             coordinated_writes,
             read_repairs,
@@ -445,10 +446,18 @@ impl<S: LocalStore> Node<S> {
                 self.coordinator
                     .start(&local, now, origin, request, pref, &mut self.out);
             }
-            Route::Forward(to) => {
+            Route::Forward(primaries) => {
                 let deadline = now.mono + self.config.request_timeout_ms * 3 / 2;
-                self.forwarder
-                    .forward(deadline, origin, &to, request, hops, &mut self.out);
+                self.forwarder.forward(
+                    now.mono,
+                    self.forward_attempt_ms(),
+                    deadline,
+                    origin,
+                    primaries,
+                    request,
+                    hops,
+                    &mut self.out,
+                );
             }
             Route::Unreachable => {
                 let err = coordinator::unreachable(&pref, &request);
@@ -554,7 +563,9 @@ impl<S: LocalStore> Node<S> {
         if !self.cluster.peer_down(node) {
             return;
         }
-        self.forwarder.peer_down(node, &mut self.out);
+        let attempt = self.forward_attempt_ms();
+        self.forwarder
+            .peer_down(now.mono, attempt, node, &mut self.out);
         let local = local!(self);
         let silent = self
             .coordinator
@@ -565,11 +576,18 @@ impl<S: LocalStore> Node<S> {
         self.follow_writes();
     }
 
+    /// How long a forwarded request waits for its coordinator before the next primary is
+    /// asked: half the request timeout (a coordinator answers well within it when it is alive).
+    fn forward_attempt_ms(&self) -> u64 {
+        self.config.request_timeout_ms / 2
+    }
+
     /// Time passed: expire requests, gossip, hand hints off.
     pub fn tick(&mut self, now: Now) {
         let mono = now.mono;
         self.cluster.observe(mono);
-        let mut silent = self.forwarder.expire(mono, &mut self.out);
+        let attempt = self.forward_attempt_ms();
+        let mut silent = self.forwarder.expire(mono, attempt, &mut self.out);
         let local = local!(self);
         silent.extend(self.coordinator.expire(&local, mono, &mut self.out));
         silent.extend(self.handoff.expire(mono));

@@ -150,6 +150,7 @@ impl Cluster {
                 context,
                 w,
                 pw: None,
+                overwrite: false,
             },
         )
     }
@@ -186,6 +187,7 @@ fn put_request(key: &[u8], value: &[u8], w: Option<u8>) -> ClientRequest {
         context: None,
         w,
         pw: None,
+        overwrite: false,
     }
 }
 
@@ -256,6 +258,7 @@ fn writes_with_one_primary_down_and_w3_failure() {
             context: None,
             w: Some(3),
             pw: Some(3),
+            overwrite: false,
         },
     ) {
         Err(OpError::Unavailable {
@@ -344,6 +347,7 @@ fn concurrent_writes_through_different_coordinators_become_siblings() {
             context: Some(ctx.clone()),
             w: Some(3),
             pw: None,
+            overwrite: false,
         };
         c.net.send(
             c.now,
@@ -494,6 +498,7 @@ fn sloppy_quorum_hints_and_handoff() {
             context: None,
             w: Some(2),
             pw: Some(3),
+            overwrite: false,
         },
     ) {
         Err(OpError::Unavailable {
@@ -776,4 +781,57 @@ fn a_coordinator_whose_copy_was_collected_never_reissues_a_counter() {
     // And the floor survives a restart of the same actor.
     let floor = c.nodes[&at].counter_floor();
     assert_eq!(floor, dot.counter);
+}
+
+#[test]
+fn an_overwrite_supersedes_what_its_coordinator_holds_but_not_unseen_writes() {
+    let mut c = Cluster::new(3);
+    let key = b"set".to_vec();
+    let p = c.primaries(&key);
+    let overwrite = |value: &[u8]| ClientRequest::Put {
+        key: key.clone(),
+        value: Some(value.to_vec()),
+        context: None,
+        w: Some(1),
+        pw: None,
+        overwrite: true,
+    };
+    // Blind overwrites through one coordinator replace each other.
+    c.request(&p[0], 1, overwrite(b"a")).unwrap();
+    c.request(&p[0], 1, overwrite(b"b")).unwrap();
+    assert_eq!(values(&c.get(&p[0], &key)), vec![b"b".to_vec()]);
+    // A second coordinator that did not see the latest write writes concurrently: it replaces
+    // what it holds ("b"), and both latest writes stay, as siblings.
+    c.cut(&p[1]);
+    c.request(&p[0], 1, overwrite(b"c")).unwrap();
+    c.request(&p[1], 1, overwrite(b"d")).unwrap();
+    c.net.heal_all();
+    let mut both = values(&c.get(&p[0], &key));
+    both.sort();
+    assert_eq!(both, vec![b"c".to_vec(), b"d".to_vec()]);
+    // A plain blind put (no overwrite) through the same coordinator adds a sibling instead.
+    c.put(&p[0], &key, b"e", None, Some(3)).unwrap();
+    assert_eq!(values(&c.get(&p[0], &key)).len(), 3);
+}
+
+#[test]
+fn a_silent_coordinator_is_skipped_for_the_next_primary_before_the_client_hears() {
+    let mut c = Cluster::new(5);
+    let key = b"fwd".to_vec();
+    let p = c.primaries(&key);
+    let other = c.ids().into_iter().find(|n| !p.contains(n)).unwrap();
+    // The first primary drops everything and nobody has noticed yet.
+    c.cut(&p[0]);
+    let t = c.t();
+    c.submit(&other, t, 9, put_request(&key, b"v", Some(2)));
+    assert!(c.answers.is_empty(), "the first primary is silent");
+    c.now += 1000;
+    let t = c.t();
+    c.tick(&other, t);
+    c.run();
+    assert!(
+        matches!(c.answers.remove(&9), Some(Ok(Reply::Written { .. }))),
+        "the next primary coordinated the put"
+    );
+    assert_eq!(c.nodes[&other].stats().forward_retries, 1);
 }

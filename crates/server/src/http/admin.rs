@@ -66,6 +66,7 @@ pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, A
         "read_repairs": stats.read_repairs,
         "sloppy_writes": stats.sloppy_writes,
         "forwarded": stats.forwarded,
+        "forward_retries": stats.forward_retries,
         "coordinated_reads": stats.coordinated_reads,
         "coordinated_writes": stats.coordinated_writes,
         "rejected_messages": stats.rejected_messages,

@@ -147,6 +147,7 @@ async fn write(
         context,
         w,
         pw,
+        overwrite: false,
     };
     match call(s, request).await? {
         (Reply::Written { object, dot }, ring) => {
