@@ -33,6 +33,10 @@ pub struct DevArgs {
     /// Peer port of the first node [default: http-port-base + 1000].
     #[arg(long, value_name = "PORT")]
     peer_port_base: Option<u16>,
+    /// RESP (Redis protocol) port of the first node, for redis-cli and redis-benchmark
+    /// [default: http-port-base - 1701, so 6379 for the default HTTP port 8080].
+    #[arg(long, value_name = "PORT")]
+    resp_port_base: Option<u16>,
     /// Tokens per node [default: the server's default].
     #[arg(long)]
     vnodes: Option<u16>,
@@ -86,6 +90,9 @@ pub enum DevCommand {
 struct Settings {
     http_port_base: u16,
     peer_port_base: u16,
+    /// Absent in the settings of clusters made before the RESP endpoint: no RESP port.
+    #[serde(default)]
+    resp_port_base: Option<u16>,
     vnodes: Option<u16>,
     replicas: u8,
     read_quorum: u8,
@@ -157,6 +164,11 @@ fn command_line(exe: &Path, dir: &Path, set: &Settings, index: u16, secret: &str
             &format!("127.0.0.1:{}", set.http_port_base + index - 1),
         ])
         .args(["--listen", &peer(index)])
+        .args(
+            set.resp_port_base
+                .map(|b| ["--resp".to_owned(), format!("127.0.0.1:{}", b + index - 1)])
+                .unwrap_or_default(),
+        )
         .args(["-n", &set.replicas.to_string()])
         .args(["-r", &set.read_quorum.to_string()])
         .args(["-w", &set.write_quorum.to_string()])
@@ -181,7 +193,7 @@ fn spawn(
     set: &Settings,
     index: u16,
     secret: &str,
-) -> anyhow::Result<(Child, String, String)> {
+) -> anyhow::Result<(Child, String, String, String)> {
     let id = format!("n{index}");
     let log_path = dir.join(format!("{id}.log"));
     let log = std::fs::OpenOptions::new()
@@ -198,8 +210,12 @@ fn spawn(
         Some(Ok(l)) if l.starts_with("listening ") => l,
         _ => {
             let _ = child.wait();
+            let resp = set
+                .resp_port_base
+                .map(|b| format!(" or {}", b + index - 1))
+                .unwrap_or_default();
             bail!(
-                "node {id} did not start; see {} (is port {} or {} in use?)",
+                "node {id} did not start; see {} (is port {}, {}{resp} in use?)",
                 log_path.display(),
                 set.http_port_base + index - 1,
                 set.peer_port_base + index - 1
@@ -215,7 +231,7 @@ fn spawn(
             .unwrap_or_default()
             .to_owned()
     };
-    Ok((child, field("http="), field("peer=")))
+    Ok((child, field("http="), field("peer="), field("resp=")))
 }
 
 fn load_settings(dir: &Path) -> anyhow::Result<Settings> {
@@ -270,13 +286,16 @@ fn manage(dir: &Path, command: DevCommand) -> anyhow::Result<ExitCode> {
             if read_pid(dir, &id).is_some_and(alive) {
                 bail!("{id} is already running");
             }
-            let (child, http, _) = spawn(&exe, dir, &set, index, &secret(dir)?)?;
-            println!("{id} started: http://{http} (pid {})", child.id());
+            let (child, http, _, resp) = spawn(&exe, dir, &set, index, &secret(dir)?)?;
+            println!(
+                "{id} started: http://{http} resp={resp} (pid {})",
+                child.id()
+            );
         }
         DevCommand::Add => {
             let index = set.nodes + 1;
             set.nodes = index;
-            let (child, http, _) = spawn(&exe, dir, &set, index, &secret(dir)?)?;
+            let (child, http, _, _) = spawn(&exe, dir, &set, index, &secret(dir)?)?;
             std::fs::write(dir.join("dev.json"), serde_json::to_string_pretty(&set)?)?;
             println!(
                 "n{index} started: http://{http} (pid {}); it joins (fetching its ranges) and then serves; follow with: dynamokv admin join --node http://{http}",
@@ -318,8 +337,15 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let peer_base = args
         .peer_port_base
         .unwrap_or_else(|| args.http_port_base.saturating_add(1000));
+    let resp_base = args.resp_port_base.unwrap_or_else(|| {
+        args.http_port_base
+            .checked_sub(1701)
+            .filter(|b| *b >= 1024)
+            .unwrap_or_else(|| args.http_port_base.saturating_add(2000))
+    });
     if u32::from(args.http_port_base) + u32::from(args.nodes) > 65536
         || u32::from(peer_base) + u32::from(args.nodes) > 65536
+        || u32::from(resp_base) + u32::from(args.nodes) > 65536
     {
         bail!("the port ranges do not fit below 65536");
     }
@@ -333,6 +359,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let set = Settings {
         http_port_base: args.http_port_base,
         peer_port_base: peer_base,
+        resp_port_base: Some(resp_base),
         vnodes: args.vnodes,
         replicas: args.replicas,
         read_quorum: args.read_quorum,
@@ -360,11 +387,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     });
 
     let mut children: Vec<Child> = Vec::new();
-    let mut shown: Vec<(String, String, String, u32)> = Vec::new();
+    let mut shown: Vec<(String, String, String, String, u32)> = Vec::new();
     for i in 1..=args.nodes {
         match spawn(&exe, &args.dir, &set, i, &secret) {
-            Ok((child, http, peer)) => {
-                shown.push((format!("n{i}"), http, peer, child.id()));
+            Ok((child, http, peer, resp)) => {
+                shown.push((format!("n{i}"), http, peer, resp, child.id()));
                 children.push(child);
             }
             Err(e) => {
@@ -421,12 +448,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         args.write_quorum,
         args.dir.display()
     );
-    println!("{:<6} {:<28} {:<22} {:<8}", "node", "http", "peer", "pid");
-    for (id, http, peer, pid) in &shown {
+    println!(
+        "{:<6} {:<28} {:<22} {:<22} {:<8}",
+        "node", "http", "resp", "peer", "pid"
+    );
+    for (id, http, peer, resp, pid) in &shown {
         println!(
-            "{:<6} {:<28} {:<22} {:<8}",
+            "{:<6} {:<28} {:<22} {:<22} {:<8}",
             id,
             format!("http://{http}"),
+            resp,
             peer,
             pid
         );
@@ -445,6 +476,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  curl http://{}/kv/greeting", shown[shown.len() - 1].1);
     println!("  dynamokv get greeting --node http://{}", shown[0].1);
+    if let Some((host, port)) = shown[0].3.rsplit_once(':') {
+        println!("  redis-cli -h {host} -p {port} GET greeting");
+    }
     println!("  dynamokv dev --dir {d} kill n3     # the others keep serving");
     println!("  dynamokv dev --dir {d} start n3    # back, with its data; hints go home");
     println!("  dynamokv dev --dir {d} add         # a new node joins");
@@ -453,7 +487,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     // Run until interrupted; report nodes that die or come back (started by `dev start`/`add`).
     let mut known: std::collections::BTreeMap<String, Option<i32>> = shown
         .iter()
-        .map(|(id, _, _, pid)| (id.clone(), Some(*pid as i32)))
+        .map(|(id, _, _, _, pid)| (id.clone(), Some(*pid as i32)))
         .collect();
     loop {
         if stop_rx.recv_timeout(Duration::from_millis(200)).is_ok() {

@@ -87,6 +87,10 @@ pub struct ServerArgs {
     /// [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// RESP2 (Redis protocol) listen address, for redis-cli, redis-benchmark and Redis client
+    /// libraries; off unless given. Port 0 picks a free port (printed as `resp=ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    resp: Option<SocketAddr>,
     /// Largest value accepted, in bytes. [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     max_value_bytes: Option<usize>,
@@ -196,6 +200,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.http {
             c.http = v;
+        }
+        if let Some(v) = self.resp {
+            c.resp = Some(v);
         }
         if let Some(v) = self.max_value_bytes {
             c.max_value_bytes = v;

@@ -10,19 +10,20 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// A port base with `count` free ports at base.. and base+1000.. (dev maps node i to fixed
-/// ports).
+/// A port base with `count` free ports at base.., base+1000.. and base+2000.. (dev maps node i
+/// to fixed HTTP, peer and RESP ports).
 fn free_base(count: u16) -> u16 {
     for _ in 0..200 {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = probe.local_addr().unwrap().port();
         drop(probe);
-        if base > 60000 {
+        if base > 60000 - 2000 {
             continue;
         }
         let all_free = (0..count).all(|i| {
             std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
                 && std::net::TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", base + 2000 + i)).is_ok()
         });
         if all_free {
             return base;
@@ -54,6 +55,7 @@ async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
         .args(["dev", "--nodes", "3", "--dir"])
         .arg(dir.path())
         .args(["--http-port-base", &base.to_string(), "--log", "warn"])
+        .args(["--resp-port-base", &(base + 2000).to_string()])
         .env_remove("DYNAMOKV_CLUSTER_SECRET")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -83,6 +85,19 @@ async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
         put(1, "before").await.unwrap().status(),
         StatusCode::NO_CONTENT
     );
+    // Every node serves the Redis protocol on its RESP port: redis-cli reads the HTTP write.
+    for i in 0..3 {
+        let out = Command::new("redis-cli")
+            .args(["-p", &(base + 2000 + i).to_string(), "GET", "before"])
+            .output()
+            .expect("redis-cli (Debian's redis-tools; scripts/test installs it)");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "v",
+            "n{}",
+            i + 1
+        );
+    }
 
     let out = dev(dir.path(), &["kill", "n2"]);
     assert!(out.contains("start n2"), "{out}");

@@ -54,6 +54,10 @@ pub struct Config {
     /// Address the HTTP API listens on. Port 0 picks a free port; the bound address is printed
     /// on standard output at start (`listening http=ADDR`).
     pub http: SocketAddr,
+    /// Address of the RESP2 (Redis protocol) endpoint, for `redis-cli`, `redis-benchmark` and
+    /// Redis client libraries; off when unset. Port 0 picks a free port; the bound address is
+    /// printed on standard output at start (`resp=ADDR`).
+    pub resp: Option<SocketAddr>,
     /// Largest value accepted by a put, in bytes. Larger values get 413.
     pub max_value_bytes: usize,
     /// fsync policy: `always`, `periodic` (every `sync_interval_ms`) or `never`. Every write
@@ -82,6 +86,7 @@ impl Default for Config {
             enable_fault_injection: false,
             node: NodeConfig::default(),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            resp: None,
             max_value_bytes: dynamokv_core::limits::DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Periodic,
             sync_interval_ms: 100,

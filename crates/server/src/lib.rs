@@ -1,16 +1,17 @@
 //! dynamokv-server: the node process - storage wiring, identity, configuration, the peer
-//! transport, the thread that drives the core state machine, and the HTTP API.
+//! transport, the thread that drives the core state machine, the HTTP API and the RESP endpoint.
 //!
-//! [`run`] opens the data directory, binds the HTTP and peer listeners, prints one line
-//! `listening http=ADDR peer=ADDR node=ID` on standard output once both are bound (so tools that
-//! start nodes on port 0 learn the addresses), joins the cluster through the seeds, serves until
-//! the shutdown future completes, then stops the node thread, records a clean shutdown and syncs.
+//! [`run`] opens the data directory, binds the HTTP, peer and (if asked) RESP listeners, prints
+//! one line `listening http=ADDR peer=ADDR node=ID [resp=ADDR]` on standard output once all are
+//! bound (so tools that start nodes on port 0 learn the addresses), joins the cluster through the
+//! seeds, serves until the shutdown future completes, then stops the node thread, records a clean shutdown and syncs.
 
 pub mod config;
 pub mod history;
 pub mod http;
 pub mod identity;
 pub mod node;
+pub mod resp;
 pub mod runtime;
 pub mod transport;
 
@@ -89,6 +90,18 @@ pub async fn run(
     let peer_addr = peer_listener
         .local_addr()
         .map_err(io_err("reading the peer address"))?;
+    let resp_listener = match config.resp {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io_err(format!("cannot listen for RESP on {addr}")))?,
+        ),
+    };
+    let resp_addr = match &resp_listener {
+        None => None,
+        Some(l) => Some(l.local_addr().map_err(io_err("reading the RESP address"))?),
+    };
     let advertise_peer = config
         .advertise_peer
         .clone()
@@ -199,9 +212,10 @@ pub async fn run(
 
     {
         let mut out = std::io::stdout().lock();
+        let resp = resp_addr.map(|a| format!(" resp={a}")).unwrap_or_default();
         let _ = writeln!(
             out,
-            "listening http={http_addr} peer={peer_addr} node={}",
+            "listening http={http_addr} peer={peer_addr} node={}{resp}",
             local.node_id
         );
         let _ = out.flush();
@@ -221,6 +235,20 @@ pub async fn run(
         transport: transport.clone(),
         fault_injection: config.enable_fault_injection,
     };
+    let resp_server = resp_listener.zip(resp_addr).map(|(listener, addr)| {
+        let state = std::sync::Arc::new(resp::commands::RespState {
+            node: handle.clone(),
+            codec: local.codec.clone(),
+            node_id: local.node_id.clone(),
+            max_value_bytes: config.max_value_bytes,
+            addr: addr.to_string(),
+            connected: Default::default(),
+            accepted: Default::default(),
+            commands: Default::default(),
+        });
+        let limits = resp::codec::Limits::for_values(config.max_value_bytes);
+        tokio::spawn(resp::serve(listener, state, limits))
+    });
     if config.enable_fault_injection {
         tracing::warn!(
             "fault injection is enabled: /admin/faults can drop and delay peer messages"
@@ -232,6 +260,9 @@ pub async fn run(
         .map_err(io_err("serving HTTP"));
     handle.stop();
     peer_server.abort();
+    if let Some(r) = resp_server {
+        r.abort();
+    }
     let _ = tokio::task::spawn_blocking(move || node_thread.join()).await;
     served?;
     blocking("shutting down", move || local.shutdown()).await?;

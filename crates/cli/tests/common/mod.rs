@@ -22,6 +22,8 @@ pub struct Node {
     pub peer: String,
     /// Its node id.
     pub id: String,
+    /// Its RESP address (`host:port`), when started with `--resp`; else empty.
+    pub resp: String,
     /// Its data directory.
     pub data_dir: PathBuf,
     extra: Vec<String>,
@@ -61,11 +63,16 @@ impl Node {
                             .unwrap_or_default()
                             .to_owned()
                     };
-                    let _ = tx.send((field("http="), field("peer="), field("node=")));
+                    let _ = tx.send((
+                        field("http="),
+                        field("peer="),
+                        field("node="),
+                        field("resp="),
+                    ));
                 }
             }
         });
-        let (http, peer, id) = match rx.recv_timeout(Duration::from_secs(30)) {
+        let (http, peer, id, resp) = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -77,6 +84,7 @@ impl Node {
             url: format!("http://{http}"),
             peer,
             id,
+            resp,
             data_dir: data_dir.to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }

@@ -261,8 +261,16 @@ mod tests {
     fn routes_to_the_first_reachable_primary() {
         let p = pref(&["a", "b", "c"], &["b", "c"]);
         assert_eq!(route(&p, "b", 0), Route::Coordinate);
-        assert_eq!(route(&p, "c", 0), Route::Coordinate, "any primary coordinates");
-        assert_eq!(route(&p, "a", 0), Route::Coordinate, "even one others think down");
+        assert_eq!(
+            route(&p, "c", 0),
+            Route::Coordinate,
+            "any primary coordinates"
+        );
+        assert_eq!(
+            route(&p, "a", 0),
+            Route::Coordinate,
+            "even one others think down"
+        );
         assert_eq!(
             route(&p, "x", 0),
             Route::Forward(vec!["b".into(), "c".into()])

@@ -1,0 +1,518 @@
+//! End-to-end: the RESP endpoint (`--resp`) with a raw protocol client, the real `redis-cli`
+//! and `redis-benchmark`, pipelining, and hostile input.
+
+mod common;
+
+use common::{Node, dirs, start_cluster, wait_for_ring};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A reply as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum V {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<V>),
+}
+
+impl V {
+    fn bulk(s: &str) -> V {
+        V::Bulk(Some(s.as_bytes().to_vec()))
+    }
+    fn ok() -> V {
+        V::Simple("OK".into())
+    }
+    fn is_error_with(&self, text: &str) -> bool {
+        matches!(self, V::Error(e) if e.contains(text))
+    }
+    fn array(&self) -> &[V] {
+        match self {
+            V::Array(a) => a,
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+}
+
+/// A raw RESP connection.
+struct Resp {
+    r: BufReader<TcpStream>,
+}
+
+impl Resp {
+    fn connect(addr: &str) -> Resp {
+        let s = TcpStream::connect(addr).expect("connect to the RESP port");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Resp {
+            r: BufReader::new(s),
+        }
+    }
+
+    fn encode(args: &[&[u8]]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend(format!("${}\r\n", a.len()).bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.r.get_mut().write_all(bytes).unwrap();
+    }
+
+    fn read(&mut self) -> V {
+        let mut line = String::new();
+        self.r.read_line(&mut line).expect("read a reply");
+        assert!(line.ends_with("\r\n"), "truncated reply line {line:?}");
+        let (kind, rest) = line.trim_end().split_at(1);
+        match kind {
+            "+" => V::Simple(rest.into()),
+            "-" => V::Error(rest.into()),
+            ":" => V::Int(rest.parse().unwrap()),
+            "$" => {
+                let n: i64 = rest.parse().unwrap();
+                if n < 0 {
+                    return V::Bulk(None);
+                }
+                let mut data = vec![0; n as usize + 2];
+                self.r.read_exact(&mut data).unwrap();
+                data.truncate(n as usize);
+                V::Bulk(Some(data))
+            }
+            "*" => {
+                let n: usize = rest.parse().unwrap();
+                V::Array((0..n).map(|_| self.read()).collect())
+            }
+            _ => panic!("not a RESP reply: {line:?}"),
+        }
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> V {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.send_raw(&Self::encode(&args));
+        self.read()
+    }
+
+    /// Whether the server closed the connection (reads end) within a few seconds.
+    fn closed(&mut self) -> bool {
+        self.r
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = Vec::new();
+        self.r.read_to_end(&mut rest).is_ok()
+    }
+}
+
+fn resp_cluster(n: usize, extra: &[&str]) -> (Vec<tempfile::TempDir>, Vec<Node>) {
+    let d = dirs(n);
+    let mut args = vec!["--resp", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let nodes = start_cluster(&d, &args);
+    (d, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_answers_as_documented() {
+    let (_d, nodes) = resp_cluster(3, &[]);
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    let mut a = Resp::connect(&nodes[0].resp);
+    let mut b = Resp::connect(&nodes[1].resp);
+
+    assert_eq!(a.cmd(&["PING"]), V::Simple("PONG".into()));
+    assert_eq!(a.cmd(&["ping", "hi"]), V::bulk("hi"));
+    assert_eq!(a.cmd(&["ECHO", "x y"]), V::bulk("x y"));
+    // Inline commands, as typed into telnet.
+    a.send_raw(b"PING\r\n");
+    assert_eq!(a.read(), V::Simple("PONG".into()));
+
+    assert_eq!(a.cmd(&["SET", "k", "v1"]), V::ok());
+    assert_eq!(b.cmd(&["GET", "k"]), V::bulk("v1"));
+    assert_eq!(b.cmd(&["GET", "missing"]), V::Bulk(None));
+    // Unsupported options are refused, and change nothing.
+    assert!(
+        a.cmd(&["SET", "k", "v2", "EX", "10"])
+            .is_error_with("EX is not supported")
+    );
+    assert!(
+        a.cmd(&["SET", "k", "v2", "NX"])
+            .is_error_with("NX is not supported")
+    );
+    assert_eq!(b.cmd(&["GET", "k"]), V::bulk("v1"));
+    assert!(
+        a.cmd(&["GET"])
+            .is_error_with("wrong number of arguments for 'get'")
+    );
+    assert!(
+        a.cmd(&["NOSUCH", "x"])
+            .is_error_with("unknown command 'NOSUCH'")
+    );
+
+    assert_eq!(a.cmd(&["MSET", "m1", "1", "m2", "2"]), V::ok());
+    assert!(a.cmd(&["MSET", "m1"]).is_error_with("wrong number"));
+    assert_eq!(
+        b.cmd(&["MGET", "m1", "m2", "m3"]),
+        V::Array(vec![V::bulk("1"), V::bulk("2"), V::Bulk(None)])
+    );
+    assert_eq!(b.cmd(&["EXISTS", "m1", "m2", "m3", "m1"]), V::Int(3));
+    assert_eq!(a.cmd(&["DEL", "m1", "m3"]), V::Int(1));
+    assert_eq!(b.cmd(&["EXISTS", "m1"]), V::Int(0));
+    assert_eq!(b.cmd(&["GET", "m1"]), V::Bulk(None));
+    assert_eq!(a.cmd(&["DEL", "m1"]), V::Int(0), "already deleted");
+
+    match a.cmd(&["INFO"]) {
+        V::Bulk(Some(text)) => {
+            let text = String::from_utf8(text).unwrap();
+            assert!(text.contains("redis_version:"), "{text}");
+            assert!(text.contains("node_id:n1"), "{text}");
+        }
+        other => panic!("INFO: {other:?}"),
+    }
+    assert!(a.cmd(&["DBSIZE"]).is_error_with("DBSIZE is not supported"));
+    let count = match a.cmd(&["COMMAND", "COUNT"]) {
+        V::Int(n) => n as usize,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(a.cmd(&["COMMAND"]).array().len(), count);
+    let docs = a.cmd(&["COMMAND", "DOCS", "get"]);
+    assert_eq!(docs.array()[0], V::bulk("get"));
+    let info = a.cmd(&["COMMAND", "INFO", "mset"]);
+    assert_eq!(info.array()[0].array()[1], V::Int(-3));
+    assert_eq!(
+        a.cmd(&["CONFIG", "GET", "appendonly"]),
+        V::Array(vec![V::bulk("appendonly"), V::bulk("yes")])
+    );
+    assert!(
+        a.cmd(&["CONFIG", "SET", "x", "y"])
+            .is_error_with("not supported")
+    );
+    let hello = a.cmd(&["HELLO", "2"]);
+    assert!(hello.array().contains(&V::bulk("proto")));
+    assert!(a.cmd(&["HELLO", "3"]).is_error_with("NOPROTO"));
+    assert_eq!(a.cmd(&["CLIENT", "GETNAME"]), V::Bulk(None));
+    assert_eq!(a.cmd(&["CLIENT", "SETNAME", "tester"]), V::ok());
+    assert_eq!(a.cmd(&["CLIENT", "GETNAME"]), V::bulk("tester"));
+    assert!(
+        a.cmd(&["CLIENT", "SETNAME", "a b"])
+            .is_error_with("cannot contain spaces")
+    );
+    assert_eq!(a.cmd(&["SELECT", "0"]), V::ok());
+    assert!(a.cmd(&["SELECT", "1"]).is_error_with("out of range"));
+
+    // Dynamo semantics: blind writes become siblings, DKV.GET shows them all with one
+    // context, GET answers the newest, a DKV.PUT with the context reconciles them.
+    let c0 = b.cmd(&["DKV.PUT", "s", "one"]);
+    assert!(matches!(c0, V::Bulk(Some(_))), "{c0:?}");
+    b.cmd(&["DKV.PUT", "s", "two"]);
+    let got = a.cmd(&["DKV.GET", "s", "R", "3"]);
+    let got = got.array();
+    let mut values = got[1].array().to_vec();
+    values.sort_by_key(|v| format!("{v:?}"));
+    assert_eq!(values, vec![V::bulk("one"), V::bulk("two")]);
+    assert_eq!(a.cmd(&["GET", "s"]), V::bulk("two"), "the newest sibling");
+    let V::Bulk(Some(ctx)) = got[0].clone() else {
+        panic!("a context: {got:?}")
+    };
+    let ctx = String::from_utf8(ctx).unwrap();
+    assert!(a.cmd(&["DKV.GET", "s", "R", "9"]).is_error_with("r=9"));
+    assert!(
+        a.cmd(&["DKV.GET", "s", "Q", "1"])
+            .is_error_with("unknown option Q")
+    );
+    assert!(
+        a.cmd(&["DKV.PUT", "s", "x", "garbage"])
+            .is_error_with("bad context")
+    );
+    assert!(
+        a.cmd(&["DKV.PUT", "other", "x", &ctx])
+            .is_error_with("bad context")
+    );
+    assert_eq!(
+        a.cmd(&["DKV.GET", "s"]).array()[1].array().len(),
+        2,
+        "unchanged"
+    );
+    let merged = a.cmd(&["DKV.PUT", "s", "both", &ctx, "W", "3"]);
+    assert!(matches!(merged, V::Bulk(Some(_))));
+    assert_eq!(
+        b.cmd(&["DKV.GET", "s"]).array()[1],
+        V::Array(vec![V::bulk("both")])
+    );
+    // SET replaces the siblings its coordinator holds.
+    b.cmd(&["DKV.PUT", "s", "three"]);
+    assert_eq!(
+        b.cmd(&["DKV.GET", "s", "R", "3"]).array()[1].array().len(),
+        2
+    );
+    assert_eq!(b.cmd(&["SET", "s", "four"]), V::ok());
+    assert_eq!(
+        a.cmd(&["DKV.GET", "s", "R", "3"]).array()[1],
+        V::Array(vec![V::bulk("four")])
+    );
+    let ctx = match a.cmd(&["DKV.GET", "s"]).array()[0].clone() {
+        V::Bulk(Some(c)) => String::from_utf8(c).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(a.cmd(&["DKV.DEL", "s", &ctx]), V::Bulk(Some(_))));
+    assert_eq!(b.cmd(&["GET", "s"]), V::Bulk(None));
+    let gone = b.cmd(&["DKV.GET", "s"]);
+    assert!(
+        matches!(gone.array()[0], V::Bulk(Some(_))),
+        "the delete's context"
+    );
+    assert_eq!(gone.array()[1], V::Array(vec![]));
+
+    assert_eq!(a.cmd(&["QUIT"]), V::ok());
+    assert!(a.closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_is_answered_in_order_and_sees_its_own_writes() {
+    let (_d, nodes) = resp_cluster(3, &[]);
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    let mut a = Resp::connect(&nodes[2].resp);
+    // Writes and reads of one key in one pipeline keep their order.
+    let mut wire = Vec::new();
+    for args in [
+        &["SET", "o", "1"][..],
+        &["GET", "o"],
+        &["SET", "o", "2"],
+        &["GET", "o"],
+        &["DEL", "o"],
+        &["EXISTS", "o"],
+        &["PING"],
+    ] {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        wire.extend(Resp::encode(&args));
+    }
+    a.send_raw(&wire);
+    let replies: Vec<V> = (0..7).map(|_| a.read()).collect();
+    assert_eq!(
+        replies,
+        vec![
+            V::ok(),
+            V::bulk("1"),
+            V::ok(),
+            V::bulk("2"),
+            V::Int(1),
+            V::Int(0),
+            V::Simple("PONG".into())
+        ]
+    );
+    // 10 000 commands in one write: 1 000 SETs, then 9 000 GETs and PINGs.
+    let mut wire = Vec::new();
+    for i in 0..1000 {
+        let (k, v) = (format!("p{i}"), format!("v{i}"));
+        wire.extend(Resp::encode(&[b"SET", k.as_bytes(), v.as_bytes()]));
+    }
+    for i in 0..9000 {
+        if i % 10 == 9 {
+            wire.extend(Resp::encode(&[b"PING"]));
+        } else {
+            let k = format!("p{}", i % 1000);
+            wire.extend(Resp::encode(&[b"GET", k.as_bytes()]));
+        }
+    }
+    let writer = {
+        let mut s = a.r.get_ref().try_clone().unwrap();
+        std::thread::spawn(move || s.write_all(&wire).unwrap())
+    };
+    for i in 0..1000 {
+        assert_eq!(a.read(), V::ok(), "SET {i}");
+    }
+    for i in 0..9000 {
+        let want = if i % 10 == 9 {
+            V::Simple("PONG".into())
+        } else {
+            V::bulk(&format!("v{}", i % 1000))
+        };
+        assert_eq!(a.read(), want, "reply {i}");
+    }
+    writer.join().unwrap();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_resp_input_gets_errors_and_the_node_stays_up_and_small() {
+    let (_d, nodes) = resp_cluster(1, &["--max-value-bytes", "1000"]);
+    let node = &nodes[0];
+    let addr = node.resp.clone();
+    let pid = node.pid().unwrap();
+    let before = rss_kib(pid);
+
+    // Protocol violations: an error, then the connection closes.
+    for (wire, error) in [
+        (&b"*2147483648\r\n"[..], "invalid multibulk length"),
+        (
+            b"*-1\r\n*99999999999999999999\r\n",
+            "invalid multibulk length",
+        ),
+        (b"*1\r\n$2147483648\r\n", "invalid bulk length"),
+        (
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$70000\r\n",
+            "invalid bulk length",
+        ),
+        (b"*1\r\n$4\r\nPINGxx", "not followed by CRLF"),
+        (b"*1\r\n:5\r\n", "expected '$'"),
+    ] {
+        let mut c = Resp::connect(&addr);
+        c.send_raw(wire);
+        let reply = c.read();
+        assert!(
+            reply.is_error_with(error),
+            "{:?} -> {reply:?}",
+            String::from_utf8_lossy(wire)
+        );
+        assert!(c.closed(), "{:?}", String::from_utf8_lossy(wire));
+    }
+    // An inline line that never ends.
+    let mut c = Resp::connect(&addr);
+    c.send_raw(&vec![b'a'; 70 * 1024]);
+    assert!(c.read().is_error_with("inline command is longer"));
+    assert!(c.closed());
+    // A frame cut short, then the client goes away: no reply, the connection just ends.
+    let mut c = Resp::connect(&addr);
+    c.send_raw(b"*2\r\n$3\r\nGET\r\n$1\r\nk");
+    c.r.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(c.closed());
+    // Refusals that keep the connection: a value over --max-value-bytes, a long key.
+    let mut c = Resp::connect(&addr);
+    let big = "x".repeat(2000);
+    assert!(
+        c.cmd(&["SET", "k", &big])
+            .is_error_with("more than the 1000 bytes")
+    );
+    assert!(
+        c.cmd(&["SET", &"k".repeat(2000), "v"])
+            .is_error_with("keys are 1 to 1024")
+    );
+    assert_eq!(c.cmd(&["GET", "k"]), V::Bulk(None), "nothing was written");
+    // Many connections, each holding a large partial command the limits allow.
+    let mut partial = Vec::new();
+    for _ in 0..50 {
+        let mut p = Resp::connect(&addr);
+        p.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$65536\r\n");
+        p.send_raw(&vec![b'z'; 60_000]);
+        partial.push(p);
+    }
+    // Binary garbage (without '*', which would start a frame, or CR) is a pile of unknown
+    // inline commands, not a crash.
+    let mut g = Resp::connect(&addr);
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .filter(|b| *b != b'*' && *b != b'\r')
+        .collect();
+    g.send_raw(&garbage);
+    g.send_raw(b"\r\nPING\r\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = g.read();
+        if v == V::Simple("PONG".into()) {
+            break;
+        }
+        assert!(matches!(v, V::Error(_)), "{v:?}");
+        assert!(Instant::now() < deadline);
+    }
+    // Still serving, and not much bigger for all of it.
+    assert_eq!(c.cmd(&["PING"]), V::Simple("PONG".into()));
+    let after = rss_kib(pid);
+    drop(partial);
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    let mut fresh = Resp::connect(&addr);
+    assert_eq!(fresh.cmd(&["SET", "k", "fine"]), V::ok());
+    assert_eq!(fresh.cmd(&["GET", "k"]), V::bulk("fine"));
+}
+
+/// `redis-cli` and `redis-benchmark` (Debian's redis-tools; `.ci/run` installs it).
+fn redis_tool(name: &str) -> Command {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{name} is not installed: install Debian's redis-tools (scripts/test does)"
+    );
+    Command::new(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_and_redis_benchmark_work_against_every_node() {
+    let (_d, nodes) = resp_cluster(3, &[]);
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    for (i, node) in nodes.iter().enumerate() {
+        let (host, port) = node.resp.rsplit_once(':').unwrap();
+        let cli = |args: &[&str]| {
+            let out = redis_tool("redis-cli")
+                .args(["-h", host, "-p", port])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let key = format!("cli{i}");
+        assert_eq!(cli(&["SET", &key, "hello world"]).trim(), "OK");
+        let next = &nodes[(i + 1) % 3].resp;
+        let (h2, p2) = next.rsplit_once(':').unwrap();
+        let out = redis_tool("redis-cli")
+            .args(["-h", h2, "-p", p2, "GET", &key])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello world");
+        assert_eq!(cli(&["PING"]).trim(), "PONG");
+        for pipeline in ["1", "16"] {
+            let out = redis_tool("redis-benchmark")
+                .args(["-h", host, "-p", port])
+                .args(["-t", "set,get", "-n", "2000", "-c", "10", "-d", "100"])
+                .args(["-r", "1000", "-P", pipeline, "-q", "--csv"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{out:?}");
+            for test in ["\"SET\"", "\"GET\""] {
+                let line = text
+                    .lines()
+                    .find(|l| l.starts_with(test))
+                    .unwrap_or_else(|| panic!("no {test} line in {text}"));
+                let rps: f64 = line
+                    .split(',')
+                    .nth(1)
+                    .unwrap()
+                    .trim_matches('"')
+                    .parse()
+                    .unwrap();
+                assert!(rps > 0.0, "{line}");
+            }
+            assert!(
+                !String::from_utf8_lossy(&out.stderr).contains("ERR"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // What redis-benchmark wrote is there: its keys hold its 100-byte values.
+        let v = cli(&["GET", "key:000000000042"]);
+        assert!(v.trim().is_empty() || v.trim().len() == 100, "{v:?}");
+        let hits: usize = (0..1000)
+            .step_by(50)
+            .filter(|n| cli(&["EXISTS", &format!("key:{n:012}")]).trim() == "1")
+            .count();
+        assert!(hits > 0, "redis-benchmark's SETs are readable");
+    }
+}

@@ -1,0 +1,424 @@
+//! The commands of the RESP endpoint and what each does against the cluster.
+//!
+//! Redis commands keep their Redis meaning where the cluster can honour it: `SET` overwrites
+//! what the coordinator holds (concurrent `SET`s through different coordinators still become
+//! siblings), `GET` answers the newest live sibling by timestamp, `DEL` reads at R and deletes
+//! what it read. The `DKV.*` commands give the full Dynamo interface: every sibling, the
+//! context, and per-request quorums.
+
+use super::codec::{array, bulk, error, integer, simple};
+use crate::runtime::NodeHandle;
+use dynamokv_core::message::{ClientRequest, OpError, Reply};
+use dynamokv_core::{ContextCodec, Object, VersionVector};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+/// What every connection of the endpoint shares.
+pub struct RespState {
+    /// The node thread.
+    pub node: NodeHandle,
+    /// Context tokens for `DKV.*`.
+    pub codec: ContextCodec,
+    /// This node's id (in `INFO`).
+    pub node_id: String,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// The address the endpoint listens on (in `INFO`).
+    pub addr: String,
+    /// Connections open now.
+    pub connected: AtomicUsize,
+    /// Connections accepted so far (their ids).
+    pub accepted: AtomicU64,
+    /// Commands served so far.
+    pub commands: AtomicU64,
+}
+
+/// One connection's own settings.
+#[derive(Debug, Default)]
+pub struct Conn {
+    /// The connection's id (`CLIENT ID`).
+    pub id: u64,
+    /// Set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
+    pub name: Option<Vec<u8>>,
+}
+
+/// How a command touches keys, for running a pipeline's commands side by side.
+pub enum Access<'a> {
+    /// No key: runs at once, in order.
+    None,
+    /// Reads these keys.
+    Reads(Vec<&'a [u8]>),
+    /// Writes these keys.
+    Writes(Vec<&'a [u8]>),
+    /// Ends the connection after its reply.
+    Quit,
+}
+
+/// The command's upper-case name.
+pub fn name(args: &[Vec<u8>]) -> Vec<u8> {
+    args.first()
+        .map(|n| n.to_ascii_uppercase())
+        .unwrap_or_default()
+}
+
+/// How `args` touches keys.
+pub fn access(args: &[Vec<u8>]) -> Access<'_> {
+    let keys = |step: usize| -> Vec<&[u8]> {
+        args.iter()
+            .skip(1)
+            .step_by(step)
+            .map(Vec::as_slice)
+            .collect()
+    };
+    match name(args).as_slice() {
+        b"GET" | b"EXISTS" | b"MGET" => Access::Reads(keys(1)),
+        b"DKV.GET" => Access::Reads(keys(usize::MAX)),
+        b"DEL" => Access::Writes(keys(1)),
+        b"MSET" => Access::Writes(keys(2)),
+        b"SET" | b"DKV.PUT" | b"DKV.DEL" => Access::Writes(keys(usize::MAX)),
+        b"QUIT" => Access::Quit,
+        _ => Access::None,
+    }
+}
+
+pub(super) fn wrong_arity(out: &mut Vec<u8>, args: &[Vec<u8>]) {
+    let name = String::from_utf8_lossy(&args[0]).to_lowercase();
+    error(
+        out,
+        &format!("ERR wrong number of arguments for '{name}' command"),
+    );
+}
+
+pub(super) fn unknown(args: &[Vec<u8>], out: &mut Vec<u8>) {
+    let rest: Vec<String> = args
+        .iter()
+        .skip(1)
+        .take(4)
+        .map(|a| format!("'{}'", String::from_utf8_lossy(&a[..a.len().min(64)])))
+        .collect();
+    let name = String::from_utf8_lossy(&args[0][..args[0].len().min(64)]);
+    error(
+        out,
+        &format!(
+            "ERR unknown command '{name}', with args beginning with: {}",
+            rest.join(" ")
+        ),
+    );
+}
+
+/// The reply to a failed cluster operation: a Redis-style error whose first word is its code.
+fn op_error(out: &mut Vec<u8>, what: &str, e: &OpError) {
+    let code = match e {
+        OpError::Unavailable { .. } | OpError::CoordinatorUnreachable { .. } | OpError::NoRing => {
+            "UNAVAILABLE"
+        }
+        OpError::ObjectTooLarge { .. } => "TOOLARGE",
+        OpError::TooManySiblings { .. } => "SIBLINGS",
+        OpError::Storage { .. } => "STORAGE",
+        OpError::InvalidQuorum { .. } | OpError::BadRequest(_) => "ERR",
+    };
+    error(out, &format!("{code} {what}: {e}"));
+}
+
+const STOPPING: &str = "UNAVAILABLE the node is shutting down; retry on another node";
+
+/// A cluster request's outcome: the reply, or the error text to send.
+type Outcome = Result<Reply, String>;
+
+async fn call(state: &RespState, what: &str, request: ClientRequest) -> Outcome {
+    match state.node.call(request).await {
+        Err(_) => Err(STOPPING.to_owned()),
+        Ok((Ok(reply), _)) => Ok(reply),
+        Ok((Err(e), _)) => {
+            let mut text = Vec::new();
+            op_error(&mut text, what, &e);
+            // Without the leading '-' and trailing CRLF: the caller writes it.
+            Err(String::from_utf8_lossy(&text[1..text.len() - 2]).into_owned())
+        }
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), String> {
+    dynamokv_core::limits::check_key(key).map_err(|e| format!("ERR {e}"))
+}
+
+fn check_value(state: &RespState, value: &[u8]) -> Result<(), String> {
+    if value.len() > state.max_value_bytes {
+        return Err(format!(
+            "ERR the value is {} bytes, more than the {} bytes this node accepts; store smaller values",
+            value.len(),
+            state.max_value_bytes
+        ));
+    }
+    Ok(())
+}
+
+async fn read(
+    state: &RespState,
+    key: Vec<u8>,
+    r: Option<u8>,
+    pr: Option<u8>,
+) -> Result<Object, String> {
+    check_key(&key)?;
+    match call(state, "read", ClientRequest::Get { key, r, pr }).await? {
+        Reply::Read(o) => Ok(o),
+        Reply::Written { .. } => {
+            Err("ERR the coordinator answered a read with a write; retry".into())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    state: &RespState,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    context: Option<VersionVector>,
+    overwrite: bool,
+    w: Option<u8>,
+    pw: Option<u8>,
+) -> Result<Object, String> {
+    check_key(&key)?;
+    if let Some(v) = &value {
+        check_value(state, v)?;
+    }
+    let request = ClientRequest::Put {
+        key,
+        value,
+        context,
+        w,
+        pw,
+        overwrite,
+    };
+    match call(state, "write", request).await? {
+        Reply::Written { object, .. } => Ok(object),
+        Reply::Read(_) => Err("ERR the coordinator answered a write with a read; retry".into()),
+    }
+}
+
+/// The newest live sibling by timestamp (ties: the higher dot), as `GET` answers it.
+pub fn newest(object: &Object) -> Option<&[u8]> {
+    object
+        .live()
+        .max_by_key(|s| (s.timestamp, s.dot))
+        .and_then(|s| s.value.as_deref())
+}
+
+/// Deletes `key` if it has a live value; whether it had one.
+async fn delete_if_live(state: &RespState, key: Vec<u8>) -> Result<bool, String> {
+    let object = read(state, key.clone(), None, None).await?;
+    if object.live().next().is_none() {
+        return Ok(false);
+    }
+    write(state, key, None, Some(object.context()), false, None, None).await?;
+    Ok(true)
+}
+
+/// Runs a command that reads or writes keys; its reply.
+pub async fn run_keyed(state: Arc<RespState>, args: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let result = keyed(&state, args, &mut out).await;
+    if let Err(e) = result {
+        out.clear();
+        error(&mut out, &e);
+    }
+    out
+}
+
+async fn keyed(state: &RespState, mut args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Result<(), String> {
+    let n = args.len();
+    let arity = || {
+        let mut o = Vec::new();
+        wrong_arity(&mut o, &args);
+        Err(String::from_utf8_lossy(&o[1..o.len() - 2]).into_owned())
+    };
+    match name(&args).as_slice() {
+        b"GET" => {
+            if n != 2 {
+                return arity();
+            }
+            let object = read(state, args.swap_remove(1), None, None).await?;
+            bulk(out, newest(&object));
+        }
+        b"SET" => {
+            if n != 3 {
+                let option = args
+                    .get(3)
+                    .map(|o| String::from_utf8_lossy(o).to_uppercase());
+                return match option {
+                    Some(o) => Err(format!(
+                        "ERR SET option {o} is not supported: dynamokv has no expiry and no conditional writes; use plain SET key value"
+                    )),
+                    None => arity(),
+                };
+            }
+            let value = args.pop().unwrap_or_default();
+            let key = args.pop().unwrap_or_default();
+            write(state, key, Some(value), None, true, None, None).await?;
+            simple(out, "OK");
+        }
+        b"MGET" => {
+            if n < 2 {
+                return arity();
+            }
+            let reads = args.drain(1..).map(|key| read(state, key, None, None));
+            let objects = futures_util::future::join_all(reads).await;
+            array(out, objects.len());
+            for o in objects {
+                bulk(out, newest(&o?));
+            }
+        }
+        b"MSET" => {
+            if n < 3 || n.is_multiple_of(2) {
+                return arity();
+            }
+            let mut pairs = Vec::with_capacity(n / 2);
+            let mut it = args.drain(1..);
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            drop(it);
+            for (k, v) in &pairs {
+                check_key(k)?;
+                check_value(state, v)?;
+            }
+            let writes = pairs.into_iter().map(|(k, v)| async move {
+                let shown = String::from_utf8_lossy(&k[..k.len().min(64)]).into_owned();
+                write(state, k, Some(v), None, true, None, None)
+                    .await
+                    .map_err(|e| format!("{shown} ({e})"))
+            });
+            let results = futures_util::future::join_all(writes).await;
+            let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+            if !failed.is_empty() {
+                return Err(format!(
+                    "UNAVAILABLE MSET is not atomic: {} of {} keys were not written (some may be stored): {}",
+                    failed.len(),
+                    n / 2,
+                    failed.join("; ")
+                ));
+            }
+            simple(out, "OK");
+        }
+        b"DEL" | b"EXISTS" => {
+            if n < 2 {
+                return arity();
+            }
+            let del = name(&args) == b"DEL";
+            let keys: Vec<Vec<u8>> = args.drain(1..).collect();
+            let results = futures_util::future::join_all(keys.into_iter().map(|k| async move {
+                if del {
+                    delete_if_live(state, k).await
+                } else {
+                    Ok(read(state, k, None, None).await?.live().next().is_some())
+                }
+            }))
+            .await;
+            let mut count = 0;
+            for r in results {
+                count += i64::from(r?);
+            }
+            integer(out, count);
+        }
+        b"DKV.GET" => dkv_get(state, args, out).await?,
+        b"DKV.PUT" | b"DKV.DEL" => dkv_write(state, args, out).await?,
+        _ => unknown(&args, out),
+    }
+    Ok(())
+}
+
+/// Reads `NAME n` option pairs (quorums) from `args`; any other word is refused.
+fn quorum_options(args: &[Vec<u8>], names: [&str; 2]) -> Result<[Option<u8>; 2], String> {
+    let mut values = [None, None];
+    if !args.len().is_multiple_of(2) {
+        return Err(format!(
+            "ERR syntax error: options come in pairs ({} n, {} n)",
+            names[0], names[1]
+        ));
+    }
+    for pair in args.chunks(2) {
+        let word = String::from_utf8_lossy(&pair[0]).to_uppercase();
+        let Some(i) = names.iter().position(|n| *n == word) else {
+            return Err(format!(
+                "ERR unknown option {word}; this command takes {} n and {} n",
+                names[0], names[1]
+            ));
+        };
+        let n = std::str::from_utf8(&pair[1])
+            .ok()
+            .and_then(|s| s.parse::<u8>().ok())
+            .ok_or_else(|| format!("ERR {word} must be a number from 1 to N"))?;
+        values[i] = Some(n);
+    }
+    Ok(values)
+}
+
+fn context_bulk(state: &RespState, key: &[u8], object: &Object, out: &mut Vec<u8>) {
+    let token = (!object.clock().is_empty()).then(|| state.codec.encode(key, object.clock()));
+    bulk(out, token.as_deref().map(str::as_bytes));
+}
+
+/// `DKV.GET key [R n] [PR n]`: `[context, [value, ...]]` (context null when the key never
+/// existed; the value list empty when it holds no live value).
+async fn dkv_get(
+    state: &RespState,
+    mut args: Vec<Vec<u8>>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    if args.len() < 2 {
+        return Err("ERR wrong number of arguments for 'dkv.get' command".into());
+    }
+    let [r, pr] = quorum_options(&args[2..], ["R", "PR"])?;
+    args.truncate(2);
+    let key = args.pop().unwrap_or_default();
+    let object = read(state, key.clone(), r, pr).await?;
+    array(out, 2);
+    context_bulk(state, &key, &object, out);
+    let live: Vec<_> = object.live().collect();
+    array(out, live.len());
+    for s in live {
+        bulk(out, s.value.as_deref());
+    }
+    Ok(())
+}
+
+/// `DKV.PUT key value [context] [W n] [PW n]` and `DKV.DEL key [context] [W n] [PW n]`: the
+/// new context. An empty context is a blind write (a new sibling of whatever is there).
+async fn dkv_write(
+    state: &RespState,
+    mut args: Vec<Vec<u8>>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let put = name(&args) == b"DKV.PUT";
+    let fixed = if put { 3 } else { 2 };
+    if args.len() < fixed {
+        let cmd = if put { "dkv.put" } else { "dkv.del" };
+        return Err(format!("ERR wrong number of arguments for '{cmd}' command"));
+    }
+    // An odd number of words after the fixed ones: the first is the context.
+    let has_context = (args.len() - fixed) % 2 == 1;
+    let options_at = fixed + usize::from(has_context);
+    let [w, pw] = quorum_options(&args[options_at..], ["W", "PW"])?;
+    args.truncate(options_at);
+    let token = if has_context { args.pop() } else { None };
+    let value = if put { args.pop() } else { None };
+    let key = args.pop().unwrap_or_default();
+    check_key(&key)?;
+    let context = match token.filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) => {
+            let t = std::str::from_utf8(&t).map_err(|_| "ERR bad context: not text".to_owned())?;
+            Some(
+                state
+                    .codec
+                    .decode(&key, t)
+                    .map_err(|e| format!("ERR bad context: {e}"))?,
+            )
+        }
+    };
+    // A DKV.DEL without a context deletes what the replicas hold (the coordinator reads at R
+    // first).
+    let object = write(state, key.clone(), value, context, false, w, pw).await?;
+    context_bulk(state, &key, &object, out);
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The RESP2 endpoint (`--resp ADDR`): enough of the Redis protocol for `redis-cli` and
+//! `redis-benchmark` to work unchanged, pipelining included, with the cluster's semantics
+//! behind it (see [`commands`]).
+//!
+//! Each connection reads what the client sent, parses every complete command in it
+//! ([`codec`]), and runs them: commands on different keys run side by side (a pipeline of
+//! 16 GETs is 16 requests in flight), while a command touching a key that an earlier command of
+//! the batch writes (or a write to a key read earlier) waits for the commands before it, so a
+//! pipeline's `SET k` is always seen by its next `GET k`. Replies go out in order, in one write
+//! per batch. A protocol violation gets `-ERR Protocol error` and closes the connection; the
+//! buffer never holds more than one command's limit plus one read.
+
+pub mod codec;
+pub mod commands;
+pub mod local;
+
+use codec::Limits;
+use commands::{Access, Conn, RespState};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Most commands run as one batch before their replies are written.
+/// Most commands run as one batch before their replies are written (this bounds what one
+/// connection holds: at most this many replies, each at most one object).
+const MAX_BATCH: usize = 128;
+
+/// Most connections served at once; more are answered with an error and closed.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// Accepts RESP connections until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<RespState>, limits: Limits) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "RESP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            if state.connected.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            } else if let Err(e) = connection(stream, state.clone(), limits).await {
+                tracing::debug!(%remote, error = %e, "RESP connection ended");
+            }
+            state.connected.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    state: Arc<RespState>,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let mut conn = Conn {
+        id: state.accepted.fetch_add(1, Ordering::Relaxed) + 1,
+        name: None,
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut start = 0;
+    loop {
+        let mut batch = Vec::new();
+        let mut broken = None;
+        while batch.len() < MAX_BATCH {
+            match codec::parse(&buf[start..], &limits) {
+                Ok(Some((args, used))) => {
+                    start += used;
+                    if !args.is_empty() {
+                        batch.push(args);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        let full = batch.len() == MAX_BATCH;
+        let quit = run_batch(&state, &mut conn, batch, &mut out).await;
+        if let Some(e) = &broken {
+            codec::error(&mut out, &format!("ERR {e}"));
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+            out.shrink_to(64 * 1024);
+        }
+        if quit || broken.is_some() {
+            return Ok(());
+        }
+        // Keep only the unparsed tail (usually empty, or part of one command).
+        buf.drain(..start);
+        start = 0;
+        if buf.is_empty() && buf.capacity() > 256 * 1024 {
+            // A large command came and went: give its memory back.
+            buf.shrink_to(16 * 1024);
+        }
+        if full {
+            continue;
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs the commands of one batch, appending their replies to `out` in order; true when the
+/// client asked to quit.
+async fn run_batch(
+    state: &Arc<RespState>,
+    conn: &mut Conn,
+    batch: Vec<Vec<Vec<u8>>>,
+    out: &mut Vec<u8>,
+) -> bool {
+    state
+        .commands
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let mut group: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut read: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut written: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for args in batch {
+        let (conflict, quit) = match commands::access(&args) {
+            Access::Reads(keys) => (keys.iter().any(|k| written.contains(*k)), false),
+            Access::Writes(keys) => (
+                keys.iter()
+                    .any(|k| written.contains(*k) || read.contains(*k)),
+                false,
+            ),
+            Access::None => (false, false),
+            Access::Quit => (false, true),
+        };
+        if conflict {
+            run_group(state, conn, std::mem::take(&mut group), out).await;
+            read.clear();
+            written.clear();
+        }
+        match commands::access(&args) {
+            Access::Reads(keys) => read.extend(keys.into_iter().map(<[u8]>::to_vec)),
+            Access::Writes(keys) => written.extend(keys.into_iter().map(<[u8]>::to_vec)),
+            _ => {}
+        }
+        group.push(args);
+        if quit {
+            run_group(state, conn, group, out).await;
+            return true;
+        }
+    }
+    run_group(state, conn, group, out).await;
+    false
+}
+
+/// Runs commands that do not conflict: keyed ones side by side, the others at once; appends
+/// the replies in order.
+async fn run_group(
+    state: &Arc<RespState>,
+    conn: &mut Conn,
+    group: Vec<Vec<Vec<u8>>>,
+    out: &mut Vec<u8>,
+) {
+    let mut group = group;
+    if group.len() == 1
+        && let Some(args) = group.pop()
+    {
+        // The common case (no pipelining): no bookkeeping.
+        match commands::access(&args) {
+            Access::Reads(_) | Access::Writes(_) => {
+                out.extend(commands::run_keyed(state.clone(), args).await);
+            }
+            _ => local::run_local(state, conn, &args, out),
+        }
+        return;
+    }
+    let mut replies: Vec<Vec<u8>> = vec![Vec::new(); group.len()];
+    let mut pending = Vec::new();
+    for (i, args) in group.into_iter().enumerate() {
+        match commands::access(&args) {
+            Access::Reads(_) | Access::Writes(_) => {
+                let state = state.clone();
+                pending.push(async move { (i, commands::run_keyed(state, args).await) });
+            }
+            _ => local::run_local(state, conn, &args, &mut replies[i]),
+        }
+    }
+    for (i, reply) in futures_util::future::join_all(pending).await {
+        replies[i] = reply;
+    }
+    for r in replies {
+        out.extend_from_slice(&r);
+    }
+}
