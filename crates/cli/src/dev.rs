@@ -173,6 +173,8 @@ fn command_line(exe: &Path, dir: &Path, set: &Settings, index: u16, secret: &str
         .args(["-r", &set.read_quorum.to_string()])
         .args(["-w", &set.write_quorum.to_string()])
         .args(["--sync", &set.sync])
+        // The nodes share this machine's cores: one I/O thread each (plus the node thread).
+        .args(["--io-threads", "1"])
         .args(["--log", &set.log])
         .env("DYNAMOKV_CLUSTER_SECRET", secret);
     if !seeds.is_empty() {

@@ -87,6 +87,11 @@ pub struct ServerArgs {
     /// [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// Threads serving network I/O (HTTP, RESP, peer connections); the state machine and its
+    /// storage calls run on one more thread of their own. Several nodes on one machine (as
+    /// `dynamokv dev` runs them) do best with 1 each. [default: the number of CPU cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    io_threads: Option<u16>,
     /// RESP2 (Redis protocol) listen address, for redis-cli, redis-benchmark and Redis client
     /// libraries; off unless given. Port 0 picks a free port (printed as `resp=ADDR`).
     #[arg(long, value_name = "ADDR")]
@@ -259,7 +264,11 @@ pub async fn shutdown_signal() {
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     init_logging(&args.log);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.io_threads {
+        rt.worker_threads(usize::from(n));
+    }
+    let rt = rt
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

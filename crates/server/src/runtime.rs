@@ -2,12 +2,17 @@
 //! the HTTP handlers and the transport, calls `request`/`step`/`tick` with both clocks (a
 //! monotonic one for timers, the wall clock for version timestamps), and carries the outputs
 //! out (messages to the transport, answers to waiting handlers).
+//!
+//! The thread works in bursts: it takes every event already queued (up to [`BURST`]), then
+//! commits the storage writes of the whole burst at once (group commit: one journal write, or
+//! one fsync under `--sync always`), and only then sends the burst's messages and answers - so
+//! nothing is acknowledged before it reached the operating system (or the disk).
 
 use crate::history::History;
 use crate::node::now_ms;
 use crate::transport::{PeerEvent, Transport};
 use dynamokv_core::clock::Now;
-use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse};
+use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse, OpError};
 use dynamokv_core::node::{Node, Output};
 use dynamokv_storage::Engine;
 use dynamokv_storage::ObjectStore;
@@ -22,6 +27,9 @@ pub type CoreNode = Node<Arc<ObjectStore>>;
 
 /// How often the node's clock ticks.
 const TICK: Duration = Duration::from_millis(20);
+
+/// Most events handled before the node commits its writes and carries its outputs out.
+const BURST: usize = 256;
 
 /// An answer and the ring version of the node that gave it.
 pub type Answer = (ClientResponse, u64);
@@ -134,37 +142,51 @@ pub fn run_node(
         wall: now_ms(),
     };
     let mut next_tick = 0;
-    loop {
-        let event = match events.recv_timeout(TICK) {
+    engine.set_group_commit(true);
+    let mut stop = false;
+    while !stop {
+        let first = match events.recv_timeout(TICK) {
             Ok(e) => Some(e),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let now = clock();
-        match event {
-            Some(Event::Client { request, reply }) => {
-                let id = next_client;
-                next_client += 1;
-                clients.insert(id, reply);
-                node.request(now, id, request);
+        // A burst: every event already queued (up to BURST), then one storage commit and one
+        // pass over the outputs, instead of one of each per event.
+        let mut next = first;
+        let mut handled = 0;
+        while let Some(event) = next.take() {
+            handled += 1;
+            match event {
+                Event::Client { request, reply } => {
+                    let id = next_client;
+                    next_client += 1;
+                    clients.insert(id, reply);
+                    node.request(now, id, request);
+                }
+                Event::Transport(PeerEvent::Message { from, message }) => {
+                    node.step(now, &from, message)
+                }
+                Event::Transport(PeerEvent::Learn(member)) => {
+                    node.learn(&[member]);
+                }
+                Event::Transport(PeerEvent::Seed(member)) => {
+                    let id = member.id.clone();
+                    node.learn(&[member]);
+                    node.add_seed(&id);
+                }
+                Event::Transport(PeerEvent::Up(id)) => node.peer_up(&id),
+                Event::Transport(PeerEvent::Down(id)) => node.peer_down(now, &id),
+                Event::Query(f) => f(&node),
+                Event::Command(f) => f(&mut node),
+                Event::Stop => {
+                    stop = true;
+                    break;
+                }
             }
-            Some(Event::Transport(PeerEvent::Message { from, message })) => {
-                node.step(now, &from, message)
+            if handled < BURST {
+                next = events.try_recv().ok();
             }
-            Some(Event::Transport(PeerEvent::Learn(member))) => {
-                node.learn(&[member]);
-            }
-            Some(Event::Transport(PeerEvent::Seed(member))) => {
-                let id = member.id.clone();
-                node.learn(&[member]);
-                node.add_seed(&id);
-            }
-            Some(Event::Transport(PeerEvent::Up(id))) => node.peer_up(&id),
-            Some(Event::Transport(PeerEvent::Down(id))) => node.peer_down(now, &id),
-            Some(Event::Query(f)) => f(&node),
-            Some(Event::Command(f)) => f(&mut node),
-            Some(Event::Stop) => break,
-            None => {}
         }
         if now.mono >= next_tick {
             node.tick(now);
@@ -194,9 +216,19 @@ pub fn run_node(
             }
             transport.sync_peers(node.members());
         }
+        // Everything the burst wrote reaches the operating system (or the disk, under
+        // `--sync always`) before any of it is acknowledged.
+        let committed = engine.commit_group();
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "storage commit failed; answering this burst's requests with errors");
+        }
         for out in node.drain() {
             match out {
-                Output::Send { to, message } => transport.send(&to, message),
+                Output::Send { to, message } => {
+                    if committed.is_ok() {
+                        transport.send(&to, message)
+                    }
+                }
                 Output::Persist(member) => {
                     if let Err(e) = history.append(engine.as_ref(), &member) {
                         tracing::error!(error = %e, "cannot persist a membership change");
@@ -204,12 +236,23 @@ pub fn run_node(
                 }
                 Output::Respond { client, response } => {
                     if let Some(tx) = clients.remove(&client) {
+                        let response = match &committed {
+                            Ok(()) => response,
+                            Err(e) => Err(OpError::Storage {
+                                node: node.me().id.clone(),
+                                message: e.to_string(),
+                            }),
+                        };
                         let _ = tx.send((response, ring_version));
                     }
                 }
             }
         }
+        if let Err(e) = engine.commit_group() {
+            tracing::error!(error = %e, "cannot persist a membership change");
+        }
     }
+    engine.set_group_commit(false);
     // The next run of the same actor must not issue these counters again.
     if let Err(e) =
         crate::identity::Identity::save_counter_floor(engine.as_ref(), node.counter_floor())

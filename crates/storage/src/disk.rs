@@ -22,6 +22,10 @@ struct Inner {
     db: Database,
     spaces: [Keyspace; 3],
     dirty: AtomicBool,
+    /// Group commit is on: batches stay in the journal buffer until `commit_group`.
+    group: AtomicBool,
+    /// Batches were written since the last `commit_group`.
+    pending: AtomicBool,
 }
 
 impl Inner {
@@ -66,6 +70,8 @@ impl DiskEngine {
             db,
             spaces,
             dirty: AtomicBool::new(false),
+            group: AtomicBool::new(false),
+            pending: AtomicBool::new(false),
         });
         let syncer = match policy {
             SyncPolicy::Periodic(interval) => {
@@ -127,8 +133,12 @@ impl Engine for DiskEngine {
         if batch.is_empty() {
             return Ok(());
         }
+        let group = self.inner.group.load(Ordering::Acquire);
         let mut b = self.inner.db.batch();
-        if self.policy == SyncPolicy::Always {
+        if group {
+            // Left in the journal buffer; `commit_group` persists it with the others.
+            b = b.durability(None);
+        } else if self.policy == SyncPolicy::Always {
             b = b.durability(Some(PersistMode::SyncAll));
         }
         for op in batch.ops {
@@ -138,6 +148,31 @@ impl Engine for DiskEngine {
             }
         }
         b.commit().map_err(engine_err)?;
+        if group {
+            self.inner.pending.store(true, Ordering::Release);
+        } else if self.policy != SyncPolicy::Always {
+            self.inner.dirty.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn set_group_commit(&self, on: bool) {
+        self.inner.group.store(on, Ordering::Release);
+        if !on {
+            let _ = self.commit_group();
+        }
+    }
+
+    fn commit_group(&self) -> Result<()> {
+        if !self.inner.pending.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mode = if self.policy == SyncPolicy::Always {
+            PersistMode::SyncAll
+        } else {
+            PersistMode::Buffer
+        };
+        self.inner.db.persist(mode).map_err(engine_err)?;
         if self.policy != SyncPolicy::Always {
             self.inner.dirty.store(true, Ordering::Release);
         }
@@ -186,6 +221,32 @@ mod tests {
         assert_eq!(e.get(Space::Objects, b"k").unwrap(), Some(b"v".to_vec()));
         assert_eq!(e.get(Space::Meta, b"k").unwrap(), Some(b"m".to_vec()));
         assert_eq!(e.get(Space::Hints, b"k").unwrap(), None);
+    }
+
+    #[test]
+    fn group_commit_writes_are_read_at_once_and_kept_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let e = DiskEngine::open(dir.path(), SyncPolicy::Always).unwrap();
+            e.set_group_commit(true);
+            for i in 0..100u32 {
+                e.put(Space::Objects, &i.to_be_bytes(), b"v").unwrap();
+            }
+            assert_eq!(
+                e.get(Space::Objects, &7u32.to_be_bytes()).unwrap(),
+                Some(b"v".to_vec())
+            );
+            assert!(e.inner.pending.load(Ordering::Acquire));
+            e.commit_group().unwrap();
+            assert!(!e.inner.pending.load(Ordering::Acquire));
+        }
+        let e = DiskEngine::open(dir.path(), SyncPolicy::Never).unwrap();
+        assert_eq!(
+            e.scan(Space::Objects, Bound::Unbounded, Bound::Unbounded, 1000)
+                .unwrap()
+                .len(),
+            100
+        );
     }
 
     #[test]

@@ -176,6 +176,20 @@ pub trait Engine: Send + Sync + 'static {
     /// Forces everything written so far to stable storage.
     fn flush(&self) -> Result<()>;
 
+    /// Turns group commit on or off. While on, [`Engine::write`] may leave its batch in the
+    /// engine's journal buffer (readers see it at once) until [`Engine::commit_group`] hands
+    /// every such batch to the operating system together: one journal write for many batches
+    /// (and, under [`SyncPolicy::Always`], one fsync). The node thread turns it on and commits
+    /// before it sends any acknowledgement, so a write still reaches the operating system (or
+    /// the disk) before it is acknowledged. Engines without a journal ignore it.
+    fn set_group_commit(&self, _on: bool) {}
+
+    /// Hands the batches written since the last call to the operating system (under
+    /// [`SyncPolicy::Always`], to stable storage). A no-op without group commit.
+    fn commit_group(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Sets `key` to `value` (a batch of one).
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<()> {
         let mut b = WriteBatch::new();
