@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+/// The size at which a keyspace's in-memory table is sealed and written out (fjall's default is
+/// 64 MiB; smaller keeps a node's memory well inside its budget, and point reads faster).
+pub const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
 fn engine_err(e: fjall::Error) -> StorageError {
     StorageError::Engine(e.to_string())
 }
@@ -60,7 +64,13 @@ impl DiskEngine {
             )),
             other => engine_err(other),
         })?;
-        let open = |s: Space| db.keyspace(s.name(), KeyspaceCreateOptions::default);
+        // Memory: each keyspace's memtable is sealed at MEMTABLE_BYTES and flushed to disk in
+        // the background; the block cache is fjall's default 32 MiB. See docs/bench.md.
+        let open = |s: Space| {
+            db.keyspace(s.name(), || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+        };
         let spaces = [
             open(Space::Objects).map_err(engine_err)?,
             open(Space::Hints).map_err(engine_err)?,
