@@ -46,7 +46,7 @@ load() {
             v = sprintf("%0100d", 0)
             for (k = s + n; k < e; k += 3)
                 printf "*3\r\n$3\r\nSET\r\n$16\r\nk%015d\r\n$100\r\n%s\r\n", k, v
-        }' | redis-cli -p "$(port $((i + 1)))" --pipe >"$DIR/load$i.out" 2>&1 &
+        }' | redis-cli -p "$(port $((i + 1)))" --pipe --pipe-timeout 0 >"$DIR/load$i.out" 2>&1 &
         pids+=($!)
     done
     local t=0
@@ -61,7 +61,7 @@ load() {
         report "~$((from + done_cmds - LOADED_CMDS))"
     done
     wait "${pids[@]}"
-    grep -h "errors" "$DIR"/load*.out | sed 's/^/  /'
+    grep -h "errors" "$DIR"/load*.out | sed 's/^/  /' || true
     LOADED_CMDS=0
     for i in 1 2 3; do
         LOADED_CMDS=$((LOADED_CMDS + $(redis-cli -p "$(port "$i")" INFO | awk -F: '/total_commands_processed/ {print $2+0}')))
@@ -88,3 +88,8 @@ report "$KEYS"
 measure "$KEYS"
 sleep 20
 report "$KEYS (20 s idle)"
+echo "node thread stalls (bursts that kept a node busy for 500 ms or more), per node:"
+for i in 1 2 3; do
+    printf '  n%s: %s, longest %s ms\n' "$i" "$(grep -c 'busy for' "$DIR/dkv/n$i.log" || true)" \
+        "$(grep -o 'busy for [0-9]* ms' "$DIR/dkv/n$i.log" | awk '{print $3}' | sort -n | tail -1)"
+done

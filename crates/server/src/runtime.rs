@@ -31,6 +31,12 @@ const TICK: Duration = Duration::from_millis(20);
 /// Most events handled before the node commits its writes and carries its outputs out.
 const BURST: usize = 256;
 
+/// Longest a tick waits for queued events, in milliseconds.
+const TICK_DEFER_MS: u64 = 1000;
+
+/// A burst that kept the node thread this long is logged.
+const SLOW_BURST: Duration = Duration::from_millis(500);
+
 /// An answer and the ring version of the node that gave it.
 pub type Answer = (ClientResponse, u64);
 
@@ -151,6 +157,7 @@ pub fn run_node(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let now = clock();
+        let burst_started = Instant::now();
         // A burst: every event already queued (up to BURST), then one storage commit and one
         // pass over the outputs, instead of one of each per event.
         let mut next = first;
@@ -188,7 +195,11 @@ pub fn run_node(
                 next = events.try_recv().ok();
             }
         }
-        if now.mono >= next_tick {
+        // While events are still queued (a full burst), timers wait for them, up to
+        // TICK_DEFER: after a stall, the answers already queued count before a deadline expires
+        // the request they answer.
+        let backlogged = handled >= BURST;
+        if now.mono >= next_tick && (!backlogged || now.mono >= next_tick + TICK_DEFER_MS) {
             node.tick(now);
             next_tick = now.mono + TICK.as_millis() as u64;
         }
@@ -221,6 +232,17 @@ pub fn run_node(
         let committed = engine.commit_group();
         if let Err(e) = &committed {
             tracing::error!(error = %e, "storage commit failed; answering this burst's requests with errors");
+        }
+        let busy = burst_started.elapsed();
+        if busy >= SLOW_BURST {
+            // Every request of this node waited this long; the usual cause is the storage
+            // engine holding writes back while its background flushes catch up.
+            tracing::warn!(
+                busy_ms = busy.as_millis() as u64,
+                events = handled,
+                "the node thread was busy for {} ms on one burst of {handled} events (storage write stall?)",
+                busy.as_millis()
+            );
         }
         for out in node.drain() {
             match out {
