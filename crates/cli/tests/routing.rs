@@ -63,6 +63,7 @@ async fn a_silent_coordinator_is_skipped_before_the_client_hears() {
         .await
         .unwrap();
     // Before, such a request failed with 503 coordinator_unreachable once the forward timed
-    // out; now the second primary coordinated it.
-    assert_eq!(r.text().await.unwrap(), "v2");
+    // out; now the second primary coordinated it (a blind write: a sibling of v1).
+    let body = r.text().await.unwrap();
+    assert!(body.contains("v2") && body.contains("v1"), "{body}");
 }
