@@ -33,14 +33,8 @@ fi
 cargo build --release -q -p dynamokv
 BIN=$PWD/target/release/dynamokv
 
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+# DIR (a temporary directory) and PIDS (stopped on exit).
+source scripts/bench-lib.sh
 
 REDIS_PORT=$((BASE + 379))
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
