@@ -120,6 +120,10 @@ pub struct ServerArgs {
     /// RUST_LOG environment variable wins when set.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log: String,
+    /// Log format on standard error: `text` (colours only when standard error is a terminal)
+    /// or `json` (one object per line, for log collectors).
+    #[arg(long, default_value = "text", value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 fn parse_sync(s: &str) -> Result<SyncMode, String> {
@@ -226,15 +230,21 @@ impl ServerArgs {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // fjall and lsm_tree log routine maintenance at info; keep them to warnings.
         tracing_subscriber::EnvFilter::new(format!("fjall=warn,lsm_tree=warn,{filter}"))
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().init();
+    } else {
+        // Colour codes only for a person at a terminal, never in a log file.
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 /// Resolves when the process gets Ctrl-C or SIGTERM.
@@ -263,7 +273,7 @@ pub async fn shutdown_signal() {
 /// Runs `dynamokv server`.
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
-    init_logging(&args.log);
+    init_logging(&args.log, &args.log_format);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.io_threads {
         rt.worker_threads(usize::from(n));

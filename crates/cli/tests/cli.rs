@@ -156,3 +156,57 @@ fn config_file_with_flag_overrides() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_field"));
 }
+
+/// Runs a node with `--log info` and the given log flags, stderr to a file; its log text after a
+/// clean stop.
+fn node_log(extra: &[&str]) -> String {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("node.log");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["server", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .args(["--cluster-secret", "s", "--log", "info"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("listening "));
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(&log_path).unwrap()
+}
+
+#[test]
+fn logs_to_a_file_carry_no_colour_codes_and_json_logs_are_json() {
+    let text = node_log(&[]);
+    assert!(text.contains("node started"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "colour codes in a log file:\n{text}"
+    );
+
+    let json = node_log(&["--log-format", "json"]);
+    let mut seen = Vec::new();
+    for line in json.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        seen.push(
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert!(seen.iter().any(|m| m == "node started"), "{seen:?}");
+    assert!(seen.iter().any(|m| m == "node stopped cleanly"), "{seen:?}");
+}
