@@ -10,6 +10,7 @@ pub mod config;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod node;
 pub mod resp;
 pub mod runtime;
@@ -234,6 +235,8 @@ pub async fn run(
         max_value_bytes: config.max_value_bytes,
         transport: transport.clone(),
         fault_injection: config.enable_fault_injection,
+        metrics: metrics::install(),
+        data_dir: config.data_dir.clone(),
     };
     let resp_server = resp_listener.zip(resp_addr).map(|(listener, addr)| {
         let state = std::sync::Arc::new(resp::commands::RespState {

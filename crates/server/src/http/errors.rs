@@ -18,6 +18,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// An error answered with `status`, machine-readable `code` and a `message` saying what to
     /// do.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {

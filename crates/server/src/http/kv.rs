@@ -95,6 +95,7 @@ async fn call(s: &AppState, request: ClientRequest) -> Result<(Reply, u64), ApiE
     match response {
         Ok(reply) => Ok((reply, ring)),
         Err(e) => {
+            crate::metrics::op_failed(&e);
             let mut err = ApiError::from(e);
             if let Ok(v) = HeaderValue::from_str(&format!("{ring:016x}")) {
                 err.detail
@@ -109,17 +110,34 @@ async fn call(s: &AppState, request: ClientRequest) -> Result<(Reply, u64), ApiE
     }
 }
 
+/// Records a request's latency and outcome.
+fn timed(
+    op: &'static str,
+    started: std::time::Instant,
+    result: Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    let status = match &result {
+        Ok(r) => r.status(),
+        Err(e) => e.status(),
+    };
+    let outcome = match status {
+        s if s == StatusCode::NOT_FOUND && result.is_ok() => "not_found",
+        s if s.is_success() || s == StatusCode::MULTIPLE_CHOICES => "ok",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "error",
+    };
+    crate::metrics::record("http", op, outcome, started.elapsed());
+    result
+}
+
 pub(crate) async fn put_key(
     State(s): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = key_from(&uri)?;
-    let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
-    let context = context_from(&s.codec, &key, &headers)?;
-    let value = read_body(body, &headers, s.max_value_bytes).await?;
-    write(&s, key, Some(value), context, w, pw).await
+    let started = std::time::Instant::now();
+    timed("put", started, put(s, uri, headers, body).await)
 }
 
 pub(crate) async fn delete_key(
@@ -127,6 +145,28 @@ pub(crate) async fn delete_key(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    timed("delete", started, delete(s, uri, headers).await)
+}
+
+pub(crate) async fn get_key(
+    State(s): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    timed("get", started, get(s, uri, headers).await)
+}
+
+async fn put(s: AppState, uri: Uri, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let key = key_from(&uri)?;
+    let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
+    let context = context_from(&s.codec, &key, &headers)?;
+    let value = read_body(body, &headers, s.max_value_bytes).await?;
+    write(&s, key, Some(value), context, w, pw).await
+}
+
+async fn delete(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
     let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
     let context = context_from(&s.codec, &key, &headers)?;
@@ -224,12 +264,8 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8
     Ok(value)
 }
 
-/// JSON form of a read.
-pub(crate) async fn get_key(
-    State(s): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+/// A read: the value, every sibling (multipart or JSON), or 404.
+async fn get(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
     let [r, pr] = quorum_params(&uri, ["r", "pr"])?;
     let (obj, ring) = match call(

@@ -6,6 +6,7 @@
 //!   covers everything returned.
 //! - `DELETE /kv/{key}` - optional `X-Context`; writes a tombstone; 204 with `X-Context`.
 //! - `GET /health` - 200 while the node serves requests.
+//! - `GET /metrics` - Prometheus text format (see [`crate::metrics`]).
 //! - `GET /admin/ring`, `GET /admin/preference-list/{key}`, `GET /admin/local/{key}` - the ring,
 //!   where a key lives, and this node's own copy of a key.
 //!
@@ -67,12 +68,17 @@ pub struct AppState {
     pub transport: crate::transport::Transport,
     /// Whether `/admin/faults` may change anything.
     pub fault_injection: bool,
+    /// The process's metrics recorder (`None`: `/metrics` is off).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The node's data directory (its size is a metric).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The router of the HTTP API.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .route(
             "/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
@@ -112,6 +118,18 @@ async fn health(State(s): State<AppState>) -> Response {
         "actor": s.actor.to_string(),
     }))
     .into_response()
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let text = crate::metrics::render(&s).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn unknown_route(uri: Uri) -> ApiError {

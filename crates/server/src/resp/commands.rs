@@ -130,6 +130,7 @@ async fn call(state: &RespState, what: &str, request: ClientRequest) -> Outcome 
         Err(_) => Err(STOPPING.to_owned()),
         Ok((Ok(reply), _)) => Ok(reply),
         Ok((Err(e), _)) => {
+            crate::metrics::op_failed(&e);
             let mut text = Vec::new();
             op_error(&mut text, what, &e);
             // Without the leading '-' and trailing CRLF: the caller writes it.
@@ -216,12 +217,28 @@ async fn delete_if_live(state: &RespState, key: Vec<u8>) -> Result<bool, String>
 
 /// Runs a command that reads or writes keys; its reply.
 pub async fn run_keyed(state: Arc<RespState>, args: Vec<Vec<u8>>) -> Vec<u8> {
+    let started = std::time::Instant::now();
+    let op = match name(&args).as_slice() {
+        b"SET" | b"MSET" | b"DKV.PUT" => "put",
+        b"DEL" | b"DKV.DEL" => "delete",
+        _ => "get",
+    };
     let mut out = Vec::new();
     let result = keyed(&state, args, &mut out).await;
     if let Err(e) = result {
         out.clear();
         error(&mut out, &e);
     }
+    let outcome = if out.starts_with(b"-UNAVAILABLE") {
+        "unavailable"
+    } else if out.starts_with(b"-") {
+        "error"
+    } else if out == b"$-1\r\n" {
+        "not_found"
+    } else {
+        "ok"
+    };
+    crate::metrics::record("resp", op, outcome, started.elapsed());
     out
 }
 

@@ -1,0 +1,300 @@
+//! Prometheus metrics: `GET /metrics` in the text exposition format (the `metrics` facade and
+//! `metrics-exporter-prometheus`'s recorder, with HELP text for every series).
+//!
+//! Request latencies are recorded as they happen, end to end, by the HTTP and RESP handlers
+//! (`dynamokv_request_duration_seconds{protocol, op, outcome}`), with quorum failures by kind.
+//! Everything the node already counts (coordinated and forwarded requests, hints, read repairs,
+//! versions per read, anti-entropy, transfers, peers) is read from the node thread at scrape time,
+//! together with the process's RSS and open files and the data directory's size.
+
+use crate::http::AppState;
+use dynamokv_core::message::{OpError, QuorumKind};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Latency buckets, in seconds: 100 µs to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process's recorder (once) and returns its handle; `None` if another recorder
+/// was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("dynamokv_request_duration_seconds".into()),
+                    BUCKETS,
+                )
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_histogram!(
+        "dynamokv_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Client requests from arrival to answer, by protocol (http, resp), operation (get, put, delete) and outcome (ok, not_found, unavailable, error)"
+    );
+    describe_counter!(
+        "dynamokv_quorum_failures_total",
+        "Client requests that failed because too few replicas answered, by kind (read, write)"
+    );
+    describe_counter!(
+        "dynamokv_forwarded_total",
+        "Client requests forwarded to a coordinator"
+    );
+    describe_counter!(
+        "dynamokv_forward_retries_total",
+        "Forwards sent on to the next primary after the first stayed silent"
+    );
+    describe_counter!(
+        "dynamokv_coordinated_total",
+        "Requests coordinated here, by op (read, write)"
+    );
+    describe_counter!(
+        "dynamokv_read_repairs_total",
+        "Stale replicas sent a merged object after a read"
+    );
+    describe_counter!(
+        "dynamokv_hints_stored_total",
+        "Writes stored here for a down owner, with a hint"
+    );
+    describe_counter!(
+        "dynamokv_hints_delivered_total",
+        "Hints handed back to their owners"
+    );
+    describe_gauge!("dynamokv_hints_pending", "Hints waiting here, by owner");
+    describe_counter!(
+        "dynamokv_sloppy_writes_total",
+        "Writes that went to a fallback node"
+    );
+    describe_counter!(
+        "dynamokv_reads_by_versions_total",
+        "Reads coordinated here by the number of live versions found (1, 2, 3, 4+): the paper's divergent-versions table"
+    );
+    describe_counter!(
+        "dynamokv_refused_writes_total",
+        "Writes refused by the object size or sibling limits"
+    );
+    describe_counter!(
+        "dynamokv_rejected_messages_total",
+        "Peer messages refused as invalid"
+    );
+    describe_counter!(
+        "dynamokv_anti_entropy_exchanges_total",
+        "Anti-entropy range comparisons"
+    );
+    describe_counter!(
+        "dynamokv_anti_entropy_keys_repaired_total",
+        "Keys repaired by anti-entropy"
+    );
+    describe_counter!(
+        "dynamokv_anti_entropy_bytes_sent_total",
+        "Bytes of objects anti-entropy sent"
+    );
+    describe_counter!(
+        "dynamokv_anti_entropy_failed_total",
+        "Anti-entropy exchanges that failed"
+    );
+    describe_gauge!(
+        "dynamokv_anti_entropy_rebuilding",
+        "1 while this node rebuilds lost data"
+    );
+    describe_gauge!(
+        "dynamokv_merkle_tree_keys",
+        "Keys covered by this node's Merkle trees"
+    );
+    describe_gauge!(
+        "dynamokv_transfer_ranges",
+        "Ranges of the membership change in progress"
+    );
+    describe_gauge!(
+        "dynamokv_transfer_confirmed_ranges",
+        "Ranges of that change confirmed so far"
+    );
+    describe_gauge!(
+        "dynamokv_peer_up",
+        "1 when this node believes the peer is up, by peer"
+    );
+    describe_gauge!(
+        "dynamokv_peer_connected",
+        "1 when the transport holds a connection to the peer"
+    );
+    describe_gauge!(
+        "dynamokv_peer_phi",
+        "The failure detector's suspicion of the peer (phi)"
+    );
+    describe_gauge!(
+        "dynamokv_members",
+        "Members of the cluster as this node sees them, by status"
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        metrics::Unit::Bytes,
+        "Resident memory of the node process"
+    );
+    describe_gauge!(
+        "process_open_fds",
+        "Open file descriptors of the node process"
+    );
+    describe_gauge!(
+        "dynamokv_data_dir_bytes",
+        metrics::Unit::Bytes,
+        "Size of the node's data directory"
+    );
+}
+
+/// The outcome label of a failed operation.
+pub fn outcome_of(e: &OpError) -> &'static str {
+    match e {
+        OpError::Unavailable { .. } | OpError::CoordinatorUnreachable { .. } | OpError::NoRing => {
+            "unavailable"
+        }
+        _ => "error",
+    }
+}
+
+/// Counts a failed cluster operation (quorum failures by kind).
+pub fn op_failed(e: &OpError) {
+    if let OpError::Unavailable { kind, .. } = e {
+        let kind = match kind {
+            QuorumKind::Read => "read",
+            QuorumKind::Write => "write",
+        };
+        counter!("dynamokv_quorum_failures_total", "kind" => kind).increment(1);
+    }
+}
+
+/// Records one client request.
+pub fn record(protocol: &'static str, op: &'static str, outcome: &'static str, took: Duration) {
+    histogram!(
+        "dynamokv_request_duration_seconds",
+        "protocol" => protocol,
+        "op" => op,
+        "outcome" => outcome
+    )
+    .record(took.as_secs_f64());
+}
+
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn process_gauges(data_dir: &std::path::Path) {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    {
+        gauge!("process_resident_memory_bytes").set(kib * 1024.0);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge!("process_open_fds").set(fds.count() as f64);
+    }
+    gauge!("dynamokv_data_dir_bytes").set(dir_bytes(data_dir) as f64);
+}
+
+/// The text of `GET /metrics`: the node's counters read now, then everything rendered.
+pub async fn render(s: &AppState) -> Result<String, crate::http::ApiError> {
+    let Some(handle) = s.metrics.clone() else {
+        return Err(crate::http::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder was installed in this process; /metrics is off",
+        ));
+    };
+    let (stats, ae, transfer, info) = crate::http::query(s, |n| {
+        (
+            n.stats(),
+            n.anti_entropy_stats(),
+            n.transfer().clone(),
+            n.ring_info(),
+        )
+    })
+    .await?;
+    let pending = crate::http::on_store(s, |store| store.hint_counts()).await?;
+    let data_dir = s.data_dir.clone();
+    let _ = tokio::task::spawn_blocking(move || process_gauges(&data_dir)).await;
+
+    counter!("dynamokv_forwarded_total").absolute(stats.forwarded);
+    counter!("dynamokv_forward_retries_total").absolute(stats.forward_retries);
+    counter!("dynamokv_coordinated_total", "op" => "read").absolute(stats.coordinated_reads);
+    counter!("dynamokv_coordinated_total", "op" => "write").absolute(stats.coordinated_writes);
+    counter!("dynamokv_read_repairs_total").absolute(stats.read_repairs);
+    counter!("dynamokv_hints_stored_total").absolute(stats.hints_stored);
+    counter!("dynamokv_hints_delivered_total").absolute(stats.hints_delivered);
+    counter!("dynamokv_sloppy_writes_total").absolute(stats.sloppy_writes);
+    counter!("dynamokv_refused_writes_total").absolute(stats.refused_writes);
+    counter!("dynamokv_rejected_messages_total").absolute(stats.rejected_messages);
+    for (label, n) in ["1", "2", "3", "4+"].iter().zip(stats.reads_by_versions) {
+        counter!("dynamokv_reads_by_versions_total", "versions" => *label).absolute(n);
+    }
+    for m in &info.members {
+        if m.member.id == info.node {
+            continue;
+        }
+        let peer = m.member.id.clone();
+        gauge!("dynamokv_peer_up", "peer" => peer.clone()).set(f64::from(u8::from(m.up)));
+        gauge!("dynamokv_peer_connected", "peer" => peer.clone())
+            .set(f64::from(u8::from(m.connected)));
+        if let Some(o) = &m.detector {
+            gauge!("dynamokv_peer_phi", "peer" => peer).set(o.phi);
+        }
+    }
+    for status in ["up", "joining", "leaving", "left"] {
+        let count = info
+            .members
+            .iter()
+            .filter(|m| m.member.status.as_str() == status)
+            .count();
+        gauge!("dynamokv_members", "status" => status).set(count as f64);
+    }
+    // Every member gets a value (0 once its hints are delivered), and any other owner too.
+    let mut owners: std::collections::BTreeMap<String, u64> = info
+        .members
+        .iter()
+        .filter(|m| m.member.id != info.node)
+        .map(|m| (m.member.id.clone(), 0))
+        .collect();
+    owners.extend(pending.iter().map(|(o, n)| (o.clone(), *n)));
+    for (owner, n) in owners {
+        gauge!("dynamokv_hints_pending", "owner" => owner).set(n as f64);
+    }
+    counter!("dynamokv_anti_entropy_exchanges_total").absolute(ae.exchanges);
+    counter!("dynamokv_anti_entropy_keys_repaired_total").absolute(ae.keys_repaired);
+    counter!("dynamokv_anti_entropy_bytes_sent_total").absolute(ae.bytes_sent);
+    counter!("dynamokv_anti_entropy_failed_total").absolute(ae.failed);
+    gauge!("dynamokv_anti_entropy_rebuilding").set(f64::from(u8::from(ae.rebuilding)));
+    gauge!("dynamokv_merkle_tree_keys").set(ae.tree_keys as f64);
+    gauge!("dynamokv_transfer_ranges").set(transfer.ranges as f64);
+    gauge!("dynamokv_transfer_confirmed_ranges").set(transfer.confirmed as f64);
+    Ok(handle.render())
+}
