@@ -383,8 +383,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let signalled = {
+        let _inside = rt.enter();
+        crate::server::shutdown_signal()
+    };
     rt.spawn(async move {
-        crate::server::shutdown_signal().await;
+        signalled.await;
         let _ = stop_tx.send(());
     });
 

@@ -247,27 +247,26 @@ fn init_logging(filter: &str, format: &str) {
     }
 }
 
-/// Resolves when the process gets Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+/// A future that resolves when the process gets Ctrl-C (SIGINT) or SIGTERM. The handlers are
+/// installed when this is called (it must run inside the runtime), not when the future is first
+/// polled, so a signal that arrives while the node is still starting stops it cleanly too.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    async move {
+        let wait = async |s: &mut Option<tokio::signal::unix::Signal>| match s {
+            Some(s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = wait(&mut int) => {},
+            _ = wait(&mut term) => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        tracing::info!("shutdown requested");
     }
-    tracing::info!("shutdown requested");
 }
 
 /// Runs `dynamokv server`.
@@ -282,7 +281,11 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(dynamokv_server::run(config, shutdown_signal()))?;
+    let shutdown = {
+        let _inside = rt.enter();
+        shutdown_signal()
+    };
+    rt.block_on(dynamokv_server::run(config, shutdown))?;
     Ok(ExitCode::SUCCESS)
 }
 
