@@ -801,11 +801,16 @@ fn an_overwrite_supersedes_what_its_coordinator_holds_but_not_unseen_writes() {
     c.request(&p[0], 1, overwrite(b"b")).unwrap();
     assert_eq!(values(&c.get(&p[0], &key)), vec![b"b".to_vec()]);
     // A second coordinator that did not see the latest write writes concurrently: it replaces
-    // what it holds ("b"), and both latest writes stay, as siblings.
+    // what it holds ("b"), and both latest writes stay, as siblings. p[1] is cut off and
+    // believes p[0] down, so it coordinates the key itself.
     c.cut(&p[1]);
     c.request(&p[0], 1, overwrite(b"c")).unwrap();
+    let t = c.t();
+    c.nodes.get_mut(&p[1]).unwrap().peer_down(t, &p[0]);
+    c.collect(&p[1]);
     c.request(&p[1], 1, overwrite(b"d")).unwrap();
     c.net.heal_all();
+    c.nodes.get_mut(&p[1]).unwrap().peer_up(&p[0]);
     let mut both = values(&c.get(&p[0], &key));
     both.sort();
     assert_eq!(both, vec![b"c".to_vec(), b"d".to_vec()]);
