@@ -840,3 +840,36 @@ fn a_silent_coordinator_is_skipped_for_the_next_primary_before_the_client_hears(
     );
     assert_eq!(c.nodes[&other].stats().forward_retries, 1);
 }
+
+#[test]
+fn a_failure_after_a_retried_forward_never_says_not_written() {
+    let mut c = Cluster::new(5);
+    let key = b"fwd-w".to_vec();
+    let p = c.primaries(&key);
+    let other = c.ids().into_iter().find(|n| !p.contains(n)).unwrap();
+    // The first primary is silent (it may have stored the write); the second knows it is down
+    // and refuses pw=3 at once, having written nothing itself.
+    c.cut(&p[0]);
+    let t = c.t();
+    c.nodes.get_mut(&p[1]).unwrap().peer_down(t, &p[0]);
+    c.collect(&p[1]);
+    let strict = ClientRequest::Put {
+        key: key.clone(),
+        value: Some(b"v".to_vec()),
+        context: None,
+        w: Some(3),
+        pw: Some(3),
+        overwrite: false,
+    };
+    c.submit(&other, t, 11, strict);
+    c.now += 1000;
+    let t = c.t();
+    c.tick(&other, t);
+    c.run();
+    match c.answers.remove(&11) {
+        Some(Err(OpError::Unavailable { written, .. })) => {
+            assert!(written, "the silent first primary may hold the write")
+        }
+        other => panic!("{other:?}"),
+    }
+}
