@@ -147,6 +147,23 @@ async fn metrics_parse_and_move_with_the_operations() {
         );
     }
     assert_eq!(value(&after, "dynamokv_peer_up", &[("peer", "n2")]), 1.0);
+    // The writes were replicated (kv messages now); gossip has run since the start.
+    assert!(delta("dynamokv_peer_sent_messages_total", &[("family", "kv")]) > 0.0);
+    assert!(delta("dynamokv_peer_sent_bytes_total", &[("family", "kv")]) > 0.0);
+    assert!(
+        value(
+            &after,
+            "dynamokv_peer_sent_messages_total",
+            &[("family", "gossip")]
+        ) > 0.0
+    );
+    assert!(
+        value(
+            &after,
+            "dynamokv_peer_sent_bytes_total",
+            &[("family", "gossip")]
+        ) > 0.0
+    );
     assert_eq!(value(&after, "dynamokv_members", &[("status", "up")]), 3.0);
     assert!(value(&after, "process_resident_memory_bytes", &[]) > 1e6);
     assert!(value(&after, "process_open_fds", &[]) > 3.0);

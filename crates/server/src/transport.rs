@@ -84,6 +84,18 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, String> {
     postcard::from_bytes(body).map_err(|e| format!("malformed hello: {e}"))
 }
 
+/// The message families, as metric labels.
+const FAMILIES: [&str; 4] = ["kv", "handoff", "gossip", "sync"];
+
+fn family_index(m: &Message) -> usize {
+    match m {
+        Message::Kv(_) => 0,
+        Message::Handoff(_) => 1,
+        Message::Gossip(_) => 2,
+        Message::Sync(_) => 3,
+    }
+}
+
 fn encode_frame(frame: &Frame) -> Bytes {
     Bytes::from(postcard::to_allocvec(frame).unwrap_or_default())
 }
@@ -474,7 +486,10 @@ async fn pump(
                         Err(_) => break,
                     }
                 }
+                // Bytes and messages per family (kv, handoff, gossip, sync), counted once per batch.
+                let mut sent = [(0u64, 0u64); 4];
                 for m in batch {
+                    let family = family_index(&m);
                     let frame = encode_frame(&Frame::Message(m));
                     if frame.len() > max_frame {
                         tracing::warn!(
@@ -483,8 +498,19 @@ async fn pump(
                         );
                         continue;
                     }
+                    sent[family].0 += 1;
+                    sent[family].1 += frame.len() as u64;
                     if let Err(e) = framed.feed(frame).await {
                         return format!("write failed: {e}");
+                    }
+                }
+                for (i, (messages, bytes)) in sent.into_iter().enumerate() {
+                    if messages > 0 {
+                        let family = FAMILIES[i];
+                        metrics::counter!("dynamokv_peer_sent_messages_total", "family" => family)
+                            .increment(messages);
+                        metrics::counter!("dynamokv_peer_sent_bytes_total", "family" => family)
+                            .increment(bytes);
                     }
                 }
                 if let Err(e) = futures_util::SinkExt::<Bytes>::flush(framed).await {
