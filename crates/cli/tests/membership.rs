@@ -153,14 +153,7 @@ async fn a_second_process_with_a_live_node_id_is_refused() {
             .map(|m| (m["peer_addr"].clone(), m["up"].clone()))
     };
     let c = common::http();
-    let before: serde_json::Value = c
-        .get(format!("{}/admin/members", nodes[0].url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before = common::get_json(format!("{}/admin/members", nodes[0].url)).await;
     // The same id, another data directory, other ports: an operator's mistake.
     let impostor = common::Node::start(
         dirs[3].path(),
@@ -175,14 +168,7 @@ async fn a_second_process_with_a_live_node_id_is_refused() {
     );
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     for n in &nodes {
-        let v: serde_json::Value = c
-            .get(format!("{}/admin/members", n.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = common::get_json(format!("{}/admin/members", n.url)).await;
         assert_eq!(
             addr_of(&v, "n2"),
             addr_of(&before, "n2"),

@@ -40,19 +40,7 @@ impl Sim {
         // With membership changes, one spare node waits to join.
         let slots = cfg.nodes + usize::from(cfg.faults.membership);
         let members: Vec<Member> = (0..cfg.nodes)
-            .map(|i| {
-                let id = format!("n{i:03}");
-                Member {
-                    tokens: hashed_tokens(&id, cfg.vnodes),
-                    instance: 0,
-                    id,
-                    generation: EPOCH,
-                    version: 1,
-                    status: dynamokv_core::membership::Status::Up,
-                    peer_addr: format!("sim:{i}"),
-                    http_addr: format!("sim:{i}"),
-                }
-            })
+            .map(|i| sim_member(i, cfg.vnodes, dynamokv_core::membership::Status::Up))
             .collect();
         let mut nodes = Vec::new();
         for m in &members {
@@ -89,18 +77,8 @@ impl Sim {
             });
         }
         for i in cfg.nodes..slots {
-            let id = format!("n{i:03}");
             nodes.push(SimNode {
-                member: Member {
-                    tokens: hashed_tokens(&id, cfg.vnodes),
-                    instance: 0,
-                    id,
-                    generation: EPOCH,
-                    version: 1,
-                    status: dynamokv_core::membership::Status::Joining,
-                    peer_addr: format!("sim:{i}"),
-                    http_addr: format!("sim:{i}"),
-                },
+                member: sim_member(i, cfg.vnodes, dynamokv_core::membership::Status::Joining),
                 history: Vec::new(),
                 core: None,
                 store: Arc::new(ObjectStore::new(Arc::new(MemoryEngine::new()))),
@@ -274,5 +252,20 @@ impl Sim {
                 });
             }
         }
+    }
+}
+
+/// The member record of simulated node `i` (id `nNNN`, address `sim:i`) with `status`.
+fn sim_member(i: usize, vnodes: u16, status: dynamokv_core::membership::Status) -> Member {
+    let id = format!("n{i:03}");
+    Member {
+        tokens: hashed_tokens(&id, vnodes),
+        instance: 0,
+        id,
+        generation: EPOCH,
+        version: 1,
+        status,
+        peer_addr: format!("sim:{i}"),
+        http_addr: format!("sim:{i}"),
     }
 }

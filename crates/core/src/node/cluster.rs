@@ -347,16 +347,6 @@ impl Cluster {
         let mut changed = false;
         if records_change {
             // Rare: apply to a copy, so a ring that cannot be built leaves everything as it was.
-            let before: BTreeMap<String, u64> = delta
-                .members
-                .iter()
-                .filter_map(|m| {
-                    self.view
-                        .members
-                        .get(&m.id)
-                        .map(|k| (k.id.clone(), k.generation))
-                })
-                .collect();
             let old_records: BTreeMap<String, Member> = delta
                 .members
                 .iter()
@@ -380,7 +370,10 @@ impl Cluster {
                     self.members_epoch += 1;
                     changed = !applied.members.is_empty();
                     for m in applied.members {
-                        if before.get(&m.id).is_some_and(|g| *g < m.generation) {
+                        if old_records
+                            .get(&m.id)
+                            .is_some_and(|k| k.generation < m.generation)
+                        {
                             // A restart: its detector history belongs to the old process.
                             self.detector.reset(&m.id, self.now);
                             if let Some(old) = old_records.get(&m.id) {

@@ -171,7 +171,7 @@ pub fn run_local(state: &RespState, conn: &mut Conn, args: &[Vec<u8>], out: &mut
             "ERR DBSIZE is not supported: a replicated cluster has no exact key count to give; see /admin/stats on the HTTP port for per-node figures",
         ),
         b"INFO" => info(state, out),
-        b"HELLO" => hello(state, conn, args, out),
+        b"HELLO" => hello(conn, args, out),
         b"CLIENT" if n >= 2 => client(conn, args, out),
         b"CONFIG" if n >= 2 => config(args, out),
         b"COMMAND" => command(args, out),
@@ -193,7 +193,7 @@ fn info(state: &RespState, out: &mut Vec<u8>) {
     bulk(out, Some(text.as_bytes()));
 }
 
-fn hello(state: &RespState, conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>) {
+fn hello(conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>) {
     if let Some(v) = args.get(1)
         && v.as_slice() != b"2"
     {
@@ -232,7 +232,6 @@ fn hello(state: &RespState, conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>
     bulk(out, Some(b"standalone"));
     bulk(out, Some(b"role"));
     bulk(out, Some(b"master"));
-    let _ = state;
 }
 
 fn client(conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>) {

@@ -130,29 +130,35 @@ async fn run_batch(
     state
         .commands
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if batch.len() == 1 {
+        // No pipelining (the common case): nothing can conflict.
+        let quit = matches!(commands::access(&batch[0]), Access::Quit);
+        run_group(state, conn, batch, out).await;
+        return quit;
+    }
     let mut group: Vec<Vec<Vec<u8>>> = Vec::new();
     let mut read: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut written: BTreeSet<Vec<u8>> = BTreeSet::new();
     for args in batch {
-        let (conflict, quit) = match commands::access(&args) {
-            Access::Reads(keys) => (keys.iter().any(|k| written.contains(*k)), false),
-            Access::Writes(keys) => (
-                keys.iter()
-                    .any(|k| written.contains(*k) || read.contains(*k)),
-                false,
-            ),
-            Access::None => (false, false),
-            Access::Quit => (false, true),
+        let owned = |keys: Vec<&[u8]>| keys.into_iter().map(<[u8]>::to_vec).collect::<Vec<_>>();
+        let (keys, writes, quit) = match commands::access(&args) {
+            Access::Reads(keys) => (owned(keys), false, false),
+            Access::Writes(keys) => (owned(keys), true, false),
+            Access::None => (Vec::new(), false, false),
+            Access::Quit => (Vec::new(), false, true),
         };
-        if conflict {
+        if keys
+            .iter()
+            .any(|k| written.contains(k) || (writes && read.contains(k)))
+        {
             run_group(state, conn, std::mem::take(&mut group), out).await;
             read.clear();
             written.clear();
         }
-        match commands::access(&args) {
-            Access::Reads(keys) => read.extend(keys.into_iter().map(<[u8]>::to_vec)),
-            Access::Writes(keys) => written.extend(keys.into_iter().map(<[u8]>::to_vec)),
-            _ => {}
+        if writes {
+            written.extend(keys);
+        } else {
+            read.extend(keys);
         }
         group.push(args);
         if quit {
