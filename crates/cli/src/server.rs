@@ -68,6 +68,15 @@ pub struct ServerArgs {
     /// Most object bytes anti-entropy sends per second. [default: 33554432]
     #[arg(long, value_name = "BYTES")]
     anti_entropy_bytes_per_sec: Option<u64>,
+    /// Most background items per second, every worker together (hints delivered, objects
+    /// repaired or transferred, collection steps); scaled down while foreground latency is
+    /// high. [default: 10000]
+    #[arg(long, value_name = "N")]
+    background_items_per_sec: Option<u64>,
+    /// Foreground p99 (per second, as coordinators see it) above which background work backs
+    /// off, in ms; 0 turns the feedback off. [default: 20]
+    #[arg(long, value_name = "MS")]
+    background_p99_target_ms: Option<u64>,
     /// Largest object per key (every sibling together), in bytes; a write that would pass it
     /// is refused with 413. [default: 8388608]
     #[arg(long, value_name = "BYTES")]
@@ -203,6 +212,12 @@ impl ServerArgs {
         }
         if let Some(v) = self.anti_entropy_bytes_per_sec {
             c.node.anti_entropy_bytes_per_sec = v;
+        }
+        if let Some(v) = self.background_items_per_sec {
+            c.node.background_items_per_sec = v;
+        }
+        if let Some(v) = self.background_p99_target_ms {
+            c.node.background_p99_target_ms = v;
         }
         if self.enable_fault_injection {
             c.enable_fault_injection = true;
@@ -346,6 +361,14 @@ mod tests {
             (
                 "anti-entropy-bytes-per-sec",
                 d.node.anti_entropy_bytes_per_sec.to_string(),
+            ),
+            (
+                "background-items-per-sec",
+                d.node.background_items_per_sec.to_string(),
+            ),
+            (
+                "background-p99-target-ms",
+                d.node.background_p99_target_ms.to_string(),
             ),
             ("max-object-bytes", d.node.max_object_bytes.to_string()),
             ("max-siblings", d.node.max_siblings.to_string()),

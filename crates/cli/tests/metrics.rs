@@ -78,6 +78,23 @@ async fn metrics_parse_and_move_with_the_operations() {
         }
         assert_eq!(line, "+OK\r\n$1\r\nx\r\n");
     }
+    // A write that this node coordinates itself is timed on the coordinator side too.
+    let mut own = None;
+    for i in 0..200 {
+        let key = format!("c{i}");
+        if common::primaries(&nodes[0], &key).await[0] == nodes[0].id {
+            own = Some(key);
+            break;
+        }
+    }
+    let own = own.expect("some key has n1 as its first primary");
+    let r = c
+        .put(format!("{url}/kv/{own}"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     // A write that needs a replica that is gone fails at once: a write-quorum failure.
     nodes[2].kill9();
     let mut failed = false;
@@ -110,7 +127,11 @@ async fn metrics_parse_and_move_with_the_operations() {
     };
     let count = "dynamokv_request_duration_seconds_count";
     let http_put = [("protocol", "http"), ("op", "put"), ("outcome", "ok")];
-    assert_eq!(delta(count, &http_put), 5.0);
+    assert_eq!(
+        delta(count, &http_put),
+        6.0,
+        "m0..m4 and the coordinated one"
+    );
     let found = [("protocol", "http"), ("op", "get"), ("outcome", "ok")];
     assert_eq!(delta(count, &found), 1.0);
     let missing = [
@@ -165,6 +186,18 @@ async fn metrics_parse_and_move_with_the_operations() {
         ) > 0.0
     );
     assert_eq!(value(&after, "dynamokv_members", &[("status", "up")]), 3.0);
+    let coordinator = "dynamokv_coordinator_duration_seconds_count";
+    assert!(delta(coordinator, &[("op", "put"), ("outcome", "ok")]) >= 1.0);
+    assert!(
+        after
+            .samples
+            .iter()
+            .any(|x| x.metric == "dynamokv_coordinator_duration_seconds"
+                && matches!(&x.value, Value::Histogram(b) if b.len() == 13)),
+        "the coordinator histogram has its 13 buckets"
+    );
+    assert_eq!(value(&after, "dynamokv_background_share", &[]), 1.0);
+    assert!(after.docs.contains_key("dynamokv_foreground_p99_seconds"));
     assert!(value(&after, "process_resident_memory_bytes", &[]) > 1e6);
     assert!(value(&after, "process_open_fds", &[]) > 3.0);
     assert!(value(&after, "dynamokv_data_dir_bytes", &[]) > 0.0);

@@ -209,6 +209,14 @@ impl Config {
                 "anti_entropy_keys_per_sec, anti_entropy_bytes_per_sec and anti_entropy_sessions must be at least 1".into(),
             ));
         }
+        if self.node.background_items_per_sec == 0
+            || self.node.background_bytes_per_sec == 0
+            || !(self.node.background_min_share > 0.0 && self.node.background_min_share <= 1.0)
+        {
+            return Err(ConfigError::Invalid(
+                "background_items_per_sec and background_bytes_per_sec must be at least 1, and background_min_share above 0 and at most 1".into(),
+            ));
+        }
         if self.node.gossip_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "gossip_interval_ms must be at least 1".into(),

@@ -9,6 +9,8 @@
 
 use crate::http::AppState;
 use dynamokv_core::message::{OpError, QuorumKind};
+use dynamokv_core::node::CoordinatorLatency;
+use dynamokv_core::node::info::{LATENCY_BUCKETS_MS, LATENCY_OPS, LATENCY_OUTCOMES};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -142,6 +144,23 @@ fn describe() {
         "Members of the cluster as this node sees them, by status"
     );
     describe_gauge!(
+        "dynamokv_background_share",
+        "Share of the background budget (hints, anti-entropy, transfers, tombstone collection) in use: 1 = all, less while foreground latency is above the target"
+    );
+    describe_gauge!(
+        "dynamokv_foreground_p99_seconds",
+        metrics::Unit::Seconds,
+        "p99 of the operations coordinated here in the last second (the scheduler's input; NaN when too few)"
+    );
+    describe_counter!(
+        "dynamokv_background_backoffs_total",
+        "Seconds in which background work backed off because foreground p99 was above the target"
+    );
+    describe_counter!(
+        "dynamokv_background_items_total",
+        "Background items started (hints delivered, objects sent or asked for, collection steps)"
+    );
+    describe_gauge!(
         "process_resident_memory_bytes",
         metrics::Unit::Bytes,
         "Resident memory of the node process"
@@ -231,12 +250,14 @@ pub async fn render(s: &AppState) -> Result<String, crate::http::ApiError> {
             "another metrics recorder was installed in this process; /metrics is off",
         ));
     };
-    let (stats, ae, transfer, info) = crate::http::query(s, |n| {
+    let (stats, ae, transfer, info, sched, latency) = crate::http::query(s, |n| {
         (
             n.stats(),
             n.anti_entropy_stats(),
             n.transfer().clone(),
             n.ring_info(),
+            n.scheduler_stats(),
+            n.coordinator_latency().clone(),
         )
     })
     .await?;
@@ -296,5 +317,40 @@ pub async fn render(s: &AppState) -> Result<String, crate::http::ApiError> {
     gauge!("dynamokv_merkle_tree_keys").set(ae.tree_keys as f64);
     gauge!("dynamokv_transfer_ranges").set(transfer.ranges as f64);
     gauge!("dynamokv_transfer_confirmed_ranges").set(transfer.confirmed as f64);
-    Ok(handle.render())
+    gauge!("dynamokv_background_share").set(sched.share);
+    gauge!("dynamokv_foreground_p99_seconds")
+        .set(sched.p99_ms.map_or(f64::NAN, |ms| ms as f64 / 1000.0));
+    counter!("dynamokv_background_backoffs_total").absolute(sched.backoffs);
+    counter!("dynamokv_background_items_total").absolute(sched.items);
+    let mut text = handle.render();
+    coordinator_histogram(&mut text, &latency);
+    Ok(text)
+}
+
+/// Appends the coordinator-side latency histogram, rendered from the node's own buckets.
+fn coordinator_histogram(text: &mut String, latency: &CoordinatorLatency) {
+    use std::fmt::Write as _;
+    let name = "dynamokv_coordinator_duration_seconds";
+    let _ = writeln!(
+        text,
+        "# HELP {name} Operations coordinated here, from their arrival at the coordinator to its answer, by op (get, put) and outcome (ok, not_found, unavailable); whole milliseconds"
+    );
+    let _ = writeln!(text, "# TYPE {name} histogram");
+    for (o, op) in LATENCY_OPS.iter().enumerate() {
+        for (c, outcome) in LATENCY_OUTCOMES.iter().enumerate() {
+            let counts = &latency.buckets[o][c];
+            let labels = format!("op=\"{op}\",outcome=\"{outcome}\"");
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+                cumulative += counts[i];
+                let le = *bound as f64 / 1000.0;
+                let _ = writeln!(text, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            cumulative += counts[LATENCY_BUCKETS_MS.len()];
+            let _ = writeln!(text, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+            let sum = latency.sum_ms[o][c] as f64 / 1000.0;
+            let _ = writeln!(text, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(text, "{name}_count{{{labels}}} {cumulative}");
+        }
+    }
 }

@@ -10,8 +10,10 @@
 //! reads and writes alike.
 
 use super::NodeConfig;
+use super::info::CoordinatorLatency;
 use super::outbox::{Origin, Outbox};
 use super::replica::local_read;
+use super::scheduler::LatencyWindow;
 use crate::clock::Now;
 use crate::message::{ClientRequest, KvMessage, OpError, QuorumKind, Reply, RequestId, WireError};
 use crate::preference::PreferenceList;
@@ -58,6 +60,8 @@ struct Operation {
     origin: Option<Origin>,
     tally: Tally,
     deadline: u64,
+    /// When the request arrived here (monotonic, ms).
+    started: u64,
     kind: Kind,
 }
 
@@ -90,6 +94,10 @@ pub struct Coordinator {
     refused_writes: u64,
     /// The highest counter this node's actor issued, for any key (see `counter_floor`).
     counter_floor: u64,
+    /// Every answered operation's latency, cumulative.
+    latency: CoordinatorLatency,
+    /// The latencies since the scheduler last took them.
+    recent: LatencyWindow,
 }
 
 /// The key as text for an error message: lossy UTF-8, shortened.
@@ -369,6 +377,7 @@ impl Coordinator {
                 origin: Some(origin),
                 tally,
                 deadline,
+                started: now.mono,
                 kind,
             },
         );
@@ -518,6 +527,14 @@ impl Coordinator {
             if let Some(response) = response
                 && let Some(origin) = op.origin.take()
             {
+                let outcome = match &response {
+                    Ok(Reply::Read(o)) if o.live().next().is_none() => 1,
+                    Ok(_) => 0,
+                    Err(_) => 2,
+                };
+                let took = now.saturating_sub(op.started);
+                self.latency.record(usize::from(written), outcome, took);
+                self.recent.record(took);
                 out.respond(origin, response);
             }
         }
@@ -642,6 +659,16 @@ impl Coordinator {
     /// Raises the counter floor (to what a previous run of the same actor issued).
     pub fn raise_counter_floor(&mut self, floor: u64) {
         self.counter_floor = self.counter_floor.max(floor);
+    }
+
+    /// Latencies of the operations answered here, cumulative.
+    pub fn latency(&self) -> &CoordinatorLatency {
+        &self.latency
+    }
+
+    /// The latencies recorded since the last call (the scheduler empties it).
+    pub fn recent_latencies(&mut self) -> &mut LatencyWindow {
+        &mut self.recent
     }
 
     /// Reads that found 1, 2, 3 and 4 or more versions; writes that left 25 siblings or more;

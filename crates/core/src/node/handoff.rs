@@ -113,10 +113,12 @@ impl Handoff {
             .collect()
     }
 
-    /// Time passed: sends what the throttle allows of the hints whose owner is up.
+    /// Time passed: sends what the throttles allow (its own and the `shared` background budget)
+    /// of the hints whose owner is up.
     pub fn tick<S: LocalStore>(
         &mut self,
         now: u64,
+        shared: &mut Throttle,
         store: &S,
         cluster: &Cluster,
         out: &mut Outbox,
@@ -125,7 +127,10 @@ impl Handoff {
         if now < self.next_scan {
             return;
         }
-        let budget = self.throttle.budget(self.in_flight.len());
+        let budget = self
+            .throttle
+            .budget(self.in_flight.len())
+            .min(shared.budget(0));
         if budget == 0 {
             return;
         }
@@ -167,6 +172,7 @@ impl Handoff {
             if !cluster.is_up(&h.owner) {
                 continue;
             }
+            let size = h.key.len() + h.object.size_bytes();
             self.busy.insert((h.owner.clone(), h.key.clone()));
             self.next_id += 1;
             let id = self.next_id;
@@ -189,6 +195,8 @@ impl Handoff {
             );
             sent += 1;
             self.throttle.spend();
+            shared.spend();
+            shared.spend_bytes(size);
             if sent >= budget {
                 break;
             }

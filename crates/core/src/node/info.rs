@@ -100,3 +100,37 @@ pub fn ring_info(cluster: &Cluster, (n, r, w): (u8, u8, u8)) -> RingInfo {
             .collect(),
     }
 }
+
+/// Upper bounds of the coordinator latency buckets, in ms (the node's clock counts whole
+/// milliseconds: a 0 ms operation answered within the millisecond it arrived in).
+pub const LATENCY_BUCKETS_MS: [u64; 12] = [0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500];
+
+/// The operations a coordinator answers, as metric labels.
+pub const LATENCY_OPS: [&str; 2] = ["get", "put"];
+
+/// Their outcomes, as metric labels.
+pub const LATENCY_OUTCOMES: [&str; 3] = ["ok", "not_found", "unavailable"];
+
+/// Latencies of the operations this node coordinated and answered, from the request's arrival
+/// at the coordinator to its answer, by operation and outcome (cumulative, for metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorLatency {
+    /// `[op][outcome]`: per bucket of [`LATENCY_BUCKETS_MS`] the operations at or under it
+    /// (not cumulative: each counts once), then the slower ones.
+    pub buckets: [[[u64; 13]; 3]; 2],
+    /// `[op][outcome]`: the sum of their latencies, ms.
+    pub sum_ms: [[u64; 3]; 2],
+}
+
+impl CoordinatorLatency {
+    /// Records one operation (`op` and `outcome` index [`LATENCY_OPS`] and
+    /// [`LATENCY_OUTCOMES`]).
+    pub fn record(&mut self, op: usize, outcome: usize, ms: u64) {
+        let slot = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.buckets[op][outcome][slot] += 1;
+        self.sum_ms[op][outcome] += ms;
+    }
+}

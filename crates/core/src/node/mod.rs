@@ -13,6 +13,8 @@
 //! - [`replica`]: what a replica does with writes, reads, repairs and returning hints;
 //! - [`handoff`]: the worker handing hints back to their owners, under a [`throttle`];
 //! - [`anti_entropy`]: Merkle trees per range, compared and repaired with the other replicas;
+//! - [`scheduler`]: the one budget every background worker draws from, which yields to
+//!   foreground latency;
 //! - [`tracked`]: the store's journal of writes, which keeps the trees current;
 //! - [`info`]: counters and the ring as operators and clients see it.
 //!
@@ -28,10 +30,11 @@ pub mod info;
 pub mod outbox;
 pub mod rebalance;
 pub mod replica;
+pub mod scheduler;
 pub mod throttle;
 pub mod tracked;
 
-pub use info::{MemberInfo, NodeStats, RingInfo};
+pub use info::{CoordinatorLatency, MemberInfo, NodeStats, RingInfo};
 pub use outbox::{Origin, Outbox, Output};
 
 use crate::clock::Now;
@@ -49,6 +52,7 @@ use coordinator::{Coordinator, Local};
 use forward::{Forwarder, Route};
 use handoff::{Handoff, HandoffConfig};
 use replica::Replica;
+use scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tracked::Tracked;
@@ -96,6 +100,16 @@ pub struct NodeConfig {
     /// Youngest tombstone that may be collected once every replica is proven to hold it, in
     /// milliseconds (wall clock).
     pub tombstone_min_age_ms: u64,
+    /// Most background items (hints delivered, objects sent or asked for by anti-entropy and
+    /// transfers, collection and handover steps) per second, every worker together.
+    pub background_items_per_sec: u64,
+    /// Most background object bytes per second, every worker together.
+    pub background_bytes_per_sec: u64,
+    /// Foreground p99 (coordinator side, per second) above which background work backs off,
+    /// in milliseconds; 0 turns the feedback off.
+    pub background_p99_target_ms: u64,
+    /// Smallest share of the background budget left when backing off (so jobs finish).
+    pub background_min_share: f64,
 }
 
 impl Default for NodeConfig {
@@ -117,6 +131,10 @@ impl Default for NodeConfig {
             max_object_bytes: 8 << 20,
             max_siblings: 100,
             tombstone_min_age_ms: 300_000,
+            background_items_per_sec: 10_000,
+            background_bytes_per_sec: 64 << 20,
+            background_p99_target_ms: 20,
+            background_min_share: 0.05,
         }
     }
 }
@@ -129,6 +147,16 @@ impl NodeConfig {
             threshold: self.phi_threshold,
             first_interval_ms: self.gossip_interval_ms as f64,
             ..DetectorConfig::default()
+        }
+    }
+
+    /// The background scheduler's settings.
+    pub fn scheduler(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            items_per_sec: self.background_items_per_sec,
+            bytes_per_sec: self.background_bytes_per_sec,
+            target_p99_ms: self.background_p99_target_ms,
+            min_share: self.background_min_share,
         }
     }
 
@@ -170,6 +198,7 @@ pub struct Node<S> {
     replica: Replica,
     handoff: Handoff,
     anti_entropy: AntiEntropy,
+    scheduler: Scheduler,
     rebalance: rebalance::Rebalance,
     /// When a joining node first saw a ring to join, and whether it placed its tokens.
     placement: (Option<u64>, bool),
@@ -214,6 +243,7 @@ impl<S: LocalStore> Node<S> {
                 timeout_ms: config.request_timeout_ms,
             }),
             anti_entropy: AntiEntropy::new(config.anti_entropy()),
+            scheduler: Scheduler::new(config.scheduler()),
             rebalance: rebalance::Rebalance::default(),
             placement: (None, false),
             data_lost: false,
@@ -290,6 +320,16 @@ impl<S: LocalStore> Node<S> {
     /// Anti-entropy counters and progress.
     pub fn anti_entropy_stats(&self) -> anti_entropy::AntiEntropyStats {
         self.anti_entropy.stats()
+    }
+
+    /// The background scheduler: its share, the foreground latency it saw, its counters.
+    pub fn scheduler_stats(&self) -> SchedulerStats {
+        self.scheduler.stats()
+    }
+
+    /// Latencies of the operations coordinated and answered here, cumulative.
+    pub fn coordinator_latency(&self) -> &CoordinatorLatency {
+        self.coordinator.latency()
     }
 
     /// Brings the trees up to date with the writes of the last input, and notices lost data.
@@ -481,8 +521,14 @@ impl<S: LocalStore> Node<S> {
             }
             Message::Gossip(m) => self.cluster.on_message(from, m, &mut self.out),
             Message::Sync(m) => {
-                self.anti_entropy
-                    .on_message(now.mono, from, m, &self.store, &mut self.out);
+                self.anti_entropy.on_message(
+                    now.mono,
+                    from,
+                    m,
+                    self.scheduler.budget(),
+                    &self.store,
+                    &mut self.out,
+                );
                 self.follow_writes();
                 let cluster = &self.cluster;
                 self.anti_entropy.schedule(
@@ -593,9 +639,39 @@ impl<S: LocalStore> Node<S> {
         silent.extend(self.handoff.expire(mono));
         self.timed_out(mono, silent);
         self.cluster.tick(mono, &mut self.out);
-        self.handoff
-            .tick(mono, &self.store, &self.cluster, &mut self.out);
+        self.scheduler
+            .tick(mono, self.coordinator.recent_latencies());
+        // The workers take turns at going first, so neither starves the other of the shared
+        // budget when it is small.
+        if self.scheduler.handoff_first() {
+            self.tick_handoff(mono);
+            self.tick_anti_entropy(now);
+        } else {
+            self.tick_anti_entropy(now);
+            self.tick_handoff(mono);
+        }
+        self.place_tokens(mono);
+        let status = self.cluster.me().status;
+        if let Some(next) =
+            self.rebalance
+                .tick(mono, self.cluster.id(), status, &mut self.anti_entropy)
+        {
+            self.cluster.set_status(next, &mut self.out);
+        }
+    }
+
+    fn tick_handoff(&mut self, mono: u64) {
+        self.handoff.tick(
+            mono,
+            self.scheduler.budget(),
+            &self.store,
+            &self.cluster,
+            &mut self.out,
+        );
         self.follow_writes();
+    }
+
+    fn tick_anti_entropy(&mut self, now: Now) {
         let cluster = &self.cluster;
         let outsiders_up = cluster
             .view()
@@ -608,18 +684,11 @@ impl<S: LocalStore> Node<S> {
             cluster.id(),
             cluster.rings(),
             |n| cluster.is_up(n),
+            self.scheduler.budget(),
             &self.store,
             &mut self.out,
         );
         self.follow_writes();
-        self.place_tokens(mono);
-        let status = self.cluster.me().status;
-        if let Some(next) =
-            self.rebalance
-                .tick(mono, self.cluster.id(), status, &mut self.anti_entropy)
-        {
-            self.cluster.set_status(next, &mut self.out);
-        }
     }
 
     /// Records refused because a second live process claimed a member's id, and the last one.

@@ -1,6 +1,7 @@
 //! The throttle for background work: a token bucket of items per second, an optional one of
 //! bytes per second, and a cap on the items in flight. Hinted handoff and anti-entropy each run
-//! under one (range transfers will too).
+//! under their own, and all background work under the [`super::scheduler`]'s shared one, whose
+//! rates are scaled by a share that foreground latency sets.
 
 /// A token bucket with a concurrency cap.
 #[derive(Debug, Clone)]
@@ -11,6 +12,8 @@ pub struct Throttle {
     bytes_per_sec: Option<f64>,
     bytes: f64,
     last_refill: Option<u64>,
+    share: f64,
+    spent: u64,
 }
 
 impl Throttle {
@@ -25,6 +28,8 @@ impl Throttle {
             bytes_per_sec: None,
             bytes: 0.0,
             last_refill: None,
+            share: 1.0,
+            spent: 0,
         }
     }
 
@@ -36,13 +41,20 @@ impl Throttle {
         self
     }
 
+    /// Scales both rates (and the bursts) by `share` (0..=1) from now on.
+    pub fn set_share(&mut self, share: f64) {
+        self.share = share.clamp(0.0, 1.0);
+    }
+
     /// Adds the tokens earned since the last call (`now` on the monotonic clock, ms).
     pub fn refill(&mut self, now: u64) {
         let elapsed = self.last_refill.map_or(0, |last| now.saturating_sub(last)) as f64 / 1000.0;
         self.last_refill = Some(now);
-        self.tokens = (self.tokens + self.rate_per_sec * elapsed).min(self.rate_per_sec.max(1.0));
-        if let Some(rate) = self.bytes_per_sec {
-            self.bytes = (self.bytes + rate * elapsed).min(rate);
+        let rate = self.rate_per_sec * self.share;
+        self.tokens = (self.tokens + rate * elapsed).min(rate.max(1.0));
+        if let Some(bytes) = self.bytes_per_sec {
+            let rate = bytes * self.share;
+            self.bytes = (self.bytes + rate * elapsed).min(rate.max(1.0));
         }
     }
 
@@ -65,6 +77,12 @@ impl Throttle {
     /// Spends one token for an item that starts.
     pub fn spend(&mut self) {
         self.tokens -= 1.0;
+        self.spent += 1;
+    }
+
+    /// Items started since this throttle was made.
+    pub fn spent(&self) -> u64 {
+        self.spent
     }
 }
 

@@ -51,8 +51,13 @@ pub(crate) async fn admin_members(State(s): State<AppState>) -> Result<Response,
 }
 
 pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let (stats, anti_entropy, transfer) = query(&s, |n| {
-        (n.stats(), n.anti_entropy_stats(), n.transfer().clone())
+    let (stats, anti_entropy, transfer, scheduler) = query(&s, |n| {
+        (
+            n.stats(),
+            n.anti_entropy_stats(),
+            n.transfer().clone(),
+            n.scheduler_stats(),
+        )
     })
     .await?;
     let pending = on_store(&s, |store| store.hint_counts()).await?;
@@ -80,6 +85,7 @@ pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, A
         "refused_writes": stats.refused_writes,
         "anti_entropy": anti_entropy,
         "transfer": transfer,
+        "background": scheduler,
     }))
     .into_response())
 }

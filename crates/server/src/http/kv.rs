@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use dynamokv_core::message::{ClientRequest, Reply};
 use dynamokv_core::{ContextCodec, Object, VersionVector};
 
+/// Reads the quorum parameters `names` (e.g. `r` and `pr`) from the query, each 0..=255;
 /// any other parameter is refused.
 fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiError> {
     let mut values = [None, None];

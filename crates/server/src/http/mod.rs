@@ -6,6 +6,7 @@
 //!   covers everything returned.
 //! - `DELETE /kv/{key}` - optional `X-Context`; writes a tombstone; 204 with `X-Context`.
 //! - `GET /health` - 200 while the node serves requests.
+//! - `GET /` (or `/ui`) - the cluster page (see [`ui`]).
 //! - `GET /metrics` - Prometheus text format (see [`crate::metrics`]).
 //! - `GET /admin/ring`, `GET /admin/preference-list/{key}`, `GET /admin/local/{key}` - the ring,
 //!   where a key lives, and this node's own copy of a key.
@@ -19,13 +20,14 @@
 //!
 //! One module per concern: [`kv`] (the key-value API), [`admin`] (ring, members, stats,
 //! preference lists, local copies), [`faults`] (fault injection for tests), [`errors`] (the JSON
-//! error answers) and [`render`] (siblings as multipart or JSON).
+//! error answers), [`render`] (siblings as multipart or JSON) and [`ui`] (the cluster page).
 
 pub mod admin;
 pub mod errors;
 pub mod faults;
 pub mod kv;
 pub mod render;
+pub mod ui;
 
 pub use errors::ApiError;
 pub use render::multipart;
@@ -77,6 +79,12 @@ pub struct AppState {
 /// The router of the HTTP API.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/style.css", get(ui::style_css))
+        .route("/admin/views", get(ui::views))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route(
@@ -175,8 +183,7 @@ pub(crate) fn key_from(uri: &Uri) -> Result<Vec<u8>, ApiError> {
     key_after(uri, "/kv/")
 }
 
-/// Reads the quorum parameters `names` (e.g. `r` and `pr`) from the query, each 0..=255;
-/// any other parameter is refused.
+/// Runs `f` on this node's store, off the async threads.
 pub(crate) async fn on_store<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&ObjectStore) -> dynamokv_storage::Result<T> + Send + 'static,
@@ -200,7 +207,6 @@ pub(crate) async fn on_store<T: Send + 'static>(
         })
 }
 
-/// Runs a read-only query on the node thread.
 /// Runs an operator's command on the node thread.
 pub(crate) async fn command<T: Send + 'static>(
     s: &AppState,
@@ -215,6 +221,7 @@ pub(crate) async fn command<T: Send + 'static>(
     })
 }
 
+/// Runs a read-only query on the node thread.
 pub(crate) async fn query<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&crate::runtime::CoreNode) -> T + Send + 'static,

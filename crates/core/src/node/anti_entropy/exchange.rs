@@ -4,12 +4,14 @@
 use super::*;
 
 impl AntiEntropy {
-    /// A message of the anti-entropy family from `from`.
+    /// A message of the anti-entropy family from `from`; objects it leads to sending draw on
+    /// the `shared` background budget too.
     pub fn on_message<S: LocalStore>(
         &mut self,
         now: u64,
         from: &str,
         message: SyncMessage,
+        shared: &mut Throttle,
         store: &S,
         out: &mut Outbox,
     ) {
@@ -52,12 +54,14 @@ impl AntiEntropy {
                 leaves,
                 entries,
                 complete,
-            } => self.on_keys(now, from, session, leaves, entries, complete, store, out),
+            } => self.on_keys(
+                now, from, session, leaves, entries, complete, shared, store, out,
+            ),
             SyncMessage::Pull {
                 session,
                 objects,
                 last,
-            } => self.on_pull(now, from, session, objects, last, store, out),
+            } => self.on_pull(now, from, session, objects, last, shared, store, out),
             SyncMessage::Refused { session, .. } => {
                 if self.sessions.get(&session).is_some_and(|s| s.peer == from) {
                     self.end(session, End::Failed);
@@ -231,6 +235,7 @@ impl AntiEntropy {
         leaves: Vec<u16>,
         entries: Vec<(Vec<u8>, Digest)>,
         _complete: bool, // a cut list costs only extra pushes; a later session finishes
+        shared: &mut Throttle,
         store: &S,
         out: &mut Outbox,
     ) {
@@ -276,7 +281,7 @@ impl AntiEntropy {
             s.want = want;
             s.stage = Stage::Pushing { awaiting: false };
         }
-        self.pump(now, session, store, out);
+        self.pump(now, session, shared, store, out);
     }
 
     /// Whether the tree of `range` disagrees with this node's own keys in `leaves`.
@@ -309,6 +314,7 @@ impl AntiEntropy {
         &mut self,
         now: u64,
         session: u64,
+        shared: &mut Throttle,
         store: &S,
         out: &mut Outbox,
     ) {
@@ -318,7 +324,7 @@ impl AntiEntropy {
         if s.push.is_empty() && s.want.is_empty() {
             return self.end(session, End::Repaired);
         }
-        let mut budget = self.throttle.budget(0);
+        let mut budget = self.throttle.budget(0).min(shared.budget(0));
         if budget == 0 {
             return;
         }
@@ -327,10 +333,12 @@ impl AntiEntropy {
             let Some(key) = s.push.pop_front() else { break };
             budget -= 1;
             self.throttle.spend();
+            shared.spend();
             if let Ok(Some(o)) = store.get(&key) {
                 let size = o.size_bytes() + key.len();
                 bytes += size;
                 self.throttle.spend_bytes(size);
+                shared.spend_bytes(size);
                 objects.push((key, o));
             }
         }
@@ -339,6 +347,7 @@ impl AntiEntropy {
             let Some(key) = s.want.pop_front() else { break };
             budget -= 1;
             self.throttle.spend();
+            shared.spend();
             bytes += key.len() + 2;
             want.push(key);
         }
@@ -432,6 +441,7 @@ impl AntiEntropy {
         session: u64,
         objects: Vec<(Vec<u8>, Object)>,
         last: bool,
+        shared: &mut Throttle,
         store: &S,
         out: &mut Outbox,
     ) {
@@ -450,7 +460,7 @@ impl AntiEntropy {
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.stage = Stage::Pushing { awaiting: false };
             }
-            self.pump(now, session, store, out);
+            self.pump(now, session, shared, store, out);
         }
     }
 

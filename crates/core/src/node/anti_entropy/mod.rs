@@ -324,12 +324,14 @@ impl AntiEntropy {
 
     /// Time passed: follow the ring, build trees, expire sessions, push, start sessions,
     /// collect tombstones.
+    #[allow(clippy::too_many_arguments)] // the node's view of time, ring, peers and budget
     pub fn tick<S: LocalStore>(
         &mut self,
         clock: Now,
         me: &str,
         rings: &Rings,
         is_up: impl Fn(&str) -> bool,
+        shared: &mut Throttle,
         store: &S,
         out: &mut Outbox,
     ) {
@@ -373,11 +375,17 @@ impl AntiEntropy {
             .map(|(id, _)| *id)
             .collect();
         for id in pushing {
-            self.pump(now, id, store, out);
+            self.pump(now, id, shared, store, out);
         }
         self.schedule(now, me, &is_up, out);
-        self.collect(clock, me, &rings.all, &is_up, store, out);
-        self.move_data(now, rings, &is_up, store, out);
+        // Tombstone collection and moved-data handovers wait while the shared budget is spent
+        // (foreground latency is high, or other background work used it): a step each tick
+        // costs one item.
+        if shared.budget(0) > 0 {
+            shared.spend();
+            self.collect(clock, me, &rings.all, &is_up, store, out);
+            self.move_data(now, rings, &is_up, store, out);
+        }
     }
 
     /// Starts the round when one is due and as many sessions as allowed. Called every tick and

@@ -8,6 +8,11 @@ use crate::ring::hashed_tokens;
 use crate::testing::MemoryStore;
 use crate::version::{ActorId, VersionVector};
 
+/// A shared background budget that never runs out (these tests are about the protocol).
+fn unlimited() -> Throttle {
+    Throttle::new(1 << 40, usize::MAX)
+}
+
 struct Replica {
     ae: AntiEntropy,
     store: Tracked<MemoryStore>,
@@ -102,7 +107,15 @@ impl Lab {
                     mono: self.now,
                     wall: self.now,
                 };
-                r.ae.tick(now, id, &self.ring, |n| up.contains(n), &r.store, &mut out);
+                r.ae.tick(
+                    now,
+                    id,
+                    &self.ring,
+                    |n| up.contains(n),
+                    &mut unlimited(),
+                    &r.store,
+                    &mut out,
+                );
                 r.ae.apply(r.store.take_changes());
                 queue.extend(sends(id, out));
             }
@@ -111,7 +124,7 @@ impl Lab {
                     continue;
                 };
                 let mut out = Outbox::default();
-                r.ae.on_message(self.now, &from, m, &r.store, &mut out);
+                r.ae.on_message(self.now, &from, m, &mut unlimited(), &r.store, &mut out);
                 r.ae.apply(r.store.take_changes());
                 queue.extend(sends(&to, out));
             }
@@ -326,7 +339,7 @@ fn a_stranger_or_a_key_outside_the_range_changes_nothing() {
             objects: vec![(key.to_vec(), obj(9, "evil"))],
             want: vec![],
         };
-        r.ae.on_message(1, from, m, &r.store, &mut out);
+        r.ae.on_message(1, from, m, &mut unlimited(), &r.store, &mut out);
         out.drain()
     };
     let answer = push("mallory", &inside, r);
