@@ -77,6 +77,10 @@ pub struct ServerArgs {
     /// off, in ms; 0 turns the feedback off. [default: 20]
     #[arg(long, value_name = "MS")]
     background_p99_target_ms: Option<u64>,
+    /// Smallest share of the background budget left while backing off (0 to 1; background
+    /// jobs still finish). [default: 0.01]
+    #[arg(long, value_name = "SHARE")]
+    background_min_share: Option<f64>,
     /// Largest object per key (every sibling together), in bytes; a write that would pass it
     /// is refused with 413. [default: 8388608]
     #[arg(long, value_name = "BYTES")]
@@ -218,6 +222,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.background_p99_target_ms {
             c.node.background_p99_target_ms = v;
+        }
+        if let Some(v) = self.background_min_share {
+            c.node.background_min_share = v;
         }
         if self.enable_fault_injection {
             c.enable_fault_injection = true;
@@ -369,6 +376,10 @@ mod tests {
             (
                 "background-p99-target-ms",
                 d.node.background_p99_target_ms.to_string(),
+            ),
+            (
+                "background-min-share",
+                d.node.background_min_share.to_string(),
             ),
             ("max-object-bytes", d.node.max_object_bytes.to_string()),
             ("max-siblings", d.node.max_siblings.to_string()),

@@ -259,6 +259,13 @@ async fn the_cluster_page_shows_the_ring_writes_a_key_and_sees_a_node_go_down() 
                 .starts_with("context ")
         );
 
+        // The traffic charts are drawn from the node's last seconds.
+        b.wait_for(
+            "document.querySelector('#ops-chart polyline').getAttribute('points').split(' ').length >= 2",
+            "the traffic chart",
+            10,
+        );
+
         // Every node's view, asked from the page.
         b.eval("document.querySelector('#views-button').click(); true");
         b.wait_for(

@@ -16,13 +16,15 @@
 //! - [`scheduler`]: the one budget every background worker draws from, which yields to
 //!   foreground latency;
 //! - [`tracked`]: the store's journal of writes, which keeps the trees current;
-//! - [`info`]: counters and the ring as operators and clients see it.
+//! - [`info`]: counters and the ring as operators and clients see it;
+//! - [`config`]: the settings ([`NodeConfig`]) and their defaults.
 //!
 //! Messages are dispatched by family ([`Message::Kv`], [`Message::Handoff`],
 //! [`Message::Gossip`], [`Message::Sync`]); a new concept brings its own family and module.
 
 pub mod anti_entropy;
 pub mod cluster;
+pub mod config;
 pub mod coordinator;
 pub mod forward;
 pub mod handoff;
@@ -34,11 +36,12 @@ pub mod scheduler;
 pub mod throttle;
 pub mod tracked;
 
+pub use config::NodeConfig;
 pub use info::{CoordinatorLatency, MemberInfo, NodeStats, RingInfo};
 pub use outbox::{Origin, Outbox, Output};
 
 use crate::clock::Now;
-use crate::failure_detector::{DetectorConfig, Opinion};
+use crate::failure_detector::Opinion;
 use crate::limits;
 use crate::membership::{Member, Status, View};
 use crate::message::{ClientId, ClientRequest, HandoffMessage, KvMessage, Message, OpError};
@@ -46,133 +49,15 @@ use crate::preference::{PreferenceList, preference_list, with_pending};
 use crate::ring::Ring;
 use crate::store::LocalStore;
 use crate::version::ActorId;
-use anti_entropy::{AntiEntropy, AntiEntropyConfig};
+use anti_entropy::AntiEntropy;
 use cluster::Cluster;
 use coordinator::{Coordinator, Local};
 use forward::{Forwarder, Route};
 use handoff::{Handoff, HandoffConfig};
 use replica::Replica;
-use scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
-use serde::{Deserialize, Serialize};
+use scheduler::{Scheduler, SchedulerStats};
 use std::collections::BTreeMap;
 use tracked::Tracked;
-
-/// Coordination settings. The defaults here are the node's defaults everywhere (the server's
-/// configuration embeds this struct).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NodeConfig {
-    /// Replicas per key (N). Must be the same on every node.
-    pub n: u8,
-    /// Default read quorum (R), overridable per request with `?r=`.
-    pub r: u8,
-    /// Default write quorum (W), overridable per request with `?w=`.
-    pub w: u8,
-    /// How long a coordinator waits for replicas before answering 503, in milliseconds.
-    pub request_timeout_ms: u64,
-    /// How often the node gossips membership with a random peer, in milliseconds.
-    pub gossip_interval_ms: u64,
-    /// Failure-detector threshold: a peer whose phi passes it is believed down.
-    pub phi_threshold: f64,
-    /// How often this node scans the hints it keeps for nodes that were down, to hand them
-    /// back once their owner is up, in milliseconds.
-    pub hint_scan_interval_ms: u64,
-    /// Most hints handed back per second (throttles the drain so a returning node is not
-    /// flooded).
-    pub hint_rate_per_sec: u64,
-    /// Most hint deliveries in flight at once.
-    pub hint_max_in_flight: usize,
-    /// Pause between the starts of two anti-entropy rounds (each range compared with each
-    /// other replica), in milliseconds; 0 runs anti-entropy only on demand.
-    pub anti_entropy_interval_ms: u64,
-    /// Most objects anti-entropy sends or asks for per second.
-    pub anti_entropy_keys_per_sec: u64,
-    /// Most object bytes anti-entropy sends per second.
-    pub anti_entropy_bytes_per_sec: u64,
-    /// Most anti-entropy sessions at once.
-    pub anti_entropy_sessions: usize,
-    /// Largest object (every sibling of a key together), in bytes: a write that would pass it
-    /// is refused, so that an object always fits in a peer message.
-    pub max_object_bytes: usize,
-    /// Most siblings per key: a write that would add one more is refused (409) until a client
-    /// reads the key and writes back with its context.
-    pub max_siblings: usize,
-    /// Youngest tombstone that may be collected once every replica is proven to hold it, in
-    /// milliseconds (wall clock).
-    pub tombstone_min_age_ms: u64,
-    /// Most background items (hints delivered, objects sent or asked for by anti-entropy and
-    /// transfers, collection and handover steps) per second, every worker together.
-    pub background_items_per_sec: u64,
-    /// Most background object bytes per second, every worker together.
-    pub background_bytes_per_sec: u64,
-    /// Foreground p99 (coordinator side, per second) above which background work backs off,
-    /// in milliseconds; 0 turns the feedback off.
-    pub background_p99_target_ms: u64,
-    /// Smallest share of the background budget left when backing off (so jobs finish).
-    pub background_min_share: f64,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        Self {
-            n: 3,
-            r: 2,
-            w: 2,
-            request_timeout_ms: 2000,
-            gossip_interval_ms: 1000,
-            phi_threshold: 8.0,
-            hint_scan_interval_ms: 1000,
-            hint_rate_per_sec: 2000,
-            hint_max_in_flight: 64,
-            anti_entropy_interval_ms: 10_000,
-            anti_entropy_keys_per_sec: 5_000,
-            anti_entropy_bytes_per_sec: 32 << 20,
-            anti_entropy_sessions: 8,
-            max_object_bytes: 8 << 20,
-            max_siblings: 100,
-            tombstone_min_age_ms: 300_000,
-            background_items_per_sec: 10_000,
-            background_bytes_per_sec: 64 << 20,
-            background_p99_target_ms: 20,
-            background_min_share: 0.05,
-        }
-    }
-}
-
-impl NodeConfig {
-    /// The failure detector's settings: the threshold, and the gossip interval as the expected
-    /// heartbeat interval before any was measured.
-    pub fn detector(&self) -> DetectorConfig {
-        DetectorConfig {
-            threshold: self.phi_threshold,
-            first_interval_ms: self.gossip_interval_ms as f64,
-            ..DetectorConfig::default()
-        }
-    }
-
-    /// The background scheduler's settings.
-    pub fn scheduler(&self) -> SchedulerConfig {
-        SchedulerConfig {
-            items_per_sec: self.background_items_per_sec,
-            bytes_per_sec: self.background_bytes_per_sec,
-            target_p99_ms: self.background_p99_target_ms,
-            min_share: self.background_min_share,
-        }
-    }
-
-    /// The anti-entropy settings.
-    pub fn anti_entropy(&self) -> AntiEntropyConfig {
-        AntiEntropyConfig {
-            n: usize::from(self.n),
-            interval_ms: self.anti_entropy_interval_ms,
-            keys_per_sec: self.anti_entropy_keys_per_sec,
-            bytes_per_sec: self.anti_entropy_bytes_per_sec,
-            sessions: self.anti_entropy_sessions,
-            timeout_ms: self.request_timeout_ms * 5,
-            tombstone_min_age_ms: self.tombstone_min_age_ms,
-        }
-    }
-}
 
 /// Who this node is, for its coordinator (a macro, so that the borrows stay per field).
 macro_rules! local {
@@ -325,6 +210,11 @@ impl<S: LocalStore> Node<S> {
     /// The background scheduler: its share, the foreground latency it saw, its counters.
     pub fn scheduler_stats(&self) -> SchedulerStats {
         self.scheduler.stats()
+    }
+
+    /// The last two minutes of foreground traffic coordinated here, a second each.
+    pub fn traffic(&self) -> Vec<scheduler::Second> {
+        self.scheduler.history()
     }
 
     /// Latencies of the operations coordinated and answered here, cumulative.
@@ -679,6 +569,7 @@ impl<S: LocalStore> Node<S> {
             .values()
             .any(|m| m.status == Status::Left && m.id != cluster.id() && cluster.is_up(&m.id));
         self.anti_entropy.set_outsiders_up(outsiders_up);
+        self.anti_entropy.set_share(self.scheduler.stats().share);
         self.anti_entropy.tick(
             now,
             cluster.id(),

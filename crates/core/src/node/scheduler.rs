@@ -6,7 +6,9 @@
 //! coordinator records how long each get and put it answered took; once a second the scheduler
 //! takes the p99 of that window and, when it is above the target, halves the share of the budget
 //! background work may use (down to a floor, so that a job always finishes); below the target
-//! the share grows back by a tenth a second. With no target (0) the share stays whole.
+//! the share grows back by a quarter a second (from the floor to the whole budget in about 25
+//! seconds: a slow climb, so the share settles near what the foreground leaves over instead of
+//! swinging between the ends). With no target (0) the share stays whole.
 
 use super::throttle::Throttle;
 use serde::{Deserialize, Serialize};
@@ -17,8 +19,10 @@ const SLOTS: usize = 1001;
 const WINDOW_MS: u64 = 1000;
 /// Fewer foreground operations than this in a window say nothing about their latency.
 const MIN_SAMPLES: u64 = 20;
-/// Share regained per window below the target.
-const STEP_UP: f64 = 0.1;
+/// Growth of the share per window below the target.
+const GROWTH: f64 = 1.25;
+/// Windows kept for operators (two minutes).
+const HISTORY: usize = 120;
 
 /// The scheduler's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,6 +128,17 @@ pub struct SchedulerStats {
     pub items: u64,
 }
 
+/// One second of foreground traffic as the scheduler saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Second {
+    /// Operations answered.
+    pub ops: u64,
+    /// Their p50, ms (`None` with no operation).
+    pub p50_ms: Option<u64>,
+    /// Their p99, ms.
+    pub p99_ms: Option<u64>,
+}
+
 /// The shared budget and its feedback loop.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -133,6 +148,7 @@ pub struct Scheduler {
     window_start: Option<u64>,
     stats: SchedulerStats,
     ticks: u64,
+    history: std::collections::VecDeque<Second>,
 }
 
 impl Scheduler {
@@ -145,6 +161,7 @@ impl Scheduler {
             window: LatencyWindow::default(),
             window_start: None,
             ticks: 0,
+            history: std::collections::VecDeque::with_capacity(HISTORY),
             stats: SchedulerStats {
                 share: 1.0,
                 target_p99_ms: config.target_p99_ms,
@@ -177,6 +194,14 @@ impl Scheduler {
         self.stats.ops = ops;
         self.stats.p99_ms = self.window.quantile(0.99).filter(|_| enough);
         self.stats.p50_ms = self.window.quantile(0.5).filter(|_| enough);
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(Second {
+            ops,
+            p50_ms: self.window.quantile(0.5),
+            p99_ms: self.window.quantile(0.99),
+        });
         self.window.clear();
         let share = next_share(
             self.stats.share,
@@ -196,6 +221,11 @@ impl Scheduler {
         &mut self.budget
     }
 
+    /// The last two minutes of foreground traffic, a second each, oldest first.
+    pub fn history(&self) -> Vec<Second> {
+        self.history.iter().copied().collect()
+    }
+
     /// Counters and the feedback's state.
     pub fn stats(&self) -> SchedulerStats {
         SchedulerStats {
@@ -206,7 +236,7 @@ impl Scheduler {
 }
 
 /// The share of the background budget after a window whose foreground p99 was `p99` (`None`:
-/// too little foreground traffic to tell): halved above `target` (not below `min`), a tenth
+/// too little foreground traffic to tell): halved above `target` (not below `min`), a quarter
 /// more otherwise (up to 1). A target of 0 means no feedback: always 1.
 pub fn next_share(share: f64, p99: Option<u64>, target: u64, min: f64) -> f64 {
     if target == 0 {
@@ -214,7 +244,7 @@ pub fn next_share(share: f64, p99: Option<u64>, target: u64, min: f64) -> f64 {
     }
     match p99 {
         Some(p) if p > target => (share / 2.0).max(min),
-        _ => (share + STEP_UP).min(1.0),
+        _ => (share * GROWTH).min(1.0),
     }
 }
 
@@ -251,9 +281,9 @@ mod tests {
             0.05,
             "never below the floor"
         );
-        assert!((next_share(0.5, Some(10), 20, 0.05) - 0.6).abs() < 1e-9);
-        assert!((next_share(0.5, None, 20, 0.05) - 0.6).abs() < 1e-9);
-        assert_eq!(next_share(0.95, Some(1), 20, 0.05), 1.0);
+        assert!((next_share(0.4, Some(10), 20, 0.05) - 0.5).abs() < 1e-9);
+        assert!((next_share(0.4, None, 20, 0.05) - 0.5).abs() < 1e-9);
+        assert_eq!(next_share(0.9, Some(1), 20, 0.05), 1.0);
         assert_eq!(
             next_share(0.1, Some(900), 0, 0.05),
             1.0,
@@ -288,7 +318,7 @@ mod tests {
         }
         s.tick(2_000, &mut recent);
         assert!(
-            (s.stats().share - 0.6).abs() < 1e-9,
+            (s.stats().share - 0.625).abs() < 1e-9,
             "fast again: it grows back"
         );
         assert_eq!(s.stats().backoffs, 1);

@@ -80,6 +80,12 @@ impl Throttle {
         self.spent += 1;
     }
 
+    /// Spends `n` tokens for `n` items that started.
+    pub fn spend_many(&mut self, n: usize) {
+        self.tokens -= n as f64;
+        self.spent += n as u64;
+    }
+
     /// Items started since this throttle was made.
     pub fn spent(&self) -> u64 {
         self.spent

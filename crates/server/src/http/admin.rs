@@ -51,12 +51,13 @@ pub(crate) async fn admin_members(State(s): State<AppState>) -> Result<Response,
 }
 
 pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let (stats, anti_entropy, transfer, scheduler) = query(&s, |n| {
+    let (stats, anti_entropy, transfer, scheduler, traffic) = query(&s, |n| {
         (
             n.stats(),
             n.anti_entropy_stats(),
             n.transfer().clone(),
             n.scheduler_stats(),
+            n.traffic(),
         )
     })
     .await?;
@@ -86,6 +87,7 @@ pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, A
         "anti_entropy": anti_entropy,
         "transfer": transfer,
         "background": scheduler,
+        "traffic": traffic,
     }))
     .into_response())
 }

@@ -60,6 +60,9 @@ fn measure_anti_entropy(keys: usize) {
         anti_entropy_interval_ms: 0,
         anti_entropy_keys_per_sec: 1_000_000,
         anti_entropy_bytes_per_sec: 1 << 30,
+        background_items_per_sec: 1_000_000,
+        background_bytes_per_sec: 1 << 30,
+        background_p99_target_ms: 0,
         ..NodeConfig::default()
     };
     let t = Instant::now();

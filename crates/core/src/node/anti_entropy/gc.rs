@@ -108,6 +108,7 @@ impl AntiEntropy {
         me: &str,
         ring: &Ring,
         is_up: &impl Fn(&str) -> bool,
+        limit: usize,
         store: &S,
         out: &mut Outbox,
     ) {
@@ -164,7 +165,8 @@ impl AntiEntropy {
         };
         let spans = sweep.range.spans();
         let min_age = self.config.tombstone_min_age_ms;
-        let mut budget = BUILD_KEYS_PER_TICK;
+        // Keys read count against the shared background budget (`limit` this tick).
+        let mut budget = BUILD_KEYS_PER_TICK.min(limit);
         while budget > 0 && sweep.span < spans.len() && sweep.found.len() < MAX_REAP {
             let (lo, hi) = spans[sweep.span];
             let Ok(page) = store.scan(lo, hi, sweep.after.as_deref(), budget) else {
@@ -172,6 +174,7 @@ impl AntiEntropy {
             };
             let full = page.len() == budget;
             budget -= page.len();
+            self.scanned += page.len();
             sweep.after = page.last().map(|(k, _)| k.clone());
             let before = self.gc.seen.get(&sweep.range);
             for (key, object) in page {

@@ -179,6 +179,11 @@ pub struct AntiEntropy {
     outsiders_up: bool,
     moved: moved::Moved,
     stats: AntiEntropyStats,
+    /// The scheduler's share of the background budget: the sessions allowed at once scale
+    /// with it (at least one).
+    share: f64,
+    /// Keys read by collection and handovers this tick (charged to the shared budget).
+    scanned: usize,
 }
 
 impl AntiEntropy {
@@ -201,6 +206,8 @@ impl AntiEntropy {
             outsiders_up: false,
             moved: moved::Moved::default(),
             stats: AntiEntropyStats::default(),
+            share: 1.0,
+            scanned: 0,
         }
     }
 
@@ -322,6 +329,12 @@ impl AntiEntropy {
         }
     }
 
+    /// Sets the scheduler's share of the background budget (0..=1): fewer sessions start while
+    /// foreground latency is high.
+    pub fn set_share(&mut self, share: f64) {
+        self.share = share.clamp(0.0, 1.0);
+    }
+
     /// Time passed: follow the ring, build trees, expire sessions, push, start sessions,
     /// collect tombstones.
     #[allow(clippy::too_many_arguments)] // the node's view of time, ring, peers and budget
@@ -378,14 +391,13 @@ impl AntiEntropy {
             self.pump(now, id, shared, store, out);
         }
         self.schedule(now, me, &is_up, out);
-        // Tombstone collection and moved-data handovers wait while the shared budget is spent
-        // (foreground latency is high, or other background work used it): a step each tick
-        // costs one item.
-        if shared.budget(0) > 0 {
-            shared.spend();
-            self.collect(clock, me, &rings.all, &is_up, store, out);
-            self.move_data(now, rings, &is_up, store, out);
-        }
+        // Tombstone collection and moved-data handovers read keys: each key read is an item of
+        // the shared budget, so they slow down with it.
+        self.scanned = 0;
+        self.collect(clock, me, &rings.all, &is_up, shared.budget(0), store, out);
+        shared.spend_many(std::mem::take(&mut self.scanned));
+        self.move_data(now, rings, &is_up, shared.budget(0), store, out);
+        shared.spend_many(std::mem::take(&mut self.scanned));
     }
 
     /// Starts the round when one is due and as many sessions as allowed. Called every tick and
@@ -426,7 +438,8 @@ impl AntiEntropy {
                 next: 0,
             });
         }
-        while self.sessions.len() < self.config.sessions {
+        let cap = ((self.config.sessions as f64 * self.share).round() as usize).max(1);
+        while self.sessions.len() < cap {
             let Some(round) = self.round.as_mut() else {
                 return;
             };

@@ -47,6 +47,7 @@ impl AntiEntropy {
         now: u64,
         rings: &Rings,
         is_up: &impl Fn(&str) -> bool,
+        limit: usize,
         store: &S,
         out: &mut Outbox,
     ) {
@@ -76,7 +77,8 @@ impl AntiEntropy {
                 self.moved.holding = Some(false);
             }
         }
-        let mut budget = KEYS_PER_TICK;
+        // Keys read count against the shared background budget (`limit` this tick).
+        let mut budget = KEYS_PER_TICK.min(limit);
         while budget > 0 && self.moved.handovers.len() < MAX_IN_FLIGHT {
             let Some(&(lo, hi)) = self.moved.scan.first() else {
                 return;
@@ -86,6 +88,7 @@ impl AntiEntropy {
                 return;
             };
             budget = budget.saturating_sub(page.len().max(1));
+            self.scanned += page.len().max(1);
             self.moved.found_in_pass |= !page.is_empty();
             if page.len() < limit {
                 self.moved.scan.remove(0);

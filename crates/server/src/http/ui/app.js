@@ -9,8 +9,7 @@ const SAMPLES = 120;
 const TWO64 = 18446744073709551616;
 
 const $ = (sel) => document.querySelector(sel);
-const samples = [];
-let previous = null;
+let samples = [];
 let colors = new Map();
 let keyPosition = null;
 let lastContext = null;
@@ -121,7 +120,7 @@ function drawMembers(ring) {
       el("td", {}, m.id === ring.node ? `${m.id} (here)` : m.id),
       el("td", {}, m.status.toLowerCase()),
       el("td", { class: "seen" }, seen(m.up)),
-      el("td", {}, m.detector ? m.detector.phi.toFixed(2) : "-"),
+      el("td", {}, !m.detector ? "-" : m.detector.phi > 1e6 ? "∞" : m.detector.phi.toFixed(2)),
       el("td", {}, m.id === ring.node ? "-" : (m.connected ? "yes" : "no")),
       el("td", {}, m.heartbeat),
       el("td", {}, link));
@@ -154,18 +153,6 @@ function drawBackground(stats) {
     box.replaceChildren(el("div", {}, `${t.change}: ${t.confirmed} of ${t.ranges} ranges confirmed, ${Math.round(t.elapsed_ms / 1000)} s`),
       el("progress", { max: Math.max(t.ranges, 1), value: t.confirmed }));
   }
-}
-
-function record(stats) {
-  const now = performance.now();
-  const total = stats.coordinated_reads + stats.coordinated_writes;
-  if (previous) {
-    const secs = (now - previous.at) / 1000;
-    const ops = secs > 0 ? Math.max(0, total - previous.total) / secs : 0;
-    samples.push({ ops, p99: stats.background.p99_ms, p50: stats.background.p50_ms });
-    if (samples.length > SAMPLES) samples.shift();
-  }
-  previous = { at: now, total };
 }
 
 function chart(root, series) {
@@ -210,7 +197,7 @@ async function refresh() {
     drawRing(ring.body);
     drawMembers(ring.body);
     drawBackground(stats.body);
-    record(stats.body);
+    samples = stats.body.traffic.map((t) => ({ ops: t.ops, p99: t.p99_ms, p50: t.p50_ms }));
     drawCharts();
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.ready = "true";
