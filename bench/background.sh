@@ -19,24 +19,17 @@ BASE=${BASE:-28500}
 EXTRA=${EXTRA:-}   # more server flags, e.g. EXTRA="--background-items-per-sec 2000"
 cargo build --release -q -p dynamokv
 BIN=$PWD/target/release/dynamokv
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+HTTP_BASE=$BASE
+PEER_BASE=$((BASE + 100))
+# shellcheck source=../scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
-http() { echo "http://127.0.0.1:$((BASE + $1))"; }
-start() { # start NODE TARGET
+http() { url "$1"; }
+node() { # node I TARGET: starts nI (seeded with n1) and waits until it listens
     local i=$1 seeds=()
-    [ "$i" -gt 1 ] && seeds=(--seeds "127.0.0.1:$((BASE + 101))")
-    "$BIN" server --node-id "n$i" --data-dir "$DIR/n$i" --http "127.0.0.1:$((BASE + i))" \
-        --listen "127.0.0.1:$((BASE + 100 + i))" --cluster-secret bench-background --log warn \
-        --io-threads 1 --background-p99-target-ms "$2" $EXTRA "${seeds[@]}" >"$DIR/n$i.out" 2>"$DIR/n$i.log" &
-    PIDS[$i]=$!
-    for _ in $(seq 100); do grep -q "^listening" "$DIR/n$i.out" 2>/dev/null && return; sleep 0.1; done
+    [ "$i" -gt 1 ] && seeds=(--seeds "127.0.0.1:$((PEER_BASE + 1))")
+    start "$i" --io-threads 1 --background-p99-target-ms "$2" $EXTRA "${seeds[@]}"
+    for _ in $(seq 100); do grep -q "^listening" "$DIR/n$i.log" 2>/dev/null && return; sleep 0.1; done
     echo "n$i did not start:"; cat "$DIR/n$i.log"; exit 1
 }
 pending() { # hints waiting on every node
@@ -59,7 +52,7 @@ print('  %-28s %7.0f ops/s   p50 %6.2f ms   p99 %7.2f ms   p99.9 %7.2f ms   erro
 for target in $TARGETS; do
     rm -rf "${DIR:?}"/n*
     echo "== background_p99_target_ms = $target $([ "$target" = 0 ] && echo '(feedback off)')"
-    for i in 1 2 3 4; do start "$i" "$target"; done
+    for i in 1 2 3 4; do node "$i" "$target"; done
     for _ in $(seq 150); do
         up=$(curl -s "$(http 1)/admin/ring" | grep -o '"up":true' | wc -l)
         [ "$up" -eq 4 ] && break
@@ -75,7 +68,7 @@ for target in $TARGETS; do
     fi
     hints=$(pending)
     echo "  hints waiting for n4: $hints"
-    start 4 "$target"
+    node 4 "$target"
     t0=$(date +%s.%N)
     bench "during the hint drain"
     left=$(pending)
