@@ -255,23 +255,10 @@ async fn malformed_frames_do_not_crash_a_node() {
         String::from_utf8_lossy(&answer).contains("protocol version 999"),
         "{answer:?}"
     );
-    // A well-formed hello from a cluster with another secret is refused.
-    let hello = dynamokv_server::transport::Hello {
-        cluster: dynamokv_core::ContextCodec::from_passphrase("other").fingerprint(),
-        member: dynamokv_core::membership::Member {
-            id: "intruder".into(),
-            generation: 1,
-            version: 1,
-            status: dynamokv_core::membership::Status::Up,
-            peer_addr: "127.0.0.1:1".into(),
-            http_addr: "127.0.0.1:1".into(),
-            tokens: vec![42],
-            instance: 0,
-        },
-    };
-    let answer = send(&frame(&dynamokv_server::transport::encode_hello(&hello)));
-    assert!(String::from_utf8_lossy(&answer).contains("cluster secret"));
-    // A correct hello (replaying node 2's own record) followed by a garbage frame.
+    // The handshake is a challenge-response over fresh nonces. A client that knows the secret
+    // completes it (impersonating n2 with n2's own record: harmless, and the baseline).
+    use dynamokv_server::handshake::{PeerKey, Role};
+    use dynamokv_server::transport::{Frame, Hello, decode_frame, encode_frame, encode_hello};
     let ring: Value = c
         .get(format!("{}/admin/ring", nodes[0].url))
         .send()
@@ -287,13 +274,149 @@ async fn malformed_frames_do_not_crash_a_node() {
         .find(|m| m["id"] == "n2")
         .unwrap()
         .clone();
-    let good = dynamokv_server::transport::Hello {
-        cluster: dynamokv_core::ContextCodec::from_passphrase(common::SECRET).fingerprint(),
-        member: serde_json::from_value(n2).unwrap(),
+    let n2: dynamokv_core::membership::Member = serde_json::from_value(n2).unwrap();
+    let right = PeerKey::new(&dynamokv_core::ContextCodec::from_passphrase(
+        common::SECRET,
+    ));
+    let wrong = PeerKey::new(&dynamokv_core::ContextCodec::from_passphrase("other"));
+    let connect = || {
+        let s = std::net::TcpStream::connect(&nodes[0].peer).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
     };
-    let mut bytes = frame(&dynamokv_server::transport::encode_hello(&good));
-    bytes.extend(frame(&[0xFF; 64]));
-    send(&bytes);
+    let read_frame = |s: &mut std::net::TcpStream| -> Option<Frame> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).ok()?;
+        decode_frame(&body).ok()
+    };
+    let hello = Hello {
+        nonce: [7; 32],
+        member: n2.clone(),
+    };
+    let hello_bytes = frame(&encode_hello(&hello));
+    let mut s = connect();
+    s.write_all(&hello_bytes).unwrap();
+    let Some(Frame::Challenge {
+        nonce: first_nonce,
+        member: acceptor,
+        proof,
+    }) = read_frame(&mut s)
+    else {
+        panic!("no challenge");
+    };
+    assert_eq!(acceptor.id, "n1");
+    assert!(
+        right.verify(
+            &proof,
+            Role::Acceptor,
+            &[7; 32],
+            &first_nonce,
+            &n2,
+            &acceptor
+        ),
+        "the node proves it knows the secret"
+    );
+    assert!(
+        !wrong.verify(
+            &proof,
+            Role::Acceptor,
+            &[7; 32],
+            &first_nonce,
+            &n2,
+            &acceptor
+        ),
+        "a dialer with another secret sees that it is not its cluster"
+    );
+    let good_proof = right.proof(Role::Dialer, &[7; 32], &first_nonce, &n2, &acceptor);
+    let proof_bytes = frame(&encode_frame(&Frame::Proof(good_proof)));
+    s.write_all(&proof_bytes).unwrap();
+    assert_eq!(read_frame(&mut s), Some(Frame::Welcome));
+    // A garbage frame after the handshake closes that connection only.
+    s.write_all(&frame(&[0xFF; 64])).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    drop(s);
+
+    // Replaying that whole exchange fails: the node's nonce is new, the old proof is not for it.
+    let mut s = connect();
+    s.write_all(&hello_bytes).unwrap();
+    let Some(Frame::Challenge { nonce, .. }) = read_frame(&mut s) else {
+        panic!("no challenge");
+    };
+    assert_ne!(nonce, first_nonce, "a fresh nonce per connection");
+    s.write_all(&proof_bytes).unwrap();
+    match read_frame(&mut s) {
+        Some(Frame::Refused(why)) => assert!(why.contains("proof does not match"), "{why}"),
+        other => panic!("a replayed proof was not refused: {other:?}"),
+    }
+
+    // Another secret: its proof is refused, with the reason.
+    let intruder = dynamokv_core::membership::Member {
+        id: "intruder".into(),
+        generation: 1,
+        version: 1,
+        status: dynamokv_core::membership::Status::Up,
+        peer_addr: "127.0.0.1:1".into(),
+        http_addr: "127.0.0.1:1".into(),
+        tokens: vec![42],
+        instance: 0,
+    };
+    let mut s = connect();
+    s.write_all(&frame(&encode_hello(&Hello {
+        nonce: [9; 32],
+        member: intruder.clone(),
+    })))
+    .unwrap();
+    let Some(Frame::Challenge { nonce, member, .. }) = read_frame(&mut s) else {
+        panic!("no challenge");
+    };
+    let forged = wrong.proof(Role::Dialer, &[9; 32], &nonce, &intruder, &member);
+    s.write_all(&frame(&encode_frame(&Frame::Proof(forged))))
+        .unwrap();
+    match read_frame(&mut s) {
+        Some(Frame::Refused(why)) => assert!(why.contains("--cluster-secret"), "{why}"),
+        other => panic!("a wrong secret was not refused: {other:?}"),
+    }
+
+    // Before the handshake, a frame over 64 KiB is refused from its length alone, unread.
+    let mut big = (1u32 << 20).to_be_bytes().to_vec();
+    big.extend_from_slice(&[0u8; 1 << 16]);
+    let answer = send(&big);
+    assert!(
+        String::from_utf8_lossy(&answer).contains("frame size too big"),
+        "{answer:?}"
+    );
+
+    // Connections that never finish a handshake are capped: past 64 at once, more are closed
+    // unread (counted as busy); the established peer connections are not affected.
+    let idle: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| std::net::TcpStream::connect(&nodes[0].peer).unwrap())
+        .collect();
+    let mut busy = 0.0;
+    for _ in 0..100 {
+        let text = c
+            .get(format!("{}/metrics", nodes[0].url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        busy = text
+            .lines()
+            .find(|l| l.starts_with("dynamokv_peer_handshakes_refused_total{reason=\"busy\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if busy >= 16.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(busy >= 16.0, "{busy} connections refused as busy");
+    drop(idle);
 
     // The node still serves, the intruder never joined, and the cluster still replicates.
     let r = c

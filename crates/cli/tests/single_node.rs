@@ -476,6 +476,36 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let r = c.get(format!("{}/kv/nope", node.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
+    // Unambiguous parsing: a malformed escape is refused (it is not the key "%G1%", which is
+    // spelled %25G1%25), query values are percent-decoded, a repeated parameter is refused.
+    let r = c
+        .put(format!("{}/kv/%G1%", node.url))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, "bad_key").await;
+    let r = c
+        .put(format!("{}/kv/%25G1%25", node.url))
+        .body("literal")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = c
+        .get(format!("{}/kv/%25G1%25?r=%31", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "literal");
+    let r = c
+        .get(format!("{}/kv/k?r=1&r=1", node.url))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, "bad_query").await;
+
     // The default maximum is 1 MiB.
     let dir2 = tempfile::tempdir().unwrap();
     let node2 = Node::start(dir2.path(), &[]);

@@ -78,15 +78,11 @@ impl ContextCodec {
         out
     }
 
-    /// A 16-byte fingerprint of the secret, exchanged in the peer handshake so that nodes
-    /// configured with different secrets refuse each other instead of refusing each other's
-    /// contexts later. Reveals nothing useful about the secret.
-    pub fn fingerprint(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out.copy_from_slice(
-            &blake3::keyed_hash(&self.secret, b"dynamokv cluster fingerprint v1").as_bytes()[..16],
-        );
-        out
+    /// A key for another use of the cluster secret (the peer handshake), derived from it with
+    /// BLAKE3's key derivation under `purpose`: it reveals nothing of the secret nor of the
+    /// keys derived for other purposes.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        blake3::derive_key(purpose, &self.secret)
     }
 
     /// The token for `vv`, a context read from `key`.

@@ -7,6 +7,7 @@
 //! seeds, serves until the shutdown future completes, then stops the node thread, records a clean shutdown and syncs.
 
 pub mod config;
+pub mod handshake;
 pub mod history;
 pub mod http;
 pub mod identity;
@@ -186,10 +187,8 @@ pub async fn run(
     let (events_tx, events_rx) = std::sync::mpsc::channel();
     let handle = runtime::NodeHandle::new(events_tx);
     let transport = transport::Transport::new(
-        transport::Hello {
-            cluster: local.codec.fingerprint(),
-            member: me.clone(),
-        },
+        me.clone(),
+        handshake::PeerKey::new(&local.codec),
         handle.transport_sink(),
         config.max_frame_bytes,
         tokio::runtime::Handle::current(),

@@ -143,6 +143,10 @@ fn describe() {
         "dynamokv_members",
         "Members of the cluster as this node sees them, by status"
     );
+    describe_counter!(
+        "dynamokv_peer_handshakes_refused_total",
+        "Inbound peer connections refused before or during the handshake, by reason: busy (too many handshaking), proof (wrong cluster secret or a replay), protocol (malformed, oversized, out of turn, another version), timeout"
+    );
     describe_gauge!(
         "dynamokv_background_share",
         "Share of the background budget (hints, anti-entropy, transfers, tombstone collection) in use: 1 = all, less while foreground latency is above the target"

@@ -6,17 +6,23 @@
 //! come back over the peer's own outbound connection. Requests and answers are matched by the
 //! request ids inside the messages.
 //!
-//! Handshake: the dialer sends a hello frame - magic `dynamokv`, protocol version (u16 BE), then
-//! the postcard-encoded [`Hello`] (cluster fingerprint and member record); the acceptor checks
-//! magic, version and fingerprint and answers [`Frame::HelloAck`] or [`Frame::Refused`] with the
-//! reason. A connection that sends a malformed or oversized frame, or anything but a hello
-//! first, is closed with a logged reason; the node keeps running.
+//! Handshake (see [`crate::handshake`]): the dialer sends a hello frame - magic `dynamokv`,
+//! protocol version (u16 BE), then the postcard-encoded [`Hello`] (a fresh nonce and its member
+//! record); the acceptor checks magic and version and answers [`Frame::Challenge`] (its nonce,
+//! record and proof of the cluster secret) or [`Frame::Refused`] with the reason; the dialer
+//! checks the proof and sends [`Frame::Proof`]; the acceptor checks it and answers
+//! [`Frame::Welcome`] or [`Frame::Refused`]. Until then frames are limited to
+//! [`HANDSHAKE_MAX_FRAME`] bytes, the whole exchange to 5 s, and at most
+//! [`MAX_HANDSHAKING`] inbound connections handshake at once (more are closed at once). A
+//! connection that sends a malformed or oversized frame, anything out of turn, or a wrong proof
+//! is closed with a logged reason; the node keeps running.
 //!
 //! The dialer also reads from its connection (the acceptor never writes after the handshake),
 //! so a peer that dies is noticed at once from the closed socket. Lost connections are retried
 //! with exponential backoff (100 ms doubling to 2 s); messages for a peer that is not connected
 //! are dropped - the coordinator's timeouts and the node's view of who is up handle that.
 
+use crate::handshake::{PROOF_LEN, PeerKey, Role, nonce};
 use axum::body::Bytes;
 use dynamokv_core::membership::Member;
 use dynamokv_core::message::Message;
@@ -31,8 +37,14 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// The version of the peer protocol. Peers with another version are refused at handshake, with
 /// a reason naming both versions. Version 2 groups messages by family (kv, handoff, gossip) and
-/// carries typed errors; version 4 adds the overwrite flag of a forwarded put.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// carries typed errors; version 4 adds the overwrite flag of a forwarded put; version 5 the
+/// challenge-response handshake.
+pub const PROTOCOL_VERSION: u16 = 5;
+/// Largest frame accepted before the handshake completed (a member record with the most tokens
+/// fits).
+pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
+/// Most inbound connections handshaking at once.
+pub const MAX_HANDSHAKING: usize = 64;
 const MAGIC: &[u8; 8] = b"dynamokv";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -42,8 +54,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// What a dialer announces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// Fingerprint of the cluster secret: nodes with different secrets refuse each other.
-    pub cluster: [u8; 16],
+    /// A fresh nonce: the acceptor's proof must cover it.
+    pub nonce: [u8; PROOF_LEN],
     /// The sender's member record.
     pub member: Member,
 }
@@ -51,9 +63,20 @@ pub struct Hello {
 /// A frame after the hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    /// The acceptor took the connection; its own record.
-    HelloAck(Hello),
-    /// The acceptor refused the connection, and why.
+    /// The acceptor's answer to a hello: its nonce, its record and its proof.
+    Challenge {
+        /// A fresh nonce: the dialer's proof must cover it.
+        nonce: [u8; PROOF_LEN],
+        /// The acceptor's record.
+        member: Member,
+        /// The acceptor's proof ([`PeerKey::proof`]).
+        proof: [u8; PROOF_LEN],
+    },
+    /// The dialer's proof.
+    Proof([u8; PROOF_LEN]),
+    /// The acceptor checked the dialer's proof: messages may follow.
+    Welcome,
+    /// The connection is refused, and why.
     Refused(String),
     /// A protocol message.
     Message(Message),
@@ -96,11 +119,13 @@ fn family_index(m: &Message) -> usize {
     }
 }
 
-fn encode_frame(frame: &Frame) -> Bytes {
+/// Encodes a frame after the hello.
+pub fn encode_frame(frame: &Frame) -> Bytes {
     Bytes::from(postcard::to_allocvec(frame).unwrap_or_default())
 }
 
-fn decode_frame(bytes: &[u8]) -> Result<Frame, String> {
+/// Decodes a frame after the hello.
+pub fn decode_frame(bytes: &[u8]) -> Result<Frame, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("malformed frame: {e}"))
 }
 
@@ -151,7 +176,9 @@ pub enum PeerEvent {
 pub type EventSink = Box<dyn Fn(PeerEvent) -> bool + Send + Sync>;
 
 struct Inner {
-    hello: Mutex<Hello>,
+    me: Member,
+    key: PeerKey,
+    handshaking: Arc<tokio::sync::Semaphore>,
     events: EventSink,
     peers: Mutex<BTreeMap<String, PeerLink>>,
     max_frame: usize,
@@ -173,16 +200,20 @@ fn codec(max_frame: usize) -> LengthDelimitedCodec {
 }
 
 impl Transport {
-    /// A transport announcing `hello`, delivering what peers send to `events`.
+    /// A transport announcing `me`, proving membership with `key`, delivering what peers send
+    /// to `events`.
     pub fn new(
-        hello: Hello,
+        me: Member,
+        key: PeerKey,
         events: EventSink,
         max_frame: usize,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                hello: Mutex::new(hello),
+                me,
+                key,
+                handshaking: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKING)),
                 events,
                 peers: Mutex::new(BTreeMap::new()),
                 max_frame,
@@ -215,14 +246,6 @@ impl Transport {
             .contains(from)
     }
 
-    fn hello(&self) -> Hello {
-        self.inner
-            .hello
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     /// Queues `message` for `to`; dropped when `to` is not connected.
     pub fn send(&self, to: &str, message: Message) {
         let delay = {
@@ -249,7 +272,7 @@ impl Transport {
     /// Makes sure there is one dialer per member (other than this node) at its current
     /// address.
     pub fn sync_peers(&self, members: &BTreeMap<String, Member>) {
-        let me = self.hello().member.id;
+        let me = self.inner.me.id.clone();
         let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
         for (id, m) in members {
             if *id == me {
@@ -311,32 +334,48 @@ impl Transport {
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| format!("connect failed: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, codec(self.inner.max_frame));
-        let hello = self.hello();
-        let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-            framed
-                .send(encode_hello(&hello))
-                .await
-                .map_err(|e| format!("handshake send failed: {e}"))?;
-            match framed.next().await {
-                Some(Ok(bytes)) => decode_frame(&bytes),
-                Some(Err(e)) => Err(format!("handshake read failed: {e}")),
-                None => Err("peer closed the connection during the handshake".to_owned()),
+        let mut framed = Framed::new(stream, codec(HANDSHAKE_MAX_FRAME));
+        let mine = self.inner.me.clone();
+        let key = &self.inner.key;
+        let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let my_nonce = nonce();
+            let hello = Hello {
+                nonce: my_nonce,
+                member: mine.clone(),
+            };
+            send(&mut framed, encode_hello(&hello)).await?;
+            let (their_nonce, theirs, proof) = match receive(&mut framed).await? {
+                Frame::Challenge {
+                    nonce,
+                    member,
+                    proof,
+                } => (nonce, member, proof),
+                Frame::Refused(why) => return Err(format!("refused: {why}")),
+                _ => return Err("the peer answered out of turn".to_owned()),
+            };
+            if !key.verify(&proof, Role::Acceptor, &my_nonce, &their_nonce, &mine, &theirs) {
+                let why = "your proof does not match this node's cluster secret";
+                let _ = send(&mut framed, encode_frame(&Frame::Refused(why.into()))).await;
+                return Err(
+                    "the peer could not prove it knows the cluster secret (a different --cluster-secret?)"
+                        .to_owned(),
+                );
+            }
+            theirs.validate()?;
+            let proof = key.proof(Role::Dialer, &my_nonce, &their_nonce, &mine, &theirs);
+            send(&mut framed, encode_frame(&Frame::Proof(proof))).await?;
+            match receive(&mut framed).await? {
+                Frame::Welcome => Ok(theirs),
+                Frame::Refused(why) => Err(format!("refused: {why}")),
+                _ => Err("the peer answered out of turn".to_owned()),
             }
         })
         .await
         .map_err(|_| "handshake timed out".to_owned())??;
-        match answer {
-            Frame::HelloAck(theirs) => {
-                if theirs.cluster != hello.cluster {
-                    return Err("peer has a different cluster secret".into());
-                }
-                theirs.member.validate()?;
-                Ok((theirs.member, framed))
-            }
-            Frame::Refused(why) => Err(format!("refused: {why}")),
-            Frame::Message(_) => Err("peer sent a message before accepting".into()),
-        }
+        framed
+            .codec_mut()
+            .set_max_frame_length(self.inner.max_frame);
+        Ok((theirs, framed))
     }
 
     /// Accepts peer connections on `listener` until the task is dropped.
@@ -356,46 +395,38 @@ impl Transport {
     }
 
     async fn inbound(self, stream: TcpStream, remote: String) {
-        let mut framed = Framed::new(stream, codec(self.inner.max_frame));
-        let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await {
-            Ok(Some(Ok(bytes))) => bytes,
-            Ok(Some(Err(e))) => {
-                tracing::warn!(%remote, error = %e, "closing peer connection: bad frame in handshake");
-                return;
-            }
-            Ok(None) => return,
-            Err(_) => {
-                tracing::warn!(%remote, "closing peer connection: no hello within 5 s");
-                return;
-            }
+        // Unauthenticated connections are few and small: over the cap, close at once.
+        let Ok(permit) = self.inner.handshaking.clone().try_acquire_owned() else {
+            refused("busy");
+            tracing::warn!(%remote, limit = MAX_HANDSHAKING, "closing peer connection: too many handshakes in progress");
+            return;
         };
-        let mine = self.hello();
-        let theirs = match decode_hello(&first).and_then(|h| {
-            if h.cluster != mine.cluster {
-                Err(
-                    "different cluster secret: give every node the same --cluster-secret"
-                        .to_owned(),
-                )
-            } else {
-                h.member.validate().map(|()| h)
-            }
-        }) {
-            Ok(h) => h,
-            Err(why) => {
+        let mut framed = Framed::new(stream, codec(HANDSHAKE_MAX_FRAME));
+        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.accept(&mut framed)).await;
+        drop(permit);
+        let theirs = match accepted {
+            Ok(Ok(member)) => member,
+            Ok(Err(why)) => {
+                refused(if why.contains("proof") {
+                    "proof"
+                } else {
+                    "protocol"
+                });
                 tracing::warn!(%remote, reason = %why, "refusing peer connection");
                 let _ = framed.send(encode_frame(&Frame::Refused(why))).await;
                 return;
             }
+            Err(_) => {
+                refused("timeout");
+                tracing::warn!(%remote, "closing peer connection: handshake not done within 5 s");
+                return;
+            }
         };
-        let from = theirs.member.id.clone();
-        if framed
-            .send(encode_frame(&Frame::HelloAck(mine)))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let _ = (self.inner.events)(PeerEvent::Learn(theirs.member));
+        framed
+            .codec_mut()
+            .set_max_frame_length(self.inner.max_frame);
+        let from = theirs.id.clone();
+        let _ = (self.inner.events)(PeerEvent::Learn(theirs));
         while let Some(next) = framed.next().await {
             let frame = match next {
                 Ok(bytes) => decode_frame(&bytes),
@@ -421,6 +452,72 @@ impl Transport {
                 }
             }
         }
+    }
+}
+
+impl Transport {
+    /// The acceptor's side of the handshake, up to the welcome; the dialer's record, or why it
+    /// is refused.
+    async fn accept(
+        &self,
+        framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    ) -> Result<Member, String> {
+        let first = match framed.next().await {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => return Err(format!("bad frame in handshake: {e}")),
+            None => return Err("closed during the handshake".to_owned()),
+        };
+        let hello = decode_hello(&first)?;
+        hello.member.validate()?;
+        let mine = &self.inner.me;
+        let key = &self.inner.key;
+        let my_nonce = nonce();
+        let proof = key.proof(Role::Acceptor, &hello.nonce, &my_nonce, &hello.member, mine);
+        let challenge = Frame::Challenge {
+            nonce: my_nonce,
+            member: mine.clone(),
+            proof,
+        };
+        send(framed, encode_frame(&challenge)).await?;
+        match receive(framed).await? {
+            Frame::Proof(p)
+                if key.verify(&p, Role::Dialer, &hello.nonce, &my_nonce, &hello.member, mine) =>
+            {
+                send(framed, encode_frame(&Frame::Welcome)).await?;
+                Ok(hello.member)
+            }
+            Frame::Proof(_) => Err(
+                "its proof does not match this node's cluster secret: give every node the same --cluster-secret"
+                    .to_owned(),
+            ),
+            Frame::Refused(why) => Err(format!("the dialer gave up: {why}")),
+            _ => Err("a frame out of turn in the handshake".to_owned()),
+        }
+    }
+}
+
+/// Counts an inbound handshake refused, by reason: `busy` (too many at once), `proof` (wrong
+/// secret or replay), `protocol` (malformed, oversized, out of turn, another version),
+/// `timeout`.
+fn refused(reason: &'static str) {
+    metrics::counter!("dynamokv_peer_handshakes_refused_total", "reason" => reason).increment(1);
+}
+
+async fn send(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    frame: Bytes,
+) -> Result<(), String> {
+    framed
+        .send(frame)
+        .await
+        .map_err(|e| format!("handshake send failed: {e}"))
+}
+
+async fn receive(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Result<Frame, String> {
+    match framed.next().await {
+        Some(Ok(bytes)) => decode_frame(&bytes),
+        Some(Err(e)) => Err(format!("handshake read failed: {e}")),
+        None => Err("the peer closed the connection during the handshake".to_owned()),
     }
 }
 

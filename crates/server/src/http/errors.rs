@@ -12,7 +12,7 @@ use serde::Serialize;
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
-    message: String,
+    pub(crate) message: String,
     context: Option<String>,
     pub(crate) detail: Option<serde_json::Value>,
 }

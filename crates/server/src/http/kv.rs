@@ -14,9 +14,10 @@ use base64::engine::general_purpose::STANDARD;
 use dynamokv_core::message::{ClientRequest, Reply};
 use dynamokv_core::{ContextCodec, Object, VersionVector};
 
-/// Reads the quorum parameters `names` (e.g. `r` and `pr`) from the query, each 0..=255;
-/// any other parameter is refused.
+/// Reads the quorum parameters `names` (e.g. `r` and `pr`) from the query, each 0..=255, names
+/// and values percent-decoded; any other parameter, or one given twice, is refused.
 fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiError> {
+    let bad_query = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message);
     let mut values = [None, None];
     for pair in uri
         .query()
@@ -25,6 +26,18 @@ fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiErro
         .filter(|p| !p.is_empty())
     {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            super::percent_decode_strict(s)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    bad_query(format!(
+                        "the query parameter {pair:?} is not valid percent-encoded UTF-8"
+                    ))
+                })
+        };
+        let (k, v) = (decode(k)?, decode(v)?);
+        let (k, v) = (k.as_str(), v.as_str());
         let Some(i) = names.iter().position(|n| *n == k) else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -42,7 +55,11 @@ fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiErro
                 format!("{k}={v:?} is not a number; use {k}=1..N"),
             )
         })?;
-        values[i] = Some(n);
+        if values[i].replace(n).is_some() {
+            return Err(bad_query(format!(
+                "the query parameter {k} is given twice; give it once"
+            )));
+        }
     }
     Ok(values)
 }

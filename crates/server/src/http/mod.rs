@@ -174,9 +174,37 @@ pub(crate) fn key_after(uri: &Uri, prefix: &str) -> Result<Vec<u8>, ApiError> {
             "the key must be one path segment: percent-encode '/' in keys as %2F",
         ));
     }
-    let key: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    let key = percent_decode_strict(raw).map_err(|e| ApiError::bad_key(format!("the key {e}")))?;
     dynamokv_core::limits::check_key(&key).map_err(|e| ApiError::bad_key(e.to_string()))?;
     Ok(key)
+}
+
+/// Percent-decodes `raw`, refusing a `%` not followed by two hex digits (taking it literally
+/// would make `%G1` and `%25G1` the same key). The error says where.
+pub(crate) fn percent_decode_strict(raw: &str) -> Result<Vec<u8>, String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(b) = hex else {
+                return Err(format!(
+                    "has a malformed percent escape at byte {i}: '%' must be followed by two hex digits (send '%' itself as %25)"
+                ));
+            };
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn key_from(uri: &Uri) -> Result<Vec<u8>, ApiError> {
@@ -247,5 +275,12 @@ mod tests {
         assert!(key_from(&uri).is_err());
         let long = format!("/kv/{}", "x".repeat(1025));
         assert!(key_from(&long.parse().unwrap()).is_err());
+        // Malformed escapes are refused, so that no two spellings name one key.
+        for bad in ["/kv/%G1%", "/kv/a%", "/kv/a%4", "/kv/%zz"] {
+            let e = key_from(&bad.parse().unwrap()).unwrap_err();
+            assert!(e.message.contains("percent escape"), "{bad}: {}", e.message);
+        }
+        let uri: Uri = "/kv/%25G1%25".parse().unwrap();
+        assert_eq!(key_from(&uri).unwrap(), b"%G1%".to_vec());
     }
 }
