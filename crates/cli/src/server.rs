@@ -112,6 +112,13 @@ pub struct ServerArgs {
     /// Largest value accepted, in bytes. [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     max_value_bytes: Option<usize>,
+    /// Most HTTP connections open at once; the next one gets 503. [default: 4096]
+    #[arg(long, value_name = "N")]
+    http_max_connections: Option<usize>,
+    /// Time an HTTP client has to send a request's headers, in ms; slower or silent clients
+    /// are disconnected. [default: 10000]
+    #[arg(long, value_name = "MS")]
+    http_header_timeout_ms: Option<u64>,
     /// When to fsync: `always` (before acknowledging each write), `periodic` (every
     /// --sync-interval-ms) or `never` (leave it to the OS). A process crash loses nothing under
     /// any of them; they differ on power loss. [default: periodic]
@@ -237,6 +244,12 @@ impl ServerArgs {
         }
         if let Some(v) = self.max_value_bytes {
             c.max_value_bytes = v;
+        }
+        if let Some(v) = self.http_max_connections {
+            c.http_max_connections = v;
+        }
+        if let Some(v) = self.http_header_timeout_ms {
+            c.http_header_timeout_ms = v;
         }
         if let Some(v) = self.sync {
             c.sync = v;
@@ -389,6 +402,11 @@ mod tests {
             ),
             ("http", d.http.to_string()),
             ("max-value-bytes", d.max_value_bytes.to_string()),
+            ("http-max-connections", d.http_max_connections.to_string()),
+            (
+                "http-header-timeout-ms",
+                d.http_header_timeout_ms.to_string(),
+            ),
             ("sync", sync.to_string()),
             ("sync-interval-ms", d.sync_interval_ms.to_string()),
         ];

@@ -60,6 +60,11 @@ pub struct Config {
     pub resp: Option<SocketAddr>,
     /// Largest value accepted by a put, in bytes. Larger values get 413.
     pub max_value_bytes: usize,
+    /// Most HTTP connections open at once; the next one gets 503 `too_many_connections`.
+    pub http_max_connections: usize,
+    /// Time an HTTP client has to send a request's headers (and a first request after
+    /// connecting), in milliseconds; a slow or silent client is disconnected.
+    pub http_header_timeout_ms: u64,
     /// fsync policy: `always`, `periodic` (every `sync_interval_ms`) or `never`. Every write
     /// reaches the operating system before it is acknowledged, so a process crash loses nothing
     /// under any policy; the policy decides what a power loss can take.
@@ -88,6 +93,8 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             resp: None,
             max_value_bytes: dynamokv_core::limits::DEFAULT_MAX_VALUE_BYTES,
+            http_max_connections: 4096,
+            http_header_timeout_ms: 10_000,
             sync: SyncMode::Periodic,
             sync_interval_ms: 100,
             cluster_secret: None,
@@ -149,6 +156,11 @@ impl Config {
 
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.http_max_connections == 0 || self.http_header_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "http_max_connections and http_header_timeout_ms must be at least 1".into(),
+            ));
+        }
         if self.max_value_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "max_value_bytes must be at least 1".into(),

@@ -256,17 +256,23 @@ pub async fn run(
             "fault injection is enabled: /admin/faults can drop and delay peer messages"
         );
     }
-    let served = axum::serve(http_listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(io_err("serving HTTP"));
+    http::serve::serve(
+        http_listener,
+        http::router(state),
+        http::serve::HttpLimits {
+            max_connections: config.http_max_connections,
+            header_timeout: std::time::Duration::from_millis(config.http_header_timeout_ms),
+            ..http::serve::HttpLimits::default()
+        },
+        shutdown,
+    )
+    .await;
     handle.stop();
     peer_server.abort();
     if let Some(r) = resp_server {
         r.abort();
     }
     let _ = tokio::task::spawn_blocking(move || node_thread.join()).await;
-    served?;
     blocking("shutting down", move || local.shutdown()).await?;
     tracing::info!("node stopped cleanly");
     Ok(())

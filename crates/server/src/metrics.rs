@@ -144,6 +144,10 @@ fn describe() {
         "Members of the cluster as this node sees them, by status"
     );
     describe_counter!(
+        "dynamokv_http_connections_refused_total",
+        "HTTP connections refused with 503 because the node already served its maximum"
+    );
+    describe_counter!(
         "dynamokv_peer_handshakes_refused_total",
         "Inbound peer connections refused before or during the handshake, by reason: busy (too many handshaking), proof (wrong cluster secret or a replay), protocol (malformed, oversized, out of turn, another version), timeout"
     );

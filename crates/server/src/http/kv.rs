@@ -225,7 +225,10 @@ async fn write(
 
 /// Past the limit, the body is still read and thrown away up to this many bytes, so that a
 /// client still sending gets the 413 instead of a broken connection.
-const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Time a client has to send a whole request body: a client trickling its body is cut off.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads a request body of at most `max` bytes, answering 413 past it.
 async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, ApiError> {
@@ -258,7 +261,20 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8
     let mut value = Vec::with_capacity(declared.unwrap_or(0).min(max));
     let mut seen = 0usize;
     let mut complete = true;
-    while let Some(frame) = body.frame().await {
+    let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
+    while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s; send it at once",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+    {
         let frame = frame.map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

@@ -27,6 +27,7 @@ pub mod errors;
 pub mod faults;
 pub mod kv;
 pub mod render;
+pub mod serve;
 pub mod ui;
 
 pub use errors::ApiError;

@@ -1,0 +1,101 @@
+//! Serving the HTTP API with limits: at most `max_connections` at once (the next one gets a
+//! 503 and is closed), a deadline for each request's headers (hyper's header read timeout, which
+//! also closes a connection that sends nothing, so a slowloris client costs a connection for that
+//! long at most), a cap on the header count, and a deadline for reading a body (in the handlers,
+//! [`super::kv`]). Each connection is HTTP/1.1 on hyper, the router is axum's.
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpListener;
+
+/// Limits of the HTTP port.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and to send a first one after
+    /// connecting.
+    pub header_timeout: Duration,
+    /// Most header fields in a request.
+    pub max_headers: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            max_headers: 100,
+        }
+    }
+}
+
+/// How long open connections get to finish after shutdown begins.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish (up to
+/// 5 s).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(limits.max_headers);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("dynamokv_http_connections_refused_total").increment(1);
+            tracing::debug!(%remote, "refusing an HTTP connection: too many open");
+            tokio::spawn(refuse(stream, limits.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+}
+
+/// Answers 503 to a connection over the limit and closes it (without reading its request).
+async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
+    let body = format!(
+        "{{\"error\":\"too_many_connections\",\"message\":\"this node already serves {limit} HTTP connections; retry, or reuse connections\"}}"
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
