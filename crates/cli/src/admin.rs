@@ -426,6 +426,13 @@ fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
                     "repair round {round} finished on {node}: {} keys repaired so far, {} exchanges, {} failed",
                     p["keys_repaired"], p["exchanges"], p["failed"]
                 );
+                let skipped = p["last_round_skipped"].as_u64().unwrap_or(0);
+                if skipped > 0 && p["last_round"].as_u64() == Some(round) {
+                    eprintln!(
+                        "{skipped} range comparisons were skipped because the peer was down: those ranges may still differ; run the repair again once every node is up"
+                    );
+                    return Ok(ExitCode::from(3));
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             let line = match p["round"].as_object() {

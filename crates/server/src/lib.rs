@@ -161,10 +161,14 @@ pub async fn run(
         http_addr: advertise_http.clone(),
         tokens,
     };
+    let node_config = dynamokv_core::node::NodeConfig {
+        max_value_bytes: config.max_value_bytes,
+        ..config.node
+    };
     let mut core = Node::new(
         me,
         local.identity.actor,
-        config.node,
+        node_config,
         local.store.clone(),
         local.identity.actor.0 ^ node::now_ms(),
         &known,

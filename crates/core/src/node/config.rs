@@ -59,6 +59,10 @@ pub struct NodeConfig {
     pub background_p99_target_ms: u64,
     /// Smallest share of the background budget left when backing off (so jobs finish).
     pub background_min_share: f64,
+    /// Largest value a put may carry, in bytes, checked again by coordinators and replicas on
+    /// what peers send. Set from the server's `max_value_bytes` (not a `[node]` setting).
+    #[serde(skip)]
+    pub max_value_bytes: usize,
 }
 
 impl Default for NodeConfig {
@@ -84,6 +88,7 @@ impl Default for NodeConfig {
             background_bytes_per_sec: 64 << 20,
             background_p99_target_ms: 20,
             background_min_share: 0.01,
+            max_value_bytes: crate::limits::DEFAULT_MAX_VALUE_BYTES,
         }
     }
 }
@@ -119,6 +124,7 @@ impl NodeConfig {
             sessions: self.anti_entropy_sessions,
             timeout_ms: self.request_timeout_ms * 5,
             tombstone_min_age_ms: self.tombstone_min_age_ms,
+            max_value_bytes: self.max_value_bytes,
         }
     }
 }

@@ -120,7 +120,7 @@ impl<S: LocalStore> Node<S> {
             cluster,
             forwarder: Forwarder::default(),
             coordinator: Coordinator::default(),
-            replica: Replica::default(),
+            replica: Replica::new(config.max_value_bytes),
             handoff: Handoff::new(HandoffConfig {
                 scan_interval_ms: config.hint_scan_interval_ms,
                 rate_per_sec: config.hint_rate_per_sec,
@@ -365,6 +365,16 @@ impl<S: LocalStore> Node<S> {
             return self
                 .out
                 .respond(origin, Err(OpError::BadRequest(e.to_string())));
+        }
+        if let ClientRequest::Put { value: Some(v), .. } = &request
+            && v.len() > self.config.max_value_bytes
+        {
+            let why = format!(
+                "a value of {} bytes is over the limit of {} bytes",
+                v.len(),
+                self.config.max_value_bytes
+            );
+            return self.out.respond(origin, Err(OpError::BadRequest(why)));
         }
         let pref = self.preference(request.key());
         if pref.primaries.is_empty() {

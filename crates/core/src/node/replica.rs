@@ -8,9 +8,10 @@ use crate::message::{HandoffMessage, KvMessage, RequestId, WireError};
 use crate::store::{LocalStore, StoreError};
 use crate::version::Object;
 
-/// Counters of the replica side.
-#[derive(Debug, Default)]
+/// The replica side: its limit and counters.
+#[derive(Debug)]
 pub struct Replica {
+    max_value_bytes: usize,
     hints_stored: u64,
     rejected: u64,
 }
@@ -29,8 +30,18 @@ pub fn local_read<S: LocalStore>(store: &S, key: &[u8]) -> Result<Option<Object>
 }
 
 /// Checks a key and object a peer sent.
-pub fn validate(key: &[u8], object: &Object) -> Result<(), WireError> {
+pub fn validate(key: &[u8], object: &Object, max_value_bytes: usize) -> Result<(), WireError> {
     limits::check_key(key).map_err(|e| WireError::Invalid(e.to_string()))?;
+    if let Some(len) = object
+        .siblings()
+        .iter()
+        .filter_map(|s| s.value.as_ref().map(Vec::len))
+        .find(|len| *len > max_value_bytes)
+    {
+        return Err(WireError::Invalid(format!(
+            "a value of {len} bytes is over this node's limit of {max_value_bytes}"
+        )));
+    }
     object
         .validate()
         .map_err(|e| WireError::Invalid(e.to_string()))
@@ -41,6 +52,15 @@ fn storage(e: StoreError) -> WireError {
 }
 
 impl Replica {
+    /// A replica refusing values over `max_value_bytes` from peers too.
+    pub fn new(max_value_bytes: usize) -> Self {
+        Self {
+            max_value_bytes,
+            hints_stored: 0,
+            rejected: 0,
+        }
+    }
+
     /// A coordinator's write: merged into this node's copy, or kept as a hint for `hint` when
     /// this node stands in for it. Answered with an ack.
     #[allow(clippy::too_many_arguments)] // the fields of the message, plus where it goes
@@ -55,7 +75,7 @@ impl Replica {
         hint: Option<String>,
         out: &mut Outbox,
     ) {
-        let result = match (validate(&key, &object), hint) {
+        let result = match (validate(&key, &object, self.max_value_bytes), hint) {
             (Err(e), _) => {
                 self.rejected += 1;
                 Err(e)
@@ -97,7 +117,7 @@ impl Replica {
 
     /// A read repair: merged without an answer.
     pub fn on_repair<S: LocalStore>(&mut self, store: &S, key: Vec<u8>, object: Object) {
-        if validate(&key, &object).is_ok() {
+        if validate(&key, &object, self.max_value_bytes).is_ok() {
             let _ = store.merge(&key, &object);
         } else {
             self.rejected += 1;
@@ -115,7 +135,7 @@ impl Replica {
         object: Object,
         out: &mut Outbox,
     ) {
-        let result = match validate(&key, &object) {
+        let result = match validate(&key, &object, self.max_value_bytes) {
             Err(e) => {
                 self.rejected += 1;
                 Err(e)
@@ -133,5 +153,34 @@ impl Replica {
     /// Peer messages refused as invalid.
     pub fn rejected(&self) -> u64 {
         self.rejected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::{ActorId, VersionVector};
+
+    fn obj(value_len: usize) -> Object {
+        Object::new().update(
+            ActorId(1),
+            &VersionVector::new(),
+            Some(vec![b'x'; value_len]),
+            1,
+        )
+    }
+
+    #[test]
+    fn a_peer_cannot_store_a_value_over_the_limit() {
+        assert!(validate(b"k", &obj(100), 100).is_ok());
+        let e = validate(b"k", &obj(101), 100).unwrap_err();
+        assert!(
+            matches!(&e, WireError::Invalid(m) if m.contains("101 bytes")),
+            "{e:?}"
+        );
+        assert!(
+            validate(b"", &obj(1), 100).is_err(),
+            "and the key rules hold"
+        );
     }
 }

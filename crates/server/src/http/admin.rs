@@ -110,6 +110,7 @@ pub(crate) async fn repair_progress(State(s): State<AppState>) -> Result<Respons
         "node": s.node_id,
         "round": ae.round,
         "last_round": ae.last_round,
+        "last_round_skipped": ae.last_round_skipped,
         "keys_repaired": ae.keys_repaired,
         "exchanges": ae.exchanges,
         "failed": ae.failed,

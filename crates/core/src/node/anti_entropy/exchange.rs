@@ -473,7 +473,9 @@ impl AntiEntropy {
         key: &[u8],
         object: &Object,
     ) -> Option<Object> {
-        if validate(key, object).is_err() || !range.contains(position(key)) {
+        if validate(key, object, self.config.max_value_bytes).is_err()
+            || !range.contains(position(key))
+        {
             return None;
         }
         let mut changed = false;

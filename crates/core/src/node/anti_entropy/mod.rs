@@ -58,6 +58,8 @@ pub struct AntiEntropyConfig {
     pub timeout_ms: u64,
     /// Youngest tombstone that may be collected, ms (wall clock).
     pub tombstone_min_age_ms: u64,
+    /// Largest value taken from a peer.
+    pub max_value_bytes: usize,
 }
 
 /// Counters and progress, for `/admin/stats` and `admin repair`.
@@ -99,6 +101,9 @@ pub struct AntiEntropyStats {
     pub round: Option<RoundProgress>,
     /// The id of the last round finished (0: none yet).
     pub last_round: u64,
+    /// Comparisons the last finished round skipped because the peer was down (its ranges are
+    /// not known to be in sync with that peer).
+    pub last_round_skipped: usize,
 }
 
 /// How far a round is.
@@ -499,6 +504,7 @@ impl AntiEntropy {
         if round.next < round.pairs.len() || running {
             return;
         }
+        self.stats.last_round_skipped = round.progress.skipped;
         self.round = None;
         self.stats.last_round = id;
         self.next_round_at = now + self.config.interval_ms;

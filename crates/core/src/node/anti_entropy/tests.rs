@@ -34,6 +34,7 @@ fn config() -> AntiEntropyConfig {
         sessions: 4,
         timeout_ms: 5_000,
         tombstone_min_age_ms: 1_000,
+        max_value_bytes: 1 << 20,
     }
 }
 
