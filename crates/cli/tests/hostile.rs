@@ -1,11 +1,12 @@
-//! End-to-end: hostile clients on the HTTP port cost a node little and do not stop it serving.
-//! Idle and slowloris connections are cut off after the header deadline, connections past the
-//! cap get 503 at once, and a body declared larger than the limit is refused without waiting for
-//! it.
+//! End-to-end: hostile clients on the HTTP and peer ports cost a node little and do not stop it
+//! serving. Idle and slowloris HTTP connections are cut off after the header deadline,
+//! connections past the cap get 503 at once, and a body declared larger than the limit is
+//! refused without waiting for it. On the peer port, frames before the handshake are small and
+//! few connections may handshake at once, so holding many open costs little memory.
 
 mod common;
 
-use common::{Node, http};
+use common::{Node, dirs, http, rss_kib, start_cluster};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -62,6 +63,19 @@ async fn idle_slow_and_too_many_http_clients_are_cut_off() {
     }
     drop(idle);
 
+    // A kept-alive connection that goes quiet after a request is closed after the deadline too.
+    let mut kept = TcpStream::connect(&addr).unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut first = [0u8; 15];
+    kept.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200 OK");
+    assert!(
+        closed_by_server(&mut kept, Duration::from_secs(10)),
+        "an idle kept-alive connection was kept open"
+    );
+
     // A slowloris client sending a header byte every 100 ms is cut off too.
     let mut slow = TcpStream::connect(&addr).unwrap();
     slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -102,4 +116,73 @@ async fn idle_slow_and_too_many_http_clients_are_cut_off() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peer_connections_cost_little_and_the_node_serves() {
+    let d = dirs(1);
+    let nodes = start_cluster(&d, &[]);
+    let node = &nodes[0];
+    let c = http();
+    let r = c
+        .put(format!("{}/kv/before", node.url))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let pid = node.pid().unwrap();
+    let before = rss_kib(pid);
+    let frame = |body: &[u8]| -> Vec<u8> {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    // The handshake magic and version followed by garbage: refused with the reason.
+    let mut garbage = b"dynamokv".to_vec();
+    garbage.extend_from_slice(&5u16.to_be_bytes());
+    garbage.extend_from_slice(&[0xFF; 300]);
+    let mut bad_hello = TcpStream::connect(&node.peer).unwrap();
+    let _ = bad_hello.write_all(&frame(&garbage));
+    bad_hello
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = bad_hello.read_to_end(&mut answer);
+    assert!(
+        String::from_utf8_lossy(&answer).contains("malformed hello"),
+        "{answer:?}"
+    );
+    // 200 connections, each starting the largest frame allowed before the handshake (64 KiB)
+    // and sending all of it but its last byte (only 64 may handshake at once, the others are
+    // closed); a 4 GiB length prefix; 1 000 connects and disconnects.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(&node.peer).unwrap();
+        let mut f = ((64u32 << 10) - 1).to_be_bytes().to_vec();
+        f.extend(std::iter::repeat_n(0xAB, (64 << 10) - 2));
+        let _ = s.write_all(&f);
+        held.push(s);
+    }
+    let mut huge = TcpStream::connect(&node.peer).unwrap();
+    let _ = huge.write_all(&u32::MAX.to_be_bytes());
+    for _ in 0..1000 {
+        drop(TcpStream::connect(&node.peer).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss_kib(pid);
+    // The node serves meanwhile.
+    let r = c
+        .get(format!("{}/kv/before", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(held);
+    let grew = during.saturating_sub(before);
+    eprintln!("RSS {before} KiB before, {during} KiB with 200 half-sent frames held: +{grew} KiB");
+    assert!(
+        grew < 32 * 1024,
+        "200 pre-handshake connections grew RSS by {grew} KiB"
+    );
 }

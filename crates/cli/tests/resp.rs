@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Node, dirs, start_cluster, wait_for_ring};
+use common::{Node, dirs, rss_kib, start_cluster, wait_for_ring};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -334,15 +334,6 @@ async fn a_pipeline_is_answered_in_order_and_sees_its_own_writes() {
         assert_eq!(a.read(), want, "reply {i}");
     }
     writer.join().unwrap();
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

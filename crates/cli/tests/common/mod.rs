@@ -283,3 +283,13 @@ pub async fn primaries(node: &Node, key: &str) -> Vec<String> {
 pub async fn get_json(url: String) -> serde_json::Value {
     http().get(url).send().await.unwrap().json().await.unwrap()
 }
+
+/// The resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
