@@ -60,6 +60,9 @@ pub struct Config {
     pub resp: Option<SocketAddr>,
     /// Largest value accepted by a put, in bytes. Larger values get 413.
     pub max_value_bytes: usize,
+    /// Client tokens (`[[tokens]]` with `name`, `token`, `scopes`); none: every client may do
+    /// everything. See docs/security.md.
+    pub tokens: Vec<crate::auth::TokenConfig>,
     /// Most HTTP connections open at once; the next one gets 503 `too_many_connections`.
     pub http_max_connections: usize,
     /// Time an HTTP client has to send a request's headers (and a first request after
@@ -93,6 +96,7 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             resp: None,
             max_value_bytes: dynamokv_core::limits::DEFAULT_MAX_VALUE_BYTES,
+            tokens: Vec::new(),
             http_max_connections: 4096,
             http_header_timeout_ms: 10_000,
             sync: SyncMode::Periodic,
@@ -156,6 +160,7 @@ impl Config {
 
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::auth::validate(&self.tokens).map_err(ConfigError::Invalid)?;
         if self.http_max_connections == 0 || self.http_header_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "http_max_connections and http_header_timeout_ms must be at least 1".into(),

@@ -6,6 +6,7 @@
 //! bound (so tools that start nodes on port 0 learn the addresses), joins the cluster through the
 //! seeds, serves until the shutdown future completes, then stops the node thread, records a clean shutdown and syncs.
 
+pub mod auth;
 pub mod config;
 pub mod handshake;
 pub mod history;
@@ -229,6 +230,13 @@ pub async fn run(
         data_dir = %config.data_dir.display(), actor = %local.identity.actor,
         seeds = ?config.seeds, "node started"
     );
+    let tokens = std::sync::Arc::new(auth::Tokens::new(&config.tokens));
+    if tokens.enabled() {
+        tracing::info!(
+            tokens = config.tokens.len(),
+            "client tokens configured: HTTP and RESP requests need one"
+        );
+    }
     let state = http::AppState {
         node: handle.clone(),
         store: local.store.clone(),
@@ -240,6 +248,7 @@ pub async fn run(
         fault_injection: config.enable_fault_injection,
         metrics: metrics::install(),
         data_dir: config.data_dir.clone(),
+        tokens: tokens.clone(),
     };
     let resp_server = resp_listener.zip(resp_addr).map(|(listener, addr)| {
         let state = std::sync::Arc::new(resp::commands::RespState {
@@ -251,6 +260,7 @@ pub async fn run(
             connected: Default::default(),
             accepted: Default::default(),
             commands: Default::default(),
+            tokens: tokens.clone(),
         });
         let limits = resp::codec::Limits::for_values(config.max_value_bytes);
         tokio::spawn(resp::serve(listener, state, limits))

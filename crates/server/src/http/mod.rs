@@ -75,6 +75,8 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The node's data directory (its size is a metric).
     pub data_dir: std::path::PathBuf,
+    /// Client tokens (none: open).
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
 /// The router of the HTTP API.
@@ -117,7 +119,67 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .with_state(state)
+}
+
+/// The scope a request needs, or `None` for what anyone may fetch (health, the page's files).
+fn needed_scope(method: &axum::http::Method, path: &str) -> Option<crate::auth::Scope> {
+    use crate::auth::Scope;
+    match path {
+        "/health" | "/" | "/ui" | "/ui/" | "/ui/app.js" | "/ui/style.css" => None,
+        p if p == "/kv" || p.starts_with("/kv/") => Some(
+            if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+                Scope::Read
+            } else {
+                Scope::Write
+            },
+        ),
+        _ => Some(Scope::Admin),
+    }
+}
+
+/// Checks the request's bearer token against the configured tokens (when there are any).
+async fn authenticate(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(needed) = needed_scope(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    match s.tokens.check(presented, needed) {
+        Ok(()) => next.run(req).await,
+        Err(crate::auth::Refusal::Unauthenticated) => {
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this node requires a token: send Authorization: Bearer <token>",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+        Err(crate::auth::Refusal::Forbidden { name, needed }) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token {name:?} lacks the {} scope this request needs",
+                needed.as_str()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn health(State(s): State<AppState>) -> Response {

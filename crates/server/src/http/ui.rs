@@ -51,7 +51,12 @@ const VIEW_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `GET /admin/views`: every member's own view of the members (id, status, up), asked over
 /// HTTP at once; a member that does not answer within a second is listed with the error.
-pub(crate) async fn views(State(s): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn views(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    // The caller's token, passed on: every node of a cluster is given the same tokens.
+    let authorization = headers.get(header::AUTHORIZATION).cloned();
     let members = query(&s, |n| {
         n.members()
             .values()
@@ -72,10 +77,15 @@ pub(crate) async fn views(State(s): State<AppState>) -> Result<Response, ApiErro
         })?;
     let asks = members.into_iter().map(|(id, addr)| {
         let client = client.clone();
+        let authorization = authorization.clone();
         async move {
             let url = format!("http://{addr}/admin/ring");
             let answer = async {
-                let r = client.get(&url).send().await?.error_for_status()?;
+                let mut ask = client.get(&url);
+                if let Some(a) = authorization {
+                    ask = ask.header(header::AUTHORIZATION, a);
+                }
+                let r = ask.send().await?.error_for_status()?;
                 r.json::<dynamokv_core::node::RingInfo>().await
             };
             match answer.await {

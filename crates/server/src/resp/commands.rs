@@ -31,6 +31,8 @@ pub struct RespState {
     pub accepted: AtomicU64,
     /// Commands served so far.
     pub commands: AtomicU64,
+    /// Client tokens (none: open).
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
 /// One connection's own settings.
@@ -40,6 +42,40 @@ pub struct Conn {
     pub id: u64,
     /// Set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
     pub name: Option<Vec<u8>>,
+    /// The token given with `AUTH` (or `HELLO ... AUTH`), if it was a configured one.
+    pub token: Option<Vec<u8>>,
+}
+
+/// Whether the connection may run `args` (always, when no token is configured): `AUTH`,
+/// `HELLO` and `QUIT` need no token, reads need the read scope, writes the write scope, every
+/// other command any valid token. The error reply otherwise.
+pub fn permitted(state: &RespState, conn: &Conn, args: &[Vec<u8>]) -> Result<(), String> {
+    use crate::auth::{Refusal, Scope};
+    if !state.tokens.enabled() {
+        return Ok(());
+    }
+    let needed = match access(args) {
+        Access::Reads(_) => Scope::Read,
+        Access::Writes(_) => Scope::Write,
+        Access::Quit => return Ok(()),
+        Access::None => match name(args).as_slice() {
+            b"AUTH" | b"HELLO" => return Ok(()),
+            _ => {
+                return match conn.token.as_deref() {
+                    Some(t) if state.tokens.find(t).is_some() => Ok(()),
+                    _ => Err("NOAUTH Authentication required.".into()),
+                };
+            }
+        },
+    };
+    match state.tokens.check(conn.token.as_deref(), needed) {
+        Ok(()) => Ok(()),
+        Err(Refusal::Unauthenticated) => Err("NOAUTH Authentication required.".into()),
+        Err(Refusal::Forbidden { name, needed }) => Err(format!(
+            "NOPERM token '{name}' lacks the {} scope this command needs",
+            needed.as_str()
+        )),
+    }
 }
 
 /// How a command touches keys, for running a pipeline's commands side by side.

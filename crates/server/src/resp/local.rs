@@ -171,7 +171,23 @@ pub fn run_local(state: &RespState, conn: &mut Conn, args: &[Vec<u8>], out: &mut
             "ERR DBSIZE is not supported: a replicated cluster has no exact key count to give; see /admin/stats on the HTTP port for per-node figures",
         ),
         b"INFO" => info(state, out),
-        b"HELLO" => hello(conn, args, out),
+        b"HELLO" => hello(state, conn, args, out),
+        b"AUTH" if n == 2 || n == 3 => {
+            if auth(state, conn, args[1..].iter().map(Vec::as_slice)) {
+                simple(out, "OK");
+            } else if !state.tokens.enabled() {
+                error(
+                    out,
+                    "ERR AUTH called, but this node has no tokens configured: no AUTH is needed",
+                );
+            } else {
+                error(
+                    out,
+                    "WRONGPASS invalid username-password pair or user is disabled.",
+                );
+            }
+        }
+        b"AUTH" => wrong_arity(out, args),
         b"CLIENT" if n >= 2 => client(conn, args, out),
         b"CONFIG" if n >= 2 => config(args, out),
         b"COMMAND" => command(args, out),
@@ -193,7 +209,24 @@ fn info(state: &RespState, out: &mut Vec<u8>) {
     bulk(out, Some(text.as_bytes()));
 }
 
-fn hello(conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>) {
+/// `AUTH token` or `AUTH name token`: true when it names a configured token (the connection
+/// then uses it); otherwise the connection loses any token it had.
+fn auth<'a>(state: &RespState, conn: &mut Conn, mut args: impl Iterator<Item = &'a [u8]>) -> bool {
+    let (first, second) = (args.next(), args.next());
+    let (name, token) = match (first, second) {
+        (Some(t), None) => (None, t),
+        (Some(n), Some(t)) => (Some(n), t),
+        _ => return false,
+    };
+    let ok = state.tokens.enabled()
+        && state.tokens.find(token).is_some_and(|(found, _)| {
+            name.is_none_or(|n| n == found.as_bytes() || n == b"default")
+        });
+    conn.token = ok.then(|| token.to_vec());
+    ok
+}
+
+fn hello(state: &RespState, conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>) {
     if let Some(v) = args.get(1)
         && v.as_slice() != b"2"
     {
@@ -209,10 +242,22 @@ fn hello(conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>) {
                 conn.name = Some(args[i + 1].clone());
                 i += 2;
             }
-            b"AUTH" => {
-                return error(out, "ERR AUTH is not supported by this endpoint");
+            b"AUTH" if i + 2 < args.len() => {
+                let pair = [args[i + 1].as_slice(), args[i + 2].as_slice()];
+                if !auth(state, conn, pair.into_iter()) {
+                    return error(
+                        out,
+                        "WRONGPASS invalid username-password pair or user is disabled.",
+                    );
+                }
+                i += 3;
             }
-            _ => return error(out, "ERR syntax error in HELLO: use HELLO 2 [SETNAME name]"),
+            _ => {
+                return error(
+                    out,
+                    "ERR syntax error in HELLO: use HELLO 2 [AUTH name token] [SETNAME name]",
+                );
+            }
         }
     }
     array(out, 14);

@@ -65,6 +65,7 @@ async fn connection(
     let mut conn = Conn {
         id: state.accepted.fetch_add(1, Ordering::Relaxed) + 1,
         name: None,
+        token: None,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -183,6 +184,9 @@ async fn run_group(
         && let Some(args) = group.pop()
     {
         // The common case (no pipelining): no bookkeeping.
+        if let Err(e) = commands::permitted(state, conn, &args) {
+            return codec::error(out, &e);
+        }
         match commands::access(&args) {
             Access::Reads(_) | Access::Writes(_) => {
                 out.extend(commands::run_keyed(state.clone(), args).await);
@@ -194,6 +198,10 @@ async fn run_group(
     let mut replies: Vec<Vec<u8>> = vec![Vec::new(); group.len()];
     let mut pending = Vec::new();
     for (i, args) in group.into_iter().enumerate() {
+        if let Err(e) = commands::permitted(state, conn, &args) {
+            codec::error(&mut replies[i], &e);
+            continue;
+        }
         match commands::access(&args) {
             Access::Reads(_) | Access::Writes(_) => {
                 let state = state.clone();

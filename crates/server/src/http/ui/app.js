@@ -10,6 +10,8 @@ const TWO64 = 18446744073709551616;
 
 const $ = (sel) => document.querySelector(sel);
 let samples = [];
+// A token, when the node requires one: kept for this tab only.
+let token = sessionStorage.getItem("dynamokv-token");
 let colors = new Map();
 let keyPosition = null;
 let lastContext = null;
@@ -34,7 +36,11 @@ function fill(tbody, rows) {
 }
 
 async function json(url, options) {
-  const response = await fetch(url, options);
+  const opts = Object.assign({}, options || {});
+  opts.headers = Object.assign({}, opts.headers || {});
+  if (token) opts.headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(url, opts);
+  if (response.status === 401) $("#token-form").hidden = false;
   const text = await response.text();
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch (_) { body = { message: text }; }
@@ -275,6 +281,13 @@ async function keyOperation(method) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("#views-button").addEventListener("click", askEveryNode);
+  $("#token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    token = $("#token").value;
+    sessionStorage.setItem("dynamokv-token", token);
+    $("#token-form").hidden = true;
+    refresh();
+  });
   $("#get").addEventListener("click", () => keyOperation("GET"));
   $("#put").addEventListener("click", () => keyOperation("PUT"));
   $("#delete").addEventListener("click", () => keyOperation("DELETE"));
