@@ -397,8 +397,9 @@ impl Transport {
     async fn inbound(self, stream: TcpStream, remote: String) {
         // Unauthenticated connections are few and small: over the cap, close at once.
         let Ok(permit) = self.inner.handshaking.clone().try_acquire_owned() else {
-            refused("busy");
-            tracing::warn!(%remote, limit = MAX_HANDSHAKING, "closing peer connection: too many handshakes in progress");
+            if refused("busy") {
+                tracing::warn!(%remote, limit = MAX_HANDSHAKING, "closing peer connection: too many handshakes in progress");
+            }
             return;
         };
         let mut framed = Framed::new(stream, codec(HANDSHAKE_MAX_FRAME));
@@ -407,18 +408,21 @@ impl Transport {
         let theirs = match accepted {
             Ok(Ok(member)) => member,
             Ok(Err(why)) => {
-                refused(if why.contains("proof") {
+                let reason = if why.contains("proof") {
                     "proof"
                 } else {
                     "protocol"
-                });
-                tracing::warn!(%remote, reason = %why, "refusing peer connection");
+                };
+                if refused(reason) {
+                    tracing::warn!(%remote, reason = %why, "refusing peer connection");
+                }
                 let _ = framed.send(encode_frame(&Frame::Refused(why))).await;
                 return;
             }
             Err(_) => {
-                refused("timeout");
-                tracing::warn!(%remote, "closing peer connection: handshake not done within 5 s");
+                if refused("timeout") {
+                    tracing::warn!(%remote, "closing peer connection: handshake not done within 5 s");
+                }
                 return;
             }
         };
@@ -498,10 +502,65 @@ impl Transport {
 
 /// Counts an inbound handshake refused, by reason: `busy` (too many at once), `proof` (wrong
 /// secret or replay), `protocol` (malformed, oversized, out of turn, another version),
-/// `timeout`.
-fn refused(reason: &'static str) {
+/// `timeout`. Returns whether to log it: at most 10 warnings per 10 s, then one line saying how
+/// many more there were, so that a flood of connections cannot flood the log.
+fn refused(reason: &'static str) -> bool {
     metrics::counter!("dynamokv_peer_handshakes_refused_total", "reason" => reason).increment(1);
+    let (log, earlier) = REFUSALS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .admit(std::time::Instant::now());
+    if earlier > 0 {
+        tracing::warn!(
+            suppressed = earlier,
+            "{earlier} more peer connections were refused in the last 10 s (not logged one by one; see dynamokv_peer_handshakes_refused_total)"
+        );
+    }
+    log
 }
+
+/// Lets through at most [`LogWindow::LIMIT`] events per 10 s and counts the others.
+struct LogWindow {
+    start: Option<std::time::Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogWindow {
+    const LIMIT: u32 = 10;
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    /// Whether the event at `now` is logged, and how many the window that just ended did not
+    /// log (to be said once).
+    fn admit(&mut self, now: std::time::Instant) -> (bool, u64) {
+        let mut ended = 0;
+        if self
+            .start
+            .is_none_or(|s| now.duration_since(s) >= Self::PERIOD)
+        {
+            ended = self.suppressed;
+            *self = LogWindow {
+                start: Some(now),
+                logged: 0,
+                suppressed: 0,
+            };
+        }
+        if self.logged < Self::LIMIT {
+            self.logged += 1;
+            (true, ended)
+        } else {
+            self.suppressed += 1;
+            (false, ended)
+        }
+    }
+}
+
+/// The window of refused-handshake warnings.
+static REFUSALS: Mutex<LogWindow> = Mutex::new(LogWindow {
+    start: None,
+    logged: 0,
+    suppressed: 0,
+});
 
 async fn send(
     framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
@@ -622,5 +681,29 @@ async fn pump(
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_warnings_are_limited_per_window_and_summed_up_once() {
+        let mut w = LogWindow {
+            start: None,
+            logged: 0,
+            suppressed: 0,
+        };
+        let t0 = std::time::Instant::now();
+        let logged = (0..25).filter(|_| w.admit(t0).0).count();
+        assert_eq!(logged, 10, "ten logged one by one");
+        let (log, earlier) = w.admit(t0 + Duration::from_secs(11));
+        assert!(log);
+        assert_eq!(
+            earlier, 15,
+            "the fifteen others said once, in the next window"
+        );
+        assert_eq!(w.admit(t0 + Duration::from_secs(12)).1, 0);
     }
 }
