@@ -12,6 +12,7 @@ pub mod handshake;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod log_window;
 pub mod metrics;
 pub mod node;
 pub mod resp;

@@ -23,6 +23,7 @@
 //! are dropped - the coordinator's timeouts and the node's view of who is up handle that.
 
 use crate::handshake::{PROOF_LEN, PeerKey, Role, nonce};
+use crate::log_window::LogWindow;
 use axum::body::Bytes;
 use dynamokv_core::membership::Member;
 use dynamokv_core::message::Message;
@@ -519,48 +520,8 @@ fn refused(reason: &'static str) -> bool {
     log
 }
 
-/// Lets through at most [`LogWindow::LIMIT`] events per 10 s and counts the others.
-struct LogWindow {
-    start: Option<std::time::Instant>,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl LogWindow {
-    const LIMIT: u32 = 10;
-    const PERIOD: Duration = Duration::from_secs(10);
-
-    /// Whether the event at `now` is logged, and how many the window that just ended did not
-    /// log (to be said once).
-    fn admit(&mut self, now: std::time::Instant) -> (bool, u64) {
-        let mut ended = 0;
-        if self
-            .start
-            .is_none_or(|s| now.duration_since(s) >= Self::PERIOD)
-        {
-            ended = self.suppressed;
-            *self = LogWindow {
-                start: Some(now),
-                logged: 0,
-                suppressed: 0,
-            };
-        }
-        if self.logged < Self::LIMIT {
-            self.logged += 1;
-            (true, ended)
-        } else {
-            self.suppressed += 1;
-            (false, ended)
-        }
-    }
-}
-
 /// The window of refused-handshake warnings.
-static REFUSALS: Mutex<LogWindow> = Mutex::new(LogWindow {
-    start: None,
-    logged: 0,
-    suppressed: 0,
-});
+static REFUSALS: Mutex<LogWindow> = Mutex::new(LogWindow::new());
 
 async fn send(
     framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
@@ -681,29 +642,5 @@ async fn pump(
                 };
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusal_warnings_are_limited_per_window_and_summed_up_once() {
-        let mut w = LogWindow {
-            start: None,
-            logged: 0,
-            suppressed: 0,
-        };
-        let t0 = std::time::Instant::now();
-        let logged = (0..25).filter(|_| w.admit(t0).0).count();
-        assert_eq!(logged, 10, "ten logged one by one");
-        let (log, earlier) = w.admit(t0 + Duration::from_secs(11));
-        assert!(log);
-        assert_eq!(
-            earlier, 15,
-            "the fifteen others said once, in the next window"
-        );
-        assert_eq!(w.admit(t0 + Duration::from_secs(12)).1, 0);
     }
 }

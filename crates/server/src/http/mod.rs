@@ -154,7 +154,9 @@ async fn authenticate(
     let presented = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .map(axum::http::HeaderValue::as_bytes)
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..]);
     match s.tokens.check(presented, needed) {
         Ok(()) => next.run(req).await,
         Err(crate::auth::Refusal::Unauthenticated) => {
