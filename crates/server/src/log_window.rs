@@ -3,12 +3,6 @@
 
 use std::time::Duration;
 
-impl Default for LogWindow {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Lets through at most [`LogWindow::LIMIT`] events per 10 s and counts the others.
 #[derive(Debug)]
 pub struct LogWindow {
@@ -53,6 +47,12 @@ impl LogWindow {
             self.suppressed += 1;
             (false, ended)
         }
+    }
+}
+
+impl Default for LogWindow {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -579,7 +579,7 @@ impl<S: LocalStore> Node<S> {
             .values()
             .any(|m| m.status == Status::Left && m.id != cluster.id() && cluster.is_up(&m.id));
         self.anti_entropy.set_outsiders_up(outsiders_up);
-        self.anti_entropy.set_share(self.scheduler.stats().share);
+        self.anti_entropy.set_share(self.scheduler.share());
         self.anti_entropy.tick(
             now,
             cluster.id(),

@@ -221,6 +221,11 @@ impl Scheduler {
         &mut self.budget
     }
 
+    /// The share of the budget in use now (0..=1).
+    pub fn share(&self) -> f64 {
+        self.stats.share
+    }
+
     /// The last two minutes of foreground traffic, a second each, oldest first.
     pub fn history(&self) -> Vec<Second> {
         self.history.iter().copied().collect()

@@ -148,6 +148,9 @@ async fn authenticate(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if !s.tokens.enabled() {
+        return next.run(req).await;
+    }
     let Some(needed) = needed_scope(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
