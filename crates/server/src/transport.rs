@@ -193,7 +193,9 @@ pub struct Transport {
     inner: Arc<Inner>,
 }
 
-fn codec(max_frame: usize) -> LengthDelimitedCodec {
+/// The peer port's framing: a 4-byte big-endian length, then that many bytes, at most
+/// `max_frame` (a longer length is refused before anything is read or reserved for it).
+pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_length(4)
         .max_frame_length(max_frame)

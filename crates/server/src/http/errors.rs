@@ -23,6 +23,16 @@ impl ApiError {
         self.status
     }
 
+    /// The machine-readable code (`bad_key`, `bad_query`...).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The message saying what to do.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// An error answered with `status`, machine-readable `code` and a `message` saying what to
     /// do.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {

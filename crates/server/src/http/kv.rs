@@ -16,7 +16,7 @@ use dynamokv_core::{ContextCodec, Object, VersionVector};
 
 /// Reads the quorum parameters `names` (e.g. `r` and `pr`) from the query, each 0..=255, names
 /// and values percent-decoded; any other parameter, or one given twice, is refused.
-fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiError> {
+pub fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiError> {
     let bad_query = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message);
     let mut values = [None, None];
     for pair in uri
@@ -64,7 +64,9 @@ fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiErro
     Ok(values)
 }
 
-fn context_from(
+/// The client's context from the X-Context header of a write to `key`: `None` without one, refused
+/// (400 bad_context) when it is not ASCII or not a token this cluster issued for `key`.
+pub fn context_from(
     codec: &ContextCodec,
     key: &[u8],
     headers: &HeaderMap,

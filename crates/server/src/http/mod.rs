@@ -232,7 +232,7 @@ async fn missing_key() -> ApiError {
 }
 
 /// The key: the percent-decoded path segment after `prefix`.
-pub(crate) fn key_after(uri: &Uri, prefix: &str) -> Result<Vec<u8>, ApiError> {
+pub fn key_after(uri: &Uri, prefix: &str) -> Result<Vec<u8>, ApiError> {
     let raw = uri
         .path()
         .strip_prefix(prefix)
@@ -249,7 +249,7 @@ pub(crate) fn key_after(uri: &Uri, prefix: &str) -> Result<Vec<u8>, ApiError> {
 
 /// Percent-decodes `raw`, refusing a `%` not followed by two hex digits (taking it literally
 /// would make `%G1` and `%25G1` the same key). The error says where.
-pub(crate) fn percent_decode_strict(raw: &str) -> Result<Vec<u8>, String> {
+pub fn percent_decode_strict(raw: &str) -> Result<Vec<u8>, String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
