@@ -24,6 +24,9 @@ pub enum AdminCommand {
     /// Declares a dead node removed: the new owners of its ranges rebuild them from the
     /// surviving replicas. Shows the plan first.
     Remove(RemoveArgs),
+    /// Creates a cluster CA (or reuses the one in --out) and issues node and client
+    /// certificates for TLS (--tls-cert, --tls-key, --tls-ca; see docs/security.md).
+    Certs(crate::certs::CertsArgs),
 }
 
 /// Flags of `dynamokv admin join` and `leave`.
@@ -232,6 +235,7 @@ pub fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
         AdminCommand::Join(args) => change(args, false),
         AdminCommand::Leave(args) => change(args, true),
         AdminCommand::Remove(args) => remove(args),
+        AdminCommand::Certs(args) => crate::certs::run(args),
     }
 }
 
@@ -239,7 +243,7 @@ fn runtime() -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let http = reqwest::Client::builder()
+    let http = dynamokv_client::tls::builder()
         .timeout(std::time::Duration::from_secs(5))
         .build()?;
     Ok((rt, http))
@@ -366,7 +370,11 @@ async fn everyone_sees(http: &reqwest::Client, url: &str, id: &str, status: &str
         if m["id"] == id || m["status"] == "left" {
             continue;
         }
-        let other = format!("http://{}", m["http_addr"].as_str().unwrap_or_default());
+        let other = format!(
+            "{}://{}",
+            dynamokv_client::tls::scheme_of(url),
+            m["http_addr"].as_str().unwrap_or_default()
+        );
         let Ok(view) = fetch(http, &other, "members").await else {
             continue;
         };
@@ -401,7 +409,7 @@ fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let http = reqwest::Client::builder()
+        let http = dynamokv_client::tls::builder()
             .timeout(std::time::Duration::from_secs(5))
             .build()?;
         let url = format!("{}/admin/repair", args.node.url.trim_end_matches('/'));
@@ -463,7 +471,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let http = reqwest::Client::builder()
+        let http = dynamokv_client::tls::builder()
             .timeout(std::time::Duration::from_secs(5))
             .build()?;
         let first = members(&http, &args.node.url).await?;
@@ -479,7 +487,11 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let mut all_up = true;
         let mut views = Vec::new();
         for m in first["members"].as_array().into_iter().flatten() {
-            let url = format!("http://{}", m["http_addr"].as_str().unwrap_or_default());
+            let url = format!(
+                "{}://{}",
+                dynamokv_client::tls::scheme_of(&args.node.url),
+                m["http_addr"].as_str().unwrap_or_default()
+            );
             match members(&http, &url).await {
                 Ok(v) => {
                     versions.insert(v["ring_version"].as_str().unwrap_or_default().to_owned());

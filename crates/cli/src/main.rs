@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod bench_storage;
+mod certs;
 mod dev;
 mod kv;
 mod ring_balance;
@@ -22,6 +23,34 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// For https:// node URLs: the CA certificate to trust (PEM; the cluster CA).
+    #[arg(
+        id = "tls_client_ca",
+        long = "cacert",
+        global = true,
+        env = "DYNAMOKV_CACERT",
+        value_name = "PEM"
+    )]
+    cacert: Option<std::path::PathBuf>,
+    /// For https:// node URLs: a client certificate to present (PEM), for nodes started with
+    /// --tls-require-client-cert.
+    #[arg(
+        id = "tls_client_cert",
+        long = "cert",
+        global = true,
+        env = "DYNAMOKV_CERT",
+        value_name = "PEM"
+    )]
+    cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(
+        id = "tls_client_key",
+        long = "key",
+        global = true,
+        env = "DYNAMOKV_KEY",
+        value_name = "PEM"
+    )]
+    key: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +78,15 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let tls = dynamokv_client::tls::ClientTls {
+        ca: cli.cacert.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
+    if let Err(e) = dynamokv_client::tls::configure(&tls) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Server(args) => server::run(*args),

@@ -119,6 +119,20 @@ pub struct ServerArgs {
     /// are disconnected. [default: 10000]
     #[arg(long, value_name = "MS")]
     http_header_timeout_ms: Option<u64>,
+    /// This node's TLS certificate (PEM, issued by the cluster CA; `dynamokv admin certs` makes
+    /// one). With --tls-key and --tls-ca, every port speaks TLS: mutual TLS between nodes,
+    /// HTTPS and RESP over TLS for clients. [default: off, plaintext]
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM): peers must present a certificate it issued.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// Require HTTP and RESP clients to present a certificate of the cluster CA too.
+    #[arg(long)]
+    tls_require_client_cert: bool,
     /// When to fsync: `always` (before acknowledging each write), `periodic` (every
     /// --sync-interval-ms) or `never` (leave it to the OS). A process crash loses nothing under
     /// any of them; they differ on power loss. [default: periodic]
@@ -250,6 +264,18 @@ impl ServerArgs {
         }
         if let Some(v) = self.http_header_timeout_ms {
             c.http_header_timeout_ms = v;
+        }
+        if let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            c.tls = Some(dynamokv_server::tls::TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+                require_client_cert: self.tls_require_client_cert,
+            });
+        } else if self.tls_require_client_cert
+            && let Some(t) = &mut c.tls
+        {
+            t.require_client_cert = true;
         }
         if let Some(v) = self.sync {
             c.sync = v;

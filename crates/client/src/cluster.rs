@@ -112,8 +112,9 @@ impl ClusterClient {
                     let ring = ring_of_info(&info)
                         .map_err(|e| ClientError::Protocol(format!("bad ring: {e}")))?;
                     let mut nodes = BTreeMap::new();
+                    let scheme = crate::tls::scheme_of(node.base_url());
                     for m in &info.members {
-                        let url = format!("http://{}", m.member.http_addr);
+                        let url = format!("{scheme}://{}", m.member.http_addr);
                         nodes.insert(
                             m.member.id.clone(),
                             Client::with_http(self.http.clone(), &url)?,

@@ -19,6 +19,7 @@
 //! next node when one is unreachable.
 
 mod cluster;
+pub mod tls;
 pub use cluster::{ClusterClient, Routing};
 
 use base64::Engine as _;
@@ -58,6 +59,9 @@ pub enum ClientError {
     /// The node answered something this client does not understand.
     #[error("unexpected answer from the node: {0}")]
     Protocol(String),
+    /// The TLS files could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The base URL is not usable.
     #[error("invalid node URL {0:?}: use http://HOST:PORT")]
     BadUrl(String),
@@ -126,7 +130,7 @@ pub struct Client {
 
 /// A connection pool with the client's timeouts.
 pub fn http_client() -> Result<reqwest::Client, ClientError> {
-    reqwest::Client::builder()
+    tls::builder()
         .timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(5))
         .build()

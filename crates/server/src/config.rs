@@ -68,6 +68,9 @@ pub struct Config {
     /// Time an HTTP client has to send a request's headers (and a first request after
     /// connecting), in milliseconds; a slow or silent client is disconnected.
     pub http_header_timeout_ms: u64,
+    /// TLS on every port (`[tls]` with `cert`, `key`, `ca`, `require_client_cert`); none:
+    /// plaintext. See docs/security.md.
+    pub tls: Option<crate::tls::TlsConfig>,
     /// fsync policy: `always`, `periodic` (every `sync_interval_ms`) or `never`. Every write
     /// reaches the operating system before it is acknowledged, so a process crash loses nothing
     /// under any policy; the policy decides what a power loss can take.
@@ -99,6 +102,7 @@ impl Default for Config {
             tokens: Vec::new(),
             http_max_connections: 4096,
             http_header_timeout_ms: 10_000,
+            tls: None,
             sync: SyncMode::Periodic,
             sync_interval_ms: 100,
             cluster_secret: None,

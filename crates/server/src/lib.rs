@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod node;
 pub mod resp;
 pub mod runtime;
+pub mod tls;
 pub mod transport;
 
 pub use config::{Config, ConfigError, SyncMode};
@@ -70,6 +71,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => Some(tls::Tls::load(files).map_err(ConfigError::Invalid)?),
+    };
     let cfg = config.clone();
     let local = blocking("opening the data directory", move || LocalState::open(&cfg)).await?;
     if let Some(why) = local.identity.fresh_actor {
@@ -198,6 +203,7 @@ pub async fn run(
         handle.transport_sink(),
         config.max_frame_bytes,
         tokio::runtime::Handle::current(),
+        tls.clone(),
     );
     let node_thread = {
         let transport = transport.clone();
@@ -219,9 +225,10 @@ pub async fn run(
     {
         let mut out = std::io::stdout().lock();
         let resp = resp_addr.map(|a| format!(" resp={a}")).unwrap_or_default();
+        let tls_note = if tls.is_some() { " tls=on" } else { "" };
         let _ = writeln!(
             out,
-            "listening http={http_addr} peer={peer_addr} node={}{resp}",
+            "listening http={http_addr} peer={peer_addr} node={}{resp}{tls_note}",
             local.node_id
         );
         let _ = out.flush();
@@ -250,6 +257,7 @@ pub async fn run(
         metrics: metrics::install(),
         data_dir: config.data_dir.clone(),
         tokens: tokens.clone(),
+        tls: tls.clone(),
     };
     let resp_server = resp_listener.zip(resp_addr).map(|(listener, addr)| {
         let state = std::sync::Arc::new(resp::commands::RespState {
@@ -264,7 +272,7 @@ pub async fn run(
             tokens: tokens.clone(),
         });
         let limits = resp::codec::Limits::for_values(config.max_value_bytes);
-        tokio::spawn(resp::serve(listener, state, limits))
+        tokio::spawn(resp::serve(listener, state, limits, tls.clone()))
     });
     if config.enable_fault_injection {
         tracing::warn!(
@@ -279,6 +287,7 @@ pub async fn run(
             header_timeout: std::time::Duration::from_millis(config.http_header_timeout_ms),
             ..http::serve::HttpLimits::default()
         },
+        tls.clone(),
         shutdown,
     )
     .await;

@@ -24,6 +24,7 @@
 
 use crate::handshake::{PROOF_LEN, PeerKey, Role, nonce};
 use crate::log_window::LogWindow;
+use crate::tls::{BoxedIo, Tls};
 use axum::body::Bytes;
 use dynamokv_core::membership::Member;
 use dynamokv_core::message::Message;
@@ -35,6 +36,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// A peer connection, framed: over TCP, or over TLS when the node has [`Tls`] configured.
+type PeerConn = Framed<BoxedIo, LengthDelimitedCodec>;
 
 /// The version of the peer protocol. Peers with another version are refused at handshake, with
 /// a reason naming both versions. Version 2 groups messages by family (kv, handoff, gossip) and
@@ -185,6 +189,7 @@ struct Inner {
     max_frame: usize,
     runtime: tokio::runtime::Handle,
     faults: Mutex<FaultRules>,
+    tls: Option<Tls>,
 }
 
 /// The node's connections to its peers.
@@ -204,13 +209,14 @@ pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
 
 impl Transport {
     /// A transport announcing `me`, proving membership with `key`, delivering what peers send
-    /// to `events`.
+    /// to `events`; over mutual TLS when `tls` is given.
     pub fn new(
         me: Member,
         key: PeerKey,
         events: EventSink,
         max_frame: usize,
         runtime: tokio::runtime::Handle,
+        tls: Option<Tls>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -222,6 +228,7 @@ impl Transport {
                 max_frame,
                 runtime,
                 faults: Mutex::new(FaultRules::default()),
+                tls,
             }),
         }
     }
@@ -328,15 +335,18 @@ impl Transport {
     }
 
     /// Connects and handshakes with `addr`, returning the peer's record and the connection.
-    async fn handshake(
-        &self,
-        addr: &str,
-    ) -> Result<(Member, Framed<TcpStream, LengthDelimitedCodec>), String> {
+    async fn handshake(&self, addr: &str) -> Result<(Member, PeerConn), String> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| format!("connect failed: {e}"))?;
         let _ = stream.set_nodelay(true);
+        let stream: BoxedIo = match &self.inner.tls {
+            Some(tls) => tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect_peer(addr, stream))
+                .await
+                .map_err(|_| "TLS handshake timed out".to_owned())??,
+            None => Box::new(stream),
+        };
         let mut framed = Framed::new(stream, codec(HANDSHAKE_MAX_FRAME));
         let mine = self.inner.me.clone();
         let key = &self.inner.key;
@@ -405,12 +415,31 @@ impl Transport {
             }
             return;
         };
-        let mut framed = Framed::new(stream, codec(HANDSHAKE_MAX_FRAME));
-        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.accept(&mut framed)).await;
+        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let io: BoxedIo = match &self.inner.tls {
+                Some(tls) => match tls.accept_peer(stream).await {
+                    Ok(io) => io,
+                    Err(why) => return Err((why, None)),
+                },
+                None => Box::new(stream),
+            };
+            let mut framed = Framed::new(io, codec(HANDSHAKE_MAX_FRAME));
+            match self.accept(&mut framed).await {
+                Ok(member) => Ok((member, framed)),
+                Err(why) => Err((why, Some(framed))),
+            }
+        })
+        .await;
         drop(permit);
-        let theirs = match accepted {
-            Ok(Ok(member)) => member,
-            Ok(Err(why)) => {
+        let (theirs, mut framed) = match accepted {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err((why, None))) => {
+                if refused("tls") {
+                    tracing::warn!(%remote, reason = %why, "refusing peer connection");
+                }
+                return;
+            }
+            Ok(Err((why, Some(mut framed)))) => {
                 let reason = if why.contains("proof") {
                     "proof"
                 } else {
@@ -465,10 +494,7 @@ impl Transport {
 impl Transport {
     /// The acceptor's side of the handshake, up to the welcome; the dialer's record, or why it
     /// is refused.
-    async fn accept(
-        &self,
-        framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
-    ) -> Result<Member, String> {
+    async fn accept(&self, framed: &mut PeerConn) -> Result<Member, String> {
         let first = match framed.next().await {
             Some(Ok(bytes)) => bytes,
             Some(Err(e)) => return Err(format!("bad frame in handshake: {e}")),
@@ -525,17 +551,14 @@ fn refused(reason: &'static str) -> bool {
 /// The window of refused-handshake warnings.
 static REFUSALS: Mutex<LogWindow> = Mutex::new(LogWindow::new());
 
-async fn send(
-    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
-    frame: Bytes,
-) -> Result<(), String> {
+async fn send(framed: &mut PeerConn, frame: Bytes) -> Result<(), String> {
     framed
         .send(frame)
         .await
         .map_err(|e| format!("handshake send failed: {e}"))
 }
 
-async fn receive(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Result<Frame, String> {
+async fn receive(framed: &mut PeerConn) -> Result<Frame, String> {
     match framed.next().await {
         Some(Ok(bytes)) => decode_frame(&bytes),
         Some(Err(e)) => Err(format!("handshake read failed: {e}")),
@@ -589,10 +612,7 @@ async fn dial_loop(
 /// Writes queued messages (batching what is ready) until the connection fails; returns why.
 /// A message too large for a frame is dropped alone, with a warning: the connection and the
 /// other messages on it go on (the sender's request times out like any lost message).
-async fn pump(
-    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
-    rx: &mut mpsc::UnboundedReceiver<Message>,
-) -> String {
+async fn pump(framed: &mut PeerConn, rx: &mut mpsc::UnboundedReceiver<Message>) -> String {
     let max_frame = framed.codec().max_frame_length();
     loop {
         tokio::select! {

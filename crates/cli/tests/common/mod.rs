@@ -63,8 +63,13 @@ impl Node {
                             .unwrap_or_default()
                             .to_owned()
                     };
+                    let scheme = if field("tls=") == "on" {
+                        "https"
+                    } else {
+                        "http"
+                    };
                     let _ = tx.send((
-                        field("http="),
+                        format!("{scheme}://{}", field("http=")),
                         field("peer="),
                         field("node="),
                         field("resp="),
@@ -81,7 +86,7 @@ impl Node {
         };
         Node {
             child: Some(child),
-            url: format!("http://{http}"),
+            url: http,
             peer,
             id,
             resp,

@@ -77,6 +77,9 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// Client tokens (none: open).
     pub tokens: Arc<crate::auth::Tokens>,
+    /// The node's TLS set-up, when its ports speak TLS (the node then asks other nodes over
+    /// HTTPS).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// The router of the HTTP API.

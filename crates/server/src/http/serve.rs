@@ -4,6 +4,7 @@
 //! long at most), a cap on the header count, and a deadline for reading a body (in the handlers,
 //! [`super::kv`]). Each connection is HTTP/1.1 on hyper, the router is axum's.
 
+use crate::tls::{BoxedIo, Tls};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -38,12 +39,13 @@ impl Default for HttpLimits {
 /// How long open connections get to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish (up to
-/// 5 s).
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` completes, then
+/// lets open requests finish (up to 5 s).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -74,9 +76,21 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), tls.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            let io: BoxedIo = match &tls {
+                None => Box::new(stream),
+                // The TLS handshake gets the header deadline: a client that connects and says
+                // nothing costs no more than over plaintext.
+                Some(tls) => match tls.accept_client(stream, limits.header_timeout).await {
+                    Ok(Some(io)) => io,
+                    Ok(None) => return,
+                    Err(plain) => return plaintext(plain).await,
+                },
+            };
+            let _ = watcher
+                .watch(builder.serve_connection(TokioIo::new(io), service))
+                .await;
             drop(permit);
         });
     }
@@ -91,6 +105,21 @@ async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
     );
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Answers a plaintext request on a TLS port with a 400 saying so, and closes.
+async fn plaintext(mut stream: tokio::net::TcpStream) {
+    metrics::counter!("dynamokv_tls_plaintext_refused_total", "port" => "http").increment(1);
+    let body = "{\"error\":\"tls_required\",\"message\":\"this port speaks HTTPS: use https:// (and the cluster CA, e.g. curl --cacert ca.pem)\"}";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {

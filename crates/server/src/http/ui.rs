@@ -65,21 +65,26 @@ pub(crate) async fn views(
             .collect::<Vec<_>>()
     })
     .await?;
-    let client = reqwest::Client::builder()
-        .timeout(VIEW_TIMEOUT)
-        .build()
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                e.to_string(),
-            )
-        })?;
+    let scheme = if s.tls.is_some() { "https" } else { "http" };
+    let client = match &s.tls {
+        Some(tls) => tls.http_client(VIEW_TIMEOUT),
+        None => reqwest::Client::builder()
+            .timeout(VIEW_TIMEOUT)
+            .build()
+            .map_err(|e| e.to_string()),
+    }
+    .map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )
+    })?;
     let asks = members.into_iter().map(|(id, addr)| {
         let client = client.clone();
         let authorization = authorization.clone();
         async move {
-            let url = format!("http://{addr}/admin/ring");
+            let url = format!("{scheme}://{addr}/admin/ring");
             let answer = async {
                 let mut ask = client.get(&url);
                 if let Some(a) = authorization {

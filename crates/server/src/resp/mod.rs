@@ -14,6 +14,7 @@ pub mod codec;
 pub mod commands;
 pub mod local;
 
+use crate::tls::BoxedIo;
 use codec::Limits;
 use commands::{Access, Conn, RespState};
 use std::collections::BTreeSet;
@@ -31,7 +32,12 @@ const MAX_BATCH: usize = 128;
 pub const MAX_CONNECTIONS: usize = 10_000;
 
 /// Accepts RESP connections until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<RespState>, limits: Limits) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<RespState>,
+    limits: Limits,
+    tls: Option<crate::tls::Tls>,
+) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(s) => s,
@@ -43,13 +49,16 @@ pub async fn serve(listener: TcpListener, state: Arc<RespState>, limits: Limits)
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             if state.connected.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
                 let mut stream = stream;
                 let _ = stream
                     .write_all(b"-ERR max number of clients reached\r\n")
                     .await;
-            } else if let Err(e) = connection(stream, state.clone(), limits).await {
+            } else if let Some(io) = secure(stream, tls.as_ref()).await
+                && let Err(e) = connection(io, state.clone(), limits).await
+            {
                 tracing::debug!(%remote, error = %e, "RESP connection ended");
             }
             state.connected.fetch_sub(1, Ordering::Relaxed);
@@ -57,8 +66,34 @@ pub async fn serve(listener: TcpListener, state: Arc<RespState>, limits: Limits)
     }
 }
 
+/// The connection as the client will speak on it: over TLS when the port has it (a client
+/// speaking plaintext there is told so and disconnected: `None`).
+async fn secure(stream: TcpStream, tls: Option<&crate::tls::Tls>) -> Option<BoxedIo> {
+    let Some(tls) = tls else {
+        return Some(Box::new(stream));
+    };
+    match tls.accept_client(stream, HANDSHAKE_TIMEOUT).await {
+        Ok(io) => io,
+        Err(mut plain) => {
+            metrics::counter!("dynamokv_tls_plaintext_refused_total", "port" => "resp")
+                .increment(1);
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let _ = plain
+                    .write_all(b"-ERR this port speaks TLS: connect with TLS (redis-cli --tls --cacert ca.pem)\r\n")
+                    .await;
+                let _ = plain.shutdown().await;
+            })
+            .await;
+            None
+        }
+    }
+}
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn connection(
-    mut stream: TcpStream,
+    mut stream: BoxedIo,
     state: Arc<RespState>,
     limits: Limits,
 ) -> std::io::Result<()> {

@@ -1,0 +1,286 @@
+//! TLS on the node's ports (rustls with the ring provider): optional, configured by a
+//! certificate, its key and the cluster CA (`dynamokv admin certs` makes all three).
+//!
+//! - Peer port: mutual TLS. The acceptor requires a client certificate issued by the cluster
+//!   CA and the dialer checks that the acceptor's is too. Nodes dial the addresses they learn
+//!   from gossip, so the name in a peer's certificate is not compared with the address: the
+//!   chain to the cluster CA is what is checked (and then the cluster-secret handshake runs
+//!   inside the TLS session, as without TLS).
+//! - HTTP and RESP: server-authenticated TLS (clients check the node's name as usual); with
+//!   `require_client_cert`, a client certificate of the cluster CA is required too.
+//!
+//! A client that speaks plaintext to a TLS port is told so in its own protocol (an HTTP 400,
+//! a RESP error) and disconnected; on the peer port it is refused like any bad handshake.
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Where the node's TLS files are (`[tls]` in the config file, or the `--tls-*` flags).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate chain (PEM), issued by the cluster CA.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The cluster CA's certificate (PEM): peers must present a certificate it issued.
+    pub ca: PathBuf,
+    /// Require HTTP and RESP clients to present a certificate of the cluster CA too.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// Anything a connection can be: a plain TCP stream or a TLS session over one.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection of either kind.
+pub type BoxedIo = Box<dyn Io>;
+
+/// The node's TLS set-up, loaded once at start.
+#[derive(Clone)]
+pub struct Tls {
+    peer_acceptor: TlsAcceptor,
+    peer_connector: TlsConnector,
+    client_acceptor: TlsAcceptor,
+    ca_pem: Vec<u8>,
+    identity_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls { .. }")
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+}
+
+fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+impl Tls {
+    /// Reads the files of `cfg` and builds the three configurations; the error names the file
+    /// and what is wrong with it.
+    pub fn load(cfg: &TlsConfig) -> Result<Tls, String> {
+        let cert_pem = read(&cfg.cert, "certificate")?;
+        let key_pem = read(&cfg.key, "private key")?;
+        let ca_pem = read(&cfg.ca, "CA certificate")?;
+        let chain = certs(&cert_pem, &cfg.cert)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| format!("{} is not a PEM private key: {e}", cfg.key.display()))?;
+        let mut roots = RootCertStore::empty();
+        for ca in certs(&ca_pem, &cfg.ca)? {
+            roots
+                .add(ca)
+                .map_err(|e| format!("{} is not a usable CA certificate: {e}", cfg.ca.display()))?;
+        }
+        let roots = Arc::new(roots);
+        let mismatch = |e: rustls::Error| {
+            format!(
+                "{} and {} do not go together: {e}",
+                cfg.cert.display(),
+                cfg.key.display()
+            )
+        };
+
+        let peers = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut peer_server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(peers)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(mismatch)?;
+        peer_server.alpn_protocols = vec![b"dynamokv-peer".to_vec()];
+
+        let server_verifier =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .map_err(|e| e.to_string())?;
+        let mut peer_client = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ClusterCa(server_verifier)))
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(mismatch)?;
+        peer_client.alpn_protocols = vec![b"dynamokv-peer".to_vec()];
+
+        let clients = WebPkiClientVerifier::builder_with_provider(roots, provider());
+        let clients = if cfg.require_client_cert {
+            clients.build()
+        } else {
+            clients.allow_unauthenticated().build()
+        }
+        .map_err(|e| e.to_string())?;
+        let client_server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(chain, key)
+            .map_err(mismatch)?;
+
+        let mut identity_pem = cert_pem;
+        identity_pem.push(b'\n');
+        identity_pem.extend_from_slice(&key_pem);
+        Ok(Tls {
+            peer_acceptor: TlsAcceptor::from(Arc::new(peer_server)),
+            peer_connector: TlsConnector::from(Arc::new(peer_client)),
+            client_acceptor: TlsAcceptor::from(Arc::new(client_server)),
+            ca_pem,
+            identity_pem,
+        })
+    }
+
+    /// Opens a TLS session to the peer at `addr` over `stream`.
+    pub async fn connect_peer(&self, addr: &str, stream: TcpStream) -> Result<BoxedIo, String> {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())
+            .or_else(|_| ServerName::try_from("dynamokv-peer"))
+            .map_err(|e| e.to_string())?;
+        let tls = self
+            .peer_connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        Ok(Box::new(tls))
+    }
+
+    /// Accepts a peer's TLS session (its certificate must be of the cluster CA).
+    pub async fn accept_peer(&self, stream: TcpStream) -> Result<BoxedIo, String> {
+        if !starts_with_tls(&stream).await {
+            return Err("plaintext on a TLS peer port (is --tls-* set on every node?)".into());
+        }
+        let tls = self
+            .peer_acceptor
+            .accept(stream)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        Ok(Box::new(tls))
+    }
+
+    /// Accepts a client's TLS session on the HTTP or RESP port; `Err(stream)` when the client
+    /// spoke plaintext (the caller tells it so in its protocol), `Ok(None)` when the handshake
+    /// failed or timed out.
+    pub async fn accept_client(
+        &self,
+        stream: TcpStream,
+        within: Duration,
+    ) -> Result<Option<BoxedIo>, TcpStream> {
+        let accepted = tokio::time::timeout(within, async {
+            if !starts_with_tls(&stream).await {
+                return Err(stream);
+            }
+            match self.client_acceptor.accept(stream).await {
+                Ok(tls) => Ok(Some(Box::new(tls) as BoxedIo)),
+                Err(e) => {
+                    metrics::counter!("dynamokv_tls_handshakes_failed_total", "port" => "client")
+                        .increment(1);
+                    tracing::debug!(error = %e, "client TLS handshake failed");
+                    Ok(None)
+                }
+            }
+        })
+        .await;
+        accepted.unwrap_or(Ok(None))
+    }
+
+    /// An HTTPS client for this node's own requests to other nodes: trusts the cluster CA and
+    /// presents this node's certificate.
+    pub fn http_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem).map_err(|e| e.to_string())?;
+        let identity =
+            reqwest::Identity::from_pem(&self.identity_pem).map_err(|e| e.to_string())?;
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .identity(identity)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// True when the first byte the client sent opens a TLS handshake record (0x16); false when it
+/// sent something else or closed.
+async fn starts_with_tls(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16)
+}
+
+/// Checks a peer's certificate chain against the cluster CA without comparing names (see the
+/// module docs): rustls's verifier checks the chain before the name, so a name mismatch
+/// means the chain was good.
+#[derive(Debug)]
+struct ClusterCa(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ClusterCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
