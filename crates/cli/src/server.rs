@@ -119,6 +119,12 @@ pub struct ServerArgs {
     /// are disconnected. [default: 10000]
     #[arg(long, value_name = "MS")]
     http_header_timeout_ms: Option<u64>,
+    /// Seconds a RESP connection may sit idle before it is closed; 0: never. [default: 300]
+    #[arg(long, value_name = "SECS")]
+    resp_idle_timeout_secs: Option<u64>,
+    /// Milliseconds a RESP client has to finish a command it began sending. [default: 30000]
+    #[arg(long, value_name = "MS")]
+    resp_command_timeout_ms: Option<u64>,
     /// This node's TLS certificate (PEM, issued by the cluster CA; `dynamokv admin certs` makes
     /// one). With --tls-key and --tls-ca, every port speaks TLS: mutual TLS between nodes,
     /// HTTPS and RESP over TLS for clients. [default: off, plaintext]
@@ -264,6 +270,12 @@ impl ServerArgs {
         }
         if let Some(v) = self.http_header_timeout_ms {
             c.http_header_timeout_ms = v;
+        }
+        if let Some(v) = self.resp_idle_timeout_secs {
+            c.resp_idle_timeout_secs = v;
+        }
+        if let Some(v) = self.resp_command_timeout_ms {
+            c.resp_command_timeout_ms = v;
         }
         if let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca) {
             c.tls = Some(dynamokv_server::tls::TlsConfig {
@@ -432,6 +444,14 @@ mod tests {
             (
                 "http-header-timeout-ms",
                 d.http_header_timeout_ms.to_string(),
+            ),
+            (
+                "resp-idle-timeout-secs",
+                d.resp_idle_timeout_secs.to_string(),
+            ),
+            (
+                "resp-command-timeout-ms",
+                d.resp_command_timeout_ms.to_string(),
             ),
             ("sync", sync.to_string()),
             ("sync-interval-ms", d.sync_interval_ms.to_string()),

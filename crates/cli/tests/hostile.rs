@@ -192,3 +192,169 @@ async fn hostile_peer_connections_cost_little_and_the_node_serves() {
         "200 pre-handshake connections grew RSS by {grew} KiB"
     );
 }
+
+/// Raises this process's open-file limit to its hard limit (children inherit it); the limit now.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_http_connections_are_refused_or_cut_off() {
+    let limit = raise_fd_limit();
+    // Leave room for the test's own files; say so when the machine allows fewer.
+    let wanted = 10_000usize.min(limit.saturating_sub(200) as usize);
+    if wanted < 10_000 {
+        eprintln!("the open-file limit is {limit}: holding {wanted} connections, not 10 000");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &["--http-header-timeout-ms", "3000", "--resp", "127.0.0.1:0"],
+    );
+    let addr = node.url.trim_start_matches("http://").to_owned();
+    let pid = node.pid().unwrap();
+    let c = http();
+    assert_eq!(
+        c.get(format!("{}/health", node.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (rss_before, fds_before) = (rss_kib(pid), open_fds(pid));
+
+    // Random bytes on the HTTP port: a 400, or a close; never a hang.
+    let mut noise = TcpStream::connect(&addr).unwrap();
+    let bytes: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let _ = noise.write_all(&bytes);
+    assert!(closed_by_server(&mut noise, Duration::from_secs(10)));
+
+    let mut held = Vec::with_capacity(wanted);
+    let opening = std::time::Instant::now();
+    for _ in 0..wanted {
+        match TcpStream::connect(&addr) {
+            Ok(s) => held.push(s),
+            Err(e) => panic!("connect {} failed: {e}", held.len()),
+        }
+    }
+    eprintln!("opened {wanted} connections in {:?}", opening.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss_during, fds_during) = (rss_kib(pid), open_fds(pid));
+    // Past the cap (4096), a new client is refused at once and clearly, not left hanging.
+    let t = std::time::Instant::now();
+    let mut late = TcpStream::connect(&addr).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let read = late.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "{answer:?} {read:?}; {fds_during} descriptors open (before: {fds_before})"
+    );
+    let refused_in = t.elapsed();
+    // The other ports do not share the HTTP cap: RESP answers.
+    let mut resp = TcpStream::connect(&node.resp).unwrap();
+    resp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    resp.write_all(b"PING\r\n").unwrap();
+    let mut pong = [0u8; 7];
+    resp.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    // The node holds no more connections than its cap, whatever the clients hold.
+    assert!(
+        fds_during < fds_before + 4096 + 64,
+        "{fds_during} descriptors open (before: {fds_before})"
+    );
+
+    // After the header deadline the idle connections are gone and the node serves again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = c.get(format!("{}/health", node.url)).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not serve again after the idle connections' deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every idle connection is closed within the deadline (they were opened within a second).
+    let mut fds_after = open_fds(pid);
+    while fds_after >= fds_before + 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{fds_after} descriptors still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fds_after = open_fds(pid);
+    }
+    let rss_after = rss_kib(pid);
+    drop(held);
+    let grew = rss_during.saturating_sub(rss_before);
+    eprintln!(
+        "{wanted} idle HTTP connections: RSS {rss_before} -> {rss_during} -> {rss_after} KiB \
+         (+{grew} KiB at most), descriptors {fds_before} -> {fds_during} -> {fds_after}, \
+         503 in {refused_in:?}"
+    );
+    assert!(grew < 128 * 1024, "idle connections grew RSS by {grew} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_resp_clients_are_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--resp",
+            "127.0.0.1:0",
+            "--resp-idle-timeout-secs",
+            "1",
+            "--resp-command-timeout-ms",
+            "500",
+        ],
+    );
+    let connect = || {
+        let s = TcpStream::connect(&node.resp).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    // Silent from the start: closed after the idle deadline.
+    let mut silent = connect();
+    assert!(closed_by_server(&mut silent, Duration::from_secs(5)));
+    // Half a command, then nothing: told so, then closed.
+    let mut trickle = connect();
+    trickle.write_all(b"*2\r\n$3\r\nGE").unwrap();
+    let mut answer = String::new();
+    let _ = trickle.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("-ERR Protocol error: the rest of the command did not arrive"),
+        "{answer:?}"
+    );
+    // A client sending a command every 300 ms is never idle for a second: it stays.
+    let mut busy = connect();
+    for _ in 0..8 {
+        busy.write_all(b"PING\r\n").unwrap();
+        let mut pong = [0u8; 7];
+        busy.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"+PONG\r\n");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -68,6 +68,12 @@ pub struct Config {
     /// Time an HTTP client has to send a request's headers (and a first request after
     /// connecting), in milliseconds; a slow or silent client is disconnected.
     pub http_header_timeout_ms: u64,
+    /// Seconds a RESP connection may sit idle (no command pending) before it is closed; 0:
+    /// never (Redis's `timeout`).
+    pub resp_idle_timeout_secs: u64,
+    /// Milliseconds a RESP client has to finish sending a command it began; slower clients are
+    /// told so and disconnected.
+    pub resp_command_timeout_ms: u64,
     /// TLS on every port (`[tls]` with `cert`, `key`, `ca`, `require_client_cert`); none:
     /// plaintext. See docs/security.md.
     pub tls: Option<crate::tls::TlsConfig>,
@@ -102,6 +108,8 @@ impl Default for Config {
             tokens: Vec::new(),
             http_max_connections: 4096,
             http_header_timeout_ms: 10_000,
+            resp_idle_timeout_secs: 300,
+            resp_command_timeout_ms: 30_000,
             tls: None,
             sync: SyncMode::Periodic,
             sync_interval_ms: 100,
@@ -168,6 +176,11 @@ impl Config {
         if self.http_max_connections == 0 || self.http_header_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "http_max_connections and http_header_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if self.resp_command_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "resp_command_timeout_ms must be at least 1".into(),
             ));
         }
         if self.max_value_bytes == 0 {

@@ -65,6 +65,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(ServerError::from)
 }
 
+/// Connections the kernel completes and queues for a listener before it refuses more: as many
+/// as Linux allows by default (`net.core.somaxconn`), so that a burst of clients is not met by
+/// dropped SYNs (a second's retry each) while the accept loop catches up.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Runs a node until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -84,28 +101,23 @@ pub async fn run(
         tracing::warn!(previous = %prev, now = %local.node_id, "this data directory belonged to another node id");
     }
 
-    let http_listener = tokio::net::TcpListener::bind(config.http)
-        .await
+    let http_listener = listen(config.http)
         .map_err(io_err(format!("cannot listen for HTTP on {}", config.http)))?;
     let http_addr = http_listener
         .local_addr()
         .map_err(io_err("reading the HTTP address"))?;
-    let peer_listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(io_err(format!(
-            "cannot listen for peers on {}",
-            config.listen
-        )))?;
+    let peer_listener = listen(config.listen).map_err(io_err(format!(
+        "cannot listen for peers on {}",
+        config.listen
+    )))?;
     let peer_addr = peer_listener
         .local_addr()
         .map_err(io_err("reading the peer address"))?;
     let resp_listener = match config.resp {
         None => None,
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io_err(format!("cannot listen for RESP on {addr}")))?,
-        ),
+        Some(addr) => {
+            Some(listen(addr).map_err(io_err(format!("cannot listen for RESP on {addr}")))?)
+        }
     };
     let resp_addr = match &resp_listener {
         None => None,
@@ -270,6 +282,9 @@ pub async fn run(
             accepted: Default::default(),
             commands: Default::default(),
             tokens: tokens.clone(),
+            idle_timeout: (config.resp_idle_timeout_secs > 0)
+                .then(|| std::time::Duration::from_secs(config.resp_idle_timeout_secs)),
+            command_timeout: std::time::Duration::from_millis(config.resp_command_timeout_ms),
         });
         let limits = resp::codec::Limits::for_values(config.max_value_bytes);
         tokio::spawn(resp::serve(listener, state, limits, tls.clone()))

@@ -33,6 +33,12 @@ pub struct RespState {
     pub commands: AtomicU64,
     /// Client tokens (none: open).
     pub tokens: Arc<crate::auth::Tokens>,
+    /// A connection with nothing pending is closed after this long without a command (`None`:
+    /// never).
+    pub idle_timeout: Option<std::time::Duration>,
+    /// A command begun must be complete within this long (a client trickling a command in is
+    /// told so and disconnected).
+    pub command_timeout: std::time::Duration,
 }
 
 /// One connection's own settings.

@@ -149,7 +149,34 @@ async fn connection(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        if stream.read_buf(&mut buf).await? == 0 {
+        // Between commands the idle deadline applies; inside one, the command deadline.
+        let (deadline, idle) = if buf.is_empty() {
+            (state.idle_timeout, true)
+        } else {
+            (Some(state.command_timeout), false)
+        };
+        let read = match deadline {
+            None => stream.read_buf(&mut buf).await?,
+            Some(d) => match tokio::time::timeout(d, stream.read_buf(&mut buf)).await {
+                Ok(read) => read?,
+                Err(_) => {
+                    metrics::counter!("dynamokv_resp_connections_timed_out_total", "while" => if idle { "idle" } else { "command" })
+                        .increment(1);
+                    if !idle {
+                        codec::error(
+                            &mut out,
+                            &format!(
+                                "ERR Protocol error: the rest of the command did not arrive within {} ms",
+                                d.as_millis()
+                            ),
+                        );
+                        let _ = tokio::time::timeout(d, stream.write_all(&out)).await;
+                    }
+                    return Ok(());
+                }
+            },
+        };
+        if read == 0 {
             return Ok(());
         }
     }
