@@ -95,6 +95,14 @@ fn wire_error(u: &mut Unstructured<'_>) -> Result<WireError> {
     })
 }
 
+fn ack(u: &mut Unstructured<'_>) -> Result<std::result::Result<(), WireError>> {
+    Ok(if u.arbitrary()? {
+        Ok(())
+    } else {
+        Err(wire_error(u)?)
+    })
+}
+
 fn request(u: &mut Unstructured<'_>) -> Result<ClientRequest> {
     Ok(if u.arbitrary()? {
         ClientRequest::Get {
@@ -180,11 +188,7 @@ pub fn message(u: &mut Unstructured<'_>) -> Result<Message> {
         .into(),
         3 => KvMessage::ReplicateAck {
             id,
-            result: if u.arbitrary()? {
-                Ok(())
-            } else {
-                Err(wire_error(u)?)
-            },
+            result: ack(u)?,
         }
         .into(),
         4 => KvMessage::Read {
@@ -214,11 +218,7 @@ pub fn message(u: &mut Unstructured<'_>) -> Result<Message> {
         .into(),
         8 => HandoffMessage::Ack {
             id,
-            result: if u.arbitrary()? {
-                Ok(())
-            } else {
-                Err(wire_error(u)?)
-            },
+            result: ack(u)?,
         }
         .into(),
         9..=11 => {

@@ -99,27 +99,25 @@ pub async fn serve(
 }
 
 /// Answers 503 to a connection over the limit and closes it (without reading its request).
-async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
+async fn refuse(stream: tokio::net::TcpStream, limit: usize) {
     let body = format!(
         "{{\"error\":\"too_many_connections\",\"message\":\"this node already serves {limit} HTTP connections; retry, or reuse connections\"}}"
     );
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(answer.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
+    answer_and_close(stream, "503 Service Unavailable\r\nretry-after: 1", &body).await;
 }
 
 /// Answers a plaintext request on a TLS port with a 400 saying so, and closes.
-async fn plaintext(mut stream: tokio::net::TcpStream) {
+async fn plaintext(stream: tokio::net::TcpStream) {
     metrics::counter!("dynamokv_tls_plaintext_refused_total", "port" => "http").increment(1);
     let body = "{\"error\":\"tls_required\",\"message\":\"this port speaks HTTPS: use https:// (and the cluster CA, e.g. curl --cacert ca.pem)\"}";
+    answer_and_close(stream, "400 Bad Request", body).await;
+}
+
+/// Writes one JSON answer (`status` is the status line's end, with any extra header lines) and
+/// closes, giving the client a second to take it.
+async fn answer_and_close(mut stream: tokio::net::TcpStream, status: &str, body: &str) {
     let answer = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
