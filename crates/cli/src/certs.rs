@@ -145,6 +145,52 @@ fn issue(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Makes sure `out` holds a CA and a node certificate for each of `ids` (issuing only what is
+/// missing): what `dynamokv dev --tls` runs before starting nodes.
+pub fn ensure_nodes(out: &Path, ids: &[String]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (issuer, _) = ca(out)?;
+    for id in ids {
+        file_name(id)?;
+        let (cert_path, key_path) = (out.join(format!("{id}.pem")), out.join(format!("{id}.key")));
+        if cert_path.exists() && key_path.exists() {
+            continue;
+        }
+        let (pem, key) = issue_node(&issuer, id, &[], 825)?;
+        write(&cert_path, &pem, false)?;
+        write(&key_path, &key, true)?;
+    }
+    Ok(())
+}
+
+fn issue_node(
+    issuer: &Issuer<'static, KeyPair>,
+    name: &str,
+    hosts: &[String],
+    days: u32,
+) -> anyhow::Result<(String, String)> {
+    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
+    let name_owned = name.to_owned();
+    if is_dns_name(name) && !sans.contains(&name_owned) {
+        sans.push(name_owned);
+    }
+    for h in hosts {
+        if !sans.contains(h) {
+            sans.push(h.clone());
+        }
+    }
+    issue(
+        issuer,
+        name,
+        sans,
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        days,
+    )
+}
+
 /// Runs `dynamokv admin certs`.
 pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
     if args.nodes.is_empty() && args.clients.is_empty() {
@@ -183,25 +229,7 @@ pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let (pem, key) = if is_node {
-            let mut sans = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
-            if is_dns_name(name) && !sans.contains(name) {
-                sans.push(name.clone());
-            }
-            for h in &args.hosts {
-                if !sans.contains(h) {
-                    sans.push(h.clone());
-                }
-            }
-            issue(
-                &issuer,
-                name,
-                sans,
-                vec![
-                    ExtendedKeyUsagePurpose::ServerAuth,
-                    ExtendedKeyUsagePurpose::ClientAuth,
-                ],
-                args.days,
-            )?
+            issue_node(&issuer, name, &args.hosts, args.days)?
         } else {
             issue(
                 &issuer,

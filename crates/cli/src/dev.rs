@@ -58,6 +58,10 @@ pub struct DevArgs {
     /// Log filter for the nodes' log files.
     #[arg(long, default_value = "info")]
     log: String,
+    /// Run every port over TLS, with a CA and node certificates made in DIR/certs (clients:
+    /// `--cacert DIR/certs/ca.pem`, `curl --cacert`, `redis-cli --tls --cacert`).
+    #[arg(long)]
+    tls: bool,
     /// Manage the running dev cluster in --dir instead of starting one.
     #[command(subcommand)]
     command: Option<DevCommand>,
@@ -100,6 +104,20 @@ struct Settings {
     sync: String,
     log: String,
     nodes: u16,
+    /// Absent in the settings of clusters made before TLS: plaintext.
+    #[serde(default)]
+    tls: bool,
+}
+
+impl Settings {
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
+/// Where `dev --tls` keeps its CA and node certificates.
+fn certs_dir(dir: &Path) -> PathBuf {
+    dir.join("certs")
 }
 
 fn secret(dir: &Path) -> anyhow::Result<String> {
@@ -177,6 +195,15 @@ fn command_line(exe: &Path, dir: &Path, set: &Settings, index: u16, secret: &str
         .args(["--io-threads", "1"])
         .args(["--log", &set.log])
         .env("DYNAMOKV_CLUSTER_SECRET", secret);
+    if set.tls {
+        let certs = certs_dir(dir);
+        cmd.arg("--tls-cert")
+            .arg(certs.join(format!("{id}.pem")))
+            .arg("--tls-key")
+            .arg(certs.join(format!("{id}.key")))
+            .arg("--tls-ca")
+            .arg(certs.join("ca.pem"));
+    }
     if !seeds.is_empty() {
         cmd.args(["--seeds", &seeds.join(",")]);
     }
@@ -197,6 +224,9 @@ fn spawn(
     secret: &str,
 ) -> anyhow::Result<(Child, String, String, String)> {
     let id = format!("n{index}");
+    if set.tls {
+        crate::certs::ensure_nodes(&certs_dir(dir), std::slice::from_ref(&id))?;
+    }
     let log_path = dir.join(format!("{id}.log"));
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -290,7 +320,8 @@ fn manage(dir: &Path, command: DevCommand) -> anyhow::Result<ExitCode> {
             }
             let (child, http, _, resp) = spawn(&exe, dir, &set, index, &secret(dir)?)?;
             println!(
-                "{id} started: http://{http} resp={resp} (pid {})",
+                "{id} started: {}://{http} resp={resp} (pid {})",
+                set.scheme(),
                 child.id()
             );
         }
@@ -299,8 +330,9 @@ fn manage(dir: &Path, command: DevCommand) -> anyhow::Result<ExitCode> {
             set.nodes = index;
             let (child, http, _, _) = spawn(&exe, dir, &set, index, &secret(dir)?)?;
             std::fs::write(dir.join("dev.json"), serde_json::to_string_pretty(&set)?)?;
+            let scheme = set.scheme();
             println!(
-                "n{index} started: http://{http} (pid {}); it joins (fetching its ranges) and then serves; follow with: dynamokv admin join --node http://{http}",
+                "n{index} started: {scheme}://{http} (pid {}); it joins (fetching its ranges) and then serves; follow with: dynamokv admin join --node {scheme}://{http}",
                 child.id()
             );
         }
@@ -369,7 +401,17 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         sync: args.sync.clone(),
         log: args.log.clone(),
         nodes: args.nodes,
+        tls: args.tls,
     };
+    if set.tls {
+        // This process checks the nodes over HTTPS: trust the cluster's CA.
+        let ids: Vec<String> = (1..=args.nodes).map(|i| format!("n{i}")).collect();
+        crate::certs::ensure_nodes(&certs_dir(&args.dir), &ids)?;
+        dynamokv_client::tls::configure(&dynamokv_client::tls::ClientTls {
+            ca: Some(certs_dir(&args.dir).join("ca.pem")),
+            ..Default::default()
+        })?;
+    }
     std::fs::write(
         args.dir.join("dev.json"),
         serde_json::to_string_pretty(&set)?,
@@ -414,7 +456,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
 
     // Wait until every node sees the whole ring, every member joined.
-    let urls: Vec<String> = shown.iter().map(|p| format!("http://{}", p.1)).collect();
+    let scheme = set.scheme();
+    let urls: Vec<String> = shown
+        .iter()
+        .map(|p| format!("{scheme}://{}", p.1))
+        .collect();
     let agreed = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -462,7 +508,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         println!(
             "{:<6} {:<28} {:<22} {:<22} {:<8}",
             id,
-            format!("http://{http}"),
+            format!("{scheme}://{http}"),
             resp,
             peer,
             pid
@@ -476,14 +522,28 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let d = args.dir.display();
+    let (curl, cli, redis) = if set.tls {
+        let ca = certs_dir(&args.dir).join("ca.pem");
+        let ca = ca.display();
+        (
+            format!("curl --cacert {ca}"),
+            format!("dynamokv --cacert {ca}"),
+            format!("redis-cli --tls --cacert {ca}"),
+        )
+    } else {
+        ("curl".into(), "dynamokv".into(), "redis-cli".into())
+    };
     println!(
-        "  curl -X PUT --data hello http://{}/kv/greeting",
+        "  {curl} -X PUT --data hello {scheme}://{}/kv/greeting",
         shown[0].1
     );
-    println!("  curl http://{}/kv/greeting", shown[shown.len() - 1].1);
-    println!("  dynamokv get greeting --node http://{}", shown[0].1);
+    println!(
+        "  {curl} {scheme}://{}/kv/greeting",
+        shown[shown.len() - 1].1
+    );
+    println!("  {cli} get greeting --node {scheme}://{}", shown[0].1);
     if let Some((host, port)) = shown[0].3.rsplit_once(':') {
-        println!("  redis-cli -h {host} -p {port} GET greeting");
+        println!("  {redis} -h {host} -p {port} GET greeting");
     }
     println!("  dynamokv dev --dir {d} kill n3     # the others keep serving");
     println!("  dynamokv dev --dir {d} start n3    # back, with its data; hints go home");
@@ -517,7 +577,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 }
                 (old, Some(new)) if old != Some(new) => {
                     println!(
-                        "node {id} is running (pid {new}), http://127.0.0.1:{}",
+                        "node {id} is running (pid {new}), {scheme}://127.0.0.1:{}",
                         set.http_port_base + i - 1
                     );
                     known.insert(id, Some(new));

@@ -83,7 +83,9 @@ fn main() -> std::process::ExitCode {
         cert: cli.cert.clone(),
         key: cli.key.clone(),
     };
-    if let Err(e) = dynamokv_client::tls::configure(&tls) {
+    if tls != dynamokv_client::tls::ClientTls::default()
+        && let Err(e) = dynamokv_client::tls::configure(&tls)
+    {
         eprintln!("error: {e}");
         return std::process::ExitCode::from(2);
     }

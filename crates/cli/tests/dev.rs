@@ -136,3 +136,66 @@ async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
         assert!(unsafe { libc::kill(pid, 0) } != 0, "{id} still running");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_cluster_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base(2);
+    let mut sup = Command::new(BIN)
+        .args(["dev", "--tls", "--nodes", "2", "--dir"])
+        .arg(dir.path())
+        .args(["--http-port-base", &base.to_string(), "--log", "warn"])
+        .args(["--resp-port-base", &(base + 2000).to_string()])
+        .env_remove("DYNAMOKV_CLUSTER_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = sup.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(40))
+            .unwrap_or_else(|_| panic!("the TLS dev cluster did not agree: {seen:?}"));
+        let done = line.contains("all nodes agree on the ring");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("https://127.0.0.1:{base}"))),
+        "{seen:?}"
+    );
+    let ca = std::fs::read(dir.path().join("certs/ca.pem")).expect("dev made a CA");
+    let c = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let r = c
+        .put(format!("https://127.0.0.1:{base}/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = c
+        .get(format!("https://127.0.0.1:{}/kv/k", base + 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "v");
+    unsafe {
+        libc::kill(sup.id() as i32, libc::SIGTERM);
+    }
+    assert!(sup.wait().unwrap().success());
+}
