@@ -17,6 +17,9 @@
 //! connection that sends a malformed or oversized frame, anything out of turn, or a wrong proof
 //! is closed with a logged reason; the node keeps running.
 //!
+//! With TLS configured ([`crate::tls`]), all of this runs inside a mutual TLS session: both
+//! sides first present certificates of the cluster CA.
+//!
 //! The dialer also reads from its connection (the acceptor never writes after the handshake),
 //! so a peer that dies is noticed at once from the closed socket. Lost connections are retried
 //! with exponential backoff (100 ms doubling to 2 s); messages for a peer that is not connected

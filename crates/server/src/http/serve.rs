@@ -71,7 +71,10 @@ pub async fn serve(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics::counter!("dynamokv_http_connections_refused_total").increment(1);
             tracing::debug!(%remote, "refusing an HTTP connection: too many open");
-            tokio::spawn(refuse(stream, limits.max_connections));
+            // A TLS client could not read a plaintext answer: it is closed without one.
+            if tls.is_none() {
+                tokio::spawn(refuse(stream, limits.max_connections));
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -52,10 +52,13 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             if state.connected.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-                let mut stream = stream;
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
+                // Told so in plaintext; a TLS client could not read it and is just closed.
+                if tls.is_none() {
+                    let mut stream = stream;
+                    let _ = stream
+                        .write_all(b"-ERR max number of clients reached\r\n")
+                        .await;
+                }
             } else if let Some(io) = secure(stream, tls.as_ref()).await
                 && let Err(e) = connection(io, state.clone(), limits).await
             {
