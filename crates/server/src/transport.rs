@@ -22,7 +22,7 @@
 //!
 //! The dialer also reads from its connection (the acceptor never writes after the handshake),
 //! so a peer that dies is noticed at once from the closed socket. Lost connections are retried
-//! with exponential backoff (100 ms doubling to 2 s); messages for a peer that is not connected
+//! with exponential backoff (100 ms doubling to 500 ms); messages for a peer that is not connected
 //! are dropped - the coordinator's timeouts and the node's view of who is up handle that.
 
 use crate::handshake::{PROOF_LEN, PeerKey, Role, nonce};
@@ -57,7 +57,11 @@ const MAGIC: &[u8; 8] = b"dynamokv";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The longest wait between reconnection attempts: a healed link is used again within it, and
+/// an attempt costs one connect (refused, or timed out after 3 s, on a dead host).
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// The longest wait between attempts to reach a seed at first start.
+const SEED_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// What a dialer announces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,7 +354,7 @@ impl Transport {
                     Err(e) => {
                         tracing::warn!(seed = %addr, error = %e, "seed not reachable yet; retrying");
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX * 5);
+                        backoff = (backoff * 2).min(SEED_BACKOFF_MAX);
                     }
                 }
             }
