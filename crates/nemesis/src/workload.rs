@@ -41,6 +41,7 @@ impl Tally {
 pub struct Workload {
     writes: Arc<Mutex<Vec<WriteRecord>>>,
     tallies: Arc<Mutex<BTreeMap<usize, Tally>>>,
+    reads: Arc<Mutex<Tally>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     keys: usize,
@@ -54,6 +55,8 @@ pub struct History {
     pub keys: usize,
     /// Requests per phase.
     pub tallies: BTreeMap<usize, Tally>,
+    /// Reads alone, over every phase.
+    pub reads: Tally,
 }
 
 impl History {
@@ -134,14 +137,16 @@ pub fn start(
 ) -> Workload {
     let writes = Arc::new(Mutex::new(Vec::new()));
     let tallies = Arc::new(Mutex::new(BTreeMap::new()));
+    let reads = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let codec = ContextCodec::from_passphrase(secret);
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (urls, writes, tallies, stop, codec, phase) = (
+        let (urls, writes, tallies, reads, stop, codec, phase) = (
             urls.clone(),
             writes.clone(),
             tallies.clone(),
+            reads.clone(),
             stop.clone(),
             codec.clone(),
             phase.clone(),
@@ -190,6 +195,11 @@ pub fn start(
                         _ => false,
                     };
                     count(p, answered);
+                    {
+                        let mut r = reads.lock().unwrap_or_else(|e| e.into_inner());
+                        r.sent += 1;
+                        r.answered += u64::from(answered);
+                    }
                     if !answered {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
@@ -243,6 +253,7 @@ pub fn start(
     Workload {
         writes,
         tallies,
+        reads,
         stop,
         tasks,
         keys,
@@ -266,10 +277,12 @@ impl Workload {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let reads = *self.reads.lock().unwrap_or_else(|e| e.into_inner());
         History {
             writes,
             keys: self.keys,
             tallies,
+            reads,
         }
     }
 }
