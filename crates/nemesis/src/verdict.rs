@@ -41,16 +41,29 @@ async fn json(c: &reqwest::Client, url: &str) -> Result<Value, String> {
     r.json().await.map_err(|e| e.to_string())
 }
 
-/// Waits until every node sees all `urls.len()` members up and joined, with one ring version.
-pub async fn wait_for_ring(c: &reqwest::Client, urls: &[String], within: Duration) -> bool {
+/// Polls every node's `/admin/ring` until each lists `expect` members (those that left aside),
+/// all up and joined, with one ring version: that version, or `None` after `within`.
+pub async fn agreed_ring(
+    c: &reqwest::Client,
+    urls: &[String],
+    expect: usize,
+    within: Duration,
+) -> Option<String> {
     let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
+    loop {
         let mut versions = std::collections::BTreeSet::new();
         let mut ok = true;
         for u in urls {
             match json(c, &format!("{u}/admin/ring")).await {
                 Ok(v) => {
-                    let members = v["members"].as_array().cloned().unwrap_or_default();
+                    let members: Vec<Value> = v["members"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|m| m["status"] != "Left")
+                        .collect();
+                    // Up as seen from here, and joined (status up, not still joining).
                     let up = members
                         .iter()
                         .filter(|m| {
@@ -60,18 +73,25 @@ pub async fn wait_for_ring(c: &reqwest::Client, urls: &[String], within: Duratio
                                     .is_some_and(|s| s.eq_ignore_ascii_case("up"))
                         })
                         .count();
-                    ok &= members.len() == urls.len() && up == urls.len();
+                    ok &= members.len() == expect && up == expect;
                     versions.insert(v["version"].as_str().unwrap_or_default().to_owned());
                 }
                 Err(_) => ok = false,
             }
         }
         if ok && versions.len() == 1 {
-            return true;
+            return versions.into_iter().next();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    false
+}
+
+/// Waits until every node sees all `urls.len()` members up and joined, with one ring version.
+pub async fn wait_for_ring(c: &reqwest::Client, urls: &[String], within: Duration) -> bool {
+    agreed_ring(c, urls, urls.len(), within).await.is_some()
 }
 
 /// Waits until no node holds hints.

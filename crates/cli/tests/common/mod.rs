@@ -213,52 +213,12 @@ pub fn start_cluster(dirs: &[tempfile::TempDir], extra: &[&str]) -> Vec<Node> {
 }
 
 /// Polls every node's `/admin/ring` until all list `expect` members, all up and joined, with
-/// one version.
+/// one version (within 30 s).
 pub async fn wait_for_ring(nodes: &[&Node], expect: usize) -> String {
-    let c = http();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut versions = std::collections::BTreeSet::new();
-        let mut ok = true;
-        for n in nodes {
-            match c.get(format!("{}/admin/ring", n.url)).send().await {
-                Ok(r) => {
-                    let v: serde_json::Value = r.json().await.unwrap_or_default();
-                    // Members that left (or were removed) are listed but out of the ring.
-                    let members: Vec<serde_json::Value> = v["members"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|m| m["status"] != "Left")
-                        .collect();
-                    // Up as seen from here, and joined (status up, not still joining).
-                    let up = members
-                        .iter()
-                        .filter(|m| {
-                            m["up"] == true
-                                && m["status"]
-                                    .as_str()
-                                    .is_some_and(|s| s.eq_ignore_ascii_case("up"))
-                        })
-                        .count();
-                    if members.len() != expect || up != expect {
-                        ok = false;
-                    }
-                    versions.insert(v["version"].as_str().unwrap_or_default().to_owned());
-                }
-                Err(_) => ok = false,
-            }
-        }
-        if ok && versions.len() == 1 {
-            return versions.into_iter().next().unwrap_or_default();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nodes did not agree on a ring of {expect} within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    dynamokv_nemesis::verdict::agreed_ring(&http(), &urls, expect, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("nodes did not agree on a ring of {expect} within 30 s"))
 }
 
 /// `n` fresh temporary data directories.
