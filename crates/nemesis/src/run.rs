@@ -392,3 +392,50 @@ pub fn run(cfg: &RunConfig, log: &mut dyn FnMut(&str)) -> Result<Report, String>
     drop(net);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_by_name_and_refuse_others() {
+        for f in Fault::ALL {
+            assert_eq!(Fault::parse(f.name()), Ok(f));
+        }
+        let e = Fault::parse("meteor").unwrap_err();
+        assert!(e.contains("isolate") && e.contains("pause"), "{e}");
+    }
+
+    #[test]
+    fn a_shuffle_is_a_permutation_decided_by_the_seed() {
+        let a = shuffled(&mut Rng::new(3), 5);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, [0, 1, 2, 3, 4]);
+        assert_eq!(a, shuffled(&mut Rng::new(3), 5));
+        let others: Vec<Vec<usize>> = (4..20).map(|s| shuffled(&mut Rng::new(s), 5)).collect();
+        assert!(others.iter().any(|o| *o != a), "seeds give other orders");
+    }
+
+    #[test]
+    fn the_report_names_what_went_wrong() {
+        let mut r = Report::default();
+        r.availability.insert(
+            "split".into(),
+            Tally {
+                sent: 10,
+                answered: 9,
+            },
+        );
+        r.seconds.insert("split".into(), 3.0);
+        r.recoveries.push(("split".into(), None));
+        r.verdict.lost = 1;
+        r.verdict.violations.push("lost write k=v".into());
+        let text = r.render();
+        assert!(text.contains("90.0%"), "{text}");
+        assert!(text.contains("1 not within 30 s"), "{text}");
+        assert!(text.contains("1 acknowledged writes lost"), "{text}");
+        assert!(text.contains("NOT converged"), "{text}");
+        assert!(text.contains("lost write k=v"), "{text}");
+    }
+}
