@@ -41,13 +41,20 @@ pub fn unavailable() -> Option<String> {
         return Some("network namespaces need root (run the suite as root)".into());
     }
     let probe = format!("dkvprobe{}", std::process::id());
-    match ip(&["netns", "add", &probe]) {
-        Ok(()) => {
-            let _ = ip(&["netns", "del", &probe]);
-            None
-        }
-        Err(e) => Some(format!("cannot create a network namespace: {e}")),
+    if let Err(e) = ip(&["netns", "add", &probe]) {
+        return Some(format!("cannot create a network namespace: {e}"));
     }
+    // Running a program inside one (as the nodes are) and making a veth pair must work too.
+    let checks = ip(&["netns", "exec", &probe, "true"])
+        .map_err(|e| format!("cannot run a program in a network namespace: {e}"))
+        .and_then(|()| {
+            ip(&[
+                "-n", &probe, "link", "add", "a0", "type", "veth", "peer", "name", "b0",
+            ])
+            .map_err(|e| format!("cannot make a veth pair: {e}"))
+        });
+    let _ = ip(&["netns", "del", &probe]);
+    checks.err()
 }
 
 /// The namespaces of one test or soak; removed on drop.
