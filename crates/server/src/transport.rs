@@ -21,7 +21,8 @@
 //! sides first present certificates of the cluster CA.
 //!
 //! The dialer also reads from its connection (the acceptor never writes after the handshake),
-//! so a peer that dies is noticed at once from the closed socket. Lost connections are retried
+//! so a peer that dies is noticed at once from the closed socket, and a peer that falls silent
+//! (a cut link: no reset ever arrives) within `PEER_USER_TIMEOUT` (TCP_USER_TIMEOUT, keepalive). Lost connections are retried
 //! with exponential backoff (100 ms doubling to 500 ms); messages for a peer that is not connected
 //! are dropped - the coordinator's timeouts and the node's view of who is up handle that.
 
