@@ -47,13 +47,18 @@ fn dev(dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = free_base(3);
+/// Starts `dynamokv dev` in `dir` at port base `base` with `flags`; its standard output, line by
+/// line.
+fn start_dev(
+    dir: &std::path::Path,
+    base: u16,
+    flags: &[&str],
+) -> (std::process::Child, mpsc::Receiver<String>) {
     let mut sup = Command::new(BIN)
-        .args(["dev", "--nodes", "3", "--dir"])
-        .arg(dir.path())
+        .arg("dev")
+        .args(flags)
+        .arg("--dir")
+        .arg(dir)
         .args(["--http-port-base", &base.to_string(), "--log", "warn"])
         .args(["--resp-port-base", &(base + 2000).to_string()])
         .env_remove("DYNAMOKV_CLUSTER_SECRET")
@@ -68,6 +73,14 @@ async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
             let _ = tx.send(line);
         }
     });
+    (sup, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base(3);
+    let (mut sup, rx) = start_dev(dir.path(), base, &["--nodes", "3"]);
     let wait_for = |what: &str| loop {
         let line = rx
             .recv_timeout(Duration::from_secs(40))
@@ -141,23 +154,7 @@ async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
 async fn a_dev_cluster_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base(2);
-    let mut sup = Command::new(BIN)
-        .args(["dev", "--tls", "--nodes", "2", "--dir"])
-        .arg(dir.path())
-        .args(["--http-port-base", &base.to_string(), "--log", "warn"])
-        .args(["--resp-port-base", &(base + 2000).to_string()])
-        .env_remove("DYNAMOKV_CLUSTER_SECRET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = sup.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut sup, rx) = start_dev(dir.path(), base, &["--tls", "--nodes", "2"]);
     let mut seen = Vec::new();
     loop {
         let line = rx
