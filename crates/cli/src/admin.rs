@@ -113,6 +113,9 @@ fn print_view(v: &Value) {
         v["node"].as_str().unwrap_or("?"),
         v["ring_version"].as_str().unwrap_or("?")
     );
+    if let Some(msg) = v["ended"]["message"].as_str() {
+        println!("  THIS NODE NO LONGER SERVES: {msg}");
+    }
     let st = &v["node_stats"];
     if st.is_object() {
         println!(
@@ -196,6 +199,9 @@ fn print_view(v: &Value) {
     for m in v["members"].as_array().into_iter().flatten() {
         let seen = if m["id"] == v["node"] {
             "self"
+        } else if m["status"] == "left" {
+            // Out of the cluster for good: neither up nor down.
+            "-"
         } else if m["up"].as_bool() == Some(true) {
             "up"
         } else {
@@ -216,7 +222,11 @@ fn print_view(v: &Value) {
             m["id"].as_str().unwrap_or("?"),
             m["peer_addr"].as_str().unwrap_or("?"),
             m["http_addr"].as_str().unwrap_or("?"),
-            m["status"].as_str().unwrap_or("?"),
+            m["ended"]
+                .as_str()
+                .filter(|how| *how != "left")
+                .or(m["status"].as_str())
+                .unwrap_or("?"),
             seen,
             phi,
             heard,
@@ -487,6 +497,9 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let mut all_up = true;
         let mut views = Vec::new();
         for m in first["members"].as_array().into_iter().flatten() {
+            if m["status"] == "left" {
+                continue;
+            }
             let url = format!(
                 "{}://{}",
                 dynamokv_client::tls::scheme_of(&args.node.url),
@@ -499,7 +512,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .all(|x| x["up"].as_bool() == Some(true));
+                        .all(|x| x["up"].as_bool() == Some(true) || x["status"] == "left");
                     views.push(v);
                 }
                 Err(e) => {

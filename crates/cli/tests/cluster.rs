@@ -362,6 +362,7 @@ async fn malformed_frames_do_not_crash_a_node() {
         http_addr: "127.0.0.1:1".into(),
         tokens: vec![42],
         instance: 0,
+        epoch: 0,
     };
     let mut s = connect();
     s.write_all(&frame(&encode_hello(&Hello {

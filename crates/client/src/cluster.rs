@@ -272,6 +272,7 @@ mod tests {
             http_addr: format!("{id}:2"),
             tokens: hashed_tokens(id, 8),
             instance: 0,
+            epoch: 0,
         }
     }
 
@@ -284,6 +285,7 @@ mod tests {
             NodeConfig::default(),
             MemoryStore::default(),
             1,
+            &[],
             &[],
         );
         node.learn(&[

@@ -150,6 +150,10 @@ pub enum OpError {
         /// Siblings it has.
         siblings: u64,
     },
+    /// This node's instance left the cluster, was removed, or runs on a stale copy of its data
+    /// directory: it serves nothing (the text says what happened and what to do).
+    #[error("{0}")]
+    NotAMember(String),
     /// Local storage failed.
     #[error("storage failure on {node}: {message}")]
     Storage {
@@ -366,11 +370,15 @@ pub enum GossipMessage {
     Syn {
         /// The sender's digest.
         digest: Vec<DigestEntry>,
+        /// The fingerprint of the sender's endings.
+        endings: u64,
     },
     /// Step 2: "here is what I know, and what you lack".
     SynAck {
         /// The sender's digest.
         digest: Vec<DigestEntry>,
+        /// The fingerprint of the sender's endings.
+        endings: u64,
         /// Records and heartbeats the receiver lacks.
         delta: Delta,
     },

@@ -3,7 +3,7 @@
 //! decoder and reach the ones behind them. Also the seed messages (one of every kind).
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use dynamokv_core::membership::{Delta, DigestEntry, Member, Status};
+use dynamokv_core::membership::{Delta, DigestEntry, Ended, Ending, Member, Status};
 use dynamokv_core::merkle::Range;
 use dynamokv_core::message::{
     ClientRequest, GossipMessage, HandoffMessage, KvMessage, Message, OpError, QuorumKind, Reply,
@@ -77,6 +77,17 @@ pub fn member(u: &mut Unstructured<'_>) -> Result<Member> {
         http_addr: text(u)?,
         tokens: small_vec(u, 16, |u| u.arbitrary())?,
         instance: u.arbitrary()?,
+        epoch: u.arbitrary()?,
+    })
+}
+
+/// An ending.
+pub fn ended(u: &mut Unstructured<'_>) -> Result<Ended> {
+    Ok(Ended {
+        id: text(u)?,
+        instance: u.arbitrary()?,
+        how: *u.choose(&[Ending::Left, Ending::Removed, Ending::Stale])?,
+        by: text(u)?,
     })
 }
 
@@ -225,6 +236,7 @@ pub fn message(u: &mut Unstructured<'_>) -> Result<Message> {
             let digest = small_vec(u, 6, |u| {
                 Ok(DigestEntry {
                     id: text(u)?,
+                    instance: u.arbitrary()?,
                     generation: u.arbitrary()?,
                     version: u.arbitrary()?,
                     heartbeat: u.arbitrary()?,
@@ -233,10 +245,16 @@ pub fn message(u: &mut Unstructured<'_>) -> Result<Message> {
             let delta = Delta {
                 members: small_vec(u, 4, member)?,
                 heartbeats: small_vec(u, 6, |u| Ok((text(u)?, u.arbitrary()?, u.arbitrary()?)))?,
+                ended: small_vec(u, 3, ended)?,
             };
+            let endings = u.arbitrary()?;
             match u.int_in_range(0..=2)? {
-                0 => GossipMessage::Syn { digest },
-                1 => GossipMessage::SynAck { digest, delta },
+                0 => GossipMessage::Syn { digest, endings },
+                1 => GossipMessage::SynAck {
+                    digest,
+                    endings,
+                    delta,
+                },
                 _ => GossipMessage::Ack { delta },
             }
             .into()
@@ -321,6 +339,7 @@ pub fn frame(u: &mut Unstructured<'_>) -> Result<Frame> {
         1 => Frame::Proof(u.arbitrary()?),
         2 => Frame::Welcome,
         3 => Frame::Refused(text(u)?),
+        4 => Frame::Ended(ended(u)?),
         _ => Frame::Message(message(u)?),
     })
 }

@@ -94,6 +94,7 @@ fn sample_member() -> Member {
         http_addr: "127.0.0.1:8001".into(),
         tokens: vec![1, 1 << 40, u64::MAX],
         instance: 42,
+        epoch: 5,
     }
 }
 
@@ -114,6 +115,12 @@ fn sample_frames() -> Vec<Frame> {
         Frame::Proof([3; 32]),
         Frame::Welcome,
         Frame::Refused("the proof does not match".into()),
+        Frame::Ended(dynamokv_core::membership::Ended {
+            id: "n1".into(),
+            instance: 42,
+            how: dynamokv_core::membership::Ending::Removed,
+            by: "n2".into(),
+        }),
     ];
     frames.extend(inputs::seed_messages().into_iter().map(Frame::Message));
     frames

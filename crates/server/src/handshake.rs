@@ -109,6 +109,7 @@ mod tests {
             http_addr: "127.0.0.1:2".into(),
             tokens: vec![1, 2, 3],
             instance: 7,
+            epoch: 1,
         }
     }
 

@@ -27,6 +27,15 @@ pub struct Identity {
     pub fresh_actor: Option<&'static str>,
 }
 
+/// A data directory started under a node id other than the one it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrongNode {
+    /// The id the directory belongs to.
+    pub stored: String,
+    /// The id it was started with.
+    pub configured: String,
+}
+
 /// Why a node takes a new actor id when its data directory is new.
 pub const NEW_DATA_DIRECTORY: &str = "new data directory";
 
@@ -95,17 +104,24 @@ impl Identity {
         engine.flush()
     }
 
-    /// The node id: `configured` when given (stored for next time), else the stored one, else a
-    /// new `node-XXXXXXXX` id (stored). Returns the id and the previously stored one when it
-    /// differs from the configured id.
+    /// The node id: the stored one, `configured` if it names the same (or none is stored yet,
+    /// then it is stored), else a new `node-XXXXXXXX` id (stored). A data directory belongs to
+    /// one node id: configuring another is refused with [`WrongNode`], before anything is
+    /// written.
     pub fn node_id(
         engine: &dyn Engine,
         configured: Option<&str>,
-    ) -> Result<(String, Option<String>), StorageError> {
+    ) -> Result<Result<String, WrongNode>, StorageError> {
         let stored = engine
             .get(Space::Meta, NODE_ID)?
             .and_then(|b| String::from_utf8(b).ok());
         let id = match (configured, &stored) {
+            (Some(c), Some(s)) if c != s => {
+                return Ok(Err(WrongNode {
+                    stored: s.clone(),
+                    configured: c.to_owned(),
+                }));
+            }
             (Some(c), _) => c.to_owned(),
             (None, Some(s)) => s.clone(),
             (None, None) => format!("node-{:08x}", random_u64()? as u32),
@@ -114,8 +130,7 @@ impl Identity {
             engine.put(Space::Meta, NODE_ID, id.as_bytes())?;
             engine.flush()?;
         }
-        let previous = stored.filter(|s| *s != id);
-        Ok((id, previous))
+        Ok(Ok(id))
     }
 
     /// The stored generated cluster secret, creating one on first use.
@@ -171,18 +186,24 @@ mod tests {
     }
 
     #[test]
-    fn node_id_is_generated_once_and_configured_wins() {
+    fn node_id_is_generated_once_and_belongs_to_the_directory() {
         let e = MemoryEngine::new();
-        let (id, prev) = Identity::node_id(&e, None).unwrap();
-        assert!(id.starts_with("node-") && prev.is_none());
-        assert_eq!(Identity::node_id(&e, None).unwrap(), (id.clone(), None));
+        let id = Identity::node_id(&e, None).unwrap().unwrap();
+        assert!(id.starts_with("node-"));
+        assert_eq!(Identity::node_id(&e, None).unwrap(), Ok(id.clone()));
+        assert_eq!(Identity::node_id(&e, Some(&id)).unwrap(), Ok(id.clone()));
         assert_eq!(
             Identity::node_id(&e, Some("n1")).unwrap(),
-            ("n1".to_owned(), Some(id))
+            Err(WrongNode {
+                stored: id.clone(),
+                configured: "n1".into()
+            })
         );
+        assert_eq!(Identity::node_id(&e, None).unwrap(), Ok(id), "unchanged");
+        let fresh = MemoryEngine::new();
         assert_eq!(
-            Identity::node_id(&e, None).unwrap(),
-            ("n1".to_owned(), None)
+            Identity::node_id(&fresh, Some("n1")).unwrap(),
+            Ok("n1".into())
         );
     }
 

@@ -35,8 +35,17 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The node could not open its data directory.
-    #[error("cannot open the data directory")]
+    #[error("cannot open the data directory: {0}")]
     Node(#[from] NodeError),
+    /// This data directory's instance left the cluster, was removed from it, or is an older
+    /// copy: it must not serve again (the text says how to bring the machine back).
+    #[error("refusing to start on {dir}: {why}")]
+    Ended {
+        /// The data directory.
+        dir: String,
+        /// What happened and what to do.
+        why: String,
+    },
     /// A socket could not be bound or served.
     #[error("{context}: {source}")]
     Io {
@@ -97,9 +106,6 @@ pub async fn run(
     if let Some(why) = local.identity.fresh_actor {
         tracing::info!(actor = %local.identity.actor, reason = why, "new actor id");
     }
-    if let Some(prev) = &local.previous_node_id {
-        tracing::warn!(previous = %prev, now = %local.node_id, "this data directory belonged to another node id");
-    }
 
     let http_listener = listen(config.http)
         .map_err(io_err(format!("cannot listen for HTTP on {}", config.http)))?;
@@ -138,20 +144,40 @@ pub async fn run(
     }
 
     let engine = local.engine.clone();
-    let (history, known) = blocking("reading the membership history", move || {
+    let (mut history, known) = blocking("reading the membership history", move || {
         history::History::load(engine.as_ref()).map_err(NodeError::from)
     })
     .await?;
-    if known.len() > 1 {
-        tracing::info!(members = known.len(), "membership history replayed");
+    if known.members.len() > 1 {
+        tracing::info!(members = known.members.len(), "membership history replayed");
+    }
+    let engine = local.engine.clone();
+    let instance = blocking("reading the instance number", move || {
+        identity::Identity::instance(engine.as_ref()).map_err(NodeError::from)
+    })
+    .await?;
+    // This data directory's instance may have ended: it left, was removed, or was found to be
+    // an older copy. It never serves again (its data could bring deleted values back).
+    let previous = known.own(&local.node_id);
+    let ended = known.ending(&local.node_id, instance).cloned().or_else(|| {
+        previous
+            .filter(|p| p.status == dynamokv_core::membership::Status::Left)
+            .map(|p| dynamokv_core::membership::Ended {
+                id: p.id.clone(),
+                instance,
+                how: dynamokv_core::membership::Ending::Left,
+                by: p.id.clone(),
+            })
+    });
+    if let Some(e) = ended {
+        return Err(ServerError::Ended {
+            dir: config.data_dir.display().to_string(),
+            why: e.explain(),
+        });
     }
     // A node keeps the status it had; a new node joining through seeds starts as `joining`
     // (it owns nothing until it holds the data of its ranges); the first node of a cluster is up.
     use dynamokv_core::membership::Status;
-    let previous = known
-        .iter()
-        .filter(|m| m.id == local.node_id)
-        .max_by_key(|m| (m.generation, m.version));
     let status = match previous {
         Some(previous) => previous.status,
         None if config.seeds.is_empty() => Status::Up,
@@ -165,11 +191,6 @@ pub async fn run(
     if status != Status::Up {
         tracing::info!(status = status.as_str(), "starting");
     }
-    let engine = local.engine.clone();
-    let instance = blocking("reading the instance number", move || {
-        identity::Identity::instance(engine.as_ref()).map_err(NodeError::from)
-    })
-    .await?;
     let me = Member {
         instance,
         id: local.node_id.clone(),
@@ -179,6 +200,7 @@ pub async fn run(
         peer_addr: advertise_peer.clone(),
         http_addr: advertise_http.clone(),
         tokens,
+        epoch: 0,
     };
     let node_config = dynamokv_core::node::NodeConfig {
         max_value_bytes: config.max_value_bytes,
@@ -190,7 +212,8 @@ pub async fn run(
         node_config,
         local.store.clone(),
         local.identity.actor.0 ^ node::now_ms(),
-        &known,
+        &known.members,
+        &known.ended,
     );
     if local.identity.fresh_actor.is_none() {
         // The same actor as the last run: continue above the counters it issued.
@@ -205,6 +228,15 @@ pub async fn run(
         // If the cluster knew this node, its data is lost: rebuild it before counting reads.
         core.started_empty();
     }
+    // The record with this start's epoch is durable before any peer hears of it: a copy of
+    // this directory taken before now is then told apart from it.
+    let (engine, record) = (local.engine.clone(), core.me().clone());
+    history = blocking("persisting this start's epoch", move || {
+        history.append(engine.as_ref(), &record)?;
+        engine.flush()?;
+        Ok::<_, NodeError>(history)
+    })
+    .await?;
     // The generation the core settled on (above any persisted one) is what peers must see.
     let me = core.me().clone();
     let (events_tx, events_rx) = std::sync::mpsc::channel();

@@ -13,6 +13,18 @@ pub enum NodeError {
     /// The storage engine failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The data directory belongs to another node id.
+    #[error(
+        "the data directory {dir} belongs to node {stored}, not {configured}: start it with --node-id {stored}, or give {configured} a data directory of its own"
+    )]
+    WrongNode {
+        /// The directory.
+        dir: String,
+        /// The id it belongs to.
+        stored: String,
+        /// The id it was started with.
+        configured: String,
+    },
 }
 
 /// Milliseconds since the Unix epoch, from the wall clock (0 if the clock is before 1970).
@@ -32,8 +44,6 @@ pub struct LocalState {
     pub identity: Identity,
     /// The node id in force.
     pub node_id: String,
-    /// The node id the data directory had before, when the configuration changed it.
-    pub previous_node_id: Option<String>,
     /// The context codec (cluster secret).
     pub codec: ContextCodec,
 }
@@ -48,9 +58,15 @@ impl LocalState {
 
     /// Local state over an existing engine.
     pub fn with_engine(engine: Arc<dyn Engine>, config: &Config) -> Result<LocalState, NodeError> {
+        let node_id =
+            Identity::node_id(engine.as_ref(), config.node_id.as_deref())?.map_err(|w| {
+                NodeError::WrongNode {
+                    dir: config.data_dir.display().to_string(),
+                    stored: w.stored,
+                    configured: w.configured,
+                }
+            })?;
         let identity = Identity::load(engine.as_ref())?;
-        let (node_id, previous_node_id) =
-            Identity::node_id(engine.as_ref(), config.node_id.as_deref())?;
         let codec = match &config.cluster_secret {
             Some(s) => ContextCodec::from_passphrase(s),
             None => ContextCodec::new(Identity::generated_secret(engine.as_ref())?),
@@ -60,7 +76,6 @@ impl LocalState {
             engine,
             identity,
             node_id,
-            previous_node_id,
             codec,
         })
     }

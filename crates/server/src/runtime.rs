@@ -13,7 +13,7 @@ use crate::node::now_ms;
 use crate::transport::{PeerEvent, Transport};
 use dynamokv_core::clock::Now;
 use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse, OpError};
-use dynamokv_core::node::{Node, Output};
+use dynamokv_core::node::{Admission, Node, Output};
 use dynamokv_storage::Engine;
 use dynamokv_storage::ObjectStore;
 use std::collections::BTreeMap;
@@ -139,7 +139,8 @@ pub fn run_node(
     let mut ring_version = node.ring().version();
     let mut members_epoch = node.members_epoch();
     let mut conflicts = node.identity_conflicts().0;
-    transport.sync_peers(node.members());
+    let mut ended = node.ended().is_some();
+    transport.sync_peers(node.view());
     // The monotonic clock: milliseconds since the thread started (plus one, so no timer
     // starts at zero). The wall clock goes only into version timestamps.
     let started = Instant::now();
@@ -171,9 +172,24 @@ pub fn run_node(
                     clients.insert(id, reply);
                     node.request(now, id, request);
                 }
-                Event::Transport(PeerEvent::Message { from, message }) => {
-                    node.step(now, &from, message)
-                }
+                Event::Transport(PeerEvent::Message {
+                    from,
+                    instance,
+                    message,
+                }) => match node.admits(&from, instance) {
+                    Admission::Admitted => node.step(now, &from, message),
+                    // Nothing from an instance that ended, or that is not the member's
+                    // current one (the transport closes such connections).
+                    Admission::Ended(_) => {
+                        metrics::counter!("dynamokv_peer_messages_refused_total", "reason" => "ended")
+                            .increment(1)
+                    }
+                    Admission::NotCurrent => {
+                        metrics::counter!("dynamokv_peer_messages_refused_total", "reason" => "not_current")
+                            .increment(1)
+                    }
+                },
+                Event::Transport(PeerEvent::Ended(e)) => node.on_ended(e),
                 Event::Transport(PeerEvent::Learn(member)) => {
                     node.learn(&[member]);
                 }
@@ -215,6 +231,13 @@ pub fn run_node(
                 );
             }
         }
+        if !ended && let Some(e) = node.ended() {
+            ended = true;
+            tracing::error!(
+                node = %e.id, instance = format!("{:016x}", e.instance), how = e.how.as_str(),
+                by = %e.by, "this node no longer serves: {}", e.explain()
+            );
+        }
         if node.members_epoch() != members_epoch {
             members_epoch = node.members_epoch();
             if node.ring().version() != ring_version {
@@ -225,11 +248,35 @@ pub fn run_node(
                     "ring changed"
                 );
             }
-            transport.sync_peers(node.members());
+            transport.sync_peers(node.view());
+        }
+        // Membership changes are kept with the burst's writes; a change of this node's own
+        // record (a new epoch, status or tokens) and any ending are made durable before any
+        // peer hears of them.
+        let outputs = node.drain();
+        let mut sync_membership = false;
+        for out in &outputs {
+            let kept = match out {
+                Output::Persist(member) => {
+                    sync_membership |= member.id == node.me().id;
+                    history.append(engine.as_ref(), member)
+                }
+                Output::PersistEnded(e) => {
+                    sync_membership = true;
+                    history.append_ended(engine.as_ref(), e)
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = kept {
+                tracing::error!(error = %e, "cannot persist a membership change");
+            }
         }
         // Everything the burst wrote reaches the operating system (or the disk, under
         // `--sync always`) before any of it is acknowledged.
-        let committed = engine.commit_group();
+        let mut committed = engine.commit_group();
+        if committed.is_ok() && sync_membership {
+            committed = engine.flush();
+        }
         if let Err(e) = &committed {
             tracing::error!(error = %e, "storage commit failed; answering this burst's requests with errors");
         }
@@ -244,18 +291,14 @@ pub fn run_node(
                 busy.as_millis()
             );
         }
-        for out in node.drain() {
+        for out in outputs {
             match out {
                 Output::Send { to, message } => {
                     if committed.is_ok() {
                         transport.send(&to, message)
                     }
                 }
-                Output::Persist(member) => {
-                    if let Err(e) = history.append(engine.as_ref(), &member) {
-                        tracing::error!(error = %e, "cannot persist a membership change");
-                    }
-                }
+                Output::Persist(_) | Output::PersistEnded(_) => {}
                 Output::Respond { client, response } => {
                     if let Some(tx) = clients.remove(&client) {
                         let response = match &committed {
@@ -269,9 +312,6 @@ pub fn run_node(
                     }
                 }
             }
-        }
-        if let Err(e) = engine.commit_group() {
-            tracing::error!(error = %e, "cannot persist a membership change");
         }
     }
     engine.set_group_commit(false);

@@ -20,6 +20,13 @@
 //! With TLS configured ([`crate::tls`]), all of this runs inside a mutual TLS session: both
 //! sides first present certificates of the cluster CA.
 //!
+//! Endings: an instance that left, was removed or was found stale (see
+//! `dynamokv_core::membership`) is told so with [`Frame::Ended`], once both proofs were checked,
+//! instead of a welcome; a connection it already had is answered the same way at its next
+//! message, and closed. A dialer does not connect to an instance it knows ended. The node thread
+//! publishes the endings it knows ([`Transport::sync_peers`]); it also checks every message's
+//! sender itself, so nothing of an ended instance is taken even before the transport heard.
+//!
 //! The dialer also reads from its connection (the acceptor never writes after the handshake),
 //! so a peer that dies is noticed at once from the closed socket, and a peer that falls silent
 //! (a cut link: no reset ever arrives) within `PEER_USER_TIMEOUT` (TCP_USER_TIMEOUT, keepalive). Lost connections are retried
@@ -30,12 +37,13 @@ use crate::handshake::{PROOF_LEN, PeerKey, Role, nonce};
 use crate::log_window::LogWindow;
 use crate::tls::{BoxedIo, Tls};
 use axum::body::Bytes;
-use dynamokv_core::membership::Member;
+use dynamokv_core::membership::{Ended, Endings, Member, Status, View};
 use dynamokv_core::message::Message;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -47,8 +55,9 @@ type PeerConn = Framed<BoxedIo, LengthDelimitedCodec>;
 /// The version of the peer protocol. Peers with another version are refused at handshake, with
 /// a reason naming both versions. Version 2 groups messages by family (kv, handoff, gossip) and
 /// carries typed errors; version 4 adds the overwrite flag of a forwarded put; version 5 the
-/// challenge-response handshake.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// challenge-response handshake; version 6 endings (the `Ended` frame, epochs in member records,
+/// endings in gossip).
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Largest frame accepted before the handshake completed (a member record with the most tokens
 /// fits).
 pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
@@ -93,6 +102,10 @@ pub enum Frame {
     Refused(String),
     /// A protocol message.
     Message(Message),
+    /// "Your instance ended": sent, after both proofs were checked, to an instance that left,
+    /// was removed or was found stale, instead of a welcome or in answer to a message; the
+    /// connection then closes.
+    Ended(Ended),
 }
 
 /// Encodes a hello frame: magic, version, postcard body.
@@ -180,9 +193,13 @@ pub enum PeerEvent {
     Message {
         /// Sender's node id.
         from: String,
+        /// The sender's data directory instance, as its handshake presented it.
+        instance: u64,
         /// The message.
         message: Message,
     },
+    /// A peer said an instance ended (this node's own: it left, was removed or is stale).
+    Ended(Ended),
 }
 
 /// Where the transport delivers its events; returns false once nobody listens any more.
@@ -198,6 +215,10 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     faults: Mutex<FaultRules>,
     tls: Option<Tls>,
+    /// The endings the node knows, as it last published them.
+    endings: RwLock<Endings>,
+    /// Raised at every change of `endings`, so a connection re-checks its peer only then.
+    endings_version: AtomicU64,
 }
 
 /// The node's connections to its peers.
@@ -257,8 +278,20 @@ impl Transport {
                 runtime,
                 faults: Mutex::new(FaultRules::default()),
                 tls,
+                endings: RwLock::new(Endings::new()),
+                endings_version: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// The ending of `member`'s instance, if the node knows it ended.
+    fn ending_of(&self, id: &str, instance: u64) -> Option<Ended> {
+        self.inner
+            .endings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(id.to_owned(), instance))
+            .cloned()
     }
 
     /// Replaces the fault rules (the caller checks that fault injection is enabled).
@@ -307,13 +340,31 @@ impl Transport {
         }
     }
 
-    /// Makes sure there is one dialer per member (other than this node) at its current
-    /// address.
-    pub fn sync_peers(&self, members: &BTreeMap<String, Member>) {
+    /// Takes the endings of `view`, and makes sure there is one dialer per member (other than
+    /// this node, and other than members that left) at its current address.
+    pub fn sync_peers(&self, view: &View) {
+        {
+            let mut endings = self
+                .inner
+                .endings
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if *endings != view.ended {
+                *endings = view.ended.clone();
+                self.inner.endings_version.fetch_add(1, Ordering::Release);
+            }
+        }
         let me = self.inner.me.id.clone();
         let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, m) in members {
+        for (id, m) in &view.members {
             if *id == me {
+                continue;
+            }
+            if m.status == Status::Left {
+                // It serves nothing: no connection is kept to it.
+                if let Some(old) = peers.remove(id) {
+                    old.task.abort();
+                }
                 continue;
             }
             if peers.get(id).is_some_and(|l| l.addr == m.peer_addr) {
@@ -363,7 +414,7 @@ impl Transport {
     }
 
     /// Connects and handshakes with `addr`, returning the peer's record and the connection.
-    async fn handshake(&self, addr: &str) -> Result<(Member, PeerConn), String> {
+    async fn handshake(&self, addr: &str) -> Result<(Member, PeerConn), DialError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| "connect timed out".to_owned())?
@@ -391,28 +442,41 @@ impl Transport {
                     member,
                     proof,
                 } => (nonce, member, proof),
-                Frame::Refused(why) => return Err(format!("refused: {why}")),
-                _ => return Err("the peer answered out of turn".to_owned()),
+                Frame::Refused(why) => return Err(format!("refused: {why}").into()),
+                _ => return Err("the peer answered out of turn".into()),
             };
             if !key.verify(&proof, Role::Acceptor, &my_nonce, &their_nonce, &mine, &theirs) {
                 let why = "your proof does not match this node's cluster secret";
                 let _ = send(&mut framed, encode_frame(&Frame::Refused(why.into()))).await;
                 return Err(
                     "the peer could not prove it knows the cluster secret (a different --cluster-secret?)"
-                        .to_owned(),
+                        .into(),
                 );
             }
             theirs.validate()?;
+            let their_end = self.ending_of(&theirs.id, theirs.instance);
             let proof = key.proof(Role::Dialer, &my_nonce, &their_nonce, &mine, &theirs);
             send(&mut framed, encode_frame(&Frame::Proof(proof))).await?;
             match receive(&mut framed).await? {
+                // An instance that ended is told so, once it has checked this node's proof.
+                Frame::Welcome if their_end.is_some() => {
+                    if let Some(e) = their_end {
+                        let _ = send(&mut framed, encode_frame(&Frame::Ended(e))).await;
+                    }
+                    Err(format!(
+                        "{} answers with an instance that ended ({:016x}); it was told so",
+                        theirs.id, theirs.instance
+                    )
+                    .into())
+                }
                 Frame::Welcome => Ok(theirs),
-                Frame::Refused(why) => Err(format!("refused: {why}")),
-                _ => Err("the peer answered out of turn".to_owned()),
+                Frame::Ended(e) => Err(DialError::Ended(e)),
+                Frame::Refused(why) => Err(format!("refused: {why}").into()),
+                _ => Err("the peer answered out of turn".into()),
             }
         })
         .await
-        .map_err(|_| "handshake timed out".to_owned())??;
+        .map_err(|_| DialError::from("handshake timed out".to_owned()))??;
         framed
             .codec_mut()
             .set_max_frame_length(self.inner.max_frame);
@@ -453,8 +517,9 @@ impl Transport {
             };
             let mut framed = Framed::new(io, codec(HANDSHAKE_MAX_FRAME));
             match self.accept(&mut framed).await {
-                Ok(member) => Ok((member, framed)),
-                Err(why) => Err((why, Some(framed))),
+                Ok(Ok(member)) => Ok((member, framed)),
+                Ok(Err(ended)) => Err((String::new(), Some((framed, Some(ended))))),
+                Err(why) => Err((why, Some((framed, None)))),
             }
         })
         .await;
@@ -467,7 +532,19 @@ impl Transport {
                 }
                 return;
             }
-            Ok(Err((why, Some(mut framed)))) => {
+            Ok(Err((_, Some((mut framed, Some(ended)))))) => {
+                if refused("ended") {
+                    tracing::warn!(
+                        %remote, peer = %ended.id, instance = format!("{:016x}", ended.instance),
+                        how = ended.how.as_str(),
+                        "refusing a peer whose instance ended ({}); it was told so",
+                        ended.how.as_str()
+                    );
+                }
+                let _ = framed.send(encode_frame(&Frame::Ended(ended))).await;
+                return;
+            }
+            Ok(Err((why, Some((mut framed, None))))) => {
                 let reason = if why.contains("proof") {
                     "proof"
                 } else {
@@ -489,18 +566,39 @@ impl Transport {
         framed
             .codec_mut()
             .set_max_frame_length(self.inner.max_frame);
-        let from = theirs.id.clone();
+        let (from, instance) = (theirs.id.clone(), theirs.instance);
         let _ = (self.inner.events)(PeerEvent::Learn(theirs));
+        let mut endings_seen = self.inner.endings_version.load(Ordering::Acquire);
         while let Some(next) = framed.next().await {
             let frame = match next {
                 Ok(bytes) => decode_frame(&bytes),
                 Err(e) => Err(format!("unreadable frame: {e}")),
             };
+            // The node learned of an ending since the last message: is it this peer's?
+            let endings = self.inner.endings_version.load(Ordering::Acquire);
+            if endings != endings_seen {
+                endings_seen = endings;
+                if let Some(ended) = self.ending_of(&from, instance) {
+                    if refused("ended") {
+                        tracing::warn!(
+                            %remote, peer = %from, how = ended.how.as_str(),
+                            "closing the connection of a peer whose instance ended; it was told so"
+                        );
+                    }
+                    let _ = framed.send(encode_frame(&Frame::Ended(ended))).await;
+                    return;
+                }
+            }
             match frame {
+                Ok(Frame::Ended(e)) => {
+                    let _ = (self.inner.events)(PeerEvent::Ended(e));
+                    return;
+                }
                 Ok(Frame::Message(_)) if self.drops_from(&from) => {}
                 Ok(Frame::Message(message)) => {
                     if !(self.inner.events)(PeerEvent::Message {
                         from: from.clone(),
+                        instance,
                         message,
                     }) {
                         return;
@@ -520,9 +618,9 @@ impl Transport {
 }
 
 impl Transport {
-    /// The acceptor's side of the handshake, up to the welcome; the dialer's record, or why it
-    /// is refused.
-    async fn accept(&self, framed: &mut PeerConn) -> Result<Member, String> {
+    /// The acceptor's side of the handshake, up to the welcome: the dialer's record, or its
+    /// instance's ending (once both proofs were checked), or why it is refused.
+    async fn accept(&self, framed: &mut PeerConn) -> Result<Result<Member, Ended>, String> {
         let first = match framed.next().await {
             Some(Ok(bytes)) => bytes,
             Some(Err(e)) => return Err(format!("bad frame in handshake: {e}")),
@@ -544,8 +642,11 @@ impl Transport {
             Frame::Proof(p)
                 if key.verify(&p, Role::Dialer, &hello.nonce, &my_nonce, &hello.member, mine) =>
             {
+                if let Some(ended) = self.ending_of(&hello.member.id, hello.member.instance) {
+                    return Ok(Err(ended));
+                }
                 send(framed, encode_frame(&Frame::Welcome)).await?;
-                Ok(hello.member)
+                Ok(Ok(hello.member))
             }
             Frame::Proof(_) => Err(
                 "its proof does not match this node's cluster secret: give every node the same --cluster-secret"
@@ -559,7 +660,7 @@ impl Transport {
 
 /// Counts an inbound handshake refused, by reason: `busy` (too many at once), `proof` (wrong
 /// secret or replay), `protocol` (malformed, oversized, out of turn, another version),
-/// `timeout`. Returns whether to log it: at most 10 warnings per 10 s, then one line saying how
+/// `timeout`, `ended` (an instance that left, was removed or is stale). Returns whether to log it: at most 10 warnings per 10 s, then one line saying how
 /// many more there were, so that a flood of connections cannot flood the log.
 fn refused(reason: &'static str) -> bool {
     metrics::counter!("dynamokv_peer_handshakes_refused_total", "reason" => reason).increment(1);
@@ -594,6 +695,36 @@ async fn receive(framed: &mut PeerConn) -> Result<Frame, String> {
     }
 }
 
+/// Why a dial did not give a connection.
+#[derive(Debug)]
+enum DialError {
+    /// The peer said this node's instance ended.
+    Ended(Ended),
+    /// Anything else, and why.
+    Failed(String),
+}
+
+impl From<String> for DialError {
+    fn from(why: String) -> Self {
+        DialError::Failed(why)
+    }
+}
+
+impl From<&str> for DialError {
+    fn from(why: &str) -> Self {
+        DialError::Failed(why.to_owned())
+    }
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::Ended(e) => write!(f, "this node's instance ended: {}", e.how.as_str()),
+            DialError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Keeps one outbound connection to `peer` at `addr` alive, writing what `rx` yields.
 async fn dial_loop(
     t: Transport,
@@ -611,15 +742,22 @@ async fn dial_loop(
                 let _ = (t.inner.events)(PeerEvent::Learn(member));
                 let _ = (t.inner.events)(PeerEvent::Up(peer.clone()));
                 tracing::debug!(%peer, %addr, "connected");
-                let reason = pump(&mut framed, &mut rx).await;
+                let (reason, ended) = pump(&mut framed, &mut rx).await;
                 tracing::info!(%peer, %addr, %reason, "peer connection lost");
                 let _ = (t.inner.events)(PeerEvent::Down(peer.clone()));
+                if let Some(e) = ended {
+                    let _ = (t.inner.events)(PeerEvent::Ended(e));
+                }
                 if rx.is_closed() {
                     return;
                 }
             }
             Ok((member, _)) => {
                 tracing::warn!(%peer, %addr, found = %member.id, "a different node answers at this address");
+            }
+            Err(DialError::Ended(e)) => {
+                tracing::debug!(%peer, %addr, "the peer says this node's instance ended");
+                let _ = (t.inner.events)(PeerEvent::Ended(e));
             }
             Err(e) => {
                 tracing::debug!(%peer, %addr, error = %e, "cannot connect");
@@ -637,15 +775,19 @@ async fn dial_loop(
     }
 }
 
-/// Writes queued messages (batching what is ready) until the connection fails; returns why.
-/// A message too large for a frame is dropped alone, with a warning: the connection and the
-/// other messages on it go on (the sender's request times out like any lost message).
-async fn pump(framed: &mut PeerConn, rx: &mut mpsc::UnboundedReceiver<Message>) -> String {
+/// Writes queued messages (batching what is ready) until the connection fails; returns why, and
+/// the ending the peer told of, if it closed the connection with one. A message too large for a
+/// frame is dropped alone, with a warning: the connection and the other messages on it go on
+/// (the sender's request times out like any lost message).
+async fn pump(
+    framed: &mut PeerConn,
+    rx: &mut mpsc::UnboundedReceiver<Message>,
+) -> (String, Option<Ended>) {
     let max_frame = framed.codec().max_frame_length();
     loop {
         tokio::select! {
             m = rx.recv() => {
-                let Some(first) = m else { return "link retired".into() };
+                let Some(first) = m else { return ("link retired".into(), None) };
                 let mut batch = vec![first];
                 while batch.len() < 256 {
                     match rx.try_recv() {
@@ -668,7 +810,7 @@ async fn pump(framed: &mut PeerConn, rx: &mut mpsc::UnboundedReceiver<Message>) 
                     sent[family].0 += 1;
                     sent[family].1 += frame.len() as u64;
                     if let Err(e) = framed.feed(frame).await {
-                        return format!("write failed: {e}");
+                        return (format!("write failed: {e}"), None);
                     }
                 }
                 for (i, (messages, bytes)) in sent.into_iter().enumerate() {
@@ -681,14 +823,17 @@ async fn pump(framed: &mut PeerConn, rx: &mut mpsc::UnboundedReceiver<Message>) 
                     }
                 }
                 if let Err(e) = futures_util::SinkExt::<Bytes>::flush(framed).await {
-                    return format!("write failed: {e}");
+                    return (format!("write failed: {e}"), None);
                 }
             }
             r = framed.next() => {
                 return match r {
-                    None => "closed by peer".into(),
-                    Some(Err(e)) => format!("read failed: {e}"),
-                    Some(Ok(_)) => "peer wrote on a send-only connection".into(),
+                    None => ("closed by peer".into(), None),
+                    Some(Err(e)) => (format!("read failed: {e}"), None),
+                    Some(Ok(bytes)) => match decode_frame(&bytes) {
+                        Ok(Frame::Ended(e)) => ("the peer says this node's instance ended".into(), Some(e)),
+                        _ => ("peer wrote on a send-only connection".into(), None),
+                    },
                 };
             }
         }

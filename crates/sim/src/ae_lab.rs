@@ -56,6 +56,7 @@ fn member(i: usize, vnodes: u16) -> Member {
         http_addr: format!("h{i}"),
         tokens: hashed_tokens(&format!("n{i}"), vnodes),
         instance: 0,
+        epoch: 0,
     }
 }
 
@@ -107,6 +108,7 @@ impl Lab {
             store,
             i as u64,
             &self.members,
+            &[],
         );
         for m in &self.members {
             n.assume_connected(&m.id);

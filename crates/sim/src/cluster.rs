@@ -8,7 +8,7 @@ use crate::workload::Client;
 use crate::{CoreNode, EPOCH, Rng, SimConfig};
 use dynamokv_core::ActorId;
 use dynamokv_core::clock::Now;
-use dynamokv_core::membership::Member;
+use dynamokv_core::membership::{Ended, Member};
 use dynamokv_core::node::{Node, Output};
 use dynamokv_core::ring::hashed_tokens;
 use dynamokv_core::store::LocalStore;
@@ -21,16 +21,34 @@ pub(crate) struct SimNode {
     pub(crate) member: Member,
     /// The persisted membership history (survives crashes).
     pub(crate) history: Vec<Member>,
+    /// The persisted endings (survive crashes).
+    pub(crate) ended: Vec<Ended>,
     pub(crate) core: Option<CoreNode>,
     pub(crate) store: Arc<ObjectStore>,
     pub(crate) paused: bool,
     pub(crate) held: Vec<Ev>,
     pub(crate) skew: i64,
     pub(crate) actors: u64,
-    /// Crashed for good (removed from the cluster): never restarted.
+    /// Crashed for good (to be removed): never restarted by the heal.
     pub(crate) retired: bool,
+    /// Declared removed (its instance ended): out of the cluster until it is wiped and joins
+    /// again as a new instance.
+    pub(crate) removed: bool,
+    /// Its disk no longer counts: it crashed for good or was removed, so a write that only it
+    /// (and other such nodes) held may be gone.
+    pub(crate) lost_disk: bool,
     /// Started at least once (the spare node waits for its join).
     pub(crate) joined: bool,
+    /// A copy of its data directory (store, history, endings), to be put back later.
+    pub(crate) copy: Option<(Arc<ObjectStore>, Vec<Member>, Vec<Ended>)>,
+}
+
+impl SimNode {
+    /// Whether this node's current instance knows it ended (it left, was removed, or is
+    /// stale): it serves nothing, and its view and disk no longer count.
+    pub(crate) fn ended(&self) -> bool {
+        self.core.as_ref().is_some_and(|c| c.ended().is_some())
+    }
 }
 
 impl Sim {
@@ -57,15 +75,23 @@ impl Sim {
                 store.clone(),
                 rng.next_u64(),
                 &members,
+                &[],
             );
             // Start converged and connected: the history each node would have persisted.
             for other in &members {
                 core.assume_connected(&other.id);
             }
-            core.drain();
+            // Its own record for this start (a raised epoch) is persisted like any other.
+            let mut history = members.clone();
+            for out in core.drain() {
+                if let Output::Persist(record) = out {
+                    history.push(record);
+                }
+            }
             nodes.push(SimNode {
-                member: m.clone(),
-                history: members.clone(),
+                member: core.me().clone(),
+                history,
+                ended: Vec::new(),
                 core: Some(core),
                 store,
                 paused: false,
@@ -73,13 +99,17 @@ impl Sim {
                 skew,
                 actors: 1,
                 retired: false,
+                removed: false,
+                lost_disk: false,
                 joined: true,
+                copy: None,
             });
         }
         for i in cfg.nodes..slots {
             nodes.push(SimNode {
                 member: sim_member(i, cfg.vnodes, dynamokv_core::membership::Status::Joining),
                 history: Vec::new(),
+                ended: Vec::new(),
                 core: None,
                 store: Arc::new(ObjectStore::new(Arc::new(MemoryEngine::new()))),
                 paused: false,
@@ -87,7 +117,10 @@ impl Sim {
                 skew: 0,
                 actors: 0,
                 retired: false,
+                removed: false,
+                lost_disk: false,
                 joined: false,
+                copy: None,
             });
         }
         let clients = (0..cfg.clients)
@@ -104,6 +137,7 @@ impl Sim {
             events: BTreeMap::new(),
             nodes,
             cut: BTreeSet::new(),
+            isolated: BTreeSet::new(),
             loss: false,
             clients,
             ops: Vec::new(),
@@ -149,12 +183,13 @@ impl Sim {
                     let Some(j) = self.index_of(&to) else {
                         continue;
                     };
+                    let instance = self.nodes[i].member.instance;
                     let delay = if self.cfg.faults.delay {
                         self.rng.range(1, 50)
                     } else {
                         self.rng.range(1, 3)
                     };
-                    if self.cut.contains(&(i, j)) || (self.loss && self.rng.chance(0.05)) {
+                    if self.severed(i, j) || (self.loss && self.rng.chance(0.05)) {
                         self.dropped += 1;
                         continue;
                     }
@@ -162,6 +197,7 @@ impl Sim {
                         self.now + delay,
                         Ev::Deliver {
                             from: i,
+                            instance,
                             to: j,
                             message,
                         },
@@ -169,15 +205,21 @@ impl Sim {
                 }
                 Output::Respond { client, response } => self.answer(client, response),
                 Output::Persist(member) => self.nodes[i].history.push(member),
+                Output::PersistEnded(e) => self.nodes[i].ended.push(e),
             }
         }
     }
-    /// Hints kept anywhere in the cluster (a removed node's hints died with it).
+    /// Hints kept anywhere in the cluster (a removed node's hints died with it, and a node
+    /// that ended hands nothing over).
     pub(crate) fn hints_pending(&self) -> usize {
-        self.nodes
-            .iter()
-            .filter(|n| !n.retired)
-            .map(|n| n.store.scan_hints(None, usize::MAX).map_or(0, |h| h.len()))
+        self.in_cluster()
+            .into_iter()
+            .map(|i| {
+                self.nodes[i]
+                    .store
+                    .scan_hints(None, usize::MAX)
+                    .map_or(0, |h| h.len())
+            })
             .sum()
     }
 
@@ -186,13 +228,16 @@ impl Sim {
         self.nodes.iter().position(|n| !n.joined)
     }
 
-    /// Nodes that are members of the cluster at the end: started, not removed, not left.
+    /// Nodes that are members of the cluster: started, not crashed for good, not removed, and
+    /// not ended (left, or told it was removed or stale).
     pub(crate) fn in_cluster(&self) -> Vec<usize> {
         (0..self.nodes.len())
             .filter(|i| {
                 let n = &self.nodes[*i];
                 n.joined
                     && !n.retired
+                    && !n.removed
+                    && !n.ended()
                     && n.core
                         .as_ref()
                         .is_none_or(|c| c.me().status != dynamokv_core::membership::Status::Left)
@@ -211,11 +256,13 @@ impl Sim {
         })
     }
 
-    /// Whether every live node holds the same membership records and ring.
+    /// Whether every live member holds the same membership records and ring (an instance
+    /// that ended hears nothing more).
     pub(crate) fn views_agree(&self) -> bool {
         let mut views = self
             .nodes
             .iter()
+            .filter(|n| !n.ended())
             .filter_map(|n| n.core.as_ref())
             .map(|c| (c.ring().version(), c.members()));
         let Some(first) = views.next() else {
@@ -229,6 +276,7 @@ impl Sim {
         let views: Vec<(String, u64, BTreeMap<String, Member>)> = self
             .nodes
             .iter()
+            .filter(|n| !n.ended())
             .filter_map(|n| n.core.as_ref())
             .map(|c| (c.id().to_owned(), c.ring().version(), c.members().clone()))
             .collect();
@@ -260,7 +308,9 @@ fn sim_member(i: usize, vnodes: u16, status: dynamokv_core::membership::Status) 
     let id = format!("n{i:03}");
     Member {
         tokens: hashed_tokens(&id, vnodes),
-        instance: 0,
+        // Each node's data directory is its own instance.
+        instance: i as u64 + 1,
+        epoch: 0,
         id,
         generation: EPOCH,
         version: 1,

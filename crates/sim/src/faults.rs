@@ -19,8 +19,11 @@ pub struct Faults {
     /// Per-node wall-clock skew up to ±2 s, and wall-clock steps of up to ±60 s during the run
     /// (timers run on the monotonic clock and must not notice).
     pub skew: bool,
-    /// Membership changes: a node joins, one leaves, and (with enough nodes) a crashed one is
-    /// removed.
+    /// Membership changes: a node joins, one leaves, one stops to have its data directory
+    /// copied; with enough nodes, a crashed one is removed, or a live one cut off from the
+    /// others is removed and then reachable again (both with 7 nodes). Once the cluster settled,
+    /// the removed node's machine starts again on its old data and the copied directory is put
+    /// back; then what ended is wiped and joins again.
     pub membership: bool,
 }
 
@@ -98,14 +101,41 @@ impl Sim {
             let leave = self.rng.range(join + 500, end.max(join + 1000));
             let leaver = self.rng.below(originals as u64) as usize;
             self.at(leave, Ev::Leave(leaver));
-            if originals > usize::from(self.cfg.node.n) + 1 {
-                let victim =
-                    (leaver + 1 + self.rng.below(originals as u64 - 1) as usize) % originals;
-                let by = (0..originals)
-                    .find(|i| *i != victim && *i != leaver)
-                    .unwrap_or(0);
+            // The other originals, in a seeded order: the victims of the scenarios below.
+            let mut others: Vec<usize> = (0..originals).filter(|i| *i != leaver).collect();
+            for k in (1..others.len()).rev() {
+                let j = self.rng.below(k as u64 + 1) as usize;
+                others.swap(k, j);
+            }
+            let n = usize::from(self.cfg.node.n);
+            let (crashed, cut_off) = if originals > n + 2 {
+                (true, true)
+            } else if originals > n + 1 {
+                let crashed = self.rng.chance(0.5);
+                (crashed, !crashed)
+            } else {
+                (false, false)
+            };
+            let mut next = others.into_iter();
+            let copied = next.next();
+            let crash_victim = crashed.then(|| next.next()).flatten();
+            let cut_victim = cut_off.then(|| next.next()).flatten();
+            let by = next.next().unwrap_or(0);
+            if let Some(victim) = crash_victim {
+                // A node dies for good and is removed.
                 self.at(leave + 200, Ev::Retire(victim));
                 self.at(leave + 3_000, Ev::Remove { victim, by });
+            }
+            if let Some(victim) = cut_victim {
+                // A live node is cut off from every other and removed; later it is reachable.
+                let t = self.rng.range(start, end);
+                self.at(t, Ev::Isolate(victim));
+                self.at(t + 3_000, Ev::Remove { victim, by });
+            }
+            if let Some(i) = copied {
+                // A node stops, its data directory is copied, and it starts again.
+                let t = self.rng.range(start, end);
+                self.at(t, Ev::CopyDir(i));
             }
         }
         let mut kinds = Vec::new();

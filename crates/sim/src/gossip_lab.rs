@@ -51,6 +51,7 @@ impl Net {
                 http_addr: format!("sim:{id}"),
                 tokens: hashed_tokens(id, 4),
                 instance: 0,
+                epoch: 0,
             })
             .collect();
         let config = NodeConfig::default();
@@ -65,6 +66,7 @@ impl Net {
                     config.gossip_interval_ms,
                     rng.next_u64(),
                     &members,
+                    &[],
                     &mut out,
                 );
                 for id in &ids {

@@ -6,19 +6,25 @@ use crate::cluster::SimNode;
 use crate::workload::{Client, OpRecord, key_name};
 use crate::{EPOCH, Rng, SimConfig};
 use crate::{Report, TICK_MS};
+use dynamokv_core::membership::Member;
 use dynamokv_core::message::{ClientId, ClientRequest};
 use dynamokv_core::message::{GossipMessage, HandoffMessage, KvMessage, Message, SyncMessage};
-use dynamokv_core::node::Node;
+use dynamokv_core::node::{Admission, Node};
 use dynamokv_core::store::LocalStore;
 use dynamokv_core::{ActorId, Object};
+use dynamokv_storage::{Engine, MemoryEngine, ObjectStore, Space, WriteBatch};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub(crate) enum Ev {
     Deliver {
         from: usize,
+        /// The sender's data directory instance when it sent the message.
+        instance: u64,
         to: usize,
         message: Message,
     },
@@ -45,13 +51,19 @@ pub(crate) enum Ev {
     Leave(usize),
     /// A node crashes for good (it will be removed).
     Retire(usize),
-    /// Node `by` declares the retired node `victim` removed (retried while it still looks up).
+    /// Node `by` declares node `victim` removed (retried while it still looks up).
     Remove {
-        /// The dead node.
+        /// The dead (or cut off) node.
         victim: usize,
         /// The node asked.
         by: usize,
     },
+    /// Every link to and from a node is cut, until it is removed (then healed a little later).
+    Isolate(usize),
+    /// The links of an isolated node heal.
+    Unisolate(usize),
+    /// A node stops, its data directory is copied, and it starts again.
+    CopyDir(usize),
 }
 
 /// A simulation run.
@@ -64,6 +76,8 @@ pub struct Sim {
     pub(crate) events: BTreeMap<u64, Ev>,
     pub(crate) nodes: Vec<SimNode>,
     pub(crate) cut: BTreeSet<(usize, usize)>,
+    /// Nodes cut off from every other node (to be removed while alive).
+    pub(crate) isolated: BTreeSet<usize>,
     pub(crate) loss: bool,
     pub(crate) clients: Vec<Client>,
     pub(crate) ops: Vec<OpRecord>,
@@ -138,25 +152,49 @@ impl Sim {
     pub(crate) fn step(&mut self, time: u64, ev: Ev) {
         self.now = time;
         match ev {
-            Ev::Deliver { from, to, message } => {
+            Ev::Deliver {
+                from,
+                instance,
+                to,
+                message,
+            } => {
                 let (kind, key) = message_kind(&message);
                 let (kind, key) = (kind, key.to_vec());
                 self.hash(&[time, 1, from as u64, to as u64, kind.into()], &key);
-                if self.nodes[to].core.is_none() || self.cut.contains(&(from, to)) {
+                if self.nodes[to].core.is_none() || self.severed(from, to) {
                     self.dropped += 1;
                     return;
                 }
                 if self.nodes[to].paused {
-                    self.nodes[to].held.push(Ev::Deliver { from, to, message });
+                    self.nodes[to].held.push(Ev::Deliver {
+                        from,
+                        instance,
+                        to,
+                        message,
+                    });
                     return;
                 }
-                self.delivered += 1;
                 let now = self.node_now(to);
                 let from_id = self.nodes[from].member.id.clone();
-                if let Some(core) = self.nodes[to].core.as_mut() {
-                    core.step(now, &from_id, message);
+                let admission = self.nodes[to]
+                    .core
+                    .as_ref()
+                    .map(|c| c.admits(&from_id, instance));
+                match admission {
+                    Some(Admission::Admitted) => {
+                        self.delivered += 1;
+                        if let Some(core) = self.nodes[to].core.as_mut() {
+                            core.step(now, &from_id, message);
+                        }
+                        self.drain(to);
+                    }
+                    Some(Admission::Ended(e)) => {
+                        // The transport closes the connection and tells the sender.
+                        self.dropped += 1;
+                        self.tell_ended(from, instance, e);
+                    }
+                    _ => self.dropped += 1,
                 }
-                self.drain(to);
             }
             Ev::Request {
                 to,
@@ -229,7 +267,11 @@ impl Sim {
             }
             Ev::Restart(i) => {
                 self.hash(&[time, 7, i as u64], &[]);
-                if self.nodes[i].core.is_none() && !self.nodes[i].retired && self.nodes[i].joined {
+                if self.nodes[i].core.is_none()
+                    && !self.nodes[i].retired
+                    && !self.nodes[i].removed
+                    && self.nodes[i].joined
+                {
                     self.log(|| format!("restart n{i:03}"));
                     self.start_node(i);
                 }
@@ -262,6 +304,7 @@ impl Sim {
                 self.hash(&[time, 16, i as u64], &[]);
                 self.log(|| format!("retire n{i:03}"));
                 self.nodes[i].retired = true;
+                self.nodes[i].lost_disk = true;
                 self.at(time, Ev::Crash(i));
             }
             Ev::Remove { victim, by } => {
@@ -270,9 +313,39 @@ impl Sim {
                 let result = self.nodes[by].core.as_mut().map(|c| c.remove(&id));
                 self.log(|| format!("remove n{victim:03} by n{by:03}: {result:?}"));
                 match result {
-                    Some(Ok(())) => self.drain(by),
+                    Some(Ok(())) => {
+                        self.drain(by);
+                        self.nodes[victim].removed = true;
+                        self.nodes[victim].lost_disk = true;
+                        // A node removed while cut off is reachable again a little later.
+                        if self.isolated.contains(&victim) {
+                            let heal = self.rng.range(1_000, 5_000);
+                            self.at(time + heal, Ev::Unisolate(victim));
+                        }
+                    }
                     // Still believed up, or the asked node is down: try again soon.
                     _ => self.at(time + 1_000, Ev::Remove { victim, by }),
+                }
+            }
+            Ev::Isolate(i) => {
+                self.hash(&[time, 18, i as u64], &[]);
+                self.log(|| format!("isolate n{i:03}"));
+                self.isolated.insert(i);
+            }
+            Ev::Unisolate(i) => {
+                self.hash(&[time, 19, i as u64], &[]);
+                self.log(|| format!("unisolate n{i:03}"));
+                self.isolated.remove(&i);
+            }
+            Ev::CopyDir(i) => {
+                self.hash(&[time, 20, i as u64], &[]);
+                if self.nodes[i].core.is_some() && !self.nodes[i].paused {
+                    self.log(|| format!("copy the data directory of n{i:03}"));
+                    self.step(time, Ev::Crash(i));
+                    let n = &self.nodes[i];
+                    let copy = (copy_store(&n.store), n.history.clone(), n.ended.clone());
+                    self.nodes[i].copy = Some(copy);
+                    self.start_node(i);
                 }
             }
             Ev::Pause(i) => {
@@ -318,22 +391,51 @@ impl Sim {
         }
     }
 
+    /// Whether messages from `from` to `to` are lost to a cut link or an isolated node.
+    pub(crate) fn severed(&self, from: usize, to: usize) -> bool {
+        self.cut.contains(&(from, to))
+            || self.isolated.contains(&from)
+            || self.isolated.contains(&to)
+    }
+
+    /// Node `to` refused a message or a handshake of instance `instance` of node `i`, which
+    /// ended: `i` is told (the transport's `Ended` frame), if that instance still runs.
+    fn tell_ended(&mut self, i: usize, instance: u64, e: dynamokv_core::membership::Ended) {
+        if let Some(c) = self.nodes[i].core.as_mut()
+            && c.me().instance == instance
+        {
+            c.on_ended(e);
+        }
+        self.drain(i);
+    }
+
     /// Starts node `i` from its persisted history (its latest own record gives its status and
-    /// tokens) and connects it both ways.
+    /// tokens) and handshakes with every live node both ways. Refused, as the server refuses
+    /// it, when its own instance ended (it left, was removed or found stale, and knows it).
     pub(crate) fn start_node(&mut self, i: usize) {
+        let me = &self.nodes[i].member;
         let mut member = self.nodes[i]
             .history
             .iter()
-            .filter(|m| m.id == self.nodes[i].member.id)
+            .filter(|m| m.id == me.id && m.instance == me.instance)
             .max_by_key(|m| (m.generation, m.version))
             .cloned()
             .unwrap_or_else(|| self.nodes[i].member.clone());
+        let own_end = self.nodes[i]
+            .ended
+            .iter()
+            .any(|e| e.id == member.id && e.instance == member.instance);
+        if own_end || member.status == dynamokv_core::membership::Status::Left {
+            self.log(|| format!("n{i:03} refuses to start: its instance ended"));
+            return;
+        }
         member.generation = self.node_now(i).wall;
         member.version = 1;
         self.nodes[i].actors += 1;
         let seed = self.rng.next_u64();
         let actor = ActorId(self.rng.next_u64());
         let history = self.nodes[i].history.clone();
+        let ended = self.nodes[i].ended.clone();
         let mut core = Node::new(
             member,
             actor,
@@ -341,27 +443,98 @@ impl Sim {
             self.nodes[i].store.clone(),
             seed,
             &history,
+            &ended,
         );
         self.nodes[i].member = core.me().clone();
         let now = self.node_now(i);
         core.tick(now);
         self.nodes[i].core = Some(core);
-        // Connections come back both ways.
-        let id = self.nodes[i].member.id.clone();
+        // Handshakes, both ways: each side learns the other's record, refuses an instance that
+        // ended (telling it) and connects otherwise. (Across a cut link the connection is made
+        // without a word, as in this simulator's partitions: messages are lost, connections
+        // stay.)
+        let (id, instance) = (
+            self.nodes[i].member.id.clone(),
+            self.nodes[i].member.instance,
+        );
         for j in 0..self.nodes.len() {
             if j == i || self.nodes[j].core.is_none() {
                 continue;
             }
-            let other = self.nodes[j].member.id.clone();
-            if let Some(c) = self.nodes[i].core.as_mut() {
-                c.peer_up(&other);
+            if self.severed(i, j) || self.severed(j, i) {
+                let other = self.nodes[j].member.id.clone();
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.peer_up(&other);
+                }
+                if let Some(c) = self.nodes[j].core.as_mut() {
+                    c.peer_up(&id);
+                }
+                self.drain(j);
+                continue;
             }
+            let (Some(mi), Some(mj)) = (
+                self.nodes[i].core.as_ref().map(|c| c.me().clone()),
+                self.nodes[j].core.as_ref().map(|c| c.me().clone()),
+            ) else {
+                continue;
+            };
             if let Some(c) = self.nodes[j].core.as_mut() {
-                c.peer_up(&id);
+                c.learn(&[mi]);
+            }
+            if let Some(c) = self.nodes[i].core.as_mut() {
+                c.learn(std::slice::from_ref(&mj));
+            }
+            let by_j = self.nodes[j].core.as_ref().map(|c| c.admits(&id, instance));
+            let by_i = self.nodes[i]
+                .core
+                .as_ref()
+                .map(|c| c.admits(&mj.id, mj.instance));
+            // (A record not taken yet - an instance not current here - still connects, as the
+            // transport does: its messages are dropped until its record counts.)
+            match (by_j, by_i) {
+                (Some(Admission::Ended(e)), _) => self.tell_ended(i, instance, e),
+                (_, Some(Admission::Ended(e))) => self.tell_ended(j, mj.instance, e),
+                _ => {
+                    if let Some(c) = self.nodes[i].core.as_mut() {
+                        c.peer_up(&mj.id);
+                    }
+                    if let Some(c) = self.nodes[j].core.as_mut() {
+                        c.peer_up(&id);
+                    }
+                }
             }
             self.drain(j);
         }
         self.drain(i);
+    }
+
+    /// Node `i`'s data directory is wiped and it starts again through a seed: a new instance,
+    /// which joins (receiving its ranges from their current owners).
+    pub(crate) fn rejoin(&mut self, i: usize) {
+        self.log(|| format!("n{i:03} is wiped and joins again as a new instance"));
+        self.nodes[i].core = None;
+        self.nodes[i].paused = false;
+        self.nodes[i].held.clear();
+        self.nodes[i].store = Arc::new(ObjectStore::new(Arc::new(MemoryEngine::new())));
+        let view: Vec<Member> = self
+            .in_cluster()
+            .into_iter()
+            .find_map(|j| self.nodes[j].core.as_ref())
+            .map(|c| c.members().values().cloned().collect())
+            .unwrap_or_default();
+        self.nodes[i].history = view;
+        self.nodes[i].ended = Vec::new();
+        let m = &mut self.nodes[i].member;
+        m.instance += 1_000;
+        m.status = dynamokv_core::membership::Status::Joining;
+        m.epoch = 0;
+        self.nodes[i].retired = false;
+        self.nodes[i].removed = false;
+        self.nodes[i].copy = None;
+        self.start_node(i);
+        if let Some(c) = self.nodes[i].core.as_mut() {
+            c.started_empty();
+        }
     }
 
     pub(crate) fn run_until(&mut self, end: u64) {
@@ -390,12 +563,110 @@ impl Sim {
         })
     }
 
-    /// Live nodes that are not primaries of `key` but hold a copy of it.
+    /// Members that are not primaries of `key` but hold a copy of it (an instance that ended
+    /// keeps what it held on its disk, and hands nothing over).
     pub(crate) fn misplaced(&self, key: &[u8], primaries: &[usize]) -> Vec<usize> {
-        (0..self.nodes.len())
+        self.in_cluster()
+            .into_iter()
             .filter(|i| !primaries.contains(i) && self.nodes[*i].core.is_some())
             .filter(|i| self.nodes[*i].store.get(key).ok().flatten().is_some())
             .collect()
+    }
+
+    /// Repair by anti-entropy alone: no client reads. Every node starts a round with every
+    /// other replica of each of its ranges, again every few seconds, until every key's
+    /// primaries agree and the views too (or two simulated minutes pass: the checker then
+    /// reports them).
+    fn repair_until_converged(&mut self) {
+        let deadline = self.now + 120_000;
+        let mut next_round = self.now;
+        while !(self.converged() && self.views_agree()) && self.now < deadline {
+            if self.now >= next_round {
+                for i in 0..self.nodes.len() {
+                    if let Some(core) = self.nodes[i].core.as_mut() {
+                        core.repair();
+                    }
+                }
+                next_round = self.now + 5_000;
+            }
+            let next = self.now + 250;
+            self.run_until(next);
+        }
+    }
+
+    /// Once the cluster settled (tombstones of the workload's deletes collected): a removed
+    /// node's machine starts again on its old data directory, and a node's directory is put
+    /// back from an older copy of itself. Neither may bring a deleted value back. Then every
+    /// node that was removed or found stale is wiped and joins again as a new instance.
+    fn returns_from_the_past(&mut self) {
+        let mut back = false;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].removed && self.nodes[i].core.is_none() {
+                self.log(|| format!("n{i:03} starts again on the data of a removed instance"));
+                self.start_node(i);
+                back = true;
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let Some((store, history, ended)) = self.nodes[i].copy.take() else {
+                continue;
+            };
+            if self.nodes[i].core.is_none() || !self.in_cluster().contains(&i) {
+                continue;
+            }
+            self.log(|| format!("n{i:03} starts again on an older copy of its data directory"));
+            self.step(self.now, Ev::Crash(i));
+            let n = &mut self.nodes[i];
+            (n.store, n.history, n.ended) = (store, history, ended);
+            n.lost_disk = true;
+            self.start_node(i);
+            back = true;
+        }
+        if !back {
+            return;
+        }
+        let end = self.now + 10_000;
+        self.run_until(end);
+        let gone: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                let n = &self.nodes[*i];
+                n.removed
+                    || n.core
+                        .as_ref()
+                        .and_then(|c| c.ended())
+                        .is_some_and(|e| e.how != dynamokv_core::membership::Ending::Left)
+            })
+            .collect();
+        for &i in &gone {
+            let why = self.nodes[i].core.as_ref().and_then(|c| c.ended().cloned());
+            self.log(|| format!("n{i:03} ended: {why:?}"));
+            self.rejoin(i);
+        }
+        let deadline = self.now + 60_000;
+        let joined = |sim: &Sim| {
+            gone.iter().all(|i| {
+                sim.nodes[*i]
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.me().status == dynamokv_core::membership::Status::Up)
+            })
+        };
+        while !(joined(self) && self.all_up()) && self.now < deadline {
+            let next = self.now + 250;
+            self.run_until(next);
+        }
+        if !joined(self) {
+            self.violations.push(Violation::Membership {
+                what: "a wiped node did not finish joining again within 60 s".into(),
+            });
+        }
+        if !self.all_up() {
+            self.violations.push(Violation::Membership {
+                what: "some node believes a live peer is down 60 s after the wiped nodes joined"
+                    .into(),
+            });
+        }
+        self.repair_until_converged();
     }
 
     pub(crate) fn all_done(&self) -> bool {
@@ -429,9 +700,12 @@ impl Sim {
         self.at(t, Ev::Heal(all));
         self.at(t, Ev::Loss(false));
         self.run_until(t + 3000);
-        // Wait (bounded) until every node believes every other is up again.
+        // Wait (bounded) until every node believes every other is up again (and a node being
+        // removed while cut off is removed and reachable again).
         let deadline = self.now + 60_000;
-        while !(self.all_up() && self.hints_pending() == 0) && self.now < deadline {
+        while !(self.all_up() && self.hints_pending() == 0 && self.isolated.is_empty())
+            && self.now < deadline
+        {
             let next = self.now + 250;
             self.run_until(next);
         }
@@ -449,23 +723,9 @@ impl Sim {
                     .into(),
             });
         }
-        // Repair by anti-entropy alone: no client reads. Every node starts a round with every
-        // other replica of each of its ranges, again every few seconds, until every key's
-        // primaries agree (or two simulated minutes pass: the checker then reports them).
-        let deadline = self.now + 120_000;
-        let mut next_round = self.now;
-        // (Views too: a leave may end, and its `left` record spread, during this phase.)
-        while !(self.converged() && self.views_agree()) && self.now < deadline {
-            if self.now >= next_round {
-                for i in 0..self.nodes.len() {
-                    if let Some(core) = self.nodes[i].core.as_mut() {
-                        core.repair();
-                    }
-                }
-                next_round = self.now + 5_000;
-            }
-            let next = self.now + 250;
-            self.run_until(next);
+        self.repair_until_converged();
+        if self.cfg.faults.membership {
+            self.returns_from_the_past();
         }
         // Every key on exactly its N owners: none left behind on a node that lost its range.
         for k in 0..self.cfg.keys {
@@ -502,7 +762,7 @@ impl Sim {
                 // A write whose every holder at acknowledgement was later removed for good
                 // (its disk lost) may be gone: W copies were all on dead disks.
                 let lost_with_its_disks =
-                    !o.holders.is_empty() && o.holders.iter().all(|h| self.nodes[*h].retired);
+                    !o.holders.is_empty() && o.holders.iter().all(|h| self.nodes[*h].lost_disk);
                 let outcome = match o.outcome.unwrap_or(Outcome::Unknown) {
                     Outcome::Ok if lost_with_its_disks => Outcome::Unknown,
                     other => other,
@@ -567,4 +827,32 @@ impl Sim {
             trace: std::mem::take(&mut self.trace),
         }
     }
+}
+
+/// A copy of a node's data directory: every entry of every keyspace.
+pub(crate) fn copy_store(store: &ObjectStore) -> Arc<ObjectStore> {
+    let from = store.engine();
+    let to = MemoryEngine::new();
+    for space in Space::ALL {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let start = match &after {
+                Some(k) => Bound::Excluded(k.as_slice()),
+                None => Bound::Unbounded,
+            };
+            let page = from
+                .scan(space, start, Bound::Unbounded, 1024)
+                .unwrap_or_default();
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            let mut b = WriteBatch::new();
+            for (k, v) in page {
+                b.put(space, k, v);
+            }
+            let _ = to.write(b);
+        }
+    }
+    Arc::new(ObjectStore::new(Arc::new(to)))
 }

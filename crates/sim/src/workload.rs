@@ -112,9 +112,9 @@ impl Sim {
 
     pub(crate) fn primaries(&self, key: &[u8]) -> Vec<usize> {
         let ring_owner = self
-            .nodes
-            .iter()
-            .find_map(|n| n.core.as_ref())
+            .in_cluster()
+            .into_iter()
+            .find_map(|i| self.nodes[i].core.as_ref())
             .map(|c| c.preference(key).primaries);
         ring_owner
             .unwrap_or_default()

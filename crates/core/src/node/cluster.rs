@@ -7,7 +7,9 @@
 use super::outbox::Outbox;
 use crate::failure_detector::{DetectorConfig, FailureDetector, Opinion};
 use crate::gossip;
-use crate::membership::{Delta, Member, Rings, Status, View, supersedes};
+use crate::membership::{
+    Delta, Ended, Ending, Member, Rings, Status, View, is_stale_start, supersedes,
+};
 use crate::message::GossipMessage;
 use crate::ring::Ring;
 use crate::rng::Rng;
@@ -36,35 +38,75 @@ pub struct Cluster {
     restarted: BTreeMap<String, Member>,
     /// The tokens this node had before it lost its data, as a peer told it.
     previous_tokens: Option<Vec<u64>>,
+    /// This node's own instance ended (it left, was removed, or runs on a stale copy of its
+    /// data directory): it serves nothing any more.
+    ended: Option<Ended>,
+    /// When this node next raises its data directory's epoch (set at the first tick).
+    next_epoch: Option<u64>,
+}
+
+/// How often a node raises its data directory's epoch while it runs. A copy of the directory
+/// taken while the node runs (a filesystem snapshot) is then seen as stale once the node has
+/// raised its epoch after the copy and its peers heard of it: within about a minute, well under
+/// the default tombstone age (5 minutes), so a copy that misses a tombstone is always caught
+/// before that tombstone may be collected.
+pub const EPOCH_INTERVAL_MS: u64 = 60_000;
+
+/// What the cluster makes of a peer on a connection: whether its messages are taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The peer's instance is the member's current one.
+    Admitted,
+    /// The peer's instance ended: it must be told, and nothing it sends is taken.
+    Ended(Ended),
+    /// The peer's instance is not the member's current one (an unknown id, a record refused,
+    /// or an older instance of a member that came back with a new data directory).
+    NotCurrent,
 }
 
 impl Cluster {
     /// The cluster as `me` starts it: from the records it persisted before (`known`, possibly
     /// empty), with its generation raised above any it had. Queues its own record for the
     /// history.
+    ///
+    /// The node's data directory epoch is raised above any of its own records it persisted
+    /// (`me.epoch` may carry a higher floor); the shell makes the record durable before the
+    /// node is announced. `ended` are the endings it persisted: if its own instance is among
+    /// them it starts ended (the shell refuses to start it before that, see
+    /// [`crate::membership::Ended::explain`]).
     pub fn new(
         mut me: Member,
         detector: DetectorConfig,
         gossip_interval_ms: u64,
         seed: u64,
         known: &[Member],
+        ended: &[Ended],
         out: &mut Outbox,
     ) -> Self {
-        if let Some(old) = known
-            .iter()
-            .filter(|m| m.id == me.id)
-            .map(|m| m.generation)
-            .max()
+        let own = || known.iter().filter(|m| m.id == me.id);
+        if let Some(old) = own().map(|m| m.generation).max()
             && old >= me.generation
         {
             me.generation = old + 1;
         }
-        let mut view = View::from_members(
+        if let Some(old) = own()
+            .filter(|m| m.instance == me.instance)
+            .map(|m| m.epoch)
+            .max()
+        {
+            me.epoch = me.epoch.max(old + 1);
+        }
+        let mut view = View::from_parts(
             known
                 .iter()
                 .filter(|m| m.id != me.id && m.validate().is_ok())
                 .cloned(),
+            ended.iter().cloned(),
         );
+        let own_end = view.ended(&me.id, me.instance).cloned();
+        if own_end.is_some() {
+            me.status = Status::Left;
+        }
         view.members.insert(me.id.clone(), me.clone());
         view.heartbeats.insert(me.id.clone(), (me.generation, 1));
         let rings = view.rings().unwrap_or_default();
@@ -86,7 +128,56 @@ impl Cluster {
             conflicts: (0, None),
             restarted: BTreeMap::new(),
             previous_tokens: None,
+            ended: own_end,
+            next_epoch: None,
         }
+    }
+
+    /// This node's own ending, once it knows its instance left, was removed or is stale.
+    pub fn ended(&self) -> Option<&Ended> {
+        self.ended.as_ref()
+    }
+
+    /// Whether the messages of `from`, on a connection whose handshake presented instance
+    /// `instance`, are taken (see [`Admission`]).
+    pub fn admits(&self, from: &str, instance: u64) -> Admission {
+        match self.view.members.get(from) {
+            Some(m) if m.instance == instance && m.status != Status::Left => Admission::Admitted,
+            _ => match self.view.ended(from, instance) {
+                Some(e) => Admission::Ended(e.clone()),
+                None => Admission::NotCurrent,
+            },
+        }
+    }
+
+    /// A peer said this node's instance ended (or told of another instance's end): learn it.
+    pub fn on_ended(&mut self, e: Ended, out: &mut Outbox) {
+        let delta = Delta {
+            ended: vec![e],
+            ..Delta::default()
+        };
+        self.apply_delta(&delta, out);
+    }
+
+    /// Applies gossip (see [`Cluster::apply`]).
+    fn apply_delta(&mut self, delta: &Delta, out: &mut Outbox) -> bool {
+        self.apply(delta, false, out)
+    }
+
+    /// Declares this node's own instance ended: its record becomes `left`, and the ending is
+    /// persisted and gossiped like any other.
+    fn end_self(&mut self, e: Ended, out: &mut Outbox) {
+        if self.ended.is_some() {
+            return;
+        }
+        if self.view.end(&e) {
+            out.persist_ended(e.clone());
+        }
+        self.ended = Some(e);
+        if self.me.status != Status::Left {
+            self.set_status(Status::Left, out);
+        }
+        self.members_epoch += 1;
     }
 
     /// Records the monotonic time of an input.
@@ -130,9 +221,17 @@ impl Cluster {
         self.rejected
     }
 
-    /// Whether `node` is reachable from here: connected and not suspected (this node always is).
+    /// Whether `node` is reachable from here: connected, not suspected, and not `left` (an
+    /// instance that left or was removed never serves again). This node always is.
     pub fn is_up(&self, node: &str) -> bool {
-        node == self.me.id || (self.connected.contains(node) && self.detector.alive(node, self.now))
+        node == self.me.id
+            || (self.connected.contains(node)
+                && self.detector.alive(node, self.now)
+                && self
+                    .view
+                    .members
+                    .get(node)
+                    .is_none_or(|m| m.status != Status::Left))
     }
 
     /// Whether the transport has a connection to `node` (this node always has).
@@ -164,20 +263,27 @@ impl Cluster {
         }
     }
 
-    /// Learns member records (from a peer's handshake). Returns true when a record changed.
+    /// Learns member records presented by the peers themselves (at their handshakes). Returns
+    /// true when a record changed.
     pub fn learn(&mut self, incoming: &[Member], out: &mut Outbox) -> bool {
         let delta = Delta {
             members: incoming.to_vec(),
-            heartbeats: Vec::new(),
+            ..Delta::default()
         };
-        self.apply_delta(&delta, out)
+        self.apply(&delta, true, out)
     }
 
-    /// The transport connected to `node`: it gets this node's digest at once.
+    /// The transport connected to `node`: it gets this node's digest at once (unless it left).
     pub fn peer_up(&mut self, node: &str, out: &mut Outbox) {
-        if node != self.me.id && self.connected.insert(node.to_owned()) {
+        let left = self
+            .view
+            .members
+            .get(node)
+            .is_some_and(|m| m.status == Status::Left);
+        if node != self.me.id && self.connected.insert(node.to_owned()) && !left {
             let digest = self.view.digest();
-            out.send(node, GossipMessage::Syn { digest });
+            let endings = self.view.endings_fingerprint();
+            out.send(node, GossipMessage::Syn { digest, endings });
             if let Some(previous) = self.restarted.remove(node) {
                 out.send(
                     node,
@@ -216,8 +322,20 @@ impl Cluster {
     }
 
     /// Declares a new status for this node: its record gets a new version, which gossip
-    /// spreads and the history keeps.
+    /// spreads and the history keeps. `left` ends this instance for good.
     pub fn set_status(&mut self, status: Status, out: &mut Outbox) {
+        if self.ended.is_some() && status != Status::Left {
+            return;
+        }
+        if status == Status::Left && self.ended.is_none() {
+            let e = Ended {
+                id: self.me.id.clone(),
+                instance: self.me.instance,
+                how: Ending::Left,
+                by: self.me.id.clone(),
+            };
+            return self.end_self(e, out);
+        }
         self.me.status = status;
         self.me.version += 1;
         self.view
@@ -250,21 +368,46 @@ impl Cluster {
         let mut record = known.clone();
         record.status = Status::Left;
         record.version += 1;
-        self.learn(&[record], out);
+        let ending = Ended {
+            id: id.to_owned(),
+            instance: known.instance,
+            how: Ending::Removed,
+            by: self.me.id.clone(),
+        };
+        self.apply_delta(
+            &Delta {
+                members: vec![record],
+                ended: vec![ending],
+                ..Delta::default()
+            },
+            out,
+        );
         Ok(())
     }
 
     /// A gossip message from `from`.
     pub fn on_message(&mut self, from: &str, message: GossipMessage, out: &mut Outbox) {
         match message {
-            GossipMessage::Syn { digest } => {
-                let delta = self.view.delta_for(&digest);
+            GossipMessage::Syn { digest, endings } => {
+                let delta = self.view.delta_for(&digest, endings);
                 let digest = self.view.digest();
-                out.send(from, GossipMessage::SynAck { digest, delta });
+                let endings = self.view.endings_fingerprint();
+                out.send(
+                    from,
+                    GossipMessage::SynAck {
+                        digest,
+                        endings,
+                        delta,
+                    },
+                );
             }
-            GossipMessage::SynAck { digest, delta } => {
+            GossipMessage::SynAck {
+                digest,
+                endings,
+                delta,
+            } => {
                 self.apply_delta(&delta, out);
-                let back = self.view.delta_for(&digest);
+                let back = self.view.delta_for(&digest, endings);
                 if !back.is_empty() {
                     out.send(from, GossipMessage::Ack { delta: back });
                 }
@@ -286,8 +429,22 @@ impl Cluster {
         }
     }
 
-    /// Time passed: a gossip round when one is due.
+    /// Time passed: a gossip round when one is due, and the epoch raised when due.
     pub fn tick(&mut self, now: u64, out: &mut Outbox) {
+        // The epoch is raised every EPOCH_INTERVAL_MS, the first time after a random part of
+        // it, so that nodes started together spread their raises.
+        let due = match self.next_epoch {
+            Some(due) => due,
+            None => {
+                let due = now + EPOCH_INTERVAL_MS / 2 + self.rng.below(EPOCH_INTERVAL_MS / 2);
+                *self.next_epoch.insert(due)
+            }
+        };
+        if now >= due && self.ended.is_none() {
+            self.next_epoch = Some(now + EPOCH_INTERVAL_MS);
+            self.me.epoch += 1;
+            self.set_status(self.me.status, out);
+        }
         if now >= self.next_gossip {
             self.next_gossip = now + self.gossip_interval_ms;
             self.gossip_round(out);
@@ -306,22 +463,23 @@ impl Cluster {
         self.known_before
     }
 
-    /// Applies gossip: records (persisted, ring rebuilt) and heartbeats (fed to the detector).
-    /// Returns true when a record changed.
-    fn apply_delta(&mut self, delta: &Delta, out: &mut Outbox) -> bool {
+    /// Applies endings, records (persisted, ring rebuilt) and heartbeats (fed to the
+    /// detector); `presented` when the records come from the peers themselves (handshakes),
+    /// not relayed by gossip. Returns true when a record changed.
+    fn apply(&mut self, delta: &Delta, presented: bool, out: &mut Outbox) -> bool {
         let me = self.me.id.clone();
-        // A record from another process claiming the id of a member that is up here (another
-        // data directory: another instance) is refused: an id belongs to one node.
+        // A record from another process claiming the id of a member that is up here is
+        // refused: an id belongs to one node. Another process is another data directory
+        // (another instance), or a copy of this one (the same instance, an epoch already seen).
         let impostors: Vec<&Member> = delta
             .members
             .iter()
             .filter(|m| {
                 m.id != me
-                    && self
-                        .view
-                        .members
-                        .get(&m.id)
-                        .is_some_and(|k| k.instance != m.instance && supersedes(Some(k), m))
+                    && self.view.members.get(&m.id).is_some_and(|k| {
+                        (k.instance != m.instance && supersedes(Some(k), m, &self.view.ended))
+                            || is_stale_start(k, m, presented)
+                    })
                     && self.is_up(&m.id)
             })
             .collect();
@@ -336,14 +494,70 @@ impl Cluster {
                 .collect();
             let filtered = Delta {
                 members: keep,
-                heartbeats: delta.heartbeats.clone(),
+                ..delta.clone()
             };
-            return self.apply_delta(&filtered, out);
+            return self.apply(&filtered, presented, out);
         }
-        let records_change = delta
+        // A start of a member that is down here, on an older copy of its data directory:
+        // its instance ends (stale), so nothing of that copy comes back into the cluster.
+        let stale: Vec<Ended> = delta
             .members
             .iter()
-            .any(|m| m.id != me && supersedes(self.view.members.get(&m.id), m));
+            .filter(|m| {
+                m.id != me
+                    && self
+                        .view
+                        .members
+                        .get(&m.id)
+                        .is_some_and(|k| is_stale_start(k, m, presented))
+                    && self.view.ended(&m.id, m.instance).is_none()
+                    && !delta
+                        .ended
+                        .iter()
+                        .any(|e| e.id == m.id && e.instance == m.instance)
+            })
+            .map(|m| Ended {
+                id: m.id.clone(),
+                instance: m.instance,
+                how: Ending::Stale,
+                by: me.clone(),
+            })
+            .collect();
+        if !stale.is_empty() {
+            let mut with_endings = delta.clone();
+            with_endings.ended.extend(stale);
+            return self.apply(&with_endings, presented, out);
+        }
+        // A record of this node's id from an earlier instance (a data directory that was
+        // wiped) that outranks this one, as when this start's wall clock is behind that
+        // instance's: this node takes a generation above it, so that its own record counts.
+        if let Some(top) = delta
+            .members
+            .iter()
+            .filter(|m| m.id == me && m.instance != self.me.instance)
+            .map(|m| m.generation)
+            .max()
+            && top >= self.me.generation
+            && self.ended.is_none()
+        {
+            self.me.generation = top + 1;
+            self.view
+                .heartbeats
+                .insert(me.clone(), (self.me.generation, 1));
+            self.set_status(self.me.status, out);
+        }
+        // This node's own end, from a peer: it stops serving.
+        if let Some(e) = delta
+            .ended
+            .iter()
+            .find(|e| e.id == me && e.instance == self.me.instance && e.validate().is_ok())
+        {
+            self.end_self(e.clone(), out);
+        }
+        let records_change = !delta.ended.is_empty()
+            || delta.members.iter().any(|m| {
+                m.id != me && supersedes(self.view.members.get(&m.id), m, &self.view.ended)
+            });
         let mut changed = false;
         if records_change {
             // Rare: apply to a copy, so a ring that cannot be built leaves everything as it was.
@@ -361,6 +575,7 @@ impl Cluster {
             let records = Delta {
                 members: delta.members.clone(),
                 heartbeats: Vec::new(),
+                ended: delta.ended.clone(),
             };
             let applied = next.apply(&records, &me);
             match next.rings() {
@@ -368,12 +583,16 @@ impl Cluster {
                     self.rings = rings;
                     self.view = next;
                     self.members_epoch += 1;
-                    changed = !applied.members.is_empty();
+                    changed = !applied.members.is_empty() || !applied.ended.is_empty();
+                    for e in applied.ended {
+                        out.persist_ended(e);
+                    }
                     for m in applied.members {
-                        if old_records
-                            .get(&m.id)
-                            .is_some_and(|k| k.generation < m.generation)
-                        {
+                        // A restart: a newer generation of a member that had not left (a
+                        // member that left comes back as a new node and joins).
+                        if old_records.get(&m.id).is_some_and(|k| {
+                            k.generation < m.generation && k.status != Status::Left
+                        }) {
                             // A restart: its detector history belongs to the old process.
                             self.detector.reset(&m.id, self.now);
                             if let Some(old) = old_records.get(&m.id) {
@@ -391,8 +610,8 @@ impl Cluster {
         }
         if !delta.heartbeats.is_empty() {
             let beats = Delta {
-                members: Vec::new(),
                 heartbeats: delta.heartbeats.clone(),
+                ..Delta::default()
             };
             for id in self.view.apply(&beats, &me).heartbeats {
                 self.detector.heartbeat(&id, self.now);
@@ -411,7 +630,13 @@ impl Cluster {
             .or_insert((self.me.generation, 1));
         hb.1 += 1;
         let (mut live, mut down) = (Vec::new(), Vec::new());
-        for id in self.view.members.keys().filter(|id| **id != self.me.id) {
+        // Members that left are not asked: they serve nothing, and refuse nothing either.
+        for (id, _) in self
+            .view
+            .members
+            .iter()
+            .filter(|(id, m)| **id != self.me.id && m.status != Status::Left)
+        {
             if self.is_up(id) {
                 live.push(id.clone());
             } else {
@@ -424,11 +649,13 @@ impl Cluster {
             return;
         }
         let digest = self.view.digest();
+        let endings = self.view.endings_fingerprint();
         for t in targets {
             out.send(
                 &t,
                 GossipMessage::Syn {
                     digest: digest.clone(),
+                    endings,
                 },
             );
         }

@@ -177,6 +177,11 @@ fn merge_all<'a>(objects: impl Iterator<Item = &'a Option<Object>>) -> Object {
 }
 
 impl Coordinator {
+    /// Numbers this run's operations from `first` on (see [`super::Node::new`]).
+    pub fn start_ids_at(&mut self, first: RequestId) {
+        self.next_id = first;
+    }
+
     /// Starts coordinating `request` for `origin` over the preference list `pref`.
     pub fn start<S: LocalStore>(
         &mut self,

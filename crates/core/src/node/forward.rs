@@ -83,6 +83,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// Numbers this run's forwarded requests from `first` on (see [`super::Node::new`]).
+    pub fn start_ids_at(&mut self, first: RequestId) {
+        self.next_id = first;
+    }
+
     /// Sends `request` to the first of `primaries` (the reachable primaries, in preference
     /// order), asking the next one when no answer came within `attempt_ms`, and answering
     /// `origin` with the first reply or with an error at `deadline` (monotonic ms).

@@ -46,6 +46,11 @@ pub struct Handoff {
 }
 
 impl Handoff {
+    /// Numbers this run's deliveries from `first` on (see [`super::Node::new`]).
+    pub fn start_ids_at(&mut self, first: RequestId) {
+        self.next_id = first;
+    }
+
     /// A worker with nothing in flight.
     pub fn new(config: HandoffConfig) -> Self {
         Self {

@@ -43,13 +43,14 @@ pub use outbox::{Origin, Outbox, Output};
 use crate::clock::Now;
 use crate::failure_detector::Opinion;
 use crate::limits;
-use crate::membership::{Member, Status, View};
+use crate::membership::{Ended, Member, Status, View};
 use crate::message::{ClientId, ClientRequest, HandoffMessage, KvMessage, Message, OpError};
 use crate::preference::{PreferenceList, preference_list, with_pending};
 use crate::ring::Ring;
 use crate::store::LocalStore;
 use crate::version::ActorId;
 use anti_entropy::AntiEntropy;
+pub use cluster::Admission;
 use cluster::Cluster;
 use coordinator::{Coordinator, Local};
 use forward::{Forwarder, Route};
@@ -94,8 +95,10 @@ pub struct Node<S> {
 
 impl<S: LocalStore> Node<S> {
     /// A node announcing `me`, stamping writes as `actor`, storing in `store`, drawing its
-    /// random choices from `seed`, and starting from the member records it persisted before
-    /// (`known`, which may be empty). Its generation is raised above any it had before.
+    /// random choices from `seed`, and starting from the member records and endings it
+    /// persisted before (`known` and `ended`, which may be empty). Its generation and its data
+    /// directory's epoch are raised above any it had before: the shell makes its record
+    /// durable ([`Output::Persist`]) before announcing it.
     pub fn new(
         me: Member,
         actor: ActorId,
@@ -103,6 +106,7 @@ impl<S: LocalStore> Node<S> {
         store: S,
         seed: u64,
         known: &[Member],
+        ended: &[Ended],
     ) -> Self {
         let mut out = Outbox::default();
         let cluster = Cluster::new(
@@ -111,23 +115,38 @@ impl<S: LocalStore> Node<S> {
             config.gossip_interval_ms,
             seed,
             known,
+            ended,
             &mut out,
         );
+        // Every request id of this run starts at a random point, so that an answer meant for an
+        // earlier run of this node (delivered late, after a restart) matches no request of this
+        // one: a stale acknowledgement must not count towards a new write's quorum, nor a stale
+        // root confirm another range.
+        let mut ids = crate::rng::Rng::new(seed ^ 0x6964_7321);
+        let mut first_id = || ids.next_u64() >> 8;
+        let mut forwarder = Forwarder::default();
+        forwarder.start_ids_at(first_id());
+        let mut coordinator = Coordinator::default();
+        coordinator.start_ids_at(first_id());
+        let mut handoff = Handoff::new(HandoffConfig {
+            scan_interval_ms: config.hint_scan_interval_ms,
+            rate_per_sec: config.hint_rate_per_sec,
+            max_in_flight: config.hint_max_in_flight,
+            timeout_ms: config.request_timeout_ms,
+        });
+        handoff.start_ids_at(first_id());
+        let mut anti_entropy = AntiEntropy::new(config.anti_entropy());
+        anti_entropy.start_ids_at(first_id());
         Self {
             actor,
             config,
             store: Tracked::new(store),
             cluster,
-            forwarder: Forwarder::default(),
-            coordinator: Coordinator::default(),
+            forwarder,
+            coordinator,
             replica: Replica::new(config.max_value_bytes),
-            handoff: Handoff::new(HandoffConfig {
-                scan_interval_ms: config.hint_scan_interval_ms,
-                rate_per_sec: config.hint_rate_per_sec,
-                max_in_flight: config.hint_max_in_flight,
-                timeout_ms: config.request_timeout_ms,
-            }),
-            anti_entropy: AntiEntropy::new(config.anti_entropy()),
+            handoff,
+            anti_entropy,
             scheduler: Scheduler::new(config.scheduler()),
             rebalance: rebalance::Rebalance::default(),
             placement: (None, false),
@@ -304,6 +323,27 @@ impl<S: LocalStore> Node<S> {
         self.cluster.learn(incoming, &mut self.out)
     }
 
+    /// Whether the messages of `from` are taken, on a connection whose handshake presented its
+    /// data directory's instance `instance`. The shell asks before [`Node::step`]: nothing from
+    /// an instance that ended (left, removed, stale) is ever taken - no write, repair, hint or
+    /// anti-entropy object - and it is told so ([`Admission::Ended`]); nothing from an instance
+    /// that is not the member's current one either.
+    pub fn admits(&self, from: &str, instance: u64) -> Admission {
+        self.cluster.admits(from, instance)
+    }
+
+    /// A peer said an instance ended (this node's own, when it was removed or found stale).
+    pub fn on_ended(&mut self, ended: Ended) {
+        self.cluster.on_ended(ended, &mut self.out);
+    }
+
+    /// This node's own ending, once it knows it left, was removed, or runs on a stale copy of
+    /// its data directory. It then serves nothing: client requests are refused, peer messages
+    /// other than gossip ignored, background work stopped.
+    pub fn ended(&self) -> Option<&Ended> {
+        self.cluster.ended()
+    }
+
     /// Marks `id` as a seed: gossip turns to seeds now and then, so partitions heal.
     pub fn add_seed(&mut self, id: &str) {
         self.cluster.add_seed(id);
@@ -356,6 +396,10 @@ impl<S: LocalStore> Node<S> {
     /// A client request arrived at this node.
     pub fn request(&mut self, now: Now, client: ClientId, request: ClientRequest) {
         self.cluster.observe(now.mono);
+        if let Some(e) = self.cluster.ended() {
+            let err = OpError::NotAMember(e.explain());
+            return self.out.respond(Origin::Client(client), Err(err));
+        }
         self.route(now, Origin::Client(client), request, 0);
         self.follow_writes();
     }
@@ -410,6 +454,13 @@ impl<S: LocalStore> Node<S> {
     pub fn step(&mut self, now: Now, from: &str, message: Message) {
         self.cluster.observe(now.mono);
         self.cluster.heard_from(now.mono, from);
+        if self.cluster.ended().is_some() {
+            // An instance that ended only gossips (so that its own end spreads).
+            if let Message::Gossip(m) = message {
+                self.cluster.on_message(from, m, &mut self.out);
+            }
+            return;
+        }
         match message {
             Message::Kv(m) => self.on_kv(now, from, m),
             Message::Handoff(HandoffMessage::Deliver { id, key, object }) => {
@@ -539,6 +590,9 @@ impl<S: LocalStore> Node<S> {
         silent.extend(self.handoff.expire(mono));
         self.timed_out(mono, silent);
         self.cluster.tick(mono, &mut self.out);
+        if self.cluster.ended().is_some() {
+            return;
+        }
         self.scheduler
             .tick(mono, self.coordinator.recent_latencies());
         // The workers take turns at going first, so neither starves the other of the shared
@@ -573,12 +627,6 @@ impl<S: LocalStore> Node<S> {
 
     fn tick_anti_entropy(&mut self, now: Now) {
         let cluster = &self.cluster;
-        let outsiders_up = cluster
-            .view()
-            .members
-            .values()
-            .any(|m| m.status == Status::Left && m.id != cluster.id() && cluster.is_up(&m.id));
-        self.anti_entropy.set_outsiders_up(outsiders_up);
         self.anti_entropy.set_share(self.scheduler.share());
         self.anti_entropy.tick(
             now,

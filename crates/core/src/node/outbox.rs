@@ -1,6 +1,6 @@
 //! What the node wants done, collected until the shell drains it.
 
-use crate::membership::Member;
+use crate::membership::{Ended, Member};
 use crate::message::{ClientId, ClientResponse, KvMessage, Message, RequestId};
 
 /// Something the node wants done.
@@ -8,6 +8,8 @@ use crate::message::{ClientId, ClientResponse, KvMessage, Message, RequestId};
 pub enum Output {
     /// Append this member record to the persisted membership history.
     Persist(Member),
+    /// Keep this ending with the persisted membership history, for good.
+    PersistEnded(Ended),
     /// Send `message` to node `to`.
     Send {
         /// Destination node id.
@@ -65,6 +67,11 @@ impl Outbox {
     /// Queues a member record for the persisted history.
     pub fn persist(&mut self, member: Member) {
         self.items.push(Output::Persist(member));
+    }
+
+    /// Queues an ending for the persisted membership history.
+    pub fn persist_ended(&mut self, ended: Ended) {
+        self.items.push(Output::PersistEnded(ended));
     }
 
     /// Takes every queued output.

@@ -31,6 +31,7 @@ impl Cluster {
                 http_addr: format!("h{i}"),
                 tokens: hashed_tokens(&format!("n{i}"), 16),
                 instance: 0,
+                epoch: 0,
             })
             .collect();
         let mut nodes = BTreeMap::new();
@@ -42,6 +43,7 @@ impl Cluster {
                 MemoryStore::default(),
                 i as u64,
                 &members,
+                &[],
             );
             for other in &members {
                 n.peer_up(&other.id);
@@ -76,7 +78,7 @@ impl Cluster {
                 Output::Send { to, message } => {
                     self.net.send(self.now, from, &to, message);
                 }
-                Output::Persist(_) => {}
+                Output::Persist(_) | Output::PersistEnded(_) => {}
                 Output::Respond { client, response } => {
                     assert!(
                         self.answers.insert(client, response).is_none(),
@@ -373,11 +375,13 @@ fn concurrent_writes_through_different_coordinators_become_siblings() {
                 http_addr: String::new(),
                 tokens: vec![1],
                 instance: 0,
+                epoch: 0,
             },
             ActorId(99),
             NodeConfig::default(),
             MemoryStore::default(),
             99,
+            &[],
             &[],
         ),
     );
@@ -539,13 +543,19 @@ fn mk(i: usize, generation: u64) -> Member {
         http_addr: String::new(),
         tokens: hashed_tokens(&format!("n{i}"), 8),
         instance: 0,
+        epoch: 0,
     }
 }
 
 /// A node for the gossip scenarios, which count messages: anti-entropy only on demand.
 fn node(i: usize, known: &[Member]) -> Node<MemoryStore> {
+    let me = known
+        .iter()
+        .find(|m| m.id == format!("n{i}"))
+        .cloned()
+        .unwrap_or_else(|| mk(i, 1));
     Node::new(
-        mk(i, 1),
+        me,
         ActorId(i as u64),
         NodeConfig {
             anti_entropy_interval_ms: 0,
@@ -554,6 +564,7 @@ fn node(i: usize, known: &[Member]) -> Node<MemoryStore> {
         MemoryStore::default(),
         i as u64,
         known,
+        &[],
     )
 }
 
@@ -617,9 +628,15 @@ fn persisted_members_are_known_at_start_and_generation_rises() {
         MemoryStore::default(),
         0,
         &known,
+        &[],
     );
     assert_eq!(n.members().len(), 3, "knows the cluster without seeds");
     assert_eq!(n.me().generation, 6, "above the persisted generation");
+    assert_eq!(
+        n.me().epoch,
+        1,
+        "the data directory's epoch rises at every start"
+    );
     assert!(matches!(&n.drain()[..], [Output::Persist(m)] if m.generation == 6));
 }
 
@@ -631,8 +648,8 @@ fn silent_peers_are_suspected_and_readmitted_when_heard() {
     // n1's heartbeat arrives every second for a while...
     for t in 1..=20u64 {
         let delta = Delta {
-            members: vec![],
             heartbeats: vec![("n1".into(), 1, t)],
+            ..Delta::default()
         };
         a.step(Now::at(t * 1000), "n2", GossipMessage::Ack { delta }.into());
     }
@@ -652,7 +669,11 @@ fn silent_peers_are_suspected_and_readmitted_when_heard() {
     a.step(
         Now::at(40_001),
         "n1",
-        GossipMessage::Syn { digest: vec![] }.into(),
+        GossipMessage::Syn {
+            digest: vec![],
+            endings: 0,
+        }
+        .into(),
     );
     assert!(a.is_up("n1"));
 }
@@ -872,4 +893,191 @@ fn a_failure_after_a_retried_forward_never_says_not_written() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// `mk(i, generation)` with its own data directory instance and an epoch.
+fn mk_inst(i: usize, generation: u64, instance: u64, epoch: u64) -> Member {
+    Member {
+        instance,
+        epoch,
+        ..mk(i, generation)
+    }
+}
+
+#[test]
+fn a_removed_instance_is_refused_and_never_counts_again() {
+    let known = [
+        mk_inst(0, 1, 10, 1),
+        mk_inst(1, 1, 11, 1),
+        mk_inst(2, 1, 12, 1),
+    ];
+    let mut a = node(0, &known);
+    a.drain();
+    // n2 is down (never connected): it may be removed.
+    assert_eq!(a.remove("n2"), Ok(()));
+    let out = a.drain();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::PersistEnded(e) if e.id == "n2" && e.instance == 12)),
+        "the ending is persisted: {out:?}"
+    );
+    assert!(!a.ring().nodes().iter().any(|n| n == "n2"));
+    // Its machine starts again on its old data: a newer generation, the same instance.
+    assert!(!a.learn(&[mk_inst(2, 9, 12, 2)]) || a.members()["n2"].status == Status::Left);
+    assert_eq!(a.members()["n2"].status, Status::Left);
+    assert!(
+        !a.ring().nodes().iter().any(|n| n == "n2"),
+        "it never re-enters the ring"
+    );
+    match a.admits("n2", 12) {
+        Admission::Ended(e) => {
+            assert_eq!(e.how, crate::membership::Ending::Removed);
+            assert!(
+                e.explain().contains("wipe the data directory"),
+                "{}",
+                e.explain()
+            );
+        }
+        other => panic!("admitted {other:?}"),
+    }
+    assert_eq!(a.admits("n1", 11), Admission::Admitted);
+    assert_eq!(
+        a.admits("n1", 99),
+        Admission::NotCurrent,
+        "another instance of n1"
+    );
+    // Wiped and started again: a new instance, which joins as a new node.
+    let mut fresh = mk_inst(2, 20, 13, 1);
+    fresh.status = Status::Joining;
+    assert!(a.learn(&[fresh]));
+    assert_eq!(a.admits("n2", 13), Admission::Admitted);
+    assert_eq!(a.members()["n2"].status, Status::Joining);
+}
+
+#[test]
+fn a_start_on_an_older_copy_of_the_data_directory_ends_the_instance() {
+    let known = [mk_inst(0, 1, 10, 1), mk_inst(1, 1, 11, 1)];
+    let mut a = node(0, &known);
+    // n1 restarted normally twice: epoch 3 is known.
+    assert!(a.learn(&[mk_inst(1, 5, 11, 3)]));
+    a.drain();
+    // Its directory is put back from a copy taken at epoch 1: it starts with epoch 2.
+    a.learn(&[mk_inst(1, 8, 11, 2)]);
+    match a.admits("n1", 11) {
+        Admission::Ended(e) => assert_eq!(e.how, crate::membership::Ending::Stale),
+        other => panic!("admitted {other:?}"),
+    }
+    assert!(!a.ring().nodes().iter().any(|n| n == "n1"));
+    assert!(
+        a.drain()
+            .iter()
+            .any(|o| matches!(o, Output::PersistEnded(e) if e.id == "n1"))
+    );
+}
+
+#[test]
+fn a_copy_started_while_the_node_runs_is_refused_without_ending_it() {
+    let known = [mk_inst(0, 1, 10, 1), mk_inst(1, 1, 11, 3)];
+    let mut a = node(0, &known);
+    a.peer_up("n1");
+    a.drain();
+    // Another process on a copy of n1's directory, while n1 is up here.
+    assert!(!a.learn(&[mk_inst(1, 9, 11, 2)]));
+    assert_eq!(a.identity_conflicts().0, 1);
+    assert_eq!(
+        a.admits("n1", 11),
+        Admission::Admitted,
+        "the real n1 goes on"
+    );
+    assert_eq!(a.members()["n1"].generation, 1);
+}
+
+#[test]
+fn a_node_told_it_ended_stops_serving_and_keeps_the_end() {
+    let known = [mk_inst(0, 1, 10, 1), mk_inst(1, 1, 11, 1)];
+    let mut a = node(0, &known);
+    a.drain();
+    a.on_ended(crate::membership::Ended {
+        id: "n0".into(),
+        instance: 10,
+        how: crate::membership::Ending::Removed,
+        by: "n1".into(),
+    });
+    assert!(a.ended().is_some());
+    assert_eq!(a.me().status, Status::Left);
+    let out = a.drain();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::PersistEnded(e) if e.id == "n0"))
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Persist(m) if m.id == "n0" && m.status == Status::Left))
+    );
+    a.request(Now::at(5), 1, put_request(b"k", b"v", None));
+    match &a.drain()[..] {
+        [Output::Respond { response, .. }] => {
+            assert!(matches!(response, Err(OpError::NotAMember(m)) if m.contains("removed")))
+        }
+        other => panic!("{other:?}"),
+    }
+    // An ending about another instance of this id does not end this one.
+    let mut b = node(1, &known);
+    b.on_ended(crate::membership::Ended {
+        id: "n1".into(),
+        instance: 99,
+        how: crate::membership::Ending::Removed,
+        by: "n0".into(),
+    });
+    assert!(b.ended().is_none());
+    // A start on a directory whose instance ended begins ended.
+    let ended = [crate::membership::Ended {
+        id: "n1".into(),
+        instance: 11,
+        how: crate::membership::Ending::Left,
+        by: "n1".into(),
+    }];
+    let c = Node::new(
+        mk_inst(1, 1, 11, 1),
+        ActorId(1),
+        NodeConfig::default(),
+        MemoryStore::default(),
+        1,
+        &known,
+        &ended,
+    );
+    assert!(c.ended().is_some());
+}
+
+#[test]
+fn a_leave_that_completes_ends_the_instance() {
+    let known = [mk_inst(0, 1, 10, 1), mk_inst(1, 1, 11, 1)];
+    let mut a = node(0, &known);
+    a.set_status(Status::Left);
+    assert_eq!(
+        a.ended().map(|e| e.how),
+        Some(crate::membership::Ending::Left)
+    );
+    assert_eq!(a.members()["n0"].status, Status::Left);
+    // Nothing brings it back.
+    a.set_status(Status::Up);
+    assert_eq!(a.me().status, Status::Left);
+}
+
+#[test]
+fn the_data_directory_epoch_rises_at_start_and_every_minute() {
+    let known = [mk_inst(0, 1, 10, 4), mk_inst(1, 1, 11, 1)];
+    let mut a = node(0, &known);
+    assert_eq!(a.me().epoch, 5, "above the persisted one");
+    a.drain();
+    a.tick(Now::at(1_000));
+    a.drain();
+    a.tick(Now::at(1_000 + cluster::EPOCH_INTERVAL_MS + 1));
+    assert_eq!(a.me().epoch, 6);
+    assert!(
+        a.drain()
+            .iter()
+            .any(|o| matches!(o, Output::Persist(m) if m.id == "n0" && m.epoch == 6)),
+        "persisted (the shell makes it durable before any peer hears of it)"
+    );
 }

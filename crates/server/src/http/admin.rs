@@ -36,6 +36,11 @@ pub(crate) async fn admin_members(State(s): State<AppState>) -> Result<Response,
                     "last_heard_ms": m.detector.map(|d| d.last_heard_ms),
                     "tokens": m.member.tokens.len(),
                     "share": m.share,
+                    "epoch": m.member.epoch,
+                    "ended": n
+                        .view()
+                        .ended(&m.member.id, m.member.instance)
+                        .map(|e| e.how.as_str()),
                 })
             })
             .collect();
@@ -44,6 +49,11 @@ pub(crate) async fn admin_members(State(s): State<AppState>) -> Result<Response,
             "ring_version": info.version,
             "stats": n.stats(),
             "members": members,
+            "ended": n.ended().map(|e| serde_json::json!({
+                "how": e.how.as_str(),
+                "by": e.by,
+                "message": e.explain(),
+            })),
         })
     })
     .await?;

@@ -123,6 +123,9 @@ impl From<OpError> for ApiError {
             OpError::TooManySiblings { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message)
             }
+            OpError::NotAMember(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_a_member", message)
+            }
             OpError::Storage { .. } => {
                 tracing::error!(error = %message, "storage failure");
                 ApiError::new(

@@ -5,7 +5,8 @@
 //!   with base64 values for `Accept: application/json`), 404 when no live value; `X-Context`
 //!   covers everything returned.
 //! - `DELETE /kv/{key}` - optional `X-Context`; writes a tombstone; 204 with `X-Context`.
-//! - `GET /health` - 200 while the node serves requests.
+//! - `GET /health` - 200 while the node serves requests; 503 with the reason once its instance
+//!   ended (it left, was removed, or runs on a stale copy of its data directory).
 //! - `GET /` (or `/ui`) - the cluster page (see [`ui`]).
 //! - `GET /metrics` - Prometheus text format (see [`crate::metrics`]).
 //! - `GET /admin/ring`, `GET /admin/preference-list/{key}`, `GET /admin/local/{key}` - the ring,
@@ -191,6 +192,20 @@ async fn authenticate(
 }
 
 async fn health(State(s): State<AppState>) -> Response {
+    // A node whose instance ended (it left, was removed, or runs on a stale copy of its data
+    // directory) serves nothing: it says so here too.
+    if let Ok(Some(e)) = s.node.query(|n| n.ended().cloned()).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": e.how.as_str(),
+                "node": s.node_id,
+                "actor": s.actor.to_string(),
+                "message": e.explain(),
+            })),
+        )
+            .into_response();
+    }
     axum::Json(serde_json::json!({
         "status": "ok",
         "node": s.node_id,

@@ -157,6 +157,7 @@ fn op_error(out: &mut Vec<u8>, what: &str, e: &OpError) {
         OpError::ObjectTooLarge { .. } => "TOOLARGE",
         OpError::TooManySiblings { .. } => "SIBLINGS",
         OpError::Storage { .. } => "STORAGE",
+        OpError::NotAMember(_) => "NOTMEMBER",
         OpError::InvalidQuorum { .. } | OpError::BadRequest(_) => "ERR",
     };
     error(out, &format!("{code} {what}: {e}"));

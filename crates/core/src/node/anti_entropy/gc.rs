@@ -91,8 +91,7 @@ impl AntiEntropy {
 
     /// Whether no node this one knows of keeps hints.
     fn no_hints_anywhere(&self, members: &[String], me: &str) -> bool {
-        !self.outsiders_up
-            && !self.hints_here()
+        !self.hints_here()
             && members
                 .iter()
                 .filter(|m| *m != me)

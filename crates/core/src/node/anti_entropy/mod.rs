@@ -179,9 +179,6 @@ pub struct AntiEntropy {
     /// While rebuilding lost data: the ranges synchronised since it began.
     rebuilding: Option<BTreeSet<Range>>,
     gc: gc::Collector,
-    /// A member that left is still running: it may hold data it has not handed over, and it
-    /// reports nothing (it has no range), so no tombstone is collected meanwhile.
-    outsiders_up: bool,
     moved: moved::Moved,
     stats: AntiEntropyStats,
     /// The scheduler's share of the background budget: the sessions allowed at once scale
@@ -208,12 +205,18 @@ impl AntiEntropy {
             synced: BTreeMap::new(),
             rebuilding: None,
             gc: gc::Collector::default(),
-            outsiders_up: false,
             moved: moved::Moved::default(),
             stats: AntiEntropyStats::default(),
             share: 1.0,
             scanned: 0,
         }
+    }
+
+    /// Numbers this run's sessions and handovers from `first` on (see
+    /// [`crate::node::Node::new`]).
+    pub fn start_ids_at(&mut self, first: u64) {
+        self.next_session = first;
+        self.moved.next_id = first;
     }
 
     /// The trees.
@@ -229,11 +232,6 @@ impl AntiEntropy {
     /// Whether some tree is still being built.
     pub fn building(&self) -> bool {
         self.trees.counts().1 > 0
-    }
-
-    /// Whether a member that left is still running (tombstones wait until it stopped).
-    pub fn set_outsiders_up(&mut self, up: bool) {
-        self.outsiders_up = up;
     }
 
     /// Asks for another forced round as soon as the current one ends (a join or leave in

@@ -29,7 +29,7 @@ pub(super) struct Moved {
     next_pass: u64,
     started: Option<u64>,
     handovers: BTreeMap<u64, Handover>,
-    next_id: u64,
+    pub(super) next_id: u64,
     /// Keys handed over and deleted here.
     pub(super) dropped: u64,
     /// Whether this node may hold keys of ranges it does not replicate: true until a full pass
