@@ -3,32 +3,9 @@
 
 mod common;
 
-use common::{Node, cli, dirs, get_json, http, primaries, start_cluster, wait_for_ring};
+use common::{Node, cli, dirs, get_json, http, primaries, start_cluster, wait_for_ring, write_all};
 use reqwest::StatusCode;
 use std::time::{Duration, Instant};
-
-/// Writes `keys` through `node`, 8 at a time; every write must succeed.
-async fn write_all(node: &Node, keys: &[String], query: &str) {
-    let mut tasks = Vec::new();
-    for chunk in keys.chunks(keys.len().div_ceil(8)) {
-        let (url, chunk, query) = (node.url.clone(), chunk.to_vec(), query.to_owned());
-        tasks.push(tokio::spawn(async move {
-            let c = http();
-            for k in chunk {
-                let r = c
-                    .put(format!("{url}/kv/{k}{query}"))
-                    .body(format!("v-{k}"))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), StatusCode::NO_CONTENT, "{k}");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
 
 /// The keys of `keys` that `node` holds no copy of (`/admin/local`).
 async fn missing_on(node: &Node, keys: &[String]) -> Vec<String> {

@@ -146,7 +146,7 @@ async fn hostile_peer_connections_cost_little_and_the_node_serves() {
     };
     // The handshake magic and version followed by garbage: refused with the reason.
     let mut garbage = b"dynamokv".to_vec();
-    garbage.extend_from_slice(&5u16.to_be_bytes());
+    garbage.extend_from_slice(&dynamokv_server::transport::PROTOCOL_VERSION.to_be_bytes());
     garbage.extend_from_slice(&[0xFF; 300]);
     let mut bad_hello = TcpStream::connect(&node.peer).unwrap();
     let _ = bad_hello.write_all(&frame(&garbage));

@@ -233,10 +233,18 @@ pub fn run_node(
         }
         if !ended && let Some(e) = node.ended() {
             ended = true;
-            tracing::error!(
-                node = %e.id, instance = format!("{:016x}", e.instance), how = e.how.as_str(),
-                by = %e.by, "this node no longer serves: {}", e.explain()
-            );
+            let instance = format!("{:016x}", e.instance);
+            if e.how == dynamokv_core::membership::Ending::Left {
+                tracing::warn!(
+                    node = %e.id, %instance, "this node has left the cluster and serves nothing now; stop it ({})",
+                    e.explain()
+                );
+            } else {
+                tracing::error!(
+                    node = %e.id, %instance, how = e.how.as_str(), by = %e.by,
+                    "this node no longer serves: {}", e.explain()
+                );
+            }
         }
         if node.members_epoch() != members_epoch {
             members_epoch = node.members_epoch();

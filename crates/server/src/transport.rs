@@ -470,7 +470,9 @@ impl Transport {
                     .into())
                 }
                 Frame::Welcome => Ok(theirs),
-                Frame::Ended(e) => Err(DialError::Ended(e)),
+                Frame::Ended(e) if e.id == mine.id && e.instance == mine.instance => {
+                    Err(DialError::Ended(e))
+                }
                 Frame::Refused(why) => Err(format!("refused: {why}").into()),
                 _ => Err("the peer answered out of turn".into()),
             }
@@ -533,13 +535,16 @@ impl Transport {
                 return;
             }
             Ok(Err((_, Some((mut framed, Some(ended)))))) => {
+                // A node that left is expected to knock until it is stopped; a removed or
+                // stale one is news.
                 if refused("ended") {
-                    tracing::warn!(
-                        %remote, peer = %ended.id, instance = format!("{:016x}", ended.instance),
-                        how = ended.how.as_str(),
-                        "refusing a peer whose instance ended ({}); it was told so",
-                        ended.how.as_str()
-                    );
+                    let instance = format!("{:016x}", ended.instance);
+                    let how = ended.how.as_str();
+                    if ended.how == dynamokv_core::membership::Ending::Left {
+                        tracing::info!(%remote, peer = %ended.id, %instance, "refusing a peer that left the cluster; it was told so");
+                    } else {
+                        tracing::warn!(%remote, peer = %ended.id, %instance, how, "refusing a peer whose instance ended ({how}); it was told so");
+                    }
                 }
                 let _ = framed.send(encode_frame(&Frame::Ended(ended))).await;
                 return;
@@ -580,7 +585,7 @@ impl Transport {
                 endings_seen = endings;
                 if let Some(ended) = self.ending_of(&from, instance) {
                     if refused("ended") {
-                        tracing::warn!(
+                        tracing::info!(
                             %remote, peer = %from, how = ended.how.as_str(),
                             "closing the connection of a peer whose instance ended; it was told so"
                         );
@@ -591,7 +596,10 @@ impl Transport {
             }
             match frame {
                 Ok(Frame::Ended(e)) => {
-                    let _ = (self.inner.events)(PeerEvent::Ended(e));
+                    let me = &self.inner.me;
+                    if e.id == me.id && e.instance == me.instance {
+                        let _ = (self.inner.events)(PeerEvent::Ended(e));
+                    }
                     return;
                 }
                 Ok(Frame::Message(_)) if self.drops_from(&from) => {}
@@ -743,10 +751,14 @@ async fn dial_loop(
                 let _ = (t.inner.events)(PeerEvent::Up(peer.clone()));
                 tracing::debug!(%peer, %addr, "connected");
                 let (reason, ended) = pump(&mut framed, &mut rx).await;
+                let me = &t.inner.me;
+                let ended = ended.filter(|e| e.id == me.id && e.instance == me.instance);
                 tracing::info!(%peer, %addr, %reason, "peer connection lost");
                 let _ = (t.inner.events)(PeerEvent::Down(peer.clone()));
                 if let Some(e) = ended {
+                    // This node's instance ended, and this peer knows: nothing more to say to it.
                     let _ = (t.inner.events)(PeerEvent::Ended(e));
+                    return;
                 }
                 if rx.is_closed() {
                     return;
@@ -758,6 +770,7 @@ async fn dial_loop(
             Err(DialError::Ended(e)) => {
                 tracing::debug!(%peer, %addr, "the peer says this node's instance ended");
                 let _ = (t.inner.events)(PeerEvent::Ended(e));
+                return;
             }
             Err(e) => {
                 tracing::debug!(%peer, %addr, error = %e, "cannot connect");

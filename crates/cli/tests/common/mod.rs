@@ -258,3 +258,27 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// Writes `keys` (value `v-KEY`) through `node` with `query` (`?w=3`, say), 8 at a time; every
+/// write must succeed.
+pub async fn write_all(node: &Node, keys: &[String], query: &str) {
+    let mut tasks = Vec::new();
+    for chunk in keys.chunks(keys.len().div_ceil(8)) {
+        let (url, chunk, query) = (node.url.clone(), chunk.to_vec(), query.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let c = http();
+            for k in chunk {
+                let r = c
+                    .put(format!("{url}/kv/{k}{query}"))
+                    .body(format!("v-{k}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), reqwest::StatusCode::NO_CONTENT, "{k}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
