@@ -21,8 +21,8 @@ cargo build --release -q -p dynamokv
 BIN=$PWD/target/release/dynamokv
 HTTP_BASE=$BASE
 PEER_BASE=$((BASE + 100))
-# shellcheck source=../scripts/bench-lib.sh
-source scripts/bench-lib.sh
+# shellcheck source=lib.sh
+source bench/lib.sh
 
 http() { url "$1"; }
 node() { # node I TARGET: starts nI (seeded with n1) and waits until it listens

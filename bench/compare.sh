@@ -34,7 +34,7 @@ cargo build --release -q -p dynamokv
 BIN=$PWD/target/release/dynamokv
 
 # DIR (a temporary directory) and PIDS (stopped on exit).
-source scripts/bench-lib.sh
+source bench/lib.sh
 
 REDIS_PORT=$((BASE + 379))
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \

@@ -7,17 +7,18 @@
 # killed (SIGKILL) halfway and restarted, to show the transfer resuming: keys received before
 # the kill, after the restart, and the total.
 #
-#   cargo build --release -p dynamokv && scripts/bench-join.sh
-#   KEYS=100000 KILL=1 scripts/bench-join.sh
+#   cargo build --release -p dynamokv && bench/join.sh
+#   KEYS=100000 KILL=1 bench/join.sh
 set -euo pipefail
+cd "$(dirname "$0")/.."
 KEYS=${KEYS:-100000}
 SECS=${SECS:-20}
 KILL=${KILL:-0}
 BIN=${BIN:-target/release/dynamokv}
 HTTP_BASE=18180
 PEER_BASE=19180
-# shellcheck source=bench-lib.sh
-source "$(dirname "$0")/bench-lib.sh"
+# shellcheck source=lib.sh
+source bench/lib.sh
 status_of() {
     curl -s "$(url "$1")/admin/members" |
         field "[m['status'] for m in d['members'] if m['id']=='n$1'][0]" 2>/dev/null || echo down

@@ -6,16 +6,17 @@
 # measures the same benchmark against the two others while the wiped node rebuilds by
 # anti-entropy, and how long the rebuild takes.
 #
-#   cargo build --release -p dynamokv && scripts/bench-anti-entropy.sh
-#   KEYS=10000 SECS=10 scripts/bench-anti-entropy.sh
+#   cargo build --release -p dynamokv && bench/anti-entropy.sh
+#   KEYS=10000 SECS=10 bench/anti-entropy.sh
 set -euo pipefail
+cd "$(dirname "$0")/.."
 KEYS=${KEYS:-100000}
 SECS=${SECS:-20}
 BIN=${BIN:-target/release/dynamokv}
 HTTP_BASE=18080
 PEER_BASE=19080
-# shellcheck source=bench-lib.sh
-source "$(dirname "$0")/bench-lib.sh"
+# shellcheck source=lib.sh
+source bench/lib.sh
 stat() { curl -s "$(url "$1")/admin/stats"; }
 
 start 1
