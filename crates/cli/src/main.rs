@@ -9,7 +9,7 @@ mod kv;
 mod ring_balance;
 mod server;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// mimalloc instead of the system allocator: a node allocates on its I/O threads and frees on
 /// its node thread (and back) for every request, which glibc's malloc handles poorly (a fifth
@@ -58,6 +58,7 @@ enum Command {
     /// Start a local cluster of real node processes on loopback (Ctrl-C stops it).
     Dev(dev::DevArgs),
     /// Run a node: serve the HTTP API over a data directory.
+    #[command(override_usage = "dynamokv server [OPTIONS]")]
     Server(Box<server::ServerArgs>),
     /// Write a value (with the context of a read, it replaces what that read returned).
     Put(kv::PutArgs),
@@ -77,7 +78,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let tls = dynamokv_client::tls::ClientTls {
         ca: cli.cacert.clone(),
         cert: cli.cert.clone(),
@@ -91,7 +93,10 @@ fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
-        Command::Server(args) => server::run(*args),
+        Command::Server(args) => {
+            let m = matches.subcommand_matches("server").unwrap_or(&matches);
+            server::run(*args, m)
+        }
         Command::Put(args) => kv::put(args),
         Command::Get(args) => kv::get(args),
         Command::Delete(args) => kv::delete(args),

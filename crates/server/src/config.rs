@@ -1,5 +1,9 @@
-//! Node configuration: one serde struct, defaults in one place, loaded from an optional TOML file
-//! and then overridden by command-line flags (the binary does the overriding).
+//! Node configuration: one struct, each setting declared once - its field, documentation,
+//! flag and default together. The same declaration gives the TOML file's keys (the field names,
+//! snake_case), the command-line flags and their `--help` text (clap derive, with
+//! [`NodeConfig`]'s table flattened in), and the defaults ([`Config::default`] is what the flags
+//! say when none is given). A file is read first, then the flags given on the command line
+//! override it ([`Config::overridden_by`]).
 
 use dynamokv_core::node::NodeConfig;
 use dynamokv_storage::SyncPolicy;
@@ -20,101 +24,149 @@ pub enum SyncMode {
     Never,
 }
 
-/// Everything a node needs to start. Every field has a default (see [`Config::default`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl SyncMode {
+    /// Parses the name a flag or file gives.
+    pub fn parse(s: &str) -> Result<SyncMode, String> {
+        match s {
+            "always" => Ok(SyncMode::Always),
+            "periodic" => Ok(SyncMode::Periodic),
+            "never" => Ok(SyncMode::Never),
+            _ => Err(format!(
+                "unknown sync mode {s:?}: use always, periodic or never"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::Always => "always",
+            SyncMode::Periodic => "periodic",
+            SyncMode::Never => "never",
+        })
+    }
+}
+
+/// Everything a node needs to start, each setting with its flag and default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct Config {
-    /// Coordination settings (N, R, W, timeouts, gossip, failure detection, handoff): the
-    /// core's own struct and defaults, with its fields at the top level of the file.
+    /// Coordination settings (N, R, W, timeouts, gossip, failure detection, handoff,
+    /// anti-entropy, limits): the core's own table, with its fields at the top level of the
+    /// file.
     #[serde(flatten)]
+    #[command(flatten)]
     pub node: NodeConfig,
-    /// This node's id, unique in the cluster. When unset, the id stored in the data directory
-    /// is used, or a new `node-XXXXXXXX` id is made and stored on first start.
+    /// This node's id, unique in the cluster (letters, digits, '-', '_', '.'). Default: the id
+    /// stored in the data directory, or a generated `node-XXXXXXXX` stored on first start. A
+    /// data directory belongs to one id.
+    #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
-    /// Directory holding this node's data (objects, hints, identity). Created if missing.
+    /// Directory for this node's data (objects, hints, identity); created if missing.
+    #[arg(long, value_name = "DIR", default_value = "dynamokv-data")]
     pub data_dir: PathBuf,
-    /// Address the internal RPC listener (peer traffic) binds. Port 0 picks a free port; the
-    /// bound address is printed on standard output at start (`peer=ADDR`).
+    /// Peer (internal RPC) listen address; port 0 picks a free port (printed at start as
+    /// `peer=ADDR`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// Peer address other nodes should dial; default: the bound `listen` address. Set it when
+    /// Peer address other nodes should dial. Default: the bound --listen address; set it when
     /// listening on 0.0.0.0 or behind NAT.
+    #[arg(long, value_name = "HOST:PORT")]
     pub advertise_peer: Option<String>,
-    /// HTTP address clients should use (announced to clients that route by key); default: the
-    /// bound `http` address.
+    /// HTTP address partition-aware clients should use. Default: the bound --http address.
+    #[arg(long, value_name = "HOST:PORT")]
     pub advertise_http: Option<String>,
-    /// Peer addresses (`host:port`) of nodes to join through. Empty: start a new cluster.
+    /// Peer addresses of nodes to join through, comma-separated. None: start a new cluster.
+    #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',')]
     pub seeds: Vec<String>,
     /// Tokens (virtual nodes) this node places on the ring.
+    #[arg(long, value_name = "COUNT", default_value_t = dynamokv_core::ring::DEFAULT_VNODES)]
     pub vnodes: u16,
     /// Largest peer-protocol frame accepted, in bytes; a larger frame closes the connection.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 << 20)]
     pub max_frame_bytes: usize,
-    /// Allow `POST /admin/faults` to drop or delay peer messages (for fault tests only; never
-    /// in production). Off by default, and the endpoint refuses to act without it.
+    /// Let POST /admin/faults drop or delay peer messages (fault tests only, never
+    /// production); the endpoint refuses to act without it.
+    #[arg(long)]
     pub enable_fault_injection: bool,
-    /// Address the HTTP API listens on. Port 0 picks a free port; the bound address is printed
-    /// on standard output at start (`listening http=ADDR`).
+    /// HTTP API listen address; port 0 picks a free port (printed at start as
+    /// `listening http=ADDR`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
-    /// Address of the RESP2 (Redis protocol) endpoint, for `redis-cli`, `redis-benchmark` and
-    /// Redis client libraries; off when unset. Port 0 picks a free port; the bound address is
-    /// printed on standard output at start (`resp=ADDR`).
+    /// RESP2 (Redis protocol) listen address, for redis-cli, redis-benchmark and Redis client
+    /// libraries; off unless given. Port 0 picks a free port (printed as `resp=ADDR`).
+    #[arg(long, value_name = "ADDR")]
     pub resp: Option<SocketAddr>,
-    /// Largest value accepted by a put, in bytes. Larger values get 413.
-    pub max_value_bytes: usize,
-    /// Client tokens (`[[tokens]]` with `name`, `token`, `scopes`); none: every client may do
-    /// everything. See docs/security.md.
+    /// Client tokens (`[[tokens]]` with `name`, `token`, `scopes`), in the config file only;
+    /// none: every client may do everything. See docs/security.md.
+    #[arg(skip)]
     pub tokens: Vec<crate::auth::TokenConfig>,
     /// Most HTTP connections open at once; the next one gets 503 `too_many_connections`.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
     pub http_max_connections: usize,
     /// Time an HTTP client has to send a request's headers (and a first request after
-    /// connecting), in milliseconds; a slow or silent client is disconnected.
+    /// connecting), in milliseconds; a slower or silent client is disconnected.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub http_header_timeout_ms: u64,
     /// Seconds a RESP connection may sit idle (no command pending) before it is closed; 0:
     /// never (Redis's `timeout`).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub resp_idle_timeout_secs: u64,
     /// Milliseconds a RESP client has to finish sending a command it began; slower clients are
     /// told so and disconnected.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
     pub resp_command_timeout_ms: u64,
-    /// TLS on every port (`[tls]` with `cert`, `key`, `ca`, `require_client_cert`); none:
-    /// plaintext. See docs/security.md.
+    /// TLS on every port (`[tls]` in the file, with `cert`, `key`, `ca`,
+    /// `require_client_cert`); none: plaintext. See docs/security.md.
+    #[command(flatten)]
     pub tls: Option<crate::tls::TlsConfig>,
-    /// fsync policy: `always`, `periodic` (every `sync_interval_ms`) or `never`. Every write
-    /// reaches the operating system before it is acknowledged, so a process crash loses nothing
-    /// under any policy; the policy decides what a power loss can take.
+    /// Require HTTP and RESP clients to present a certificate of the cluster CA too
+    /// (`require_client_cert` in the file's `[tls]`).
+    #[arg(long = "tls-require-client-cert")]
+    #[serde(skip)]
+    pub tls_require_client_cert: bool,
+    /// When to fsync: `always` (before acknowledging each write), `periodic` (every
+    /// --sync-interval-ms) or `never` (leave it to the OS). Every write reaches the operating
+    /// system before it is acknowledged, so a process crash loses nothing under any of them;
+    /// they differ on power loss.
+    #[arg(long, value_name = "MODE", value_parser = SyncMode::parse, default_value_t = SyncMode::Periodic)]
     pub sync: SyncMode,
-    /// Interval of the background fsync for `sync = "periodic"`, in milliseconds.
+    /// Interval of the periodic fsync, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
     pub sync_interval_ms: u64,
-    /// Secret that authenticates the context tokens handed to clients; every node of a cluster
-    /// must share it. When unset, a random secret is generated on first start and kept in the
-    /// data directory.
+    /// Secret authenticating context tokens and peers; every node of a cluster must share it.
+    /// Default: a random secret generated in the data directory on first start (a node that
+    /// does so cannot join a cluster).
+    #[arg(
+        long,
+        env = "DYNAMOKV_CLUSTER_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub cluster_secret: Option<String>,
 }
 
+/// The flags alone, to read the defaults and the help from.
+#[derive(clap::Parser)]
+#[command(name = "dynamokv-server-settings")]
+struct Flags {
+    #[command(flatten)]
+    config: Config,
+}
+
 impl Default for Config {
+    /// What the flags say when none is given (the declaration above is the one place the
+    /// defaults are written).
     fn default() -> Self {
-        Self {
-            node_id: None,
-            data_dir: PathBuf::from("dynamokv-data"),
-            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
-            advertise_peer: None,
-            advertise_http: None,
-            seeds: Vec::new(),
-            vnodes: dynamokv_core::ring::DEFAULT_VNODES,
-            max_frame_bytes: 32 * 1024 * 1024,
-            enable_fault_injection: false,
-            node: NodeConfig::default(),
-            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            resp: None,
-            max_value_bytes: dynamokv_core::limits::DEFAULT_MAX_VALUE_BYTES,
-            tokens: Vec::new(),
-            http_max_connections: 4096,
-            http_header_timeout_ms: 10_000,
-            resp_idle_timeout_secs: 300,
-            resp_command_timeout_ms: 30_000,
-            tls: None,
-            sync: SyncMode::Periodic,
-            sync_interval_ms: 100,
-            cluster_secret: None,
-        }
+        use clap::Parser as _;
+        // Not the environment: the defaults are the declaration's own.
+        let flags = Flags::try_parse_from(["dynamokv-server-settings"]);
+        let mut c = flags
+            .map(|f| f.config)
+            .unwrap_or_else(|e| unreachable!("the default flags parse: {e}"));
+        c.cluster_secret = None;
+        c
     }
 }
 
@@ -170,9 +222,46 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// This configuration with the settings in `flags` that `given` says were given on the
+    /// command line (or in their environment variable) put over it: the file's values, then
+    /// the flags'. `given` is asked by setting id (the field name); a TLS flag replaces the
+    /// file's `[tls]` (all three files given), or sets its `require_client_cert`.
+    pub fn overridden_by(
+        self,
+        flags: &Config,
+        given: impl Fn(&str) -> bool,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |e: serde_json::Error| ConfigError::Invalid(e.to_string());
+        let mut merged = serde_json::to_value(self).map_err(invalid)?;
+        let from = serde_json::to_value(flags).map_err(invalid)?;
+        let (Some(to), Some(from)) = (merged.as_object_mut(), from.as_object()) else {
+            return Err(ConfigError::Invalid("settings are not a table".into()));
+        };
+        for (key, value) in from {
+            if key != "tls" && given(key) {
+                to.insert(key.clone(), value.clone());
+            }
+        }
+        if ["cert", "key", "ca"].iter().any(|id| given(id)) {
+            to.insert("tls".into(), from["tls"].clone());
+        }
+        let mut c: Config = serde_json::from_value(merged).map_err(invalid)?;
+        if flags.tls_require_client_cert {
+            let Some(tls) = &mut c.tls else {
+                return Err(ConfigError::Invalid(
+                    "--tls-require-client-cert needs TLS: give --tls-cert, --tls-key and --tls-ca (or [tls] in the config file)".into(),
+                ));
+            };
+            tls.require_client_cert = true;
+        }
+        c.seeds.retain(|s| !s.is_empty());
+        Ok(c)
+    }
+
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::auth::validate(&self.tokens).map_err(ConfigError::Invalid)?;
+        self.node.validate().map_err(ConfigError::Invalid)?;
         if self.http_max_connections == 0 || self.http_header_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "http_max_connections and http_header_timeout_ms must be at least 1".into(),
@@ -181,16 +270,6 @@ impl Config {
         if self.resp_command_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "resp_command_timeout_ms must be at least 1".into(),
-            ));
-        }
-        if self.max_value_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "max_value_bytes must be at least 1".into(),
-            ));
-        }
-        if self.max_value_bytes > 256 * 1024 * 1024 {
-            return Err(ConfigError::Invalid(
-                "max_value_bytes may be at most 268435456 (256 MiB)".into(),
             ));
         }
         if self.sync == SyncMode::Periodic && self.sync_interval_ms == 0 {
@@ -216,81 +295,18 @@ impl Config {
                 dynamokv_core::membership::MAX_TOKENS
             )));
         }
-        if self.node.n == 0
-            || self.node.r == 0
-            || self.node.w == 0
-            || self.node.r > self.node.n
-            || self.node.w > self.node.n
-        {
-            return Err(ConfigError::Invalid(format!(
-                "need 1 <= r <= n and 1 <= w <= n (n={}, r={}, w={})",
-                self.node.n, self.node.r, self.node.w
-            )));
-        }
-        if self.node.hint_scan_interval_ms == 0
-            || self.node.hint_rate_per_sec == 0
-            || self.node.hint_max_in_flight == 0
-        {
-            return Err(ConfigError::Invalid(
-                "hint_scan_interval_ms, hint_rate_per_sec and hint_max_in_flight must be at least 1".into(),
-            ));
-        }
-        if self.node.anti_entropy_keys_per_sec == 0
-            || self.node.anti_entropy_bytes_per_sec == 0
-            || self.node.anti_entropy_sessions == 0
-        {
-            return Err(ConfigError::Invalid(
-                "anti_entropy_keys_per_sec, anti_entropy_bytes_per_sec and anti_entropy_sessions must be at least 1".into(),
-            ));
-        }
-        if self.node.background_items_per_sec == 0
-            || self.node.background_bytes_per_sec == 0
-            || !(self.node.background_min_share > 0.0 && self.node.background_min_share <= 1.0)
-        {
-            return Err(ConfigError::Invalid(
-                "background_items_per_sec and background_bytes_per_sec must be at least 1, and background_min_share above 0 and at most 1".into(),
-            ));
-        }
-        if self.node.gossip_interval_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "gossip_interval_ms must be at least 1".into(),
-            ));
-        }
-        if !(self.node.phi_threshold > 0.0 && self.node.phi_threshold.is_finite()) {
-            return Err(ConfigError::Invalid(
-                "phi_threshold must be a positive number".into(),
-            ));
-        }
-        if self.node.request_timeout_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "request_timeout_ms must be at least 1".into(),
-            ));
-        }
-        if self.max_frame_bytes
-            < self
-                .max_value_bytes
-                .saturating_mul(2)
-                .saturating_add(64 * 1024)
-        {
+        let max_value_bytes = self.node.max_value_bytes;
+        if self.max_frame_bytes < max_value_bytes.saturating_mul(2).saturating_add(64 * 1024) {
             return Err(ConfigError::Invalid(format!(
                 "max_frame_bytes ({}) must be at least twice max_value_bytes plus 64 KiB ({})",
                 self.max_frame_bytes,
-                self.max_value_bytes * 2 + 64 * 1024
+                max_value_bytes * 2 + 64 * 1024
             )));
         }
-        if self.node.max_siblings == 0 {
-            return Err(ConfigError::Invalid(
-                "max_siblings must be at least 1".into(),
-            ));
-        }
-        if self.node.max_object_bytes < self.max_value_bytes.saturating_add(4096)
-            || self.node.max_object_bytes.saturating_add(2 << 20) > self.max_frame_bytes
-        {
+        if self.node.max_object_bytes.saturating_add(2 << 20) > self.max_frame_bytes {
             return Err(ConfigError::Invalid(format!(
-                "max_object_bytes ({}) must be at least max_value_bytes plus 4 KiB ({}) and leave 2 MiB under max_frame_bytes ({})",
-                self.node.max_object_bytes,
-                self.max_value_bytes + 4096,
-                self.max_frame_bytes
+                "max_object_bytes ({}) must leave 2 MiB under max_frame_bytes ({})",
+                self.node.max_object_bytes, self.max_frame_bytes
             )));
         }
         if self.cluster_secret.as_deref() == Some("") {
@@ -321,7 +337,7 @@ mod tests {
     fn toml_overrides_defaults_and_rejects_unknown_fields() {
         let c = Config::from_toml("sync = \"always\"\nmax_value_bytes = 10\nw = 3").unwrap();
         assert_eq!(c.sync, SyncMode::Always);
-        assert_eq!(c.max_value_bytes, 10);
+        assert_eq!(c.node.max_value_bytes, 10);
         assert_eq!(c.node.w, 3);
         assert_eq!(c.node.r, NodeConfig::default().r);
         assert_eq!(c.http, Config::default().http);
@@ -337,10 +353,8 @@ mod tests {
     #[test]
     fn validate_ranges() {
         assert!(Config::default().validate().is_ok());
-        let c = Config {
-            max_value_bytes: 0,
-            ..Config::default()
-        };
+        let mut c = Config::default();
+        c.node.max_value_bytes = 0;
         assert!(c.validate().is_err());
         let c = Config {
             sync_interval_ms: 0,
@@ -355,10 +369,9 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
-        let c = Config {
-            max_value_bytes: 20 * 1024 * 1024,
-            ..Config::default()
-        };
+        let mut c = Config::default();
+        c.node.max_value_bytes = 20 * 1024 * 1024;
+        c.node.max_object_bytes = 24 * 1024 * 1024;
         assert!(c.validate().is_err(), "frames must fit values");
         assert_eq!(
             Config::default().sync_policy(),

@@ -202,10 +202,7 @@ pub async fn run(
         tokens,
         epoch: 0,
     };
-    let node_config = dynamokv_core::node::NodeConfig {
-        max_value_bytes: config.max_value_bytes,
-        ..config.node
-    };
+    let node_config = config.node;
     let mut core = Node::new(
         me,
         local.identity.actor,
@@ -295,7 +292,7 @@ pub async fn run(
         codec: local.codec.clone(),
         node_id: local.node_id.clone(),
         actor: local.identity.actor,
-        max_value_bytes: config.max_value_bytes,
+        max_value_bytes: config.node.max_value_bytes,
         transport: transport.clone(),
         fault_injection: config.enable_fault_injection,
         metrics: metrics::install(),
@@ -308,7 +305,7 @@ pub async fn run(
             node: handle.clone(),
             codec: local.codec.clone(),
             node_id: local.node_id.clone(),
-            max_value_bytes: config.max_value_bytes,
+            max_value_bytes: config.node.max_value_bytes,
             addr: addr.to_string(),
             connected: Default::default(),
             accepted: Default::default(),
@@ -318,7 +315,7 @@ pub async fn run(
                 .then(|| std::time::Duration::from_secs(config.resp_idle_timeout_secs)),
             command_timeout: std::time::Duration::from_millis(config.resp_command_timeout_ms),
         });
-        let limits = resp::codec::Limits::for_values(config.max_value_bytes);
+        let limits = resp::codec::Limits::for_values(config.node.max_value_bytes);
         tokio::spawn(resp::serve(listener, state, limits, tls.clone()))
     });
     if config.enable_fault_injection {

@@ -28,17 +28,24 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Where the node's TLS files are (`[tls]` in the config file, or the `--tls-*` flags).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// This node's certificate chain (PEM), issued by the cluster CA.
+    /// This node's TLS certificate (PEM, issued by the cluster CA; `dynamokv admin certs` makes
+    /// one). With --tls-key and --tls-ca, every port speaks TLS: mutual TLS between nodes,
+    /// HTTPS and RESP over TLS for clients. Default: off, plaintext.
+    #[arg(long = "tls-cert", value_name = "PEM", required = false, requires_all = ["key", "ca"])]
     pub cert: PathBuf,
-    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long = "tls-key", value_name = "PEM", required = false, requires_all = ["cert", "ca"])]
     pub key: PathBuf,
     /// The cluster CA's certificate (PEM): peers must present a certificate it issued.
+    #[arg(long = "tls-ca", value_name = "PEM", required = false, requires_all = ["cert", "key"])]
     pub ca: PathBuf,
-    /// Require HTTP and RESP clients to present a certificate of the cluster CA too.
+    /// Require HTTP and RESP clients to present a certificate of the cluster CA too (the
+    /// `--tls-require-client-cert` flag sets it).
     #[serde(default)]
+    #[arg(skip)]
     pub require_client_cert: bool,
 }
 

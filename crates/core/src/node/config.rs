@@ -1,99 +1,152 @@
-//! The node's settings: quorums, timeouts, background work, limits. The defaults here are the
-//! node's defaults everywhere (the server's configuration embeds [`NodeConfig`]).
+//! The node's settings: quorums, timeouts, background work, limits. Each is declared once, in
+//! the table below - name, type, default, documentation, command-line flag, and the range it
+//! must lie in - and everything else follows from that declaration: the struct, its defaults,
+//! the TOML keys (the field names, at the top level of the server's file), the flags and their
+//! `--help` text (with the `clap` feature, which the server turns on), and the range checks.
+//! Adding a setting is one entry here, and its use.
 
 use super::anti_entropy::AntiEntropyConfig;
 use super::scheduler::SchedulerConfig;
 use crate::failure_detector::DetectorConfig;
 use serde::{Deserialize, Serialize};
 
-/// Coordination settings. The defaults here are the node's defaults everywhere (the server's
-/// configuration embeds this struct).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NodeConfig {
-    /// Replicas per key (N). Must be the same on every node.
-    pub n: u8,
-    /// Default read quorum (R), overridable per request with `?r=`.
-    pub r: u8,
-    /// Default write quorum (W), overridable per request with `?w=`.
-    pub w: u8,
-    /// How long a coordinator waits for replicas before answering 503, in milliseconds.
-    pub request_timeout_ms: u64,
-    /// How often the node gossips membership with a random peer, in milliseconds.
-    pub gossip_interval_ms: u64,
-    /// Failure-detector threshold: a peer whose phi passes it is believed down.
-    pub phi_threshold: f64,
-    /// How often this node scans the hints it keeps for nodes that were down, to hand them
-    /// back once their owner is up, in milliseconds.
-    pub hint_scan_interval_ms: u64,
-    /// Most hints handed back per second (throttles the drain so a returning node is not
-    /// flooded).
-    pub hint_rate_per_sec: u64,
-    /// Most hint deliveries in flight at once.
-    pub hint_max_in_flight: usize,
-    /// Pause between the starts of two anti-entropy rounds (each range compared with each
-    /// other replica), in milliseconds; 0 runs anti-entropy only on demand.
-    pub anti_entropy_interval_ms: u64,
-    /// Most objects anti-entropy sends or asks for per second.
-    pub anti_entropy_keys_per_sec: u64,
-    /// Most object bytes anti-entropy sends per second.
-    pub anti_entropy_bytes_per_sec: u64,
-    /// Most anti-entropy sessions at once.
-    pub anti_entropy_sessions: usize,
-    /// Largest object (every sibling of a key together), in bytes: a write that would pass it
-    /// is refused, so that an object always fits in a peer message.
-    pub max_object_bytes: usize,
-    /// Most siblings per key: a write that would add one more is refused (409) until a client
-    /// reads the key and writes back with its context.
-    pub max_siblings: usize,
-    /// Youngest tombstone that may be collected once every replica is proven to hold it, in
-    /// milliseconds (wall clock).
-    pub tombstone_min_age_ms: u64,
-    /// Most background items (hints delivered, objects sent or asked for by anti-entropy and
-    /// transfers, collection and handover steps) per second, every worker together.
-    pub background_items_per_sec: u64,
-    /// Most background object bytes per second, every worker together.
-    pub background_bytes_per_sec: u64,
-    /// Foreground p99 (coordinator side, per second) above which background work backs off,
-    /// in milliseconds; 0 turns the feedback off.
-    pub background_p99_target_ms: u64,
-    /// Smallest share of the background budget left when backing off (so jobs finish).
-    pub background_min_share: f64,
-    /// Largest value a put may carry, in bytes, checked again by coordinators and replicas on
-    /// what peers send. Set from the server's `max_value_bytes` (not a `[node]` setting).
-    #[serde(skip)]
-    pub max_value_bytes: usize,
+/// Declares the settings: each entry is its documentation, `name: type = default`, its flag
+/// (`flag "long"`, optionally `short 'c'`, and `value "NAME"` for the help), and optionally
+/// `check |v| predicate => "what it must be"`.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident : $ty:ty = $default:expr,
+            flag $flag:literal $(, short $short:literal)?, value $value:literal
+            $(, check |$v:ident| $check:expr => $must:literal)?;
+    )*) => {
+        /// Coordination settings. The defaults here are the node's defaults everywhere (the
+        /// server's configuration embeds this struct).
+        #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "clap", derive(clap::Args))]
+        #[serde(default)]
+        pub struct NodeConfig {
+            $(
+                $(#[doc = $doc])*
+                #[cfg_attr(feature = "clap", arg(
+                    long = $flag, $(short = $short,)? value_name = $value,
+                    default_value_t = $default
+                ))]
+                pub $name: $ty,
+            )*
+        }
+
+        impl Default for NodeConfig {
+            fn default() -> Self {
+                Self { $($name: $default,)* }
+            }
+        }
+
+        impl NodeConfig {
+            /// Every setting's own range (see [`NodeConfig::validate`] for the ranges that
+            /// tie settings together).
+            fn check_each(&self) -> Result<(), String> {
+                $($(
+                    let $v = self.$name;
+                    if !($check) {
+                        return Err(format!("{} must be {} (it is {})", stringify!($name), $must, $v));
+                    }
+                )?)*
+                Ok(())
+            }
+        }
+    };
 }
 
-impl Default for NodeConfig {
-    fn default() -> Self {
-        Self {
-            n: 3,
-            r: 2,
-            w: 2,
-            request_timeout_ms: 2000,
-            gossip_interval_ms: 1000,
-            phi_threshold: 8.0,
-            hint_scan_interval_ms: 1000,
-            hint_rate_per_sec: 2000,
-            hint_max_in_flight: 64,
-            anti_entropy_interval_ms: 10_000,
-            anti_entropy_keys_per_sec: 5_000,
-            anti_entropy_bytes_per_sec: 32 << 20,
-            anti_entropy_sessions: 8,
-            max_object_bytes: 8 << 20,
-            max_siblings: 100,
-            tombstone_min_age_ms: 300_000,
-            background_items_per_sec: 10_000,
-            background_bytes_per_sec: 64 << 20,
-            background_p99_target_ms: 20,
-            background_min_share: 0.01,
-            max_value_bytes: crate::limits::DEFAULT_MAX_VALUE_BYTES,
-        }
-    }
+settings! {
+    /// Replicas per key (N); the same on every node.
+    n: u8 = 3, flag "replicas", short 'n', value "N", check |v| v >= 1 => "at least 1";
+    /// Default read quorum (R); requests may override it with `?r=`.
+    r: u8 = 2, flag "read-quorum", short 'r', value "R", check |v| v >= 1 => "at least 1";
+    /// Default write quorum (W); requests may override it with `?w=`.
+    w: u8 = 2, flag "write-quorum", short 'w', value "W", check |v| v >= 1 => "at least 1";
+    /// How long a coordinator waits for replicas before answering 503, in milliseconds.
+    request_timeout_ms: u64 = 2000, flag "request-timeout-ms", value "MS",
+        check |v| v >= 1 => "at least 1";
+    /// How often the node gossips membership with a random peer, in milliseconds.
+    gossip_interval_ms: u64 = 1000, flag "gossip-interval-ms", value "MS",
+        check |v| v >= 1 => "at least 1";
+    /// Failure-detector threshold: a peer whose phi passes it is believed down.
+    phi_threshold: f64 = 8.0, flag "phi-threshold", value "PHI",
+        check |v| v > 0.0 && v.is_finite() => "a positive number";
+    /// How often the hints kept for nodes that were down are scanned, to hand them back once
+    /// their owner is up, in milliseconds.
+    hint_scan_interval_ms: u64 = 1000, flag "hint-scan-interval-ms", value "MS",
+        check |v| v >= 1 => "at least 1";
+    /// Most hints handed back per second (so a returning node is not flooded).
+    hint_rate_per_sec: u64 = 2000, flag "hint-rate", value "N",
+        check |v| v >= 1 => "at least 1";
+    /// Most hint deliveries in flight at once.
+    hint_max_in_flight: usize = 64, flag "hint-max-in-flight", value "N",
+        check |v| v >= 1 => "at least 1";
+    /// Pause between the starts of two anti-entropy rounds (every range compared with its
+    /// other replicas), in milliseconds; 0 runs anti-entropy only on demand
+    /// (`dynamokv admin repair`).
+    anti_entropy_interval_ms: u64 = 10_000, flag "anti-entropy-interval-ms", value "MS";
+    /// Most objects anti-entropy sends or asks for per second.
+    anti_entropy_keys_per_sec: u64 = 5_000, flag "anti-entropy-keys-per-sec", value "N",
+        check |v| v >= 1 => "at least 1";
+    /// Most object bytes anti-entropy sends per second.
+    anti_entropy_bytes_per_sec: u64 = 32 << 20, flag "anti-entropy-bytes-per-sec", value "BYTES",
+        check |v| v >= 1 => "at least 1";
+    /// Most anti-entropy sessions at once.
+    anti_entropy_sessions: usize = 8, flag "anti-entropy-sessions", value "N",
+        check |v| v >= 1 => "at least 1";
+    /// Largest value a put may carry, in bytes; a larger one is refused with 413, and checked
+    /// again by coordinators and replicas on what peers send.
+    max_value_bytes: usize = crate::limits::DEFAULT_MAX_VALUE_BYTES, flag "max-value-bytes",
+        value "BYTES", check |v| (1..=256 << 20).contains(&v) => "1 to 268435456 (256 MiB)";
+    /// Largest object per key (every sibling together), in bytes: a write that would pass it
+    /// is refused with 413, so that an object always fits in a peer message.
+    max_object_bytes: usize = 8 << 20, flag "max-object-bytes", value "BYTES";
+    /// Most siblings per key: a write that would add one more is refused with 409 until a
+    /// client reads the key and writes back with its context.
+    max_siblings: usize = 100, flag "max-siblings", value "N", check |v| v >= 1 => "at least 1";
+    /// Youngest tombstone (deleted key) that may be collected once every replica is proven to
+    /// hold it, in milliseconds (wall clock).
+    tombstone_min_age_ms: u64 = 300_000, flag "tombstone-min-age-ms", value "MS";
+    /// Most background items per second, every worker together (hints delivered, objects
+    /// repaired or transferred, collection and handover steps); scaled down while foreground
+    /// latency is high.
+    background_items_per_sec: u64 = 10_000, flag "background-items-per-sec", value "N",
+        check |v| v >= 1 => "at least 1";
+    /// Most background object bytes per second, every worker together.
+    background_bytes_per_sec: u64 = 64 << 20, flag "background-bytes-per-sec", value "BYTES",
+        check |v| v >= 1 => "at least 1";
+    /// Foreground p99 (per second, as coordinators see it) above which background work backs
+    /// off, in milliseconds; 0 turns the feedback off.
+    background_p99_target_ms: u64 = 20, flag "background-p99-target-ms", value "MS";
+    /// Smallest share of the background budget left while backing off (so background jobs
+    /// still finish).
+    background_min_share: f64 = 0.01, flag "background-min-share", value "SHARE",
+        check |v| v > 0.0 && v <= 1.0 => "above 0 and at most 1";
 }
 
 impl NodeConfig {
+    /// Checks every setting's range, and the ranges that tie settings together.
+    pub fn validate(&self) -> Result<(), String> {
+        self.check_each()?;
+        if self.r > self.n || self.w > self.n {
+            return Err(format!(
+                "need r <= n and w <= n (n={}, r={}, w={})",
+                self.n, self.r, self.w
+            ));
+        }
+        if self.max_object_bytes < self.max_value_bytes.saturating_add(4096) {
+            return Err(format!(
+                "max_object_bytes ({}) must be at least max_value_bytes plus 4 KiB ({})",
+                self.max_object_bytes,
+                self.max_value_bytes.saturating_add(4096)
+            ));
+        }
+        Ok(())
+    }
+
     /// The failure detector's settings: the threshold, and the gossip interval as the expected
     /// heartbeat interval before any was measured.
     pub fn detector(&self) -> DetectorConfig {
@@ -126,5 +179,48 @@ impl NodeConfig {
             tombstone_min_age_ms: self.tombstone_min_age_ms,
             max_value_bytes: self.max_value_bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_pass_their_own_checks_and_bad_values_say_which() {
+        assert_eq!(NodeConfig::default().validate(), Ok(()));
+        let zero_n = NodeConfig {
+            n: 0,
+            ..NodeConfig::default()
+        };
+        assert_eq!(
+            zero_n.validate(),
+            Err("n must be at least 1 (it is 0)".to_owned())
+        );
+        let r_above_n = NodeConfig {
+            r: 4,
+            ..NodeConfig::default()
+        };
+        assert!(r_above_n.validate().unwrap_err().contains("r <= n"));
+        let share = NodeConfig {
+            background_min_share: 1.5,
+            ..NodeConfig::default()
+        };
+        assert!(
+            share
+                .validate()
+                .unwrap_err()
+                .contains("background_min_share")
+        );
+        let unbounded = NodeConfig {
+            max_value_bytes: 1 << 30,
+            ..NodeConfig::default()
+        };
+        assert!(
+            unbounded
+                .validate()
+                .unwrap_err()
+                .contains("max_value_bytes")
+        );
     }
 }
