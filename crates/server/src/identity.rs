@@ -9,6 +9,7 @@
 //! - `cluster-secret`: the generated context secret when none is configured.
 
 use dynamokv_core::ActorId;
+use dynamokv_core::node::startup::NewActor;
 use dynamokv_storage::{Engine, Space, StorageError, WriteBatch};
 
 const ACTOR: &[u8] = b"actor";
@@ -24,7 +25,7 @@ pub struct Identity {
     /// The actor for this run.
     pub actor: ActorId,
     /// Whether the actor is new this run, and why.
-    pub fresh_actor: Option<&'static str>,
+    pub new_actor: Option<NewActor>,
 }
 
 /// A data directory started under a node id other than the one it belongs to.
@@ -35,9 +36,6 @@ pub struct WrongNode {
     /// The id it was started with.
     pub configured: String,
 }
-
-/// Why a node takes a new actor id when its data directory is new.
-pub const NEW_DATA_DIRECTORY: &str = "new data directory";
 
 fn random_u64() -> Result<u64, StorageError> {
     let mut b = [0u8; 8];
@@ -54,20 +52,17 @@ impl Identity {
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map(u64::from_be_bytes);
         let clean = engine.get(Space::Meta, CLEAN)?.is_some();
-        let (actor, fresh_actor) = match (stored, clean) {
+        let (actor, new_actor) = match (stored, clean) {
             (Some(a), true) => (ActorId(a), None),
-            (Some(_), false) => (
-                ActorId(random_u64()?),
-                Some("the last shutdown was not clean"),
-            ),
-            (None, _) => (ActorId(random_u64()?), Some(NEW_DATA_DIRECTORY)),
+            (Some(_), false) => (ActorId(random_u64()?), Some(NewActor::UncleanShutdown)),
+            (None, _) => (ActorId(random_u64()?), Some(NewActor::NewDirectory)),
         };
         let mut b = WriteBatch::new();
         b.put(Space::Meta, ACTOR, actor.0.to_be_bytes());
         b.delete(Space::Meta, CLEAN);
         engine.write(b)?;
         engine.flush()?;
-        Ok(Identity { actor, fresh_actor })
+        Ok(Identity { actor, new_actor })
     }
 
     /// The data directory's instance number: drawn when the directory is new, kept with it
@@ -174,15 +169,15 @@ mod tests {
     fn actor_kept_after_clean_shutdown_and_renewed_after_crash() {
         let e = MemoryEngine::new();
         let first = Identity::load(&e).unwrap();
-        assert_eq!(first.fresh_actor, Some("new data directory"));
+        assert_eq!(first.new_actor, Some(NewActor::NewDirectory));
         Identity::mark_clean_shutdown(&e).unwrap();
         let second = Identity::load(&e).unwrap();
         assert_eq!(second.actor, first.actor);
-        assert_eq!(second.fresh_actor, None);
+        assert_eq!(second.new_actor, None);
         // No clean shutdown this time: a crash.
         let third = Identity::load(&e).unwrap();
         assert_ne!(third.actor, second.actor);
-        assert_eq!(third.fresh_actor, Some("the last shutdown was not clean"));
+        assert_eq!(third.new_actor, Some(NewActor::UncleanShutdown));
     }
 
     #[test]

@@ -23,8 +23,6 @@ pub mod transport;
 pub use config::{Config, ConfigError, SyncMode};
 pub use node::{LocalState, NodeError};
 
-use dynamokv_core::membership::Member;
-use dynamokv_core::node::Node;
 use std::future::Future;
 use std::io::Write as _;
 
@@ -91,202 +89,179 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Runs a node until `shutdown` completes.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    config.validate()?;
-    let tls = match &config.tls {
-        None => None,
-        Some(files) => Some(tls::Tls::load(files).map_err(ConfigError::Invalid)?),
-    };
-    let cfg = config.clone();
-    let local = blocking("opening the data directory", move || LocalState::open(&cfg)).await?;
-    if let Some(why) = local.identity.fresh_actor {
-        tracing::info!(actor = %local.identity.actor, reason = why, "new actor id");
+/// The node's listeners, bound, and their addresses.
+struct Listeners {
+    http: tokio::net::TcpListener,
+    http_addr: std::net::SocketAddr,
+    peer: tokio::net::TcpListener,
+    peer_addr: std::net::SocketAddr,
+    resp: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
+}
+
+impl Listeners {
+    /// Binds the HTTP, peer and (if asked) RESP listeners.
+    fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        let bound = |addr, what: &str| -> Result<_, ServerError> {
+            let l = listen(addr).map_err(io_err(format!("cannot listen for {what} on {addr}")))?;
+            let a = l
+                .local_addr()
+                .map_err(io_err(format!("reading the {what} address")))?;
+            Ok((l, a))
+        };
+        let (http, http_addr) = bound(config.http, "HTTP")?;
+        let (peer, peer_addr) = bound(config.listen, "peers")?;
+        let resp = match config.resp {
+            None => None,
+            Some(addr) => Some(bound(addr, "RESP")?),
+        };
+        Ok(Listeners {
+            http,
+            http_addr,
+            peer,
+            peer_addr,
+            resp,
+        })
     }
 
-    let http_listener = listen(config.http)
-        .map_err(io_err(format!("cannot listen for HTTP on {}", config.http)))?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(io_err("reading the HTTP address"))?;
-    let peer_listener = listen(config.listen).map_err(io_err(format!(
-        "cannot listen for peers on {}",
-        config.listen
-    )))?;
-    let peer_addr = peer_listener
-        .local_addr()
-        .map_err(io_err("reading the peer address"))?;
-    let resp_listener = match config.resp {
-        None => None,
-        Some(addr) => {
-            Some(listen(addr).map_err(io_err(format!("cannot listen for RESP on {addr}")))?)
+    /// The peer and HTTP addresses announced to other nodes and to clients.
+    fn advertised(&self, config: &Config) -> (String, String) {
+        if self.peer_addr.ip().is_unspecified() && config.advertise_peer.is_none() {
+            tracing::warn!(
+                "listening for peers on an unspecified address; set --advertise-peer so other nodes can reach this one"
+            );
         }
-    };
-    let resp_addr = match &resp_listener {
-        None => None,
-        Some(l) => Some(l.local_addr().map_err(io_err("reading the RESP address"))?),
-    };
-    let advertise_peer = config
-        .advertise_peer
-        .clone()
-        .unwrap_or_else(|| peer_addr.to_string());
-    let advertise_http = config
-        .advertise_http
-        .clone()
-        .unwrap_or_else(|| http_addr.to_string());
-    if peer_addr.ip().is_unspecified() && config.advertise_peer.is_none() {
-        tracing::warn!(
-            "listening for peers on an unspecified address; set --advertise-peer so other nodes can reach this one"
-        );
+        let peer = config
+            .advertise_peer
+            .clone()
+            .unwrap_or_else(|| self.peer_addr.to_string());
+        let http = config
+            .advertise_http
+            .clone()
+            .unwrap_or_else(|| self.http_addr.to_string());
+        (peer, http)
     }
+}
 
+/// What the data directory holds for this start (membership history, instance, actor, counter
+/// floor), read off the disk.
+async fn directory(
+    local: &LocalState,
+) -> Result<(history::History, dynamokv_core::node::startup::Directory), ServerError> {
     let engine = local.engine.clone();
-    let (mut history, known) = blocking("reading the membership history", move || {
-        history::History::load(engine.as_ref()).map_err(NodeError::from)
+    let (node_id, identity) = (local.node_id.clone(), local.identity.clone());
+    blocking("reading the data directory", move || {
+        let (history, known) = history::History::load(engine.as_ref())?;
+        if known.members.len() > 1 {
+            tracing::info!(members = known.members.len(), "membership history replayed");
+        }
+        let dir = dynamokv_core::node::startup::Directory {
+            node_id,
+            instance: identity::Identity::instance(engine.as_ref())?,
+            known: known.members,
+            ended: known.ended,
+            actor: identity.actor,
+            new_actor: identity.new_actor,
+            counter_floor: identity::Identity::counter_floor(engine.as_ref())?,
+        };
+        Ok((history, dir))
     })
-    .await?;
-    if known.members.len() > 1 {
-        tracing::info!(members = known.members.len(), "membership history replayed");
-    }
-    let engine = local.engine.clone();
-    let instance = blocking("reading the instance number", move || {
-        identity::Identity::instance(engine.as_ref()).map_err(NodeError::from)
-    })
-    .await?;
-    // This data directory's instance may have ended: it left, was removed, or was found to be
-    // an older copy. It never serves again (its data could bring deleted values back).
-    let previous = known.own(&local.node_id);
-    let ended = known.ending(&local.node_id, instance).cloned().or_else(|| {
-        previous
-            .filter(|p| p.status == dynamokv_core::membership::Status::Left)
-            .map(|p| dynamokv_core::membership::Ended {
-                id: p.id.clone(),
-                instance,
-                how: dynamokv_core::membership::Ending::Left,
-                by: p.id.clone(),
-            })
-    });
-    if let Some(e) = ended {
-        return Err(ServerError::Ended {
+    .await
+}
+
+/// The node of this start (the one startup path, `dynamokv_core::node::startup`), its own
+/// record made durable before any peer hears of it; or why this directory must not start.
+async fn start_node(
+    config: &Config,
+    local: &LocalState,
+    advertised: (String, String),
+) -> Result<(runtime::CoreNode, history::History), ServerError> {
+    let (mut history, dir) = directory(local).await?;
+    let setup = dynamokv_core::node::startup::Setup {
+        config: config.node,
+        vnodes: config.vnodes,
+        seeds: !config.seeds.is_empty(),
+        peer_addr: advertised.0,
+        http_addr: advertised.1,
+    };
+    let now = dynamokv_core::clock::Now {
+        mono: 1,
+        wall: node::now_ms(),
+    };
+    let seed = local.identity.actor.0 ^ now.wall;
+    let core = dynamokv_core::node::startup::start(&dir, &setup, local.store.clone(), now, seed)
+        .map_err(|e| ServerError::Ended {
             dir: config.data_dir.display().to_string(),
             why: e.explain(),
-        });
+        })?;
+    if core.me().status != dynamokv_core::membership::Status::Up {
+        tracing::info!(status = core.me().status.as_str(), "starting");
     }
-    // A node keeps the status it had; a new node joining through seeds starts as `joining`
-    // (it owns nothing until it holds the data of its ranges); the first node of a cluster is up.
-    use dynamokv_core::membership::Status;
-    let status = match previous {
-        Some(previous) => previous.status,
-        None if config.seeds.is_empty() => Status::Up,
-        None => Status::Joining,
-    };
-    // A node keeps its place: the tokens it had (a joining node placed its own).
-    let tokens = previous.map_or_else(
-        || dynamokv_core::ring::hashed_tokens(&local.node_id, config.vnodes),
-        |p| p.tokens.clone(),
-    );
-    if status != Status::Up {
-        tracing::info!(status = status.as_str(), "starting");
-    }
-    let me = Member {
-        instance,
-        id: local.node_id.clone(),
-        generation: node::now_ms(),
-        version: 1,
-        status,
-        peer_addr: advertise_peer.clone(),
-        http_addr: advertise_http.clone(),
-        tokens,
-        epoch: 0,
-    };
-    let node_config = config.node;
-    let mut core = Node::new(
-        me,
-        local.identity.actor,
-        node_config,
-        local.store.clone(),
-        local.identity.actor.0 ^ node::now_ms(),
-        &known.members,
-        &known.ended,
-    );
-    if local.identity.fresh_actor.is_none() {
-        // The same actor as the last run: continue above the counters it issued.
-        let engine = local.engine.clone();
-        let floor = blocking("reading the version counter floor", move || {
-            identity::Identity::counter_floor(engine.as_ref()).map_err(NodeError::from)
-        })
-        .await?;
-        core.raise_counter_floor(floor);
-    }
-    if local.identity.fresh_actor == Some(identity::NEW_DATA_DIRECTORY) {
-        // If the cluster knew this node, its data is lost: rebuild it before counting reads.
-        core.started_empty();
-    }
-    // The record with this start's epoch is durable before any peer hears of it: a copy of
-    // this directory taken before now is then told apart from it.
     let (engine, record) = (local.engine.clone(), core.me().clone());
-    history = blocking("persisting this start's epoch", move || {
+    let history = blocking("persisting this start's epoch", move || {
         history.append(engine.as_ref(), &record)?;
         engine.flush()?;
         Ok::<_, NodeError>(history)
     })
     .await?;
-    // The generation the core settled on (above any persisted one) is what peers must see.
-    let me = core.me().clone();
-    let (events_tx, events_rx) = std::sync::mpsc::channel();
-    let handle = runtime::NodeHandle::new(events_tx);
-    let transport = transport::Transport::new(
-        me.clone(),
-        handshake::PeerKey::new(&local.codec),
-        handle.transport_sink(),
-        config.max_frame_bytes,
-        tokio::runtime::Handle::current(),
-        tls.clone(),
-    );
-    let node_thread = {
-        let transport = transport.clone();
-        std::thread::Builder::new()
-            .name("dynamokv-node".into())
-            .spawn({
-                let engine = local.engine.clone();
-                move || runtime::run_node(core, events_rx, transport, engine, history)
-            })
-            .map_err(io_err("starting the node thread"))?
-    };
-    let peer_server = tokio::spawn(transport.clone().serve(peer_listener));
-    for seed in &config.seeds {
-        if *seed != advertise_peer && *seed != peer_addr.to_string() {
-            transport.join_seed(seed.clone());
-        }
-    }
+    Ok((core, history))
+}
 
-    {
-        let mut out = std::io::stdout().lock();
-        let resp = resp_addr.map(|a| format!(" resp={a}")).unwrap_or_default();
-        let tls_note = if tls.is_some() { " tls=on" } else { "" };
-        let _ = writeln!(
-            out,
-            "listening http={http_addr} peer={peer_addr} node={}{resp}{tls_note}",
-            local.node_id
-        );
-        let _ = out.flush();
-    }
+/// Prints the one line tools read the addresses from, and logs the start.
+fn announce(config: &Config, local: &LocalState, l: &Listeners, tls: bool) {
+    let mut out = std::io::stdout().lock();
+    let resp = l
+        .resp
+        .as_ref()
+        .map(|(_, a)| format!(" resp={a}"))
+        .unwrap_or_default();
+    let tls_note = if tls { " tls=on" } else { "" };
+    let _ = writeln!(
+        out,
+        "listening http={} peer={} node={}{resp}{tls_note}",
+        l.http_addr, l.peer_addr, local.node_id
+    );
+    let _ = out.flush();
     tracing::info!(
-        node = %local.node_id, http = %http_addr, peer = %peer_addr,
+        node = %local.node_id, http = %l.http_addr, peer = %l.peer_addr,
         data_dir = %config.data_dir.display(), actor = %local.identity.actor,
         seeds = ?config.seeds, "node started"
     );
-    let tokens = std::sync::Arc::new(auth::Tokens::new(&config.tokens));
-    if tokens.enabled() {
-        tracing::info!(
-            tokens = config.tokens.len(),
-            "client tokens configured: HTTP and RESP requests need one"
-        );
-    }
-    let state = http::AppState {
+}
+
+/// The RESP endpoint's shared state.
+fn resp_state(
+    config: &Config,
+    local: &LocalState,
+    handle: &runtime::NodeHandle,
+    tokens: &std::sync::Arc<auth::Tokens>,
+    addr: std::net::SocketAddr,
+) -> std::sync::Arc<resp::commands::RespState> {
+    std::sync::Arc::new(resp::commands::RespState {
+        node: handle.clone(),
+        codec: local.codec.clone(),
+        node_id: local.node_id.clone(),
+        max_value_bytes: config.node.max_value_bytes,
+        addr: addr.to_string(),
+        connected: Default::default(),
+        accepted: Default::default(),
+        commands: Default::default(),
+        tokens: tokens.clone(),
+        idle_timeout: (config.resp_idle_timeout_secs > 0)
+            .then(|| std::time::Duration::from_secs(config.resp_idle_timeout_secs)),
+        command_timeout: std::time::Duration::from_millis(config.resp_command_timeout_ms),
+    })
+}
+
+/// The HTTP API's shared state.
+fn app_state(
+    config: &Config,
+    local: &LocalState,
+    handle: &runtime::NodeHandle,
+    transport: &transport::Transport,
+    tokens: &std::sync::Arc<auth::Tokens>,
+    tls: &Option<tls::Tls>,
+) -> http::AppState {
+    http::AppState {
         node: handle.clone(),
         store: local.store.clone(),
         codec: local.codec.clone(),
@@ -299,22 +274,67 @@ pub async fn run(
         data_dir: config.data_dir.clone(),
         tokens: tokens.clone(),
         tls: tls.clone(),
+    }
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => Some(tls::Tls::load(files).map_err(ConfigError::Invalid)?),
     };
-    let resp_server = resp_listener.zip(resp_addr).map(|(listener, addr)| {
-        let state = std::sync::Arc::new(resp::commands::RespState {
-            node: handle.clone(),
-            codec: local.codec.clone(),
-            node_id: local.node_id.clone(),
-            max_value_bytes: config.node.max_value_bytes,
-            addr: addr.to_string(),
-            connected: Default::default(),
-            accepted: Default::default(),
-            commands: Default::default(),
-            tokens: tokens.clone(),
-            idle_timeout: (config.resp_idle_timeout_secs > 0)
-                .then(|| std::time::Duration::from_secs(config.resp_idle_timeout_secs)),
-            command_timeout: std::time::Duration::from_millis(config.resp_command_timeout_ms),
-        });
+    let cfg = config.clone();
+    let local = blocking("opening the data directory", move || LocalState::open(&cfg)).await?;
+    if let Some(why) = local.identity.new_actor {
+        tracing::info!(actor = %local.identity.actor, reason = why.as_str(), "new actor id");
+    }
+    let listeners = Listeners::bind(&config)?;
+    let advertised = listeners.advertised(&config);
+    let advertise_peer = advertised.0.clone();
+    let (core, history) = start_node(&config, &local, advertised).await?;
+    // The record of this start (raised generation and epoch) is what peers see.
+    let me = core.me().clone();
+    let (events_tx, events_rx) = std::sync::mpsc::channel();
+    let handle = runtime::NodeHandle::new(events_tx);
+    let transport = transport::Transport::new(
+        me,
+        handshake::PeerKey::new(&local.codec),
+        handle.transport_sink(),
+        config.max_frame_bytes,
+        tokio::runtime::Handle::current(),
+        tls.clone(),
+    );
+    let node_thread = {
+        let (transport, engine) = (transport.clone(), local.engine.clone());
+        std::thread::Builder::new()
+            .name("dynamokv-node".into())
+            .spawn(move || runtime::run_node(core, events_rx, transport, engine, history))
+            .map_err(io_err("starting the node thread"))?
+    };
+    announce(&config, &local, &listeners, tls.is_some());
+    let peer_addr = listeners.peer_addr.to_string();
+    let Listeners {
+        http, peer, resp, ..
+    } = listeners;
+    let peer_server = tokio::spawn(transport.clone().serve(peer));
+    for seed in &config.seeds {
+        if *seed != advertise_peer && *seed != peer_addr {
+            transport.join_seed(seed.clone());
+        }
+    }
+    let tokens = std::sync::Arc::new(auth::Tokens::new(&config.tokens));
+    if tokens.enabled() {
+        tracing::info!(
+            tokens = config.tokens.len(),
+            "client tokens configured: HTTP and RESP requests need one"
+        );
+    }
+    let resp_server = resp.map(|(listener, addr)| {
+        let state = resp_state(&config, &local, &handle, &tokens, addr);
         let limits = resp::codec::Limits::for_values(config.node.max_value_bytes);
         tokio::spawn(resp::serve(listener, state, limits, tls.clone()))
     });
@@ -323,18 +343,13 @@ pub async fn run(
             "fault injection is enabled: /admin/faults can drop and delay peer messages"
         );
     }
-    http::serve::serve(
-        http_listener,
-        http::router(state),
-        http::serve::HttpLimits {
-            max_connections: config.http_max_connections,
-            header_timeout: std::time::Duration::from_millis(config.http_header_timeout_ms),
-            ..http::serve::HttpLimits::default()
-        },
-        tls.clone(),
-        shutdown,
-    )
-    .await;
+    let state = app_state(&config, &local, &handle, &transport, &tokens, &tls);
+    let limits = http::serve::HttpLimits {
+        max_connections: config.http_max_connections,
+        header_timeout: std::time::Duration::from_millis(config.http_header_timeout_ms),
+        ..http::serve::HttpLimits::default()
+    };
+    http::serve::serve(http, http::router(state), limits, tls.clone(), shutdown).await;
     handle.stop();
     peer_server.abort();
     if let Some(r) = resp_server {

@@ -9,6 +9,7 @@ use crate::{CoreNode, EPOCH, Rng, SimConfig};
 use dynamokv_core::ActorId;
 use dynamokv_core::clock::Now;
 use dynamokv_core::membership::{Ended, Member};
+use dynamokv_core::node::startup::NewActor;
 use dynamokv_core::node::{Node, Output};
 use dynamokv_core::ring::hashed_tokens;
 use dynamokv_core::store::LocalStore;
@@ -28,15 +29,22 @@ pub(crate) struct SimNode {
     pub(crate) paused: bool,
     pub(crate) held: Vec<Ev>,
     pub(crate) skew: i64,
-    pub(crate) actors: u64,
+    /// The actor of the node's last run, the highest counter it issued (kept at a clean stop),
+    /// and why the next run's actor is new (none: a clean stop, the same actor goes on).
+    pub(crate) actor: ActorId,
+    pub(crate) counter_floor: u64,
+    pub(crate) next_start: Option<NewActor>,
     /// Crashed for good (to be removed): never restarted by the heal.
     pub(crate) retired: bool,
     /// Declared removed (its instance ended): out of the cluster until it is wiped and joins
     /// again as a new instance.
     pub(crate) removed: bool,
-    /// Its disk no longer counts: it crashed for good or was removed, so a write that only it
-    /// (and other such nodes) held may be gone.
-    pub(crate) lost_disk: bool,
+    /// Its instances whose disks no longer count (it crashed for good, lost its disk, was
+    /// removed, or was put back on an older copy): a write that only such instances held when
+    /// it was acknowledged may be gone.
+    pub(crate) lost: BTreeSet<u64>,
+    /// When its disk was wiped or put back from a copy.
+    pub(crate) disk_replaced: Vec<u64>,
     /// Started at least once (the spare node waits for its join).
     pub(crate) joined: bool,
     /// A copy of its data directory (store, history, endings), to be put back later.
@@ -68,9 +76,10 @@ impl Sim {
                 0
             };
             let store = Arc::new(ObjectStore::new(Arc::new(MemoryEngine::new())));
+            let actor = ActorId(rng.next_u64());
             let mut core = Node::new(
                 m.clone(),
-                ActorId(rng.next_u64()),
+                actor,
                 cfg.node,
                 store.clone(),
                 rng.next_u64(),
@@ -97,10 +106,13 @@ impl Sim {
                 paused: false,
                 held: Vec::new(),
                 skew,
-                actors: 1,
+                actor,
+                counter_floor: 0,
+                next_start: Some(NewActor::UncleanShutdown),
                 retired: false,
                 removed: false,
-                lost_disk: false,
+                lost: BTreeSet::new(),
+                disk_replaced: Vec::new(),
                 joined: true,
                 copy: None,
             });
@@ -115,10 +127,13 @@ impl Sim {
                 paused: false,
                 held: Vec::new(),
                 skew: 0,
-                actors: 0,
+                actor: ActorId(0),
+                counter_floor: 0,
+                next_start: Some(NewActor::NewDirectory),
                 retired: false,
                 removed: false,
-                lost_disk: false,
+                lost: BTreeSet::new(),
+                disk_replaced: Vec::new(),
                 joined: false,
                 copy: None,
             });

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 /// Which faults a run injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Faults {
-    /// Node crashes and restarts.
+    /// Node crashes and restarts: most crash (a new actor at restart), some stop cleanly (the
+    /// same actor goes on above its counter floor), some lose their data directory (an empty
+    /// one at restart: a new instance that rebuilds its ranges).
     pub crash: bool,
     /// Node pauses (a stopped process: no answers, no connection loss).
     pub pause: bool,
@@ -167,7 +169,13 @@ impl Sim {
             self.faults += 1;
             match kind {
                 0 => {
-                    self.at(t0, Ev::Crash(victim));
+                    let how = self.rng.below(20);
+                    let down = match how {
+                        0..=11 => Ev::Crash(victim),
+                        12..=16 => Ev::Stop(victim),
+                        _ => Ev::LoseDisk(victim),
+                    };
+                    self.at(t0, down);
                     self.at(t0 + len, Ev::Restart(victim));
                 }
                 1 => {

@@ -169,15 +169,29 @@ mod tests {
     fn crashes_make_fallbacks_keep_hints_that_go_home() {
         let mut cfg = SimConfig::new(11);
         cfg.faults = Faults::parse("crash").unwrap();
+        cfg.trace = true;
         let (mut stored, mut delivered) = (0, 0);
+        let (mut clean, mut lost) = (0, 0);
         for seed in 0..10 {
             let r = run_seed(&cfg, seed);
             assert!(r.violations.is_empty(), "{:?}", r.violations);
             stored += r.hints_stored;
             delivered += r.hints_delivered;
+            clean += r.trace.iter().filter(|l| l.contains("cleanly")).count();
+            lost += r
+                .trace
+                .iter()
+                .filter(|l| l.contains("loses its data"))
+                .count();
         }
         assert!(stored > 0, "sloppy quorum stored hints");
         assert!(delivered > 0, "hints were handed off");
+        // Restarts go through the server's startup path in all three ways it has.
+        assert!(
+            clean > 0,
+            "some nodes stopped cleanly (same actor, counter floor)"
+        );
+        assert!(lost > 0, "some nodes lost their data directory (rebuilt)");
     }
 
     #[test]
@@ -206,6 +220,14 @@ mod tests {
                     "changes happened"
                 );
                 assert!(trace_has("remove n00"), "a removal happened");
+                assert!(
+                    trace_has("on an older copy of its data directory"),
+                    "a data directory was put back from a copy"
+                );
+                assert!(
+                    trace_has("is wiped and joins again"),
+                    "what ended joined again"
+                );
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));

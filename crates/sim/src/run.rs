@@ -9,7 +9,8 @@ use crate::{Report, TICK_MS};
 use dynamokv_core::membership::Member;
 use dynamokv_core::message::{ClientId, ClientRequest};
 use dynamokv_core::message::{GossipMessage, HandoffMessage, KvMessage, Message, SyncMessage};
-use dynamokv_core::node::{Admission, Node};
+use dynamokv_core::node::Admission;
+use dynamokv_core::node::startup::{self, Directory, NewActor, Setup};
 use dynamokv_core::store::LocalStore;
 use dynamokv_core::{ActorId, Object};
 use dynamokv_storage::{Engine, MemoryEngine, ObjectStore, Space, WriteBatch};
@@ -37,6 +38,10 @@ pub(crate) enum Ev {
     ClientNext(usize),
     ClientTimeout(usize, usize),
     Crash(usize),
+    /// A node stops cleanly (its next run keeps its actor and counter floor).
+    Stop(usize),
+    /// A node loses its data directory (it crashes; it restarts on an empty one).
+    LoseDisk(usize),
     Restart(usize),
     Pause(usize),
     Resume(usize),
@@ -265,6 +270,24 @@ impl Sim {
                     }
                 }
             }
+            Ev::Stop(i) => {
+                self.hash(&[time, 21, i as u64], &[]);
+                if let Some(floor) = self.nodes[i].core.as_ref().map(|c| c.counter_floor())
+                    && !self.nodes[i].paused
+                {
+                    self.log(|| format!("stop n{i:03} cleanly"));
+                    self.nodes[i].counter_floor = floor;
+                    self.step(time, Ev::Crash(i));
+                    self.nodes[i].next_start = None;
+                }
+            }
+            Ev::LoseDisk(i) => {
+                self.hash(&[time, 22, i as u64], &[]);
+                if self.nodes[i].joined && !self.nodes[i].retired && !self.nodes[i].removed {
+                    self.log(|| format!("n{i:03} loses its data directory"));
+                    self.wipe(i);
+                }
+            }
             Ev::Restart(i) => {
                 self.hash(&[time, 7, i as u64], &[]);
                 if self.nodes[i].core.is_none()
@@ -304,7 +327,9 @@ impl Sim {
                 self.hash(&[time, 16, i as u64], &[]);
                 self.log(|| format!("retire n{i:03}"));
                 self.nodes[i].retired = true;
-                self.nodes[i].lost_disk = true;
+                let instance = self.nodes[i].member.instance;
+                self.nodes[i].lost.insert(instance);
+                self.disks_lost();
                 self.at(time, Ev::Crash(i));
             }
             Ev::Remove { victim, by } => {
@@ -316,7 +341,9 @@ impl Sim {
                     Some(Ok(())) => {
                         self.drain(by);
                         self.nodes[victim].removed = true;
-                        self.nodes[victim].lost_disk = true;
+                        let instance = self.nodes[victim].member.instance;
+                        self.nodes[victim].lost.insert(instance);
+                        self.disks_lost();
                         // A node removed while cut off is reachable again a little later.
                         if self.isolated.contains(&victim) {
                             let heal = self.rng.range(1_000, 5_000);
@@ -409,67 +436,63 @@ impl Sim {
         self.drain(i);
     }
 
-    /// Starts node `i` from its persisted history (its latest own record gives its status and
-    /// tokens) and handshakes with every live node both ways. Refused, as the server refuses
-    /// it, when its own instance ended (it left, was removed or found stale, and knows it).
+    /// Starts node `i` from what its data directory holds, through the one startup path
+    /// (`dynamokv_core::node::startup`, as the server does): its history, its endings, its
+    /// instance, and its actor - the same one with its counter floor after a clean stop, a new
+    /// one after a crash or on a new directory. Then it handshakes with every live node both
+    /// ways. Refused, as the server refuses it, when its own instance ended (it left, was
+    /// removed or found stale, and knows it).
     pub(crate) fn start_node(&mut self, i: usize) {
-        let me = &self.nodes[i].member;
-        let mut member = self.nodes[i]
-            .history
-            .iter()
-            .filter(|m| m.id == me.id && m.instance == me.instance)
-            .max_by_key(|m| (m.generation, m.version))
-            .cloned()
-            .unwrap_or_else(|| self.nodes[i].member.clone());
-        let own_end = self.nodes[i]
-            .ended
-            .iter()
-            .any(|e| e.id == member.id && e.instance == member.instance);
-        if own_end || member.status == dynamokv_core::membership::Status::Left {
-            self.log(|| format!("n{i:03} refuses to start: its instance ended"));
-            return;
-        }
-        member.generation = self.node_now(i).wall;
-        member.version = 1;
-        self.nodes[i].actors += 1;
-        let seed = self.rng.next_u64();
-        let actor = ActorId(self.rng.next_u64());
-        let history = self.nodes[i].history.clone();
-        let ended = self.nodes[i].ended.clone();
-        let mut core = Node::new(
-            member,
+        let n = &self.nodes[i];
+        let new_actor = n.next_start;
+        let actor = match new_actor {
+            None => n.actor,
+            Some(_) => ActorId(self.rng.next_u64()),
+        };
+        let n = &self.nodes[i];
+        let dir = Directory {
+            node_id: n.member.id.clone(),
+            instance: n.member.instance,
+            known: n.history.clone(),
+            ended: n.ended.clone(),
             actor,
-            self.cfg.node,
-            self.nodes[i].store.clone(),
-            seed,
-            &history,
-            &ended,
-        );
+            new_actor,
+            counter_floor: n.counter_floor,
+        };
+        let setup = Setup {
+            config: self.cfg.node,
+            vnodes: self.cfg.vnodes,
+            // A node with no history came through seeds (the spare, a wiped node).
+            seeds: true,
+            peer_addr: n.member.peer_addr.clone(),
+            http_addr: n.member.http_addr.clone(),
+        };
+        let seed = self.rng.next_u64();
+        let now = self.node_now(i);
+        let started = startup::start(&dir, &setup, self.nodes[i].store.clone(), now, seed);
+        let mut core = match started {
+            Ok(core) => core,
+            Err(e) => {
+                self.log(|| format!("n{i:03} refuses to start: its instance ended ({e:?})"));
+                return;
+            }
+        };
+        self.nodes[i].actor = actor;
+        // Until it stops cleanly, its next start is after a crash.
+        self.nodes[i].next_start = Some(NewActor::UncleanShutdown);
         self.nodes[i].member = core.me().clone();
         let now = self.node_now(i);
         core.tick(now);
         self.nodes[i].core = Some(core);
-        // Handshakes, both ways: each side learns the other's record, refuses an instance that
-        // ended (telling it) and connects otherwise. (Across a cut link the connection is made
-        // without a word, as in this simulator's partitions: messages are lost, connections
-        // stay.)
+        // Handshakes, both ways: each side learns the record the other presents, refuses an
+        // instance that ended (telling it) and connects otherwise. (In this simulator a cut
+        // link loses messages but keeps connections, so a start connects across one too.)
         let (id, instance) = (
             self.nodes[i].member.id.clone(),
             self.nodes[i].member.instance,
         );
         for j in 0..self.nodes.len() {
             if j == i || self.nodes[j].core.is_none() {
-                continue;
-            }
-            if self.severed(i, j) || self.severed(j, i) {
-                let other = self.nodes[j].member.id.clone();
-                if let Some(c) = self.nodes[i].core.as_mut() {
-                    c.peer_up(&other);
-                }
-                if let Some(c) = self.nodes[j].core.as_mut() {
-                    c.peer_up(&id);
-                }
-                self.drain(j);
                 continue;
             }
             let (Some(mi), Some(mj)) = (
@@ -508,14 +531,24 @@ impl Sim {
         self.drain(i);
     }
 
-    /// Node `i`'s data directory is wiped and it starts again through a seed: a new instance,
-    /// which joins (receiving its ranges from their current owners).
-    pub(crate) fn rejoin(&mut self, i: usize) {
-        self.log(|| format!("n{i:03} is wiped and joins again as a new instance"));
-        self.nodes[i].core = None;
-        self.nodes[i].paused = false;
-        self.nodes[i].held.clear();
-        self.nodes[i].store = Arc::new(ObjectStore::new(Arc::new(MemoryEngine::new())));
+    /// Node `i` loses its data directory (it crashes if it runs): a new, empty directory - a
+    /// new instance - which learns the cluster through a seed when it starts, as a node
+    /// started with `--seeds` does.
+    pub(crate) fn wipe(&mut self, i: usize) {
+        if self.nodes[i].core.is_some() {
+            self.step(self.now, Ev::Crash(i));
+        }
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        n.lost.insert(n.member.instance);
+        n.disk_replaced.push(now);
+        n.store = Arc::new(ObjectStore::new(Arc::new(MemoryEngine::new())));
+        n.ended = Vec::new();
+        n.member.instance += 1_000;
+        n.next_start = Some(NewActor::NewDirectory);
+        n.copy = None;
+        self.disks_lost();
+        // What the seed's handshake and first gossip teach it.
         let view: Vec<Member> = self
             .in_cluster()
             .into_iter()
@@ -523,18 +556,16 @@ impl Sim {
             .map(|c| c.members().values().cloned().collect())
             .unwrap_or_default();
         self.nodes[i].history = view;
-        self.nodes[i].ended = Vec::new();
-        let m = &mut self.nodes[i].member;
-        m.instance += 1_000;
-        m.status = dynamokv_core::membership::Status::Joining;
-        m.epoch = 0;
+    }
+
+    /// Node `i`'s data directory is wiped and it starts again through a seed: a new instance,
+    /// which joins (receiving its ranges from their current owners).
+    pub(crate) fn rejoin(&mut self, i: usize) {
+        self.log(|| format!("n{i:03} is wiped and joins again as a new instance"));
+        self.wipe(i);
         self.nodes[i].retired = false;
         self.nodes[i].removed = false;
-        self.nodes[i].copy = None;
         self.start_node(i);
-        if let Some(c) = self.nodes[i].core.as_mut() {
-            c.started_empty();
-        }
     }
 
     pub(crate) fn run_until(&mut self, end: u64) {
@@ -618,7 +649,9 @@ impl Sim {
             self.step(self.now, Ev::Crash(i));
             let n = &mut self.nodes[i];
             (n.store, n.history, n.ended) = (store, history, ended);
-            n.lost_disk = true;
+            n.lost.insert(n.member.instance);
+            n.disk_replaced.push(self.now);
+            self.disks_lost();
             self.start_node(i);
             back = true;
         }
@@ -759,10 +792,14 @@ impl Sim {
             .iter()
             .filter_map(|o| {
                 let (value, context, _) = o.write.clone()?;
-                // A write whose every holder at acknowledgement was later removed for good
-                // (its disk lost) may be gone: W copies were all on dead disks.
-                let lost_with_its_disks =
-                    !o.holders.is_empty() && o.holders.iter().all(|h| self.nodes[*h].lost_disk);
+                // A write whose every holder at acknowledgement later lost its disk (or was
+                // removed, or put back on an older copy) may be gone: W copies were all on
+                // disks that no longer count.
+                let lost_with_its_disks = o.excused
+                    || (!o.holders.is_empty()
+                        && o.holders
+                            .iter()
+                            .all(|(h, instance)| self.nodes[*h].lost.contains(instance)));
                 let outcome = match o.outcome.unwrap_or(Outcome::Unknown) {
                     Outcome::Ok if lost_with_its_disks => Outcome::Unknown,
                     other => other,

@@ -17,8 +17,13 @@ pub(crate) struct OpRecord {
     pub(crate) done: bool,
     pub(crate) outcome: Option<Outcome>,
     pub(crate) dot: Option<dynamokv_core::Dot>,
-    /// The nodes holding the write when it was acknowledged.
-    pub(crate) holders: Vec<usize>,
+    /// The nodes (with their instances) holding the write when it was acknowledged.
+    pub(crate) holders: Vec<(usize, u64)>,
+    /// When the client sent it.
+    pub(crate) issued_at: u64,
+    /// Every copy of it was, at some point after it was acknowledged, on disks that no longer
+    /// count (see [`Sim::disks_lost`]): it may be gone.
+    pub(crate) excused: bool,
 }
 
 pub(crate) struct Client {
@@ -98,8 +103,18 @@ impl Sim {
                         .any(|h| h.object.clock().covers(dot))
             })
             .collect();
-        let holders = holding.len();
-        self.ops[op].holders = holding;
+        // A replica that acknowledged and then lost its disk (or had it put back from a copy)
+        // before the answer reached the client held the write when it acknowledged.
+        let issued = self.ops[op].issued_at;
+        let wiped = (0..self.nodes.len())
+            .filter(|i| !holding.contains(i))
+            .filter(|i| self.nodes[*i].disk_replaced.iter().any(|t| *t >= issued))
+            .count();
+        let holders = holding.len() + wiped;
+        self.ops[op].holders = holding
+            .into_iter()
+            .map(|i| (i, self.nodes[i].member.instance))
+            .collect();
         if holders < w {
             self.violations.push(Violation::UnderReplicatedAck {
                 key,
@@ -107,6 +122,37 @@ impl Sim {
                 holders,
                 needed: w,
             });
+        }
+    }
+
+    /// Some disks stopped counting (a node crashed for good, lost its disk, was removed, or was
+    /// put back on an older copy): every acknowledged write no longer held by any node whose
+    /// disk counts (in its store or a hint it keeps) may be gone, through no fault of the
+    /// cluster - its W copies were all on those disks (copies move: a hint handed to its owner,
+    /// keys handed to new owners).
+    pub(crate) fn disks_lost(&mut self) {
+        for o in 0..self.ops.len() {
+            let op = &self.ops[o];
+            let (Some(dot), Some(Outcome::Ok), false) = (op.dot, op.outcome, op.excused) else {
+                continue;
+            };
+            let held = |n: &crate::cluster::SimNode| {
+                !n.lost.contains(&n.member.instance)
+                    && (n
+                        .store
+                        .get(&op.key)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|x| x.clock().covers(dot))
+                        || n.store
+                            .hints_for_key(&op.key)
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|h| h.object.clock().covers(dot)))
+            };
+            if !self.nodes.iter().any(held) {
+                self.ops[o].excused = true;
+            }
         }
     }
 
@@ -217,6 +263,8 @@ impl Sim {
             outcome: None,
             dot: None,
             holders: Vec::new(),
+            issued_at: self.now,
+            excused: false,
         });
         let to = self.rng.below(self.nodes.len() as u64) as usize;
         self.clients[c].busy = Some(op);

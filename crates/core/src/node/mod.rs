@@ -17,6 +17,7 @@
 //!   foreground latency;
 //! - [`tracked`]: the store's journal of writes, which keeps the trees current;
 //! - [`info`]: counters and the ring as operators and clients see it;
+//! - [`startup`]: how a node starts from its data directory (the server and the simulator);
 //! - [`config`]: the settings ([`NodeConfig`]) and their defaults.
 //!
 //! Messages are dispatched by family ([`Message::Kv`], [`Message::Handoff`],
@@ -33,6 +34,7 @@ pub mod outbox;
 pub mod rebalance;
 pub mod replica;
 pub mod scheduler;
+pub mod startup;
 pub mod throttle;
 pub mod tracked;
 
