@@ -304,6 +304,15 @@ fn ring_with<'a>(
     Ring::new(&tokens)
 }
 
+impl Rings {
+    /// A hash of the three rings: it changes whenever any of them does.
+    pub fn version(&self) -> u64 {
+        self.all.version()
+            ^ self.current.version().rotate_left(21)
+            ^ self.future.version().rotate_left(42)
+    }
+}
+
 /// The current, future and all-tokens rings of a set of member records (see [`Rings`]).
 pub fn rings_of<'a>(
     members: impl IntoIterator<Item = &'a Member> + Clone,

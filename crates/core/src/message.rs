@@ -255,6 +255,58 @@ pub enum Message {
     Gossip(GossipMessage),
     /// Anti-entropy: replicas of a range compare Merkle trees and exchange what differs.
     Sync(SyncMessage),
+    /// Tombstone collection: the first replica of a range reaps what every replica holds.
+    Collect(CollectMessage),
+    /// Moved data: a key of a range no longer replicated here goes to its current owners.
+    Handover(HandoverMessage),
+}
+
+/// The messages of tombstone collection (see `node::collector`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CollectMessage {
+    /// The first replica of a range, once every replica was proven to hold the same
+    /// tombstones: "remove these keys if your copy is still this version".
+    Reap {
+        /// The range.
+        range: Range,
+        /// Keys and the digests of the tombstone-only versions to remove.
+        keys: Vec<(Vec<u8>, Digest)>,
+    },
+}
+
+/// The messages of moved-data handover (see `node::handover`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandoverMessage {
+    /// "Here is a key of a range I no longer replicate: merge it" (after a join or a leave);
+    /// the sender deletes its copy once every current owner acknowledged.
+    Offer {
+        /// Id at the sender.
+        id: u64,
+        /// The key.
+        key: Vec<u8>,
+        /// The sender's copy.
+        object: Object,
+    },
+    /// The answer to an [`HandoverMessage::Offer`]: merged (`true`), or refused because the
+    /// receiver does not replicate the key.
+    Ack {
+        /// The sender's id.
+        id: u64,
+        /// Whether the receiver merged it.
+        ok: bool,
+    },
+}
+
+impl From<CollectMessage> for Message {
+    fn from(m: CollectMessage) -> Self {
+        Message::Collect(m)
+    }
+}
+
+impl From<HandoverMessage> for Message {
+    fn from(m: HandoverMessage) -> Self {
+        Message::Handover(m)
+    }
 }
 
 impl From<SyncMessage> for Message {
@@ -463,32 +515,6 @@ pub enum SyncMessage {
         objects: Vec<(Vec<u8>, Object)>,
         /// Whether this is the last part of the answer.
         last: bool,
-    },
-    /// The first replica of a range, once every replica was proven to hold the same
-    /// tombstones: "remove these keys if your copy is still this version".
-    Reap {
-        /// The range.
-        range: Range,
-        /// Keys and the digests of the tombstone-only versions to remove.
-        keys: Vec<(Vec<u8>, Digest)>,
-    },
-    /// "Here is a key of a range I no longer replicate: merge it" (moved data, after a join
-    /// or a leave); the sender deletes its copy once every current owner acknowledged.
-    Handover {
-        /// Id at the sender.
-        id: u64,
-        /// The key.
-        key: Vec<u8>,
-        /// The sender's copy.
-        object: Object,
-    },
-    /// The answer to a [`SyncMessage::Handover`]: merged (`true`), or refused because the
-    /// receiver does not replicate the key.
-    HandoverAck {
-        /// The sender's id.
-        id: u64,
-        /// Whether the receiver merged it.
-        ok: bool,
     },
     /// Responder: the session cannot go on (no tree for the range, or it is being built).
     Refused {

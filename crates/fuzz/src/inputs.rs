@@ -6,8 +6,8 @@ use arbitrary::{Arbitrary, Result, Unstructured};
 use dynamokv_core::membership::{Delta, DigestEntry, Ended, Ending, Member, Status};
 use dynamokv_core::merkle::Range;
 use dynamokv_core::message::{
-    ClientRequest, GossipMessage, HandoffMessage, KvMessage, Message, OpError, QuorumKind, Reply,
-    RootAnswer, SyncMessage, WireError,
+    ClientRequest, CollectMessage, GossipMessage, HandoffMessage, HandoverMessage, KvMessage,
+    Message, OpError, QuorumKind, Reply, RootAnswer, SyncMessage, WireError,
 };
 use dynamokv_core::{ActorId, ClockEntry, Dot, Object, VersionVector};
 use dynamokv_server::transport::Frame;
@@ -166,7 +166,7 @@ fn objects(u: &mut Unstructured<'_>) -> Result<Vec<(Vec<u8>, Object)>> {
 /// A peer message of any kind.
 pub fn message(u: &mut Unstructured<'_>) -> Result<Message> {
     let id = u.arbitrary()?;
-    Ok(match u.int_in_range(0..=21)? {
+    Ok(match u.int_in_range(0..=22)? {
         0 => KvMessage::Forward {
             id,
             request: request(u)?,
@@ -309,15 +309,20 @@ pub fn message(u: &mut Unstructured<'_>) -> Result<Message> {
             last: u.arbitrary()?,
         }
         .into(),
-        19 => SyncMessage::Reap {
+        19 => CollectMessage::Reap {
             range: range(u)?,
             keys: entries(u)?,
         }
         .into(),
-        20 => SyncMessage::Handover {
+        20 => HandoverMessage::Offer {
             id,
             key: bytes(u, 32)?,
             object: object(u)?,
+        }
+        .into(),
+        21 => HandoverMessage::Ack {
+            id,
+            ok: u.arbitrary()?,
         }
         .into(),
         _ => SyncMessage::Refused {

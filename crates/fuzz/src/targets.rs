@@ -260,12 +260,12 @@ fn frame(input: &[u8]) -> Result<String, String> {
 
 fn visit_objects(f: &Frame, visit: &mut impl FnMut(&dynamokv_core::Object)) {
     use dynamokv_core::message::{HandoffMessage as H, KvMessage as K, Message as M};
-    use dynamokv_core::message::{Reply, SyncMessage as S};
+    use dynamokv_core::message::{HandoverMessage as O, Reply, SyncMessage as S};
     let Frame::Message(m) = f else { return };
     match m {
         M::Kv(K::Replicate { object, .. } | K::Repair { object, .. })
         | M::Handoff(H::Deliver { object, .. })
-        | M::Sync(S::Handover { object, .. }) => visit(object),
+        | M::Handover(O::Offer { object, .. }) => visit(object),
         M::Kv(K::ReadReply {
             result: Ok(Some(object)),
             ..

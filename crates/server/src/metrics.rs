@@ -111,6 +111,10 @@ fn describe() {
         "dynamokv_anti_entropy_failed_total",
         "Anti-entropy exchanges that failed"
     );
+    describe_counter!(
+        "dynamokv_background_storage_errors_total",
+        "Storage errors met by background work (hints, anti-entropy, collection, handover)"
+    );
     describe_gauge!(
         "dynamokv_anti_entropy_rebuilding",
         "1 while this node rebuilds lost data"
@@ -321,6 +325,7 @@ pub async fn render(s: &AppState) -> Result<String, crate::http::ApiError> {
     counter!("dynamokv_anti_entropy_keys_repaired_total").absolute(ae.keys_repaired);
     counter!("dynamokv_anti_entropy_bytes_sent_total").absolute(ae.bytes_sent);
     counter!("dynamokv_anti_entropy_failed_total").absolute(ae.failed);
+    counter!("dynamokv_background_storage_errors_total").absolute(ae.storage_errors);
     gauge!("dynamokv_anti_entropy_rebuilding").set(f64::from(u8::from(ae.rebuilding)));
     gauge!("dynamokv_merkle_tree_keys").set(ae.tree_keys as f64);
     gauge!("dynamokv_transfer_ranges").set(transfer.ranges as f64);

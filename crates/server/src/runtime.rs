@@ -139,6 +139,7 @@ pub fn run_node(
     let mut ring_version = node.ring().version();
     let mut members_epoch = node.members_epoch();
     let mut conflicts = node.identity_conflicts().0;
+    let mut storage_errors = node.storage_errors().count;
     let mut ended = node.ended().is_some();
     transport.sync_peers(node.view());
     // The monotonic clock: milliseconds since the thread started (plus one, so no timer
@@ -230,6 +231,15 @@ pub fn run_node(
                     m.id
                 );
             }
+        }
+        if node.storage_errors().count != storage_errors {
+            let errors = node.storage_errors();
+            tracing::warn!(
+                errors = errors.count - storage_errors,
+                last = errors.last.as_deref().unwrap_or(""),
+                "background work met storage errors (retried later; see dynamokv_background_storage_errors_total)"
+            );
+            storage_errors = errors.count;
         }
         if !ended && let Some(e) = node.ended() {
             ended = true;

@@ -56,8 +56,8 @@ type PeerConn = Framed<BoxedIo, LengthDelimitedCodec>;
 /// a reason naming both versions. Version 2 groups messages by family (kv, handoff, gossip) and
 /// carries typed errors; version 4 adds the overwrite flag of a forwarded put; version 5 the
 /// challenge-response handshake; version 6 endings (the `Ended` frame, epochs in member records,
-/// endings in gossip).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// endings in gossip); version 7 the `Collect` and `Handover` families (out of `Sync`).
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Largest frame accepted before the handshake completed (a member record with the most tokens
 /// fits).
 pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
@@ -134,7 +134,7 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, String> {
 }
 
 /// The message families, as metric labels.
-const FAMILIES: [&str; 4] = ["kv", "handoff", "gossip", "sync"];
+const FAMILIES: [&str; 6] = ["kv", "handoff", "gossip", "sync", "collect", "handover"];
 
 fn family_index(m: &Message) -> usize {
     match m {
@@ -142,6 +142,8 @@ fn family_index(m: &Message) -> usize {
         Message::Handoff(_) => 1,
         Message::Gossip(_) => 2,
         Message::Sync(_) => 3,
+        Message::Collect(_) => 4,
+        Message::Handover(_) => 5,
     }
 }
 
@@ -808,8 +810,8 @@ async fn pump(
                         Err(_) => break,
                     }
                 }
-                // Bytes and messages per family (kv, handoff, gossip, sync), counted once per batch.
-                let mut sent = [(0u64, 0u64); 4];
+                // Bytes and messages per family, counted once per batch.
+                let mut sent = [(0u64, 0u64); FAMILIES.len()];
                 for m in batch {
                     let family = family_index(&m);
                     let frame = encode_frame(&Frame::Message(m));

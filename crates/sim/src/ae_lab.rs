@@ -231,7 +231,7 @@ impl Lab {
     }
 
     /// Anti-entropy counters of node `i`.
-    pub fn stats(&self, i: usize) -> dynamokv_core::node::anti_entropy::AntiEntropyStats {
+    pub fn stats(&self, i: usize) -> dynamokv_core::node::AntiEntropyStats {
         self.nodes[i].anti_entropy_stats()
     }
 }

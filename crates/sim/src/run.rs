@@ -8,7 +8,9 @@ use crate::{EPOCH, Rng, SimConfig};
 use crate::{Report, TICK_MS};
 use dynamokv_core::membership::Member;
 use dynamokv_core::message::{ClientId, ClientRequest};
-use dynamokv_core::message::{GossipMessage, HandoffMessage, KvMessage, Message, SyncMessage};
+use dynamokv_core::message::{
+    CollectMessage, GossipMessage, HandoffMessage, HandoverMessage, KvMessage, Message, SyncMessage,
+};
 use dynamokv_core::node::Admission;
 use dynamokv_core::node::startup::{self, Directory, NewActor, Setup};
 use dynamokv_core::store::LocalStore;
@@ -116,6 +118,9 @@ fn message_kind(m: &Message) -> (u8, &[u8]) {
         Message::Handoff(HandoffMessage::Deliver { key, .. }) => (10, key),
         Message::Handoff(HandoffMessage::Ack { .. }) => (11, &[]),
         Message::Sync(m) => (12 + sync_kind(m), &[]),
+        Message::Collect(CollectMessage::Reap { .. }) => (19, &[]),
+        Message::Handover(HandoverMessage::Offer { .. }) => (20, &[]),
+        Message::Handover(HandoverMessage::Ack { .. }) => (21, &[]),
     }
 }
 
@@ -128,9 +133,6 @@ fn sync_kind(m: &SyncMessage) -> u8 {
         SyncMessage::Push { .. } => 4,
         SyncMessage::Pull { .. } => 5,
         SyncMessage::Refused { .. } => 6,
-        SyncMessage::Reap { .. } => 7,
-        SyncMessage::Handover { .. } => 8,
-        SyncMessage::HandoverAck { .. } => 9,
     }
 }
 

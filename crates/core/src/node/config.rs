@@ -5,7 +5,10 @@
 //! `--help` text (with the `clap` feature, which the server turns on), and the range checks.
 //! Adding a setting is one entry here, and its use.
 
-use super::anti_entropy::AntiEntropyConfig;
+use super::collector::CollectorConfig;
+use super::exchange::ExchangeConfig;
+use super::handoff::HandoffConfig;
+use super::handover::HandoverConfig;
 use super::scheduler::SchedulerConfig;
 use crate::failure_detector::DetectorConfig;
 use serde::{Deserialize, Serialize};
@@ -167,17 +170,43 @@ impl NodeConfig {
         }
     }
 
-    /// The anti-entropy settings.
-    pub fn anti_entropy(&self) -> AntiEntropyConfig {
-        AntiEntropyConfig {
+    /// The Merkle exchange's settings.
+    pub fn exchange(&self) -> ExchangeConfig {
+        ExchangeConfig {
             n: usize::from(self.n),
             interval_ms: self.anti_entropy_interval_ms,
             keys_per_sec: self.anti_entropy_keys_per_sec,
             bytes_per_sec: self.anti_entropy_bytes_per_sec,
             sessions: self.anti_entropy_sessions,
             timeout_ms: self.request_timeout_ms * 5,
-            tombstone_min_age_ms: self.tombstone_min_age_ms,
             max_value_bytes: self.max_value_bytes,
+        }
+    }
+
+    /// The tombstone collector's settings.
+    pub fn collector(&self) -> CollectorConfig {
+        CollectorConfig {
+            interval_ms: self.anti_entropy_interval_ms,
+            tombstone_min_age_ms: self.tombstone_min_age_ms,
+        }
+    }
+
+    /// The moved-data handover's settings.
+    pub fn handover(&self) -> HandoverConfig {
+        HandoverConfig {
+            n: usize::from(self.n),
+            timeout_ms: self.request_timeout_ms * 5,
+            max_value_bytes: self.max_value_bytes,
+        }
+    }
+
+    /// The hinted-handoff worker's settings.
+    pub fn handoff(&self) -> HandoffConfig {
+        HandoffConfig {
+            scan_interval_ms: self.hint_scan_interval_ms,
+            rate_per_sec: self.hint_rate_per_sec,
+            max_in_flight: self.hint_max_in_flight,
+            timeout_ms: self.request_timeout_ms,
         }
     }
 }

@@ -2,9 +2,8 @@
 //! home, throttled by rate and concurrency, and each is deleted only once its owner acknowledged
 //! it, and only if nothing newer arrived meanwhile.
 
-use super::cluster::Cluster;
-use super::outbox::Outbox;
 use super::throttle::Throttle;
+use super::worker::{Ctx, Worker};
 use crate::message::{HandoffMessage, RequestId, WireError};
 use crate::store::LocalStore;
 use crate::version::Object;
@@ -118,16 +117,11 @@ impl Handoff {
             .collect()
     }
 
-    /// Time passed: sends what the throttles allow (its own and the `shared` background budget)
+    /// Time passed: sends what the throttles allow (its own and the shared background budget)
     /// of the hints whose owner is up.
-    pub fn tick<S: LocalStore>(
-        &mut self,
-        now: u64,
-        shared: &mut Throttle,
-        store: &S,
-        cluster: &Cluster,
-        out: &mut Outbox,
-    ) {
+    fn deliver<S: LocalStore>(&mut self, ctx: &mut Ctx<'_, S>) {
+        let now = ctx.now.mono;
+        let store = ctx.store;
         self.throttle.refill(now);
         if now < self.next_scan {
             return;
@@ -135,7 +129,7 @@ impl Handoff {
         let budget = self
             .throttle
             .budget(self.in_flight.len())
-            .min(shared.budget(0));
+            .min(ctx.budget.budget(0));
         if budget == 0 {
             return;
         }
@@ -147,7 +141,8 @@ impl Handoff {
             page_size,
         ) {
             Ok(p) => p,
-            Err(_) => {
+            Err(e) => {
+                ctx.errors.record("hinted handoff", "scanning hints", &e);
                 self.next_scan = now + self.config.scan_interval_ms;
                 return;
             }
@@ -164,24 +159,28 @@ impl Handoff {
             // Once the owner left (or was removed), the hint becomes this node's own copy: if this
             // node does not own the key either, the moved-data worker hands it to every current
             // owner and deletes it only once all of them have it (no copy is lost on the way).
-            if !cluster.ring().nodes().contains(&h.owner) {
-                if store.merge(&h.key, &h.object).is_ok()
-                    && store
-                        .remove_hint(&h.owner, &h.key, &h.object)
-                        .unwrap_or(false)
-                {
-                    self.delivered += 1;
+            if !ctx.rings.current.nodes().contains(&h.owner) {
+                let taken = store
+                    .merge(&h.key, &h.object)
+                    .and_then(|_| store.remove_hint(&h.owner, &h.key, &h.object));
+                match taken {
+                    Ok(true) => self.delivered += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        ctx.errors
+                            .record("hinted handoff", "taking a hint of a removed owner", &e)
+                    }
                 }
                 continue;
             }
-            if !cluster.is_up(&h.owner) {
+            if !(ctx.is_up)(&h.owner) {
                 continue;
             }
             let size = h.key.len() + h.object.size_bytes();
             self.busy.insert((h.owner.clone(), h.key.clone()));
             self.next_id += 1;
             let id = self.next_id;
-            out.send(
+            ctx.out.send(
                 &h.owner,
                 HandoffMessage::Deliver {
                     id,
@@ -200,8 +199,8 @@ impl Handoff {
             );
             sent += 1;
             self.throttle.spend();
-            shared.spend();
-            shared.spend_bytes(size);
+            ctx.budget.spend();
+            ctx.budget.spend_bytes(size);
             if sent >= budget {
                 break;
             }
@@ -226,5 +225,12 @@ impl Handoff {
     /// Hints handed back and deleted here.
     pub fn delivered(&self) -> u64 {
         self.delivered
+    }
+}
+
+impl<S: LocalStore> Worker<S> for Handoff {
+    /// Hands back what the throttles allow of the hints whose owner is up.
+    fn tick(&mut self, ctx: &mut Ctx<'_, S>) {
+        self.deliver(ctx);
     }
 }

@@ -134,3 +134,87 @@ impl CoordinatorLatency {
         self.sum_ms[op][outcome] += ms;
     }
 }
+
+/// Anti-entropy's counters and progress, for `/admin/stats` and `admin repair`: the Merkle
+/// exchange's, the tombstone collector's and the moved-data handover's together.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AntiEntropyStats {
+    /// Sessions finished (in sync or repaired).
+    pub exchanges: u64,
+    /// Of those, sessions that found the roots equal.
+    pub in_sync: u64,
+    /// Sessions abandoned (timeout, refusal, peer lost).
+    pub failed: u64,
+    /// Keys whose local copy changed by a merge from another replica.
+    pub keys_repaired: u64,
+    /// Objects sent to other replicas.
+    pub objects_sent: u64,
+    /// Bytes of trees, key lists and objects sent.
+    pub bytes_sent: u64,
+    /// Ranges with a tree here.
+    pub trees: usize,
+    /// Trees still being built.
+    pub trees_building: usize,
+    /// Keys counted in the trees.
+    pub tree_keys: u64,
+    /// Trees thrown away and rebuilt because they disagreed with storage.
+    pub trees_rebuilt: u64,
+    /// Approximate memory of the trees, bytes.
+    pub tree_memory_bytes: u64,
+    /// Deleted keys whose tombstones are still kept.
+    pub tombstones: u64,
+    /// Deleted keys whose tombstones were collected here.
+    pub tombstones_collected: u64,
+    /// Keys of ranges no longer replicated here, handed to their owners and deleted here.
+    pub moved_keys: u64,
+    /// True while this node rebuilds lost data (its reads do not count).
+    pub rebuilding: bool,
+    /// Ranges still to synchronise before rebuilding ends.
+    pub rebuilding_ranges: usize,
+    /// The round in progress, if any.
+    pub round: Option<super::exchange::RoundProgress>,
+    /// The id of the last round finished (0: none yet).
+    pub last_round: u64,
+    /// Comparisons the last finished round skipped because the peer was down (its ranges are
+    /// not known to be in sync with that peer).
+    pub last_round_skipped: usize,
+    /// Storage errors the background workers met (see the log for each).
+    pub storage_errors: u64,
+}
+
+impl AntiEntropyStats {
+    /// The counters of the exchange, the collector and the handover, with the trees' and the
+    /// proofs' state.
+    pub fn of(
+        exchange: &super::exchange::Exchange,
+        collector: &super::collector::Collector,
+        handover: &super::handover::Handover,
+        trees: &super::trees::Trees,
+        proofs: &super::proofs::Proofs,
+        errors: &super::worker::StorageErrors,
+    ) -> AntiEntropyStats {
+        let (x, h, t) = (exchange.stats(), handover.stats(), trees.counts());
+        AntiEntropyStats {
+            exchanges: x.exchanges,
+            in_sync: x.in_sync,
+            failed: x.failed,
+            keys_repaired: x.keys_repaired + h.keys_merged,
+            objects_sent: x.objects_sent + h.objects_sent,
+            bytes_sent: x.bytes_sent + h.bytes_sent,
+            trees: t.trees,
+            trees_building: t.building,
+            tree_keys: t.keys,
+            trees_rebuilt: t.rebuilt,
+            tree_memory_bytes: (t.trees * crate::merkle::Tree::MEMORY_BYTES) as u64,
+            tombstones: t.tombstones,
+            tombstones_collected: collector.collected(),
+            moved_keys: h.dropped,
+            rebuilding: proofs.rebuilding(),
+            rebuilding_ranges: proofs.rebuilding_left(trees.peers()),
+            round: exchange.round(),
+            last_round: x.last_round,
+            last_round_skipped: x.last_round_skipped,
+            storage_errors: errors.count,
+        }
+    }
+}

@@ -11,35 +11,48 @@
 //! - [`forward`]: who coordinates a request, and the requests forwarded to their coordinator;
 //! - [`coordinator`]: the gets and puts coordinated here, their quorums and read repair;
 //! - [`replica`]: what a replica does with writes, reads, repairs and returning hints;
-//! - [`handoff`]: the worker handing hints back to their owners, under a [`throttle`];
-//! - [`anti_entropy`]: Merkle trees per range, compared and repaired with the other replicas;
-//! - [`scheduler`]: the one budget every background worker draws from, which yields to
-//!   foreground latency;
-//! - [`tracked`]: the store's journal of writes, which keeps the trees current;
+//! - [`trees`]: the Merkle trees of the ranges this node replicates, kept current by
+//!   [`tracked`], the store's journal of writes;
+//! - the background workers, one shape ([`worker`]: each owns its state and takes a context at
+//!   every tick), each under its [`throttle`] and the [`scheduler`]'s one budget, which yields
+//!   to foreground latency:
+//!   - [`handoff`]: hints handed back to their owners;
+//!   - [`exchange`]: anti-entropy's Merkle exchange with the other replicas of each range;
+//!   - [`collector`]: tombstone collection once every replica holds a tombstone;
+//!   - [`handover`]: keys of ranges no longer replicated here, handed to their owners;
+//! - [`proofs`]: what the exchange proved (ranges equal with peers, the end of rebuilding lost
+//!   data) and what the workers tell each other, read by [`rebalance`] and the collector;
+//! - [`rebalance`]: this node's own join or leave, confirmed from the proofs;
 //! - [`info`]: counters and the ring as operators and clients see it;
 //! - [`startup`]: how a node starts from its data directory (the server and the simulator);
 //! - [`config`]: the settings ([`NodeConfig`]) and their defaults.
 //!
 //! Messages are dispatched by family ([`Message::Kv`], [`Message::Handoff`],
-//! [`Message::Gossip`], [`Message::Sync`]); a new concept brings its own family and module.
+//! [`Message::Gossip`], [`Message::Sync`], [`Message::Collect`], [`Message::Handover`]); a new
+//! concept brings its own family and module.
 
-pub mod anti_entropy;
 pub mod cluster;
+pub mod collector;
 pub mod config;
 pub mod coordinator;
+pub mod exchange;
 pub mod forward;
 pub mod handoff;
+pub mod handover;
 pub mod info;
 pub mod outbox;
+pub mod proofs;
 pub mod rebalance;
 pub mod replica;
 pub mod scheduler;
 pub mod startup;
 pub mod throttle;
 pub mod tracked;
+pub mod trees;
+pub mod worker;
 
 pub use config::NodeConfig;
-pub use info::{CoordinatorLatency, MemberInfo, NodeStats, RingInfo};
+pub use info::{AntiEntropyStats, CoordinatorLatency, MemberInfo, NodeStats, RingInfo};
 pub use outbox::{Origin, Outbox, Output};
 
 use crate::clock::Now;
@@ -51,16 +64,21 @@ use crate::preference::{PreferenceList, preference_list, with_pending};
 use crate::ring::Ring;
 use crate::store::LocalStore;
 use crate::version::ActorId;
-use anti_entropy::AntiEntropy;
 pub use cluster::Admission;
 use cluster::Cluster;
+use collector::Collector;
 use coordinator::{Coordinator, Local};
+use exchange::Exchange;
 use forward::{Forwarder, Route};
-use handoff::{Handoff, HandoffConfig};
+use handoff::Handoff;
+use handover::Handover;
+use proofs::Proofs;
 use replica::Replica;
 use scheduler::{Scheduler, SchedulerStats};
 use std::collections::BTreeMap;
 use tracked::Tracked;
+use trees::Trees;
+use worker::{Ctx, StorageErrors, Worker};
 
 /// Who this node is, for its coordinator (a macro, so that the borrows stay per field).
 macro_rules! local {
@@ -70,7 +88,27 @@ macro_rules! local {
             actor: $node.actor,
             config: &$node.config,
             store: &$node.store,
-            rebuilding: $node.anti_entropy.rebuilding(),
+            rebuilding: $node.proofs.rebuilding(),
+        }
+    };
+}
+
+/// The context of the background workers, borrowed from the node's fields one by one (a macro,
+/// so that the borrows stay per field): `$is_up` is the liveness function the caller made.
+macro_rules! ctx {
+    ($node:ident, $now:expr, $is_up:ident) => {
+        Ctx {
+            now: $now,
+            me: $node.cluster.id(),
+            rings: $node.cluster.rings(),
+            is_up: &$is_up,
+            share: $node.scheduler.share(),
+            budget: $node.scheduler.budget(),
+            store: &$node.store,
+            trees: &mut $node.trees,
+            proofs: &mut $node.proofs,
+            errors: &mut $node.errors,
+            out: &mut $node.out,
         }
     };
 }
@@ -85,7 +123,12 @@ pub struct Node<S> {
     coordinator: Coordinator,
     replica: Replica,
     handoff: Handoff,
-    anti_entropy: AntiEntropy,
+    trees: Trees,
+    proofs: Proofs,
+    exchange: Exchange,
+    collector: Collector,
+    handover: Handover,
+    errors: StorageErrors,
     scheduler: Scheduler,
     rebalance: rebalance::Rebalance,
     /// When a joining node first saw a ring to join, and whether it placed its tokens.
@@ -130,15 +173,12 @@ impl<S: LocalStore> Node<S> {
         forwarder.start_ids_at(first_id());
         let mut coordinator = Coordinator::default();
         coordinator.start_ids_at(first_id());
-        let mut handoff = Handoff::new(HandoffConfig {
-            scan_interval_ms: config.hint_scan_interval_ms,
-            rate_per_sec: config.hint_rate_per_sec,
-            max_in_flight: config.hint_max_in_flight,
-            timeout_ms: config.request_timeout_ms,
-        });
+        let mut handoff = Handoff::new(config.handoff());
         handoff.start_ids_at(first_id());
-        let mut anti_entropy = AntiEntropy::new(config.anti_entropy());
-        anti_entropy.start_ids_at(first_id());
+        let mut exchange = Exchange::new(config.exchange());
+        exchange.start_ids_at(first_id());
+        let mut handover = Handover::new(config.handover());
+        handover.start_ids_at(first_id());
         Self {
             actor,
             config,
@@ -148,7 +188,12 @@ impl<S: LocalStore> Node<S> {
             coordinator,
             replica: Replica::new(config.max_value_bytes),
             handoff,
-            anti_entropy,
+            trees: Trees::default(),
+            proofs: Proofs::new(),
+            exchange,
+            collector: Collector::new(config.collector()),
+            handover,
+            errors: StorageErrors::default(),
             scheduler: Scheduler::new(config.scheduler()),
             rebalance: rebalance::Rebalance::default(),
             placement: (None, false),
@@ -220,12 +265,24 @@ impl<S: LocalStore> Node<S> {
     /// Starts an anti-entropy round with every other replica of every range (an operator's
     /// repair); returns the round's id.
     pub fn repair(&mut self) -> u64 {
-        self.anti_entropy.force_round()
+        self.exchange.force_round()
     }
 
-    /// Anti-entropy counters and progress.
-    pub fn anti_entropy_stats(&self) -> anti_entropy::AntiEntropyStats {
-        self.anti_entropy.stats()
+    /// Anti-entropy counters and progress: the exchange's, the collector's and the handover's.
+    pub fn anti_entropy_stats(&self) -> AntiEntropyStats {
+        AntiEntropyStats::of(
+            &self.exchange,
+            &self.collector,
+            &self.handover,
+            &self.trees,
+            &self.proofs,
+            &self.errors,
+        )
+    }
+
+    /// Storage errors the background workers met, and the last.
+    pub fn storage_errors(&self) -> &StorageErrors {
+        &self.errors
     }
 
     /// The background scheduler: its share, the foreground latency it saw, its counters.
@@ -245,7 +302,9 @@ impl<S: LocalStore> Node<S> {
 
     /// Brings the trees up to date with the writes of the last input, and notices lost data.
     fn follow_writes(&mut self) {
-        self.anti_entropy.apply(self.store.take_changes());
+        for c in self.store.take_changes() {
+            self.trees.apply(&c);
+        }
         if self.data_lost && self.cluster.known_before() {
             self.data_lost = false;
             // Not a new node but one that lost its data: it takes its place back in the ring.
@@ -257,7 +316,8 @@ impl<S: LocalStore> Node<S> {
             if self.cluster.me().status == Status::Joining {
                 self.cluster.set_status(Status::Up, &mut self.out);
             }
-            self.anti_entropy.start_rebuilding();
+            self.proofs.start_rebuilding();
+            self.exchange.force_round();
         }
     }
 
@@ -298,7 +358,7 @@ impl<S: LocalStore> Node<S> {
         self.forwarder.in_flight()
             + self.coordinator.in_flight()
             + self.handoff.in_flight()
-            + self.anti_entropy.in_flight()
+            + self.exchange.in_flight()
     }
 
     /// Takes the outputs produced so far.
@@ -474,22 +534,24 @@ impl<S: LocalStore> Node<S> {
             }
             Message::Gossip(m) => self.cluster.on_message(from, m, &mut self.out),
             Message::Sync(m) => {
-                self.anti_entropy.on_message(
-                    now.mono,
-                    from,
-                    m,
-                    self.scheduler.budget(),
-                    &self.store,
-                    &mut self.out,
-                );
-                self.follow_writes();
                 let cluster = &self.cluster;
-                self.anti_entropy.schedule(
-                    now.mono,
-                    cluster.id(),
-                    &|n| cluster.is_up(n),
-                    &mut self.out,
-                );
+                let is_up = |n: &str| cluster.is_up(n);
+                self.exchange
+                    .on_message(&mut ctx!(self, now, is_up), from, m);
+            }
+            Message::Collect(m) => {
+                let cluster = &self.cluster;
+                let is_up = |n: &str| cluster.is_up(n);
+                let mut ctx = ctx!(self, now, is_up);
+                self.collector.on_message(&mut ctx, from, m);
+                self.exchange.schedule(&mut ctx);
+            }
+            Message::Handover(m) => {
+                let cluster = &self.cluster;
+                let is_up = |n: &str| cluster.is_up(n);
+                let mut ctx = ctx!(self, now, is_up);
+                self.handover.on_message(&mut ctx, from, m);
+                self.exchange.schedule(&mut ctx);
             }
         }
         self.follow_writes();
@@ -539,7 +601,7 @@ impl<S: LocalStore> Node<S> {
                 self.timed_out(mono, silent);
             }
             KvMessage::Read { id, key } => {
-                let rebuilding = self.anti_entropy.rebuilding();
+                let rebuilding = self.proofs.rebuilding();
                 self.replica
                     .on_read(&self.store, rebuilding, from, id, key, &mut self.out);
             }
@@ -570,7 +632,9 @@ impl<S: LocalStore> Node<S> {
             .coordinator
             .peer_down(&local, now.mono, node, &mut self.out);
         self.handoff.peer_down(node);
-        self.anti_entropy.peer_down(node);
+        let cluster = &self.cluster;
+        let is_up = |n: &str| cluster.is_up(n);
+        self.exchange.peer_down(&mut ctx!(self, now, is_up), node);
         self.timed_out(now.mono, silent);
         self.follow_writes();
     }
@@ -597,49 +661,39 @@ impl<S: LocalStore> Node<S> {
         }
         self.scheduler
             .tick(mono, self.coordinator.recent_latencies());
-        // The workers take turns at going first, so neither starves the other of the shared
-        // budget when it is small.
-        if self.scheduler.handoff_first() {
-            self.tick_handoff(mono);
-            self.tick_anti_entropy(now);
-        } else {
-            self.tick_anti_entropy(now);
-            self.tick_handoff(mono);
-        }
+        self.tick_workers(now);
         self.place_tokens(mono);
         let status = self.cluster.me().status;
-        if let Some(next) =
-            self.rebalance
-                .tick(mono, self.cluster.id(), status, &mut self.anti_entropy)
-        {
-            self.cluster.set_status(next, &mut self.out);
+        let step = self
+            .rebalance
+            .tick(mono, self.cluster.id(), status, &self.trees, &self.proofs);
+        match step {
+            rebalance::Step::Done(next) => self.cluster.set_status(next, &mut self.out),
+            rebalance::Step::KeepComparing => self.exchange.keep_comparing(),
+            rebalance::Step::Wait => {}
         }
     }
 
-    fn tick_handoff(&mut self, mono: u64) {
-        self.handoff.tick(
-            mono,
-            self.scheduler.budget(),
-            &self.store,
-            &self.cluster,
-            &mut self.out,
-        );
-        self.follow_writes();
-    }
-
-    fn tick_anti_entropy(&mut self, now: Now) {
+    /// The background workers' turn, each with the same context. Handoff and anti-entropy (the
+    /// exchange, then collection and handover) take turns at going first, so neither starves
+    /// the other of the shared budget when it is small; each worker sees the writes of those
+    /// before it in the trees.
+    fn tick_workers(&mut self, now: Now) {
+        let handoff_first = self.scheduler.handoff_first();
         let cluster = &self.cluster;
-        self.anti_entropy.set_share(self.scheduler.share());
-        self.anti_entropy.tick(
-            now,
-            cluster.id(),
-            cluster.rings(),
-            |n| cluster.is_up(n),
-            self.scheduler.budget(),
-            &self.store,
-            &mut self.out,
-        );
-        self.follow_writes();
+        let is_up = |n: &str| cluster.is_up(n);
+        let mut ctx = ctx!(self, now, is_up);
+        let (handoff, exchange) = (&mut self.handoff, &mut self.exchange);
+        let (collector, handover) = (&mut self.collector, &mut self.handover);
+        let order: [&mut dyn Worker<S>; 4] = if handoff_first {
+            [handoff, exchange, collector, handover]
+        } else {
+            [exchange, collector, handover, handoff]
+        };
+        for worker in order {
+            worker.tick(&mut ctx);
+            ctx.follow_writes();
+        }
     }
 
     /// Records refused because a second live process claimed a member's id, and the last one.

@@ -47,6 +47,30 @@ pub fn validate(key: &[u8], object: &Object, max_value_bytes: usize) -> Result<(
         .map_err(|e| WireError::Invalid(e.to_string()))
 }
 
+/// Merges an object a peer sent for `key` of `range` (anti-entropy, a handover) with this
+/// node's copy, by the one merge: the merged copy and whether it changed anything; `None` when
+/// the object is refused (invalid, or outside the range).
+pub fn merge_from_peer<S: LocalStore>(
+    store: &S,
+    range: crate::merkle::Range,
+    key: &[u8],
+    object: &Object,
+    max_value_bytes: usize,
+) -> Result<Option<(Object, bool)>, StoreError> {
+    if validate(key, object, max_value_bytes).is_err()
+        || !range.contains(crate::ring::position(key))
+    {
+        return Ok(None);
+    }
+    let mut changed = false;
+    let merged = store.modify(key, &mut |current| {
+        let merged = current.merge(object);
+        changed = merged != current;
+        merged
+    })?;
+    Ok(Some((merged, changed)))
+}
+
 fn storage(e: StoreError) -> WireError {
     WireError::Storage(e.0)
 }

@@ -1,41 +1,159 @@
-//! Anti-entropy between workers over in-memory stores, messages delivered in order.
+//! Anti-entropy between the workers of replicas over in-memory stores - the exchange, the
+//! tombstone collector and the moved-data handover, wired as the node wires them - messages
+//! delivered in order.
 
 use super::*;
-use crate::message::Message;
-use crate::node::outbox::Output;
+use crate::clock::Now;
+use crate::membership::Rings;
+use crate::message::{Message, SyncMessage};
+use crate::node::NodeConfig;
+use crate::node::collector::Collector;
+use crate::node::handover::Handover;
+use crate::node::info::AntiEntropyStats;
+use crate::node::outbox::{Outbox, Output};
+use crate::node::proofs::Proofs;
 use crate::node::tracked::Tracked;
-use crate::ring::hashed_tokens;
+use crate::node::trees::Trees;
+use crate::node::worker::StorageErrors;
+use crate::ring::{Ring, hashed_tokens, position};
 use crate::testing::MemoryStore;
-use crate::version::{ActorId, VersionVector};
+use crate::version::{ActorId, Object, VersionVector};
+use std::collections::BTreeSet;
 
 /// A shared background budget that never runs out (these tests are about the protocol).
 fn unlimited() -> Throttle {
     Throttle::new(1 << 40, usize::MAX)
 }
 
-struct Replica {
-    ae: AntiEntropy,
+/// What the workers of one replica share, as the node holds it.
+struct State {
+    trees: Trees,
+    proofs: Proofs,
+    errors: StorageErrors,
     store: Tracked<MemoryStore>,
+}
+
+/// One replica: its workers, and what they share.
+struct Replica {
+    state: State,
+    exchange: Exchange,
+    collector: Collector,
+    handover: Handover,
     up: bool,
+}
+
+fn config() -> NodeConfig {
+    NodeConfig {
+        anti_entropy_interval_ms: 1_000,
+        anti_entropy_keys_per_sec: 100_000,
+        anti_entropy_bytes_per_sec: 1 << 30,
+        anti_entropy_sessions: 4,
+        request_timeout_ms: 1_000,
+        tombstone_min_age_ms: 1_000,
+        ..NodeConfig::default()
+    }
+}
+
+/// The workers' context at `now` over `state`, sending into `out`.
+fn ctx<'a>(
+    state: &'a mut State,
+    now: u64,
+    me: &'a str,
+    rings: &'a Rings,
+    is_up: &'a dyn Fn(&str) -> bool,
+    budget: &'a mut Throttle,
+    out: &'a mut Outbox,
+) -> Ctx<'a, MemoryStore> {
+    Ctx {
+        now: Now {
+            mono: now,
+            wall: now,
+        },
+        me,
+        rings,
+        is_up,
+        share: 1.0,
+        budget,
+        store: &state.store,
+        trees: &mut state.trees,
+        proofs: &mut state.proofs,
+        errors: &mut state.errors,
+        out,
+    }
+}
+
+impl Replica {
+    fn new() -> Replica {
+        Replica {
+            state: State {
+                trees: Trees::default(),
+                proofs: Proofs::new(),
+                errors: StorageErrors::default(),
+                store: Tracked::new(MemoryStore::default()),
+            },
+            exchange: Exchange::new(config().exchange()),
+            collector: Collector::new(config().collector()),
+            handover: Handover::new(config().handover()),
+            up: true,
+        }
+    }
+
+    fn stats(&self) -> AntiEntropyStats {
+        let s = &self.state;
+        AntiEntropyStats::of(
+            &self.exchange,
+            &self.collector,
+            &self.handover,
+            &s.trees,
+            &s.proofs,
+            &s.errors,
+        )
+    }
+
+    fn rebuilding(&self) -> bool {
+        self.state.proofs.rebuilding()
+    }
+
+    /// Time passed: the workers' turn, as the node gives it.
+    fn tick(&mut self, now: u64, me: &str, rings: &Rings, is_up: &dyn Fn(&str) -> bool) -> Outbox {
+        let (mut out, mut budget) = (Outbox::default(), unlimited());
+        let mut c = ctx(
+            &mut self.state,
+            now,
+            me,
+            rings,
+            is_up,
+            &mut budget,
+            &mut out,
+        );
+        self.exchange.tick(&mut c);
+        c.follow_writes();
+        self.collector.tick(&mut c);
+        c.follow_writes();
+        self.handover.tick(&mut c);
+        c.follow_writes();
+        out
+    }
+
+    /// A message to this replica, dispatched by family as the node does.
+    fn receive(&mut self, now: u64, me: &str, rings: &Rings, from: &str, m: Message) -> Outbox {
+        let (mut out, mut budget) = (Outbox::default(), unlimited());
+        let all = |_: &str| true;
+        let mut c = ctx(&mut self.state, now, me, rings, &all, &mut budget, &mut out);
+        match m {
+            Message::Sync(m) => self.exchange.on_message(&mut c, from, m),
+            Message::Collect(m) => self.collector.on_message(&mut c, from, m),
+            Message::Handover(m) => self.handover.on_message(&mut c, from, m),
+            _ => {}
+        }
+        out
+    }
 }
 
 struct Lab {
     ring: Rings,
     nodes: BTreeMap<String, Replica>,
     now: u64,
-}
-
-fn config() -> AntiEntropyConfig {
-    AntiEntropyConfig {
-        n: 3,
-        interval_ms: 1_000,
-        keys_per_sec: 100_000,
-        bytes_per_sec: 1 << 30,
-        sessions: 4,
-        timeout_ms: 5_000,
-        tombstone_min_age_ms: 1_000,
-        max_value_bytes: 1 << 20,
-    }
 }
 
 fn obj(actor: u64, value: &str) -> Object {
@@ -64,30 +182,23 @@ impl Lab {
             },
             nodes: ids
                 .iter()
-                .map(|id| {
-                    let r = Replica {
-                        ae: AntiEntropy::new(config()),
-                        store: Tracked::new(MemoryStore::default()),
-                        up: true,
-                    };
-                    (id.to_string(), r)
-                })
+                .map(|id| (id.to_string(), Replica::new()))
                 .collect(),
             now: 1_000,
         }
     }
 
     fn write(&mut self, id: &str, key: &[u8], o: &Object) {
-        let r = self.nodes.get_mut(id).unwrap();
-        r.store.merge(key, o).unwrap();
-        r.ae.apply(r.store.take_changes());
+        let s = &mut self.nodes.get_mut(id).unwrap().state;
+        s.store.merge(key, o).unwrap();
+        for c in s.store.take_changes() {
+            s.trees.apply(&c);
+        }
     }
 
-    /// The node loses its disk: a new, empty store and a new worker.
+    /// The node loses its disk: a new, empty store and new workers.
     fn wipe(&mut self, id: &str) {
-        let r = self.nodes.get_mut(id).unwrap();
-        r.store = Tracked::new(MemoryStore::default());
-        r.ae = AntiEntropy::new(config());
+        *self.nodes.get_mut(id).unwrap() = Replica::new();
     }
 
     /// Runs `ms` of time in 20 ms ticks, delivering every message at once.
@@ -99,52 +210,34 @@ impl Lab {
             .filter(|(_, r)| r.up)
             .map(|(id, _)| id.clone())
             .collect();
+        let is_up = |n: &str| up.contains(n);
         while self.now < end {
             self.now += 20;
-            let mut queue: VecDeque<(String, String, SyncMessage)> = VecDeque::new();
+            let mut queue: VecDeque<(String, String, Message)> = VecDeque::new();
             for (id, r) in self.nodes.iter_mut().filter(|(_, r)| r.up) {
-                let mut out = Outbox::default();
-                let now = crate::clock::Now {
-                    mono: self.now,
-                    wall: self.now,
-                };
-                r.ae.tick(
-                    now,
-                    id,
-                    &self.ring,
-                    |n| up.contains(n),
-                    &mut unlimited(),
-                    &r.store,
-                    &mut out,
-                );
-                r.ae.apply(r.store.take_changes());
+                let out = r.tick(self.now, id, &self.ring, &is_up);
                 queue.extend(sends(id, out));
             }
             while let Some((from, to, m)) = queue.pop_front() {
                 let Some(r) = self.nodes.get_mut(&to).filter(|r| r.up) else {
                     continue;
                 };
-                let mut out = Outbox::default();
-                r.ae.on_message(self.now, &from, m, &mut unlimited(), &r.store, &mut out);
-                r.ae.apply(r.store.take_changes());
+                let out = r.receive(self.now, &to, &self.ring, &from, m);
                 queue.extend(sends(&to, out));
             }
         }
     }
 
     fn object(&self, id: &str, key: &[u8]) -> Option<Object> {
-        self.nodes[id].store.inner().object(key)
+        self.nodes[id].state.store.inner().object(key)
     }
 }
 
-fn sends(from: &str, mut out: Outbox) -> Vec<(String, String, SyncMessage)> {
+fn sends(from: &str, mut out: Outbox) -> Vec<(String, String, Message)> {
     out.drain()
         .into_iter()
         .filter_map(|o| match o {
-            Output::Send {
-                to,
-                message: Message::Sync(m),
-            } => Some((from.to_owned(), to, m)),
+            Output::Send { to, message } => Some((from.to_owned(), to, message)),
             _ => None,
         })
         .collect()
@@ -164,7 +257,7 @@ fn a_wiped_replica_gets_every_key_back_without_reads() {
     }
     lab.run(3_000);
     assert!(
-        lab.nodes["a"].ae.stats().in_sync > 0,
+        lab.nodes["a"].stats().in_sync > 0,
         "equal trees compare equal"
     );
     lab.wipe("c");
@@ -173,7 +266,7 @@ fn a_wiped_replica_gets_every_key_back_without_reads() {
     for k in keys(500) {
         assert_eq!(lab.object("c", &k), Some(obj(1, "v")), "{k:?}");
     }
-    let repaired: u64 = lab.nodes.values().map(|r| r.ae.stats().keys_repaired).sum();
+    let repaired: u64 = lab.nodes.values().map(|r| r.stats().keys_repaired).sum();
     assert_eq!(repaired, 500, "each key repaired once, on the wiped node");
 }
 
@@ -202,9 +295,9 @@ fn divergent_replicas_converge_both_ways_with_the_one_merge() {
         }
     }
     // And once converged, the trees say so.
-    let before: u64 = lab.nodes.values().map(|r| r.ae.stats().keys_repaired).sum();
+    let before: u64 = lab.nodes.values().map(|r| r.stats().keys_repaired).sum();
     lab.run(3_000);
-    let after: u64 = lab.nodes.values().map(|r| r.ae.stats().keys_repaired).sum();
+    let after: u64 = lab.nodes.values().map(|r| r.stats().keys_repaired).sum();
     assert_eq!(before, after, "nothing left to repair");
 }
 
@@ -216,7 +309,7 @@ fn a_down_replica_is_skipped_and_caught_up_when_back() {
         lab.write("a", &k, &obj(1, "v"));
     }
     lab.run(3_000);
-    assert!(lab.nodes["a"].ae.stats().round.is_some() || lab.nodes["a"].ae.stats().last_round > 0);
+    assert!(lab.nodes["a"].stats().round.is_some() || lab.nodes["a"].stats().last_round > 0);
     assert_eq!(lab.object("b", b"key-1"), Some(obj(1, "v")));
     assert_eq!(lab.object("c", b"key-1"), None);
     lab.nodes.get_mut("c").unwrap().up = true;
@@ -281,23 +374,24 @@ fn a_corrupt_tree_is_rebuilt_and_changes_no_value() {
     let bogus = b"key-7";
     let pos = position(bogus);
     let r = lab.nodes.get_mut("a").unwrap();
-    let range = r.ae.trees.range_of(pos).unwrap();
-    r.ae.trees
+    let range = r.state.trees.range_of(pos).unwrap();
+    r.state
+        .trees
         .get_mut(&range)
         .unwrap()
         .tree
         .update(pos, bogus, None, Some(&[9; 16]));
     lab.run(5_000);
-    assert!(lab.nodes["a"].ae.stats().trees_rebuilt >= 1);
+    assert!(lab.nodes["a"].stats().trees_rebuilt >= 1);
     for k in keys(100) {
         for id in ["a", "b", "c"] {
             assert_eq!(lab.object(id, &k), Some(obj(1, "v")));
         }
     }
-    let in_sync = lab.nodes["a"].ae.stats().in_sync;
+    let in_sync = lab.nodes["a"].stats().in_sync;
     lab.run(3_000);
     assert!(
-        lab.nodes["a"].ae.stats().in_sync > in_sync,
+        lab.nodes["a"].stats().in_sync > in_sync,
         "in sync again after the rebuild"
     );
 }
@@ -310,11 +404,12 @@ fn rebuilding_ends_once_every_range_synchronised() {
         lab.write("b", &k, &obj(1, "v"));
     }
     let r = lab.nodes.get_mut("c").unwrap();
-    r.ae.trees.reshape(&lab.ring, "c", 3);
-    r.ae.start_rebuilding();
-    assert!(lab.nodes["c"].ae.rebuilding());
+    r.state.trees.reshape(&lab.ring, "c", 3);
+    r.state.proofs.start_rebuilding();
+    r.exchange.force_round();
+    assert!(lab.nodes["c"].rebuilding());
     lab.run(5_000);
-    assert!(!lab.nodes["c"].ae.rebuilding());
+    assert!(!lab.nodes["c"].rebuilding());
     assert_eq!(lab.object("c", b"key-3"), Some(obj(1, "v")));
 }
 
@@ -323,7 +418,7 @@ fn a_stranger_or_a_key_outside_the_range_changes_nothing() {
     let mut lab = Lab::new(&["a", "b", "c"]);
     lab.run(200);
     let r = lab.nodes.get_mut("a").unwrap();
-    let range = *r.ae.trees.peers().keys().next().unwrap();
+    let range = *r.state.trees.peers().keys().next().unwrap();
     let outside = (0..1000)
         .map(|i| format!("x{i}").into_bytes())
         .find(|k| !range.contains(position(k)))
@@ -332,16 +427,15 @@ fn a_stranger_or_a_key_outside_the_range_changes_nothing() {
         .map(|i| format!("x{i}").into_bytes())
         .find(|k| range.contains(position(k)))
         .unwrap();
+    let ring = lab.ring.clone();
     let push = |from: &str, key: &[u8], r: &mut Replica| {
-        let mut out = Outbox::default();
         let m = SyncMessage::Push {
             session: 1,
             range,
             objects: vec![(key.to_vec(), obj(9, "evil"))],
             want: vec![],
         };
-        r.ae.on_message(1, from, m, &mut unlimited(), &r.store, &mut out);
-        out.drain()
+        r.receive(1, "a", &ring, from, m.into()).drain()
     };
     let answer = push("mallory", &inside, r);
     assert!(matches!(
@@ -352,11 +446,11 @@ fn a_stranger_or_a_key_outside_the_range_changes_nothing() {
         }]
     ));
     push("b", &outside, r);
-    assert_eq!(r.store.inner().object(&inside), None);
-    assert_eq!(r.store.inner().object(&outside), None);
+    assert_eq!(r.state.store.inner().object(&inside), None);
+    assert_eq!(r.state.store.inner().object(&outside), None);
     push("b", &inside, r);
     assert_eq!(
-        r.store.inner().object(&inside),
+        r.state.store.inner().object(&inside),
         Some(obj(9, "evil")),
         "a replica's push merges"
     );
@@ -393,10 +487,10 @@ fn tombstones_are_collected_once_every_replica_holds_them() {
     let collected: u64 = lab
         .nodes
         .values()
-        .map(|r| r.ae.stats().tombstones_collected)
+        .map(|r| r.stats().tombstones_collected)
         .sum();
     assert_eq!(collected, 90, "every replica's copy went");
-    assert!(lab.nodes.values().all(|r| r.ae.stats().tombstones == 0));
+    assert!(lab.nodes.values().all(|r| r.stats().tombstones == 0));
 }
 
 #[test]
@@ -444,6 +538,7 @@ fn a_pending_hint_anywhere_holds_collection_back() {
     }
     // b keeps an old value for some other owner: it might hand it back after collection.
     lab.nodes["b"]
+        .state
         .store
         .put_hint("elsewhere", b"other", &obj(1, "v"))
         .unwrap();

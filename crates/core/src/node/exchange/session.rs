@@ -1,19 +1,22 @@
-//! One anti-entropy session, message by message: the responder's answers (it keeps no state)
-//! and the initiator's steps, down the trees to the keys that differ, then the objects.
+//! One exchange session, message by message: the responder's answers (it keeps no state) and
+//! the initiator's steps, down the trees to the keys that differ, then the objects.
 
 use super::*;
+use crate::merkle::{Digest, EMPTY, FANOUT, Hash, LEAVES, digest};
+use crate::message::RootAnswer;
+use crate::node::replica::merge_from_peer;
+use crate::ring::position;
+use crate::version::Object;
 
-impl AntiEntropy {
-    /// A message of the anti-entropy family from `from`; objects it leads to sending draw on
-    /// the `shared` background budget too.
+impl Exchange {
+    /// A message of the `Sync` family from `from`; objects it leads to sending draw on the
+    /// shared background budget too. Sessions are scheduled again afterwards, so one that ends
+    /// makes room at once.
     pub fn on_message<S: LocalStore>(
         &mut self,
-        now: u64,
+        ctx: &mut Ctx<'_, S>,
         from: &str,
         message: SyncMessage,
-        shared: &mut Throttle,
-        store: &S,
-        out: &mut Outbox,
     ) {
         match message {
             SyncMessage::Root {
@@ -22,59 +25,59 @@ impl AntiEntropy {
                 root,
                 hints,
             } => {
-                self.peer_hints(from, hints);
-                self.on_root(now, from, session, range, root, out)
+                ctx.proofs.peer_hints(from, hints);
+                self.on_root(ctx, from, session, range, root)
             }
-            SyncMessage::Reap { range, keys } => self.on_reap(from, range, keys, store),
-            SyncMessage::Handover { id, key, object } => {
-                self.on_handover(from, id, key, object, store, out)
-            }
-            SyncMessage::HandoverAck { id, ok } => self.on_handover_ack(from, id, ok, store),
             SyncMessage::Leaves {
                 session,
                 range,
                 branches,
-            } => self.on_leaves(from, session, range, branches, store, out),
+            } => self.on_leaves(ctx, from, session, range, branches),
             SyncMessage::Push {
                 session,
                 range,
                 objects,
                 want,
-            } => self.on_push(from, session, range, objects, want, store, out),
+            } => self.on_push(ctx, from, session, range, objects, want),
             SyncMessage::RootReply {
                 session,
                 answer,
                 hints,
             } => {
-                self.peer_hints(from, hints);
-                self.on_root_reply(now, from, session, answer, out)
+                ctx.proofs.peer_hints(from, hints);
+                self.on_root_reply(ctx, from, session, answer)
             }
             SyncMessage::Keys {
                 session,
                 leaves,
                 entries,
                 complete,
-            } => self.on_keys(
-                now, from, session, leaves, entries, complete, shared, store, out,
-            ),
+            } => self.on_keys(ctx, from, session, leaves, entries, complete),
             SyncMessage::Pull {
                 session,
                 objects,
                 last,
-            } => self.on_pull(now, from, session, objects, last, shared, store, out),
+            } => self.on_pull(ctx, from, session, objects, last),
             SyncMessage::Refused { session, .. } => {
                 if self.sessions.get(&session).is_some_and(|s| s.peer == from) {
-                    self.end(session, End::Failed);
+                    self.end(ctx, session, End::Failed);
                 }
             }
         }
+        ctx.follow_writes();
+        self.schedule(ctx);
     }
 
     /// Why this node cannot answer `from` about `range`, if it cannot.
-    fn refusal(&self, from: &str, range: &Range, need_ready: bool) -> Option<String> {
-        match self.trees.get(range) {
+    fn refusal<S: LocalStore>(
+        ctx: &Ctx<'_, S>,
+        from: &str,
+        range: &Range,
+        need_ready: bool,
+    ) -> Option<String> {
+        match ctx.trees.get(range) {
             None => Some("this node does not replicate that range".into()),
-            Some(_) if !self.trees.is_peer(range, from) => {
+            Some(_) if !ctx.trees.is_peer(range, from) => {
                 Some("the sender is not a replica of that range".into())
             }
             Some(t) if need_ready && !t.ready() => Some("the tree is being built".into()),
@@ -82,31 +85,30 @@ impl AntiEntropy {
         }
     }
 
-    fn on_root(
+    fn on_root<S: LocalStore>(
         &mut self,
-        now: u64,
+        ctx: &mut Ctx<'_, S>,
         from: &str,
         session: u64,
         range: Range,
         root: Hash,
-        out: &mut Outbox,
     ) {
-        if let Some(reason) = self.refusal(from, &range, true) {
-            return out.send(from, SyncMessage::Refused { session, reason });
+        if let Some(reason) = Self::refusal(ctx, from, &range, true) {
+            return ctx.out.send(from, SyncMessage::Refused { session, reason });
         }
-        let Some(t) = self.trees.get_mut(&range) else {
+        let Some(t) = ctx.trees.get_mut(&range) else {
             return;
         };
         let answer = if t.tree.root() == root {
-            self.proven_equal(now, range, from, root);
-            self.synchronised(range);
+            ctx.proofs.proven_equal(ctx.now.mono, range, from, root);
+            ctx.proofs.synchronised(range, ctx.trees.peers());
             RootAnswer::Equal
         } else {
             self.stats.bytes_sent += (FANOUT * 32) as u64;
             RootAnswer::Differ(t.tree.branches())
         };
-        let hints = self.hints_here();
-        out.send(
+        let hints = ctx.proofs.keeps_hints_or_moved();
+        ctx.out.send(
             from,
             SyncMessage::RootReply {
                 session,
@@ -116,14 +118,14 @@ impl AntiEntropy {
         );
     }
 
-    fn on_root_reply(
+    fn on_root_reply<S: LocalStore>(
         &mut self,
-        now: u64,
+        ctx: &mut Ctx<'_, S>,
         from: &str,
         session: u64,
         answer: RootAnswer,
-        out: &mut Outbox,
     ) {
+        let now = ctx.now.mono;
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
@@ -131,14 +133,14 @@ impl AntiEntropy {
             return;
         }
         let range = s.range;
-        let Some(t) = self.trees.get_mut(&range) else {
-            return self.end(session, End::Failed);
+        let Some(t) = ctx.trees.get_mut(&range) else {
+            return self.end(ctx, session, End::Failed);
         };
         match answer {
             RootAnswer::Equal => {
                 let root = t.tree.root();
-                self.proven_equal(now, range, from, root);
-                self.end(session, End::InSync);
+                ctx.proofs.proven_equal(now, range, from, root);
+                self.end(ctx, session, End::InSync);
             }
             RootAnswer::Differ(theirs) if theirs.len() == FANOUT => {
                 let branches: Vec<(u16, Vec<Hash>)> = t
@@ -158,7 +160,7 @@ impl AntiEntropy {
                     .collect();
                 if branches.is_empty() {
                     // Equal by now: a write arrived meanwhile. Not a proof; next round.
-                    return self.end(session, End::Repaired);
+                    return self.end(ctx, session, End::Repaired);
                 }
                 self.stats.bytes_sent += branches
                     .iter()
@@ -168,7 +170,7 @@ impl AntiEntropy {
                     s.stage = Stage::Leaves;
                     s.deadline = now + self.config.timeout_ms;
                 }
-                out.send(
+                ctx.out.send(
                     from,
                     SyncMessage::Leaves {
                         session,
@@ -177,23 +179,22 @@ impl AntiEntropy {
                     },
                 );
             }
-            RootAnswer::Differ(_) => self.end(session, End::Failed),
+            RootAnswer::Differ(_) => self.end(ctx, session, End::Failed),
         }
     }
 
     fn on_leaves<S: LocalStore>(
         &mut self,
+        ctx: &mut Ctx<'_, S>,
         from: &str,
         session: u64,
         range: Range,
         branches: Vec<(u16, Vec<Hash>)>,
-        store: &S,
-        out: &mut Outbox,
     ) {
-        if let Some(reason) = self.refusal(from, &range, true) {
-            return out.send(from, SyncMessage::Refused { session, reason });
+        if let Some(reason) = Self::refusal(ctx, from, &range, true) {
+            return ctx.out.send(from, SyncMessage::Refused { session, reason });
         }
-        let Some(t) = self.trees.get(&range) else {
+        let Some(t) = ctx.trees.get(&range) else {
             return;
         };
         let mut leaves: Vec<usize> = Vec::new();
@@ -207,15 +208,17 @@ impl AntiEntropy {
         }
         leaves.sort_unstable();
         leaves.dedup();
-        let (entries, complete) = match keys_in(store, range, &leaves) {
+        let (entries, complete) = match keys_in(ctx.store, range, &leaves) {
             Ok(found) => found,
             Err(e) => {
+                ctx.errors
+                    .record("anti-entropy", "listing the keys of leaves", &e);
                 let reason = format!("storage failure: {e}");
-                return out.send(from, SyncMessage::Refused { session, reason });
+                return ctx.out.send(from, SyncMessage::Refused { session, reason });
             }
         };
         self.stats.bytes_sent += entries.iter().map(|(k, _)| k.len() + 18).sum::<usize>() as u64;
-        out.send(
+        ctx.out.send(
             from,
             SyncMessage::Keys {
                 session,
@@ -226,18 +229,14 @@ impl AntiEntropy {
         );
     }
 
-    #[allow(clippy::too_many_arguments)] // the fields of the message, plus context
     fn on_keys<S: LocalStore>(
         &mut self,
-        now: u64,
+        ctx: &mut Ctx<'_, S>,
         from: &str,
         session: u64,
         leaves: Vec<u16>,
         entries: Vec<(Vec<u8>, Digest)>,
         _complete: bool, // a cut list costs only extra pushes; a later session finishes
-        shared: &mut Throttle,
-        store: &S,
-        out: &mut Outbox,
     ) {
         let Some(s) = self.sessions.get(&session) else {
             return;
@@ -251,8 +250,13 @@ impl AntiEntropy {
             .map(usize::from)
             .filter(|l| *l < LEAVES)
             .collect();
-        let Ok((mine, mine_complete)) = keys_in(store, range, &leaves) else {
-            return self.end(session, End::Failed);
+        let (mine, mine_complete) = match keys_in(ctx.store, range, &leaves) {
+            Ok(found) => found,
+            Err(e) => {
+                ctx.errors
+                    .record("anti-entropy", "listing the keys of leaves", &e);
+                return self.end(ctx, session, End::Failed);
+            }
         };
         let theirs: BTreeMap<Vec<u8>, Digest> = entries
             .into_iter()
@@ -269,61 +273,32 @@ impl AntiEntropy {
             .filter(|k| !mine.contains_key(*k))
             .cloned()
             .collect();
-        if mine_complete && self.tree_disagrees(range, &leaves, &mine) {
+        if mine_complete && tree_disagrees(ctx.trees, range, &leaves, &mine) {
             // This node's tree does not match its own keys: rebuild it from storage.
-            self.trees.rebuild(range);
+            ctx.trees.rebuild(range);
         }
         if push.is_empty() && want.is_empty() {
-            return self.end(session, End::Repaired);
+            return self.end(ctx, session, End::Repaired);
         }
         if let Some(s) = self.sessions.get_mut(&session) {
             s.push = push;
             s.want = want;
             s.stage = Stage::Pushing { awaiting: false };
         }
-        self.pump(now, session, shared, store, out);
-    }
-
-    /// Whether the tree of `range` disagrees with this node's own keys in `leaves`.
-    fn tree_disagrees(
-        &self,
-        range: Range,
-        leaves: &[usize],
-        mine: &BTreeMap<Vec<u8>, Digest>,
-    ) -> bool {
-        let Some(t) = self.trees.get(&range) else {
-            return false;
-        };
-        let mut computed: BTreeMap<usize, Hash> = leaves.iter().map(|l| (*l, [0; 32])).collect();
-        for (key, d) in mine {
-            if let Some(h) = computed.get_mut(&range.leaf_of(position(key))) {
-                let e = crate::merkle::entry_hash(key, d);
-                for (a, b) in h.iter_mut().zip(e) {
-                    *a ^= b;
-                }
-            }
-        }
-        computed
-            .iter()
-            .any(|(l, h)| t.tree.leaves_of(l / FANOUT)[l % FANOUT] != *h)
+        self.pump(ctx, session);
     }
 
     /// Sends the next batch of a session, if the throttle lets it; ends a session with nothing
     /// left to send.
-    pub(super) fn pump<S: LocalStore>(
-        &mut self,
-        now: u64,
-        session: u64,
-        shared: &mut Throttle,
-        store: &S,
-        out: &mut Outbox,
-    ) {
+    pub(super) fn pump<S: LocalStore>(&mut self, ctx: &mut Ctx<'_, S>, session: u64) {
+        let now = ctx.now.mono;
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
         if s.push.is_empty() && s.want.is_empty() {
-            return self.end(session, End::Repaired);
+            return self.end(ctx, session, End::Repaired);
         }
+        let shared = &mut *ctx.budget;
         let mut budget = self.throttle.budget(0).min(shared.budget(0));
         if budget == 0 {
             return;
@@ -334,7 +309,7 @@ impl AntiEntropy {
             budget -= 1;
             self.throttle.spend();
             shared.spend();
-            if let Ok(Some(o)) = store.get(&key) {
+            if let Ok(Some(o)) = ctx.store.get(&key) {
                 let size = o.size_bytes() + key.len();
                 bytes += size;
                 self.throttle.spend_bytes(size);
@@ -353,7 +328,7 @@ impl AntiEntropy {
         }
         if objects.is_empty() && want.is_empty() {
             if s.push.is_empty() && s.want.is_empty() {
-                self.end(session, End::Repaired);
+                self.end(ctx, session, End::Repaired);
             }
             return;
         }
@@ -362,7 +337,7 @@ impl AntiEntropy {
         let (peer, range) = (s.peer.clone(), s.range);
         self.stats.objects_sent += objects.len() as u64;
         self.stats.bytes_sent += bytes as u64;
-        out.send(
+        ctx.out.send(
             &peer,
             SyncMessage::Push {
                 session,
@@ -373,23 +348,21 @@ impl AntiEntropy {
         );
     }
 
-    #[allow(clippy::too_many_arguments)] // the fields of the message, plus context
     fn on_push<S: LocalStore>(
         &mut self,
+        ctx: &mut Ctx<'_, S>,
         from: &str,
         session: u64,
         range: Range,
         objects: Vec<(Vec<u8>, Object)>,
         want: Vec<Vec<u8>>,
-        store: &S,
-        out: &mut Outbox,
     ) {
-        if let Some(reason) = self.refusal(from, &range, false) {
-            return out.send(from, SyncMessage::Refused { session, reason });
+        if let Some(reason) = Self::refusal(ctx, from, &range, false) {
+            return ctx.out.send(from, SyncMessage::Refused { session, reason });
         }
         let mut back = Vec::new();
         for (key, object) in objects {
-            if let Some(merged) = self.merge_in(store, range, &key, &object)
+            if let Some(merged) = self.merge_in(ctx, range, &key, &object)
                 && merged != object
             {
                 back.push((key, merged));
@@ -398,7 +371,7 @@ impl AntiEntropy {
         for key in want.into_iter().take(WANT_PER_BATCH) {
             if crate::limits::check_key(&key).is_ok()
                 && range.contains(position(&key))
-                && let Ok(Some(o)) = store.get(&key)
+                && let Ok(Some(o)) = ctx.store.get(&key)
             {
                 back.push((key, o));
             }
@@ -422,7 +395,7 @@ impl AntiEntropy {
         let count = parts.len();
         for (i, objects) in parts.into_iter().enumerate() {
             let last = i + 1 == count;
-            out.send(
+            ctx.out.send(
                 from,
                 SyncMessage::Pull {
                     session,
@@ -433,18 +406,15 @@ impl AntiEntropy {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // the fields of the message, plus context
     fn on_pull<S: LocalStore>(
         &mut self,
-        now: u64,
+        ctx: &mut Ctx<'_, S>,
         from: &str,
         session: u64,
         objects: Vec<(Vec<u8>, Object)>,
         last: bool,
-        shared: &mut Throttle,
-        store: &S,
-        out: &mut Outbox,
     ) {
+        let now = ctx.now.mono;
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -454,43 +424,62 @@ impl AntiEntropy {
         let range = s.range;
         s.deadline = now + self.config.timeout_ms;
         for (key, object) in objects {
-            self.merge_in(store, range, &key, &object);
+            self.merge_in(ctx, range, &key, &object);
         }
         if last {
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.stage = Stage::Pushing { awaiting: false };
             }
-            self.pump(now, session, shared, store, out);
+            self.pump(ctx, session);
         }
     }
 
-    /// Merges an object another replica sent for `key` of `range`; the merged copy, or `None`
-    /// when the object was refused or could not be stored.
-    pub(super) fn merge_in<S: LocalStore>(
+    /// Merges an object another replica sent for `key` of `range`, counting a repair; the
+    /// merged copy, or `None` when the object was refused or could not be stored.
+    fn merge_in<S: LocalStore>(
         &mut self,
-        store: &S,
+        ctx: &mut Ctx<'_, S>,
         range: Range,
         key: &[u8],
         object: &Object,
     ) -> Option<Object> {
-        if validate(key, object, self.config.max_value_bytes).is_err()
-            || !range.contains(position(key))
-        {
-            return None;
+        let max = self.config.max_value_bytes;
+        match merge_from_peer(ctx.store, range, key, object, max) {
+            Ok(Some((merged, changed))) => {
+                self.stats.keys_repaired += u64::from(changed);
+                Some(merged)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                ctx.errors.record("anti-entropy", "merging an object", &e);
+                None
+            }
         }
-        let mut changed = false;
-        let merged = store
-            .modify(key, &mut |current| {
-                let merged = current.merge(object);
-                changed = merged != current;
-                merged
-            })
-            .ok()?;
-        if changed {
-            self.stats.keys_repaired += 1;
-        }
-        Some(merged)
     }
+}
+
+/// Whether the tree of `range` disagrees with this node's own keys in `leaves`.
+fn tree_disagrees(
+    trees: &crate::node::trees::Trees,
+    range: Range,
+    leaves: &[usize],
+    mine: &BTreeMap<Vec<u8>, Digest>,
+) -> bool {
+    let Some(t) = trees.get(&range) else {
+        return false;
+    };
+    let mut computed: BTreeMap<usize, Hash> = leaves.iter().map(|l| (*l, [0; 32])).collect();
+    for (key, d) in mine {
+        if let Some(h) = computed.get_mut(&range.leaf_of(position(key))) {
+            let e = crate::merkle::entry_hash(key, d);
+            for (a, b) in h.iter_mut().zip(e) {
+                *a ^= b;
+            }
+        }
+    }
+    computed
+        .iter()
+        .any(|(l, h)| t.tree.leaves_of(l / FANOUT)[l % FANOUT] != *h)
 }
 
 /// Keys with the digests of their versions, and whether the list is complete.

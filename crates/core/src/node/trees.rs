@@ -1,5 +1,7 @@
-//! The Merkle trees of the ranges this node replicates: which ranges those are (from the ring),
-//! building each tree from a paged scan across ticks, and following every local write.
+//! The Merkle trees of the ranges this node replicates (Dynamo section 4.7): which ranges those
+//! are (from the ring), building each tree from a paged scan across ticks, and following every
+//! local write. The node owns them; the background workers read and update them through their
+//! context ([`super::worker::Ctx`]).
 
 use crate::membership::Rings;
 use crate::merkle::{Range, Tree, digest};
@@ -7,6 +9,21 @@ use crate::node::tracked::{Change, dead};
 use crate::ring::position;
 use crate::store::{LocalStore, StoreError};
 use std::collections::BTreeMap;
+
+/// How many trees, keys and tombstones a node's [`Trees`] hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeCounts {
+    /// Ranges with a tree.
+    pub trees: usize,
+    /// Trees still being built.
+    pub building: usize,
+    /// Keys in the trees.
+    pub keys: u64,
+    /// Trees thrown away and rebuilt because they disagreed with storage.
+    pub rebuilt: u64,
+    /// Keys holding only tombstones.
+    pub tombstones: u64,
+}
 
 /// Keys scanned into trees per tick, so that building never stalls the node.
 pub const BUILD_KEYS_PER_TICK: usize = 1_000;
@@ -85,6 +102,8 @@ pub struct Trees {
     /// The ranges whose first replica is this node.
     owned: std::collections::BTreeSet<Range>,
     rebuilt: u64,
+    /// Counts the changes of the set of ranges this node replicates.
+    shape: u64,
 }
 
 /// Who holds one range now and who will once the changes in progress end.
@@ -127,9 +146,7 @@ impl Trees {
     /// Follows the rings: keeps the trees of ranges still replicated here, starts building the
     /// new ones, drops the others. Returns true when the set of ranges changed.
     pub fn reshape(&mut self, rings: &Rings, me: &str, n: usize) -> bool {
-        let version = rings.all.version()
-            ^ rings.current.version().rotate_left(21)
-            ^ rings.future.version().rotate_left(42);
+        let version = rings.version();
         if self.ring_version == Some(version) {
             return false;
         }
@@ -162,7 +179,14 @@ impl Trees {
             })
             .collect();
         self.owners = ranges;
+        self.shape += u64::from(changed);
         changed
+    }
+
+    /// Counts the changes of the set of ranges this node replicates: a worker that must start
+    /// over when ranges change hands compares it with the count it last saw.
+    pub fn shape(&self) -> u64 {
+        self.shape
     }
 
     /// Who holds each replicated range now and later.
@@ -279,13 +303,20 @@ impl Trees {
             .is_some_and(|p| p.iter().any(|x| x == node))
     }
 
-    /// (trees, trees being built, keys in the trees, trees rebuilt because they disagreed,
-    /// deleted keys still holding tombstones).
-    pub fn counts(&self) -> (usize, usize, u64, u64, u64) {
-        let building = self.trees.values().filter(|t| !t.ready()).count();
-        let keys = self.trees.values().map(|t| t.tree.keys()).sum();
-        let dead = self.trees.values().map(|t| t.dead).sum();
-        (self.trees.len(), building, keys, self.rebuilt, dead)
+    /// How many trees, keys and tombstones there are.
+    pub fn counts(&self) -> TreeCounts {
+        TreeCounts {
+            trees: self.trees.len(),
+            building: self.trees.values().filter(|t| !t.ready()).count(),
+            keys: self.trees.values().map(|t| t.tree.keys()).sum(),
+            rebuilt: self.rebuilt,
+            tombstones: self.trees.values().map(|t| t.dead).sum(),
+        }
+    }
+
+    /// Whether some tree is still being built.
+    pub fn building(&self) -> bool {
+        self.trees.values().any(|t| !t.ready())
     }
 
     /// Every range with its tree.
