@@ -7,6 +7,9 @@
 //!    dialer (or refuses it with the reason). Only then does either side take the other's record
 //!    or a message from it.
 //!
+//! [`dial`] and [`accept`] run the exchange over a framed connection (the transport connects,
+//! wraps in TLS, and bounds the time); [`PeerKey`] makes and checks the proofs.
+//!
 //! A proof is BLAKE3 in keyed mode (a MAC) under a key derived from the cluster secret, over the
 //! role, both nonces and both member records. Nothing on the wire is reusable: a replayed hello
 //! meets a new acceptor nonce, a replayed proof was made for another one, an acceptor that does
@@ -14,7 +17,12 @@
 //! breaks both proofs. This authenticates the peers at the start of the connection; protecting
 //! the bytes that follow from an attacker on the path needs TLS.
 
-use dynamokv_core::membership::Member;
+use crate::transport::wire::{
+    Frame, Hello, PeerConn, WireError, decode_frame, decode_hello, encode_frame, encode_hello,
+};
+use axum::body::Bytes;
+use dynamokv_core::membership::{Ended, Member};
+use futures_util::{SinkExt as _, StreamExt as _};
 
 /// Length of a nonce and of a proof.
 pub const PROOF_LEN: usize = 32;
@@ -92,6 +100,175 @@ pub fn nonce() -> [u8; PROOF_LEN] {
     // refused by no one, so fail loudly instead.
     getrandom::fill(&mut n).expect("the OS random source is available");
     n
+}
+
+/// Why a handshake did not end in a welcome.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The connection failed or closed midway.
+    #[error("{0}")]
+    Io(String),
+    /// The peer sent bytes that are not this protocol.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The peer sent a frame out of turn.
+    #[error("a frame out of turn in the handshake")]
+    OutOfTurn,
+    /// The peer's member record is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The peer refused, and why.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The acceptor could not prove it knows the cluster secret (seen by the dialer).
+    #[error("the peer could not prove it knows the cluster secret (a different --cluster-secret?)")]
+    AcceptorProof,
+    /// The dialer's proof does not match (seen by the acceptor).
+    #[error(
+        "its proof does not match this node's cluster secret: give every node the same --cluster-secret"
+    )]
+    DialerProof,
+    /// This node's own instance ended: the peer said so.
+    #[error("this node's instance ended: {}", .0.how.as_str())]
+    Ended(Ended),
+    /// The peer's instance ended (it was told so).
+    #[error("{} answers with an instance that ended ({:016x}); it was told so", .0.id, .0.instance)]
+    PeerEnded(Ended),
+}
+
+impl HandshakeError {
+    /// The reason label of a refused inbound handshake (`dynamokv_peer_handshakes_refused_total`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::DialerProof | HandshakeError::AcceptorProof => "proof",
+            HandshakeError::PeerEnded(_) | HandshakeError::Ended(_) => "ended",
+            _ => "protocol",
+        }
+    }
+}
+
+async fn send(framed: &mut PeerConn, frame: Bytes) -> Result<(), HandshakeError> {
+    framed
+        .send(frame)
+        .await
+        .map_err(|e| HandshakeError::Io(format!("handshake send failed: {e}")))
+}
+
+async fn receive(framed: &mut PeerConn) -> Result<Frame, HandshakeError> {
+    match framed.next().await {
+        Some(Ok(bytes)) => Ok(decode_frame(&bytes)?),
+        Some(Err(e)) => Err(HandshakeError::Io(format!("handshake read failed: {e}"))),
+        None => Err(HandshakeError::Io(
+            "the peer closed the connection during the handshake".to_owned(),
+        )),
+    }
+}
+
+/// The dialer's side, over a connection to an acceptor: `mine` is this node's record, `ending`
+/// says whether an instance ended. Returns the acceptor's record once welcomed.
+pub async fn dial(
+    framed: &mut PeerConn,
+    key: &PeerKey,
+    mine: &Member,
+    ending: impl Fn(&Member) -> Option<Ended>,
+) -> Result<Member, HandshakeError> {
+    let my_nonce = nonce();
+    let hello = Hello {
+        nonce: my_nonce,
+        member: mine.clone(),
+    };
+    send(framed, encode_hello(&hello)).await?;
+    let (their_nonce, theirs, proof) = match receive(framed).await? {
+        Frame::Challenge {
+            nonce,
+            member,
+            proof,
+        } => (nonce, member, proof),
+        Frame::Refused(why) => return Err(HandshakeError::Refused(why)),
+        _ => return Err(HandshakeError::OutOfTurn),
+    };
+    if !key.verify(
+        &proof,
+        Role::Acceptor,
+        &my_nonce,
+        &their_nonce,
+        mine,
+        &theirs,
+    ) {
+        let why = "your proof does not match this node's cluster secret";
+        let _ = send(framed, encode_frame(&Frame::Refused(why.into()))).await;
+        return Err(HandshakeError::AcceptorProof);
+    }
+    theirs.validate().map_err(HandshakeError::Invalid)?;
+    let their_end = ending(&theirs);
+    let proof = key.proof(Role::Dialer, &my_nonce, &their_nonce, mine, &theirs);
+    send(framed, encode_frame(&Frame::Proof(proof))).await?;
+    match receive(framed).await? {
+        // An instance that ended is told so, once it has checked this node's proof.
+        Frame::Welcome => match their_end {
+            Some(e) => {
+                let _ = send(framed, encode_frame(&Frame::Ended(e.clone()))).await;
+                Err(HandshakeError::PeerEnded(e))
+            }
+            None => Ok(theirs),
+        },
+        Frame::Ended(e) if e.id == mine.id && e.instance == mine.instance => {
+            Err(HandshakeError::Ended(e))
+        }
+        Frame::Refused(why) => Err(HandshakeError::Refused(why)),
+        _ => Err(HandshakeError::OutOfTurn),
+    }
+}
+
+/// The acceptor's side, up to the welcome: the dialer's record; or, once both proofs were
+/// checked, [`HandshakeError::PeerEnded`] for an instance that ended (the caller tells it);
+/// or why it is refused (the caller tells it too).
+pub async fn accept(
+    framed: &mut PeerConn,
+    key: &PeerKey,
+    mine: &Member,
+    ending: impl Fn(&Member) -> Option<Ended>,
+) -> Result<Member, HandshakeError> {
+    let first = match framed.next().await {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(e)) => return Err(HandshakeError::Io(format!("bad frame in handshake: {e}"))),
+        None => {
+            return Err(HandshakeError::Io("closed during the handshake".to_owned()));
+        }
+    };
+    let hello = decode_hello(&first)?;
+    hello.member.validate().map_err(HandshakeError::Invalid)?;
+    let my_nonce = nonce();
+    let proof = key.proof(Role::Acceptor, &hello.nonce, &my_nonce, &hello.member, mine);
+    let challenge = Frame::Challenge {
+        nonce: my_nonce,
+        member: mine.clone(),
+        proof,
+    };
+    send(framed, encode_frame(&challenge)).await?;
+    match receive(framed).await? {
+        Frame::Proof(p)
+            if key.verify(
+                &p,
+                Role::Dialer,
+                &hello.nonce,
+                &my_nonce,
+                &hello.member,
+                mine,
+            ) =>
+        {
+            if let Some(ended) = ending(&hello.member) {
+                return Err(HandshakeError::PeerEnded(ended));
+            }
+            send(framed, encode_frame(&Frame::Welcome)).await?;
+            Ok(hello.member)
+        }
+        Frame::Proof(_) => Err(HandshakeError::DialerProof),
+        Frame::Refused(why) => Err(HandshakeError::Refused(format!(
+            "the dialer gave up: {why}"
+        ))),
+        _ => Err(HandshakeError::OutOfTurn),
+    }
 }
 
 #[cfg(test)]
