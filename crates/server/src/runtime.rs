@@ -125,23 +125,234 @@ impl NodeHandle {
     }
 }
 
+/// What the node thread watches between bursts, to log what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Watched {
+    ring_version: u64,
+    members_epoch: u64,
+    conflicts: u64,
+    storage_errors: u64,
+    ended: bool,
+}
+
+impl Watched {
+    fn of(node: &CoreNode) -> Watched {
+        Watched {
+            ring_version: node.ring().version(),
+            members_epoch: node.members_epoch(),
+            conflicts: node.identity_conflicts().0,
+            storage_errors: node.storage_errors().count,
+            ended: node.ended().is_some(),
+        }
+    }
+}
+
+/// The node thread: the node, the clients waiting for answers, and what it logs changes of.
+struct NodeThread {
+    node: CoreNode,
+    transport: Transport,
+    engine: Arc<dyn Engine>,
+    history: History,
+    clients: BTreeMap<ClientId, oneshot::Sender<Answer>>,
+    next_client: ClientId,
+    watched: Watched,
+    next_tick: u64,
+}
+
+impl NodeThread {
+    /// Handles one event; returns false on [`Event::Stop`].
+    fn handle(&mut self, now: Now, event: Event) -> bool {
+        let node = &mut self.node;
+        match event {
+            Event::Client { request, reply } => {
+                let id = self.next_client;
+                self.next_client += 1;
+                self.clients.insert(id, reply);
+                node.request(now, id, request);
+            }
+            Event::Transport(PeerEvent::Message {
+                from,
+                instance,
+                message,
+            }) => match node.admits(&from, instance) {
+                Admission::Admitted => node.step(now, &from, message),
+                // Nothing from an instance that ended, or that is not the member's current
+                // one (the transport closes such connections).
+                Admission::Ended(_) => {
+                    metrics::counter!("dynamokv_peer_messages_refused_total", "reason" => "ended")
+                        .increment(1)
+                }
+                Admission::NotCurrent => {
+                    metrics::counter!("dynamokv_peer_messages_refused_total", "reason" => "not_current")
+                        .increment(1)
+                }
+            },
+            Event::Transport(PeerEvent::Ended(e)) => node.on_ended(e),
+            Event::Transport(PeerEvent::Learn(member)) => {
+                node.learn(&[member]);
+            }
+            Event::Transport(PeerEvent::Seed(member)) => {
+                let id = member.id.clone();
+                node.learn(&[member]);
+                node.add_seed(&id);
+            }
+            Event::Transport(PeerEvent::Up(id)) => node.peer_up(&id),
+            Event::Transport(PeerEvent::Down(id)) => node.peer_down(now, &id),
+            Event::Query(f) => f(node),
+            Event::Command(f) => f(node),
+            Event::Stop => return false,
+        }
+        true
+    }
+
+    /// Time passed, unless a full burst is still being worked off: while events are still
+    /// queued, timers wait for them, up to [`TICK_DEFER_MS`]; after a stall, the answers
+    /// already queued count before a deadline expires the request they answer.
+    fn tick(&mut self, now: Now, backlogged: bool) {
+        if now.mono >= self.next_tick && (!backlogged || now.mono >= self.next_tick + TICK_DEFER_MS)
+        {
+            self.node.tick(now);
+            self.next_tick = now.mono + TICK.as_millis() as u64;
+        }
+    }
+
+    /// Logs what changed in the burst (refused impostors, storage errors, this node's end, the
+    /// ring) and follows membership changes in the transport.
+    fn follow_changes(&mut self) {
+        let (node, was) = (&self.node, self.watched);
+        let now = Watched::of(node);
+        if now.conflicts != was.conflicts
+            && let Some(m) = node.identity_conflicts().1
+        {
+            tracing::error!(
+                id = %m.id, peer_addr = %m.peer_addr, http_addr = %m.http_addr,
+                instance = format!("{:016x}", m.instance),
+                "refused a second live process claiming node id {}: the id belongs to the node already up; stop the other process or give it its own --node-id",
+                m.id
+            );
+        }
+        if now.storage_errors != was.storage_errors {
+            tracing::warn!(
+                errors = now.storage_errors - was.storage_errors,
+                last = node.storage_errors().last.as_deref().unwrap_or(""),
+                "background work met storage errors (retried later; see dynamokv_background_storage_errors_total)"
+            );
+        }
+        if !was.ended
+            && let Some(e) = node.ended()
+        {
+            log_ended(e);
+        }
+        if now.members_epoch != was.members_epoch {
+            if now.ring_version != was.ring_version {
+                tracing::info!(
+                    version = %format!("{:016x}", now.ring_version),
+                    members = node.members().len(),
+                    "ring changed"
+                );
+            }
+            self.transport.sync_peers(node.view());
+        }
+        self.watched = now;
+    }
+
+    /// Keeps the burst's membership changes with its writes and commits them all: everything
+    /// the burst wrote reaches the operating system (or the disk, under `--sync always`) before
+    /// any of it is acknowledged, and a change of this node's own record (a new epoch, status
+    /// or tokens) or any ending reaches the disk before any peer hears of it.
+    fn commit(&mut self, outputs: &[Output]) -> Result<(), dynamokv_storage::StorageError> {
+        let mut sync_membership = false;
+        for out in outputs {
+            let kept = match out {
+                Output::Persist(member) => {
+                    sync_membership |= member.id == self.node.me().id;
+                    self.history.append(self.engine.as_ref(), member)
+                }
+                Output::PersistEnded(e) => {
+                    sync_membership = true;
+                    self.history.append_ended(self.engine.as_ref(), e)
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = kept {
+                tracing::error!(error = %e, "cannot persist a membership change");
+            }
+        }
+        let mut committed = self.engine.commit_group();
+        if committed.is_ok() && sync_membership {
+            committed = self.engine.flush();
+        }
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "storage commit failed; answering this burst's requests with errors");
+        }
+        committed
+    }
+
+    /// Carries the burst's outputs out: messages (only once committed) and answers (a storage
+    /// error when the commit failed).
+    fn deliver(&mut self, outputs: Vec<Output>, committed: &Result<(), impl std::fmt::Display>) {
+        let ring_version = self.node.ring().version();
+        for out in outputs {
+            match out {
+                Output::Send { to, message } => {
+                    if committed.is_ok() {
+                        self.transport.send(&to, message)
+                    }
+                }
+                Output::Persist(_) | Output::PersistEnded(_) => {}
+                Output::Respond { client, response } => {
+                    if let Some(tx) = self.clients.remove(&client) {
+                        let response = match committed {
+                            Ok(()) => response,
+                            Err(e) => Err(OpError::Storage {
+                                node: self.node.me().id.clone(),
+                                message: e.to_string(),
+                            }),
+                        };
+                        let _ = tx.send((response, ring_version));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Logs this node's end: at WARN for a clean leave, at ERROR otherwise.
+fn log_ended(e: &dynamokv_core::membership::Ended) {
+    let instance = format!("{:016x}", e.instance);
+    if e.how == dynamokv_core::membership::Ending::Left {
+        tracing::warn!(
+            node = %e.id, %instance, "this node has left the cluster and serves nothing now; stop it ({})",
+            e.explain()
+        );
+    } else {
+        tracing::error!(
+            node = %e.id, %instance, how = e.how.as_str(), by = %e.by,
+            "this node no longer serves: {}", e.explain()
+        );
+    }
+}
+
 /// Runs the node until [`Event::Stop`] or until every sender is gone, appending membership
 /// changes to `history` in `engine`.
 pub fn run_node(
-    mut node: CoreNode,
+    node: CoreNode,
     events: Receiver<Event>,
     transport: Transport,
     engine: Arc<dyn Engine>,
-    mut history: History,
+    history: History,
 ) {
-    let mut clients: BTreeMap<ClientId, oneshot::Sender<Answer>> = BTreeMap::new();
-    let mut next_client: ClientId = 1;
-    let mut ring_version = node.ring().version();
-    let mut members_epoch = node.members_epoch();
-    let mut conflicts = node.identity_conflicts().0;
-    let mut storage_errors = node.storage_errors().count;
-    let mut ended = node.ended().is_some();
     transport.sync_peers(node.view());
+    let mut t = NodeThread {
+        watched: Watched::of(&node),
+        node,
+        transport,
+        engine,
+        history,
+        clients: BTreeMap::new(),
+        next_client: 1,
+        next_tick: 0,
+    };
     // The monotonic clock: milliseconds since the thread started (plus one, so no timer
     // starts at zero). The wall clock goes only into version timestamps.
     let started = Instant::now();
@@ -149,11 +360,10 @@ pub fn run_node(
         mono: started.elapsed().as_millis() as u64 + 1,
         wall: now_ms(),
     };
-    let mut next_tick = 0;
-    engine.set_group_commit(true);
-    let mut stop = false;
-    while !stop {
-        let first = match events.recv_timeout(TICK) {
+    t.engine.set_group_commit(true);
+    let mut running = true;
+    while running {
+        let mut next = match events.recv_timeout(TICK) {
             Ok(e) => Some(e),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
@@ -162,142 +372,18 @@ pub fn run_node(
         let burst_started = Instant::now();
         // A burst: every event already queued (up to BURST), then one storage commit and one
         // pass over the outputs, instead of one of each per event.
-        let mut next = first;
         let mut handled = 0;
         while let Some(event) = next.take() {
             handled += 1;
-            match event {
-                Event::Client { request, reply } => {
-                    let id = next_client;
-                    next_client += 1;
-                    clients.insert(id, reply);
-                    node.request(now, id, request);
-                }
-                Event::Transport(PeerEvent::Message {
-                    from,
-                    instance,
-                    message,
-                }) => match node.admits(&from, instance) {
-                    Admission::Admitted => node.step(now, &from, message),
-                    // Nothing from an instance that ended, or that is not the member's
-                    // current one (the transport closes such connections).
-                    Admission::Ended(_) => {
-                        metrics::counter!("dynamokv_peer_messages_refused_total", "reason" => "ended")
-                            .increment(1)
-                    }
-                    Admission::NotCurrent => {
-                        metrics::counter!("dynamokv_peer_messages_refused_total", "reason" => "not_current")
-                            .increment(1)
-                    }
-                },
-                Event::Transport(PeerEvent::Ended(e)) => node.on_ended(e),
-                Event::Transport(PeerEvent::Learn(member)) => {
-                    node.learn(&[member]);
-                }
-                Event::Transport(PeerEvent::Seed(member)) => {
-                    let id = member.id.clone();
-                    node.learn(&[member]);
-                    node.add_seed(&id);
-                }
-                Event::Transport(PeerEvent::Up(id)) => node.peer_up(&id),
-                Event::Transport(PeerEvent::Down(id)) => node.peer_down(now, &id),
-                Event::Query(f) => f(&node),
-                Event::Command(f) => f(&mut node),
-                Event::Stop => {
-                    stop = true;
-                    break;
-                }
-            }
-            if handled < BURST {
+            running = t.handle(now, event);
+            if running && handled < BURST {
                 next = events.try_recv().ok();
             }
         }
-        // While events are still queued (a full burst), timers wait for them, up to
-        // TICK_DEFER: after a stall, the answers already queued count before a deadline expires
-        // the request they answer.
-        let backlogged = handled >= BURST;
-        if now.mono >= next_tick && (!backlogged || now.mono >= next_tick + TICK_DEFER_MS) {
-            node.tick(now);
-            next_tick = now.mono + TICK.as_millis() as u64;
-        }
-        if node.identity_conflicts().0 != conflicts {
-            let (count, last) = node.identity_conflicts();
-            conflicts = count;
-            if let Some(m) = last {
-                tracing::error!(
-                    id = %m.id, peer_addr = %m.peer_addr, http_addr = %m.http_addr,
-                    instance = format!("{:016x}", m.instance),
-                    "refused a second live process claiming node id {}: the id belongs to the node already up; stop the other process or give it its own --node-id",
-                    m.id
-                );
-            }
-        }
-        if node.storage_errors().count != storage_errors {
-            let errors = node.storage_errors();
-            tracing::warn!(
-                errors = errors.count - storage_errors,
-                last = errors.last.as_deref().unwrap_or(""),
-                "background work met storage errors (retried later; see dynamokv_background_storage_errors_total)"
-            );
-            storage_errors = errors.count;
-        }
-        if !ended && let Some(e) = node.ended() {
-            ended = true;
-            let instance = format!("{:016x}", e.instance);
-            if e.how == dynamokv_core::membership::Ending::Left {
-                tracing::warn!(
-                    node = %e.id, %instance, "this node has left the cluster and serves nothing now; stop it ({})",
-                    e.explain()
-                );
-            } else {
-                tracing::error!(
-                    node = %e.id, %instance, how = e.how.as_str(), by = %e.by,
-                    "this node no longer serves: {}", e.explain()
-                );
-            }
-        }
-        if node.members_epoch() != members_epoch {
-            members_epoch = node.members_epoch();
-            if node.ring().version() != ring_version {
-                ring_version = node.ring().version();
-                tracing::info!(
-                    version = %format!("{ring_version:016x}"),
-                    members = node.members().len(),
-                    "ring changed"
-                );
-            }
-            transport.sync_peers(node.view());
-        }
-        // Membership changes are kept with the burst's writes; a change of this node's own
-        // record (a new epoch, status or tokens) and any ending are made durable before any
-        // peer hears of them.
-        let outputs = node.drain();
-        let mut sync_membership = false;
-        for out in &outputs {
-            let kept = match out {
-                Output::Persist(member) => {
-                    sync_membership |= member.id == node.me().id;
-                    history.append(engine.as_ref(), member)
-                }
-                Output::PersistEnded(e) => {
-                    sync_membership = true;
-                    history.append_ended(engine.as_ref(), e)
-                }
-                _ => Ok(()),
-            };
-            if let Err(e) = kept {
-                tracing::error!(error = %e, "cannot persist a membership change");
-            }
-        }
-        // Everything the burst wrote reaches the operating system (or the disk, under
-        // `--sync always`) before any of it is acknowledged.
-        let mut committed = engine.commit_group();
-        if committed.is_ok() && sync_membership {
-            committed = engine.flush();
-        }
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, "storage commit failed; answering this burst's requests with errors");
-        }
+        t.tick(now, handled >= BURST);
+        t.follow_changes();
+        let outputs = t.node.drain();
+        let committed = t.commit(&outputs);
         let busy = burst_started.elapsed();
         if busy >= SLOW_BURST {
             // Every request of this node waited this long; the usual cause is the storage
@@ -309,33 +395,12 @@ pub fn run_node(
                 busy.as_millis()
             );
         }
-        for out in outputs {
-            match out {
-                Output::Send { to, message } => {
-                    if committed.is_ok() {
-                        transport.send(&to, message)
-                    }
-                }
-                Output::Persist(_) | Output::PersistEnded(_) => {}
-                Output::Respond { client, response } => {
-                    if let Some(tx) = clients.remove(&client) {
-                        let response = match &committed {
-                            Ok(()) => response,
-                            Err(e) => Err(OpError::Storage {
-                                node: node.me().id.clone(),
-                                message: e.to_string(),
-                            }),
-                        };
-                        let _ = tx.send((response, ring_version));
-                    }
-                }
-            }
-        }
+        t.deliver(outputs, &committed);
     }
-    engine.set_group_commit(false);
+    t.engine.set_group_commit(false);
     // The next run of the same actor must not issue these counters again.
     if let Err(e) =
-        crate::identity::Identity::save_counter_floor(engine.as_ref(), node.counter_floor())
+        crate::identity::Identity::save_counter_floor(t.engine.as_ref(), t.node.counter_floor())
     {
         tracing::error!(error = %e, "cannot keep the version counter floor");
     }

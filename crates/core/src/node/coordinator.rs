@@ -19,7 +19,7 @@ use crate::message::{ClientRequest, KvMessage, OpError, QuorumKind, Reply, Reque
 use crate::preference::PreferenceList;
 use crate::quorum::{Reachability, Tally, Verdict};
 use crate::store::LocalStore;
-use crate::version::{ActorId, Dot, Object};
+use crate::version::{ActorId, Dot, Object, VersionVector};
 use std::collections::BTreeMap;
 
 /// What each target returned to a read.
@@ -176,6 +176,39 @@ fn merge_all<'a>(objects: impl Iterator<Item = &'a Option<Object>>) -> Object {
     objects.flatten().fold(Object::new(), |acc, o| acc.merge(o))
 }
 
+/// The tally of `request` over `pref` (R or W, and PR or PW, checked against the settings and
+/// the replicas the ring offers), or why it cannot start: a bad quorum, or too few replicas
+/// reachable.
+fn admit(
+    config: &NodeConfig,
+    request: &ClientRequest,
+    pref: &PreferenceList,
+) -> Result<Tally, OpError> {
+    let kind = kind_of(request);
+    let (name, pname, asked_q, asked_p, default) = match request {
+        ClientRequest::Get { r, pr, .. } => ("r", "pr", *r, *pr, config.r),
+        ClientRequest::Put { w, pw, .. } => ("w", "pw", *w, *pw, config.w),
+    };
+    let replicas = pref.primaries.len();
+    let needed = quorum(config.n, name, asked_q, default, replicas)?;
+    let primary_needed = match asked_p {
+        None | Some(0) => 0,
+        Some(v) => quorum(config.n, pname, Some(v), 0, replicas)?,
+    };
+    let up_primaries = pref.up_primaries();
+    if pref.targets.len() < needed || up_primaries < primary_needed {
+        let reach = Reachability {
+            asked: pref.primaries.clone(),
+            failed: pref.down_primaries(),
+            reachable: pref.targets.len(),
+            primaries_reachable: up_primaries,
+        };
+        return Err(reach.unavailable(kind, needed, primary_needed));
+    }
+    let asked: Vec<String> = pref.targets.iter().map(|t| t.node.clone()).collect();
+    Ok(Tally::new(asked, needed).with_primaries(pref.primaries.iter().cloned(), primary_needed))
+}
+
 impl Coordinator {
     /// Numbers this run's operations from `first` on (see [`super::Node::new`]).
     pub fn start_ids_at(&mut self, first: RequestId) {
@@ -192,38 +225,10 @@ impl Coordinator {
         pref: PreferenceList,
         out: &mut Outbox,
     ) {
-        let config = local.config;
-        let deadline = now.mono + config.request_timeout_ms;
-        let kind = kind_of(&request);
-        let (name, pname, asked_q, asked_p, default) = match &request {
-            ClientRequest::Get { r, pr, .. } => ("r", "pr", *r, *pr, config.r),
-            ClientRequest::Put { w, pw, .. } => ("w", "pw", *w, *pw, config.w),
-        };
-        let replicas = pref.primaries.len();
-        let needed = match quorum(config.n, name, asked_q, default, replicas) {
-            Ok(n) => n,
+        let mut tally = match admit(local.config, &request, &pref) {
+            Ok(tally) => tally,
             Err(e) => return out.respond(origin, Err(e)),
         };
-        let primary_needed = match asked_p {
-            None | Some(0) => 0,
-            Some(v) => match quorum(config.n, pname, Some(v), 0, replicas) {
-                Ok(n) => n,
-                Err(e) => return out.respond(origin, Err(e)),
-            },
-        };
-        let up_primaries = pref.up_primaries();
-        if pref.targets.len() < needed || up_primaries < primary_needed {
-            let reach = Reachability {
-                asked: pref.primaries.clone(),
-                failed: pref.down_primaries(),
-                reachable: pref.targets.len(),
-                primaries_reachable: up_primaries,
-            };
-            return out.respond(origin, Err(reach.unavailable(kind, needed, primary_needed)));
-        }
-        let asked: Vec<String> = pref.targets.iter().map(|t| t.node.clone()).collect();
-        let mut tally = Tally::new(asked, needed)
-            .with_primaries(pref.primaries.iter().cloned(), primary_needed);
         self.next_id += 1;
         let id = self.next_id;
         let (request, then_delete) = match request {
@@ -237,11 +242,10 @@ impl Coordinator {
                 pw,
                 ..
             } => {
-                let read_quorum = usize::from(config.r).min(replicas).max(1);
-                tally = Tally::new(
-                    pref.targets.iter().map(|t| t.node.clone()).collect(),
-                    read_quorum,
-                );
+                let replicas = pref.primaries.len();
+                let read_quorum = usize::from(local.config.r).min(replicas).max(1);
+                let targets = pref.targets.iter().map(|t| t.node.clone()).collect();
+                tally = Tally::new(targets, read_quorum);
                 let then = DeleteAfter {
                     now,
                     w,
@@ -260,36 +264,7 @@ impl Coordinator {
         let kind = match request {
             ClientRequest::Get { key, .. } => {
                 self.reads += 1;
-                let mut replies = BTreeMap::new();
-                for t in &pref.targets {
-                    if t.node == local.id && local.rebuilding {
-                        tally.fail(&t.node);
-                    } else if t.node == local.id {
-                        match local_read(local.store, &key) {
-                            Ok(obj) => {
-                                tally.succeed(&t.node);
-                                replies.insert(t.node.clone(), obj);
-                            }
-                            Err(_) => {
-                                tally.fail(&t.node);
-                            }
-                        }
-                    } else {
-                        out.send(
-                            &t.node,
-                            KvMessage::Read {
-                                id,
-                                key: key.clone(),
-                            },
-                        );
-                    }
-                }
-                Kind::Read {
-                    key,
-                    replies,
-                    primaries: pref.primaries,
-                    then_delete,
-                }
+                self.start_read(local, id, key, pref, then_delete, &mut tally, out)
             }
             ClientRequest::Put {
                 key,
@@ -299,81 +274,12 @@ impl Coordinator {
                 ..
             } => {
                 self.writes += 1;
-                let actor = local.actor;
-                let next_counter = self.counter_floor + 1;
-                let mut value = Some(value);
-                let mut refused = None;
-                let stamped = local.store.modify(&key, &mut |current| {
-                    let mut ctx = context.clone().unwrap_or_default();
-                    if overwrite {
-                        // Over everything this coordinator holds (RESP `SET`); versions it has
-                        // not seen yet still become siblings.
-                        ctx.merge(current.clock());
-                    }
-                    // A key this node holds no entry of its own for (never written here, or its
-                    // tombstone collected while some replica may still hold it) continues from
-                    // the highest counter this actor ever issued, so no dot is issued twice.
-                    let floor = match current.clock().get(actor).or(ctx.get(actor)) {
-                        Some(_) => 0,
-                        None => next_counter,
-                    };
-                    // The wall clock: only for the timestamp the version carries.
-                    let candidate =
-                        current.update_from(actor, &ctx, value.take().flatten(), now.wall, floor);
-                    refused = over_limits(config, &key, &current, &candidate);
-                    if refused.is_some() {
-                        return current;
-                    }
-                    candidate
-                });
-                let object = match (stamped, refused) {
-                    (_, Some(e)) => {
-                        self.refused_writes += 1;
-                        return out.respond(origin, Err(e));
-                    }
-                    (Ok(o), None) => o,
-                    (Err(e), None) => {
-                        let node = local.id.to_owned();
-                        return out.respond(origin, Err(OpError::Storage { node, message: e.0 }));
-                    }
+                let object = match self.stamp(local, now, &key, value, context, overwrite) {
+                    Ok(object) => object,
+                    Err(e) => return out.respond(origin, Err(e)),
                 };
-                self.counter_floor = self.counter_floor.max(object.clock().counter(actor));
-                if object.siblings().len() >= SIBLING_WARNING {
-                    self.sibling_warnings += 1;
-                }
                 tally.succeed(local.id);
-                if pref.sloppy() {
-                    self.sloppy_writes += 1;
-                }
-                for t in pref.targets.iter().filter(|t| t.node != local.id) {
-                    out.send(
-                        &t.node,
-                        KvMessage::Replicate {
-                            id,
-                            key: key.clone(),
-                            object: object.clone(),
-                            hint: t.hint().map(str::to_owned),
-                        },
-                    );
-                }
-                // Nodes joining (or taking over from a leaving node) get every write of the
-                // ranges they will own; their answers do not count toward W.
-                for p in pref.pending.iter().filter(|p| *p != local.id) {
-                    out.send(
-                        p,
-                        KvMessage::Replicate {
-                            id,
-                            key: key.clone(),
-                            object: object.clone(),
-                            hint: None,
-                        },
-                    );
-                }
-                let dot = Dot {
-                    actor,
-                    counter: object.clock().counter(actor),
-                };
-                Kind::Write { object, dot }
+                self.start_write(local, id, key, object, &pref, out)
             }
         };
         self.ops.insert(
@@ -381,12 +287,159 @@ impl Coordinator {
             Operation {
                 origin: Some(origin),
                 tally,
-                deadline,
+                deadline: now.mono + local.config.request_timeout_ms,
                 started: now.mono,
                 kind,
             },
         );
         self.check(local, id, now.mono, out);
+    }
+
+    /// A read of `key` (operation `id`): this node's copy at once (unless it is rebuilding lost
+    /// data), a `Read` to every other target.
+    #[allow(clippy::too_many_arguments)] // the operation's parts, and the context
+    fn start_read<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        id: RequestId,
+        key: Vec<u8>,
+        pref: PreferenceList,
+        then_delete: Option<DeleteAfter>,
+        tally: &mut Tally,
+        out: &mut Outbox,
+    ) -> Kind {
+        let mut replies = BTreeMap::new();
+        for t in &pref.targets {
+            if t.node == local.id && local.rebuilding {
+                tally.fail(&t.node);
+            } else if t.node == local.id {
+                match local_read(local.store, &key) {
+                    Ok(obj) => {
+                        tally.succeed(&t.node);
+                        replies.insert(t.node.clone(), obj);
+                    }
+                    Err(_) => {
+                        tally.fail(&t.node);
+                    }
+                }
+            } else {
+                out.send(
+                    &t.node,
+                    KvMessage::Read {
+                        id,
+                        key: key.clone(),
+                    },
+                );
+            }
+        }
+        Kind::Read {
+            key,
+            replies,
+            primaries: pref.primaries,
+            then_delete,
+        }
+    }
+
+    /// Stamps the new version of `key` against this node's copy and stores it: the write of a
+    /// put (`value`, or a tombstone) with `context` - over everything this coordinator holds
+    /// when `overwrite`. Refused, and nothing stored, past the object or sibling limits.
+    fn stamp<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        now: Now,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: Option<VersionVector>,
+        overwrite: bool,
+    ) -> Result<Object, OpError> {
+        let (actor, config) = (local.actor, local.config);
+        let next_counter = self.counter_floor + 1;
+        let mut value = Some(value);
+        let mut refused = None;
+        let stamped = local.store.modify(key, &mut |current| {
+            let mut ctx = context.clone().unwrap_or_default();
+            if overwrite {
+                // Over everything this coordinator holds (RESP `SET`); versions it has not seen
+                // yet still become siblings.
+                ctx.merge(current.clock());
+            }
+            // A key this node holds no entry of its own for (never written here, or its
+            // tombstone collected while some replica may still hold it) continues from the
+            // highest counter this actor ever issued, so no dot is issued twice.
+            let floor = match current.clock().get(actor).or(ctx.get(actor)) {
+                Some(_) => 0,
+                None => next_counter,
+            };
+            // The wall clock: only for the timestamp the version carries.
+            let candidate =
+                current.update_from(actor, &ctx, value.take().flatten(), now.wall, floor);
+            refused = over_limits(config, key, &current, &candidate);
+            if refused.is_some() {
+                return current;
+            }
+            candidate
+        });
+        let object = match (stamped, refused) {
+            (_, Some(e)) => {
+                self.refused_writes += 1;
+                return Err(e);
+            }
+            (Ok(o), None) => o,
+            (Err(e), None) => {
+                let node = local.id.to_owned();
+                return Err(OpError::Storage { node, message: e.0 });
+            }
+        };
+        self.counter_floor = self.counter_floor.max(object.clock().counter(actor));
+        if object.siblings().len() >= SIBLING_WARNING {
+            self.sibling_warnings += 1;
+        }
+        Ok(object)
+    }
+
+    /// The write of operation `id`, stored here: a `Replicate` to every other target (with a
+    /// hint naming the owner a fallback stands in for), and to the pending replicas.
+    fn start_write<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        id: RequestId,
+        key: Vec<u8>,
+        object: Object,
+        pref: &PreferenceList,
+        out: &mut Outbox,
+    ) -> Kind {
+        if pref.sloppy() {
+            self.sloppy_writes += 1;
+        }
+        for t in pref.targets.iter().filter(|t| t.node != local.id) {
+            out.send(
+                &t.node,
+                KvMessage::Replicate {
+                    id,
+                    key: key.clone(),
+                    object: object.clone(),
+                    hint: t.hint().map(str::to_owned),
+                },
+            );
+        }
+        // Nodes joining (or taking over from a leaving node) get every write of the ranges they
+        // will own; their answers do not count toward W.
+        for p in pref.pending.iter().filter(|p| *p != local.id) {
+            out.send(
+                p,
+                KvMessage::Replicate {
+                    id,
+                    key: key.clone(),
+                    object: object.clone(),
+                    hint: None,
+                },
+            );
+        }
+        let dot = Dot {
+            actor: local.actor,
+            counter: object.clock().counter(local.actor),
+        };
+        Kind::Write { object, dot }
     }
 
     /// Target `from` acknowledged (or refused) the write of operation `id`.
