@@ -133,26 +133,34 @@ pub fn allows(scopes: &[Scope], needed: Scope) -> bool {
     scopes.contains(&needed) || scopes.contains(&Scope::Admin)
 }
 
+/// A configured token that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Its secret is too short to resist guessing.
+    #[error("token {0:?} is shorter than 16 characters; use a long random token")]
+    TooShort(String),
+    /// It grants nothing.
+    #[error("token {0:?} has no scopes; give it some of read, write, admin")]
+    NoScopes(String),
+    /// Its name or its secret is configured twice.
+    #[error("token {0:?} is configured twice")]
+    Twice(String),
+}
+
 /// Checks the configured tokens: names unique, tokens at least 16 characters and unique, at
 /// least one scope each.
-pub fn validate(tokens: &[TokenConfig]) -> Result<(), String> {
+pub fn validate(tokens: &[TokenConfig]) -> Result<(), TokenError> {
     let mut names = std::collections::BTreeSet::new();
     let mut secrets = std::collections::BTreeSet::new();
     for t in tokens {
         if t.token.len() < 16 {
-            return Err(format!(
-                "token {:?} is shorter than 16 characters; use a long random token",
-                t.name
-            ));
+            return Err(TokenError::TooShort(t.name.clone()));
         }
         if t.scopes.is_empty() {
-            return Err(format!(
-                "token {:?} has no scopes; give it some of read, write, admin",
-                t.name
-            ));
+            return Err(TokenError::NoScopes(t.name.clone()));
         }
         if !names.insert(&t.name) || !secrets.insert(&t.token) {
-            return Err(format!("token {:?} is configured twice", t.name));
+            return Err(TokenError::Twice(t.name.clone()));
         }
     }
     Ok(())
@@ -206,9 +214,18 @@ mod tests {
             token: token.into(),
             scopes: vec![Scope::Read],
         };
-        assert!(validate(&[t("a", "short")]).is_err());
-        assert!(validate(&[t("a", &"x".repeat(16)), t("a", &"y".repeat(16))]).is_err());
-        assert!(validate(&[t("a", &"x".repeat(16)), t("b", &"x".repeat(16))]).is_err());
+        assert_eq!(
+            validate(&[t("a", "short")]),
+            Err(TokenError::TooShort("a".into()))
+        );
+        assert_eq!(
+            validate(&[t("a", &"x".repeat(16)), t("a", &"y".repeat(16))]),
+            Err(TokenError::Twice("a".into()))
+        );
+        assert_eq!(
+            validate(&[t("a", &"x".repeat(16)), t("b", &"x".repeat(16))]),
+            Err(TokenError::Twice("b".into()))
+        );
         assert!(validate(&[t("a", &"x".repeat(16)), t("b", &"y".repeat(16))]).is_ok());
     }
 }

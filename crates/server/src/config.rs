@@ -26,17 +26,20 @@ pub enum SyncMode {
 
 impl SyncMode {
     /// Parses the name a flag or file gives.
-    pub fn parse(s: &str) -> Result<SyncMode, String> {
+    pub fn parse(s: &str) -> Result<SyncMode, UnknownSyncMode> {
         match s {
             "always" => Ok(SyncMode::Always),
             "periodic" => Ok(SyncMode::Periodic),
             "never" => Ok(SyncMode::Never),
-            _ => Err(format!(
-                "unknown sync mode {s:?}: use always, periodic or never"
-            )),
+            _ => Err(UnknownSyncMode(s.to_owned())),
         }
     }
 }
+
+/// A sync mode name that is none of the three.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown sync mode {0:?}: use always, periodic or never")]
+pub struct UnknownSyncMode(pub String);
 
 impl std::fmt::Display for SyncMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -182,16 +185,33 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for [`Config`].
-    #[error("invalid config file {path}: {message}")]
+    #[error("invalid config file {path}: {source}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// What the parser said.
-        message: String,
+        /// What is wrong with its text.
+        source: TomlError,
     },
     /// A value is out of range.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A configured token cannot be used.
+    #[error("invalid configuration: {0}")]
+    Token(#[from] crate::auth::TokenError),
+    /// The TLS files cannot be used.
+    #[error("invalid configuration: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Why a config file's text is not a [`Config`].
+#[derive(Debug, thiserror::Error)]
+pub enum TomlError {
+    /// Not TOML, or a value of the wrong type.
+    #[error("{0}")]
+    Syntax(#[from] toml::de::Error),
+    /// A name that is no setting.
+    #[error("unknown field `{0}`")]
+    UnknownField(String),
 }
 
 impl Config {
@@ -201,25 +221,25 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message,
+            source,
         })
     }
 
     /// Parses TOML text; fields it leaves out keep their defaults, and an unknown field is an
     /// error (serde cannot refuse unknown fields next to a flattened struct, so the names are
     /// checked against those of the defaults).
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        let known = serde_json::to_value(Config::default()).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str) -> Result<Self, TomlError> {
+        let table: toml::Table = toml::from_str(text)?;
+        let known = serde_json::to_value(Config::default()).expect("settings serialize");
         if let Some(unknown) = table
             .keys()
             .find(|k| known.as_object().is_some_and(|o| !o.contains_key(*k)))
         {
-            return Err(format!("unknown field `{unknown}`"));
+            return Err(TomlError::UnknownField(unknown.clone()));
         }
-        toml::from_str(text).map_err(|e| e.to_string())
+        Ok(toml::from_str(text)?)
     }
 
     /// This configuration with the settings in `flags` that `given` says were given on the
@@ -260,7 +280,7 @@ impl Config {
 
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::auth::validate(&self.tokens).map_err(ConfigError::Invalid)?;
+        crate::auth::validate(&self.tokens)?;
         self.node.validate().map_err(ConfigError::Invalid)?;
         if self.http_max_connections == 0 || self.http_header_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
@@ -341,11 +361,10 @@ mod tests {
         assert_eq!(c.node.w, 3);
         assert_eq!(c.node.r, NodeConfig::default().r);
         assert_eq!(c.http, Config::default().http);
-        assert!(
-            Config::from_toml("bogus = 1")
-                .unwrap_err()
-                .contains("bogus")
-        );
+        assert!(matches!(
+            Config::from_toml("bogus = 1"),
+            Err(TomlError::UnknownField(f)) if f == "bogus"
+        ));
         assert!(Config::from_toml("sync = \"sometimes\"").is_err());
         assert!(Config::from_toml("node_id = \"a\"\ncluster_secret = \"s\"").is_ok());
     }

@@ -24,8 +24,7 @@ use axum::body::Bytes;
 use dynamokv_core::membership::{Ended, Member};
 use futures_util::{SinkExt as _, StreamExt as _};
 
-/// Length of a nonce and of a proof.
-pub const PROOF_LEN: usize = 32;
+pub use crate::transport::wire::PROOF_LEN;
 
 /// Which side made a proof: each proves something different, so one side's proof is never
 /// accepted as the other's.

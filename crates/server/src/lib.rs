@@ -226,6 +226,17 @@ fn announce(config: &Config, local: &LocalState, l: &Listeners, tls: bool) {
         data_dir = %config.data_dir.display(), actor = %local.identity.actor,
         seeds = ?config.seeds, "node started"
     );
+    if !config.tokens.is_empty() {
+        tracing::info!(
+            tokens = config.tokens.len(),
+            "client tokens configured: HTTP and RESP requests need one"
+        );
+    }
+    if config.enable_fault_injection {
+        tracing::warn!(
+            "fault injection is enabled: /admin/faults can drop and delay peer messages"
+        );
+    }
 }
 
 /// The RESP endpoint's shared state.
@@ -285,7 +296,7 @@ pub async fn run(
     config.validate()?;
     let tls = match &config.tls {
         None => None,
-        Some(files) => Some(tls::Tls::load(files).map_err(ConfigError::Invalid)?),
+        Some(files) => Some(tls::Tls::load(files).map_err(ConfigError::from)?),
     };
     let cfg = config.clone();
     let local = blocking("opening the data directory", move || LocalState::open(&cfg)).await?;
@@ -327,22 +338,11 @@ pub async fn run(
         }
     }
     let tokens = std::sync::Arc::new(auth::Tokens::new(&config.tokens));
-    if tokens.enabled() {
-        tracing::info!(
-            tokens = config.tokens.len(),
-            "client tokens configured: HTTP and RESP requests need one"
-        );
-    }
     let resp_server = resp.map(|(listener, addr)| {
         let state = resp_state(&config, &local, &handle, &tokens, addr);
         let limits = resp::codec::Limits::for_values(config.node.max_value_bytes);
         tokio::spawn(resp::serve(listener, state, limits, tls.clone()))
     });
-    if config.enable_fault_injection {
-        tracing::warn!(
-            "fault injection is enabled: /admin/faults can drop and delay peer messages"
-        );
-    }
     let state = app_state(&config, &local, &handle, &transport, &tokens, &tls);
     let limits = http::serve::HttpLimits {
         max_connections: config.http_max_connections,

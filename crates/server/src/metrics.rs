@@ -7,12 +7,17 @@
 //! versions per read, anti-entropy, transfers, peers) is read from the node thread at scrape time,
 //! together with the process's RSS and open files and the data directory's size.
 
-use crate::http::AppState;
 use dynamokv_core::message::{OpError, QuorumKind};
-use dynamokv_core::node::CoordinatorLatency;
 use dynamokv_core::node::info::{LATENCY_BUCKETS_MS, LATENCY_OPS, LATENCY_OUTCOMES};
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use dynamokv_core::node::rebalance::Transfer;
+use dynamokv_core::node::scheduler::SchedulerStats;
+use dynamokv_core::node::{AntiEntropyStats, CoordinatorLatency, NodeStats, RingInfo};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -44,148 +49,239 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
-fn describe() {
-    describe_histogram!(
+/// What kind of metric a described name is.
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric the node exports: name, kind, unit and help text.
+const DESCRIBED: &[(&str, Kind, Option<Unit>, &str)] = &[
+    (
         "dynamokv_request_duration_seconds",
-        metrics::Unit::Seconds,
-        "Client requests from arrival to answer, by protocol (http, resp), operation (get, put, delete) and outcome (ok, not_found, unavailable, error)"
-    );
-    describe_counter!(
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Client requests from arrival to answer, by protocol (http, resp), operation (get, put, delete) and outcome (ok, not_found, unavailable, error)",
+    ),
+    (
         "dynamokv_quorum_failures_total",
-        "Client requests that failed because too few replicas answered, by kind (read, write)"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Client requests that failed because too few replicas answered, by kind (read, write)",
+    ),
+    (
         "dynamokv_forwarded_total",
-        "Client requests forwarded to a coordinator"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Client requests forwarded to a coordinator",
+    ),
+    (
         "dynamokv_forward_retries_total",
-        "Forwards sent on to the next primary after the first stayed silent"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Forwards sent on to the next primary after the first stayed silent",
+    ),
+    (
         "dynamokv_coordinated_total",
-        "Requests coordinated here, by op (read, write)"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Requests coordinated here, by op (read, write)",
+    ),
+    (
         "dynamokv_read_repairs_total",
-        "Stale replicas sent a merged object after a read"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Stale replicas sent a merged object after a read",
+    ),
+    (
         "dynamokv_hints_stored_total",
-        "Writes stored here for a down owner, with a hint"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Writes stored here for a down owner, with a hint",
+    ),
+    (
         "dynamokv_hints_delivered_total",
-        "Hints handed back to their owners"
-    );
-    describe_gauge!("dynamokv_hints_pending", "Hints waiting here, by owner");
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Hints handed back to their owners",
+    ),
+    (
+        "dynamokv_hints_pending",
+        Kind::Gauge,
+        None,
+        "Hints waiting here, by owner",
+    ),
+    (
         "dynamokv_sloppy_writes_total",
-        "Writes that went to a fallback node"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Writes that went to a fallback node",
+    ),
+    (
         "dynamokv_reads_by_versions_total",
-        "Reads coordinated here by the number of live versions found (1, 2, 3, 4+): the paper's divergent-versions table"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Reads coordinated here by the number of live versions found (1, 2, 3, 4+): the paper's divergent-versions table",
+    ),
+    (
         "dynamokv_refused_writes_total",
-        "Writes refused by the object size or sibling limits"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Writes refused by the object size or sibling limits",
+    ),
+    (
         "dynamokv_rejected_messages_total",
-        "Peer messages refused as invalid"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Peer messages refused as invalid",
+    ),
+    (
         "dynamokv_anti_entropy_exchanges_total",
-        "Anti-entropy range comparisons"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Anti-entropy range comparisons",
+    ),
+    (
         "dynamokv_anti_entropy_keys_repaired_total",
-        "Keys repaired by anti-entropy"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Keys repaired by anti-entropy",
+    ),
+    (
         "dynamokv_anti_entropy_bytes_sent_total",
-        "Bytes of objects anti-entropy sent"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Bytes of objects anti-entropy sent",
+    ),
+    (
         "dynamokv_anti_entropy_failed_total",
-        "Anti-entropy exchanges that failed"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Anti-entropy exchanges that failed",
+    ),
+    (
         "dynamokv_background_storage_errors_total",
-        "Storage errors met by background work (hints, anti-entropy, collection, handover)"
-    );
-    describe_gauge!(
+        Kind::Counter,
+        None,
+        "Storage errors met by background work (hints, anti-entropy, collection, handover)",
+    ),
+    (
         "dynamokv_anti_entropy_rebuilding",
-        "1 while this node rebuilds lost data"
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        None,
+        "1 while this node rebuilds lost data",
+    ),
+    (
         "dynamokv_merkle_tree_keys",
-        "Keys covered by this node's Merkle trees"
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        None,
+        "Keys covered by this node's Merkle trees",
+    ),
+    (
         "dynamokv_transfer_ranges",
-        "Ranges of the membership change in progress"
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        None,
+        "Ranges of the membership change in progress",
+    ),
+    (
         "dynamokv_transfer_confirmed_ranges",
-        "Ranges of that change confirmed so far"
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        None,
+        "Ranges of that change confirmed so far",
+    ),
+    (
         "dynamokv_peer_up",
-        "1 when this node believes the peer is up, by peer"
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        None,
+        "1 when this node believes the peer is up, by peer",
+    ),
+    (
         "dynamokv_peer_connected",
-        "1 when the transport holds a connection to the peer"
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        None,
+        "1 when the transport holds a connection to the peer",
+    ),
+    (
         "dynamokv_peer_phi",
-        "The failure detector's suspicion of the peer (phi)"
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        None,
+        "The failure detector's suspicion of the peer (phi)",
+    ),
+    (
         "dynamokv_members",
-        "Members of the cluster as this node sees them, by status"
-    );
-    describe_counter!(
+        Kind::Gauge,
+        None,
+        "Members of the cluster as this node sees them, by status",
+    ),
+    (
         "dynamokv_http_connections_refused_total",
-        "HTTP connections refused with 503 because the node already served its maximum"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "HTTP connections refused with 503 because the node already served its maximum",
+    ),
+    (
         "dynamokv_peer_handshakes_refused_total",
-        "Inbound peer connections refused before or during the handshake, by reason: busy (too many handshaking), proof (wrong cluster secret or a replay), protocol (malformed, oversized, out of turn, another version), timeout"
-    );
-    describe_gauge!(
+        Kind::Counter,
+        None,
+        "Inbound peer connections refused before or during the handshake, by reason: busy (too many handshaking), proof (wrong cluster secret or a replay), protocol (malformed, oversized, out of turn, another version), timeout",
+    ),
+    (
         "dynamokv_background_share",
-        "Share of the background budget (hints, anti-entropy, transfers, tombstone collection) in use: 1 = all, less while foreground latency is above the target"
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        None,
+        "Share of the background budget (hints, anti-entropy, transfers, tombstone collection) in use: 1 = all, less while foreground latency is above the target",
+    ),
+    (
         "dynamokv_foreground_p99_seconds",
-        metrics::Unit::Seconds,
-        "p99 of the operations coordinated here in the last second (the scheduler's input; NaN when too few)"
-    );
-    describe_counter!(
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "p99 of the operations coordinated here in the last second (the scheduler's input; NaN when too few)",
+    ),
+    (
         "dynamokv_background_backoffs_total",
-        "Seconds in which background work backed off because foreground p99 was above the target"
-    );
-    describe_counter!(
+        Kind::Counter,
+        None,
+        "Seconds in which background work backed off because foreground p99 was above the target",
+    ),
+    (
         "dynamokv_background_items_total",
-        "Background items started (hints delivered, objects sent or asked for, collection steps)"
-    );
-    describe_gauge!(
+        Kind::Counter,
+        None,
+        "Background items started (hints delivered, objects sent or asked for, collection steps)",
+    ),
+    (
         "process_resident_memory_bytes",
-        metrics::Unit::Bytes,
-        "Resident memory of the node process"
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "Resident memory of the node process",
+    ),
+    (
         "process_open_fds",
-        "Open file descriptors of the node process"
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        None,
+        "Open file descriptors of the node process",
+    ),
+    (
         "dynamokv_data_dir_bytes",
-        metrics::Unit::Bytes,
-        "Size of the node's data directory"
-    );
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "Size of the node's data directory",
+    ),
+];
+
+fn describe() {
+    for (name, kind, unit, help) in DESCRIBED {
+        let (name, help) = (*name, *help);
+        match (kind, unit) {
+            (Kind::Counter, Some(u)) => describe_counter!(name, *u, help),
+            (Kind::Counter, None) => describe_counter!(name, help),
+            (Kind::Gauge, Some(u)) => describe_gauge!(name, *u, help),
+            (Kind::Gauge, None) => describe_gauge!(name, help),
+            (Kind::Histogram, Some(u)) => describe_histogram!(name, *u, help),
+            (Kind::Histogram, None) => describe_histogram!(name, help),
+        }
+    }
 }
 
 /// The outcome label of a failed operation.
@@ -238,7 +334,7 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
     total
 }
 
-fn process_gauges(data_dir: &std::path::Path) {
+fn process_gauges(data_dir: &Path) {
     if let Ok(status) = std::fs::read_to_string("/proc/self/status")
         && let Some(kib) = status
             .lines()
@@ -253,30 +349,38 @@ fn process_gauges(data_dir: &std::path::Path) {
     gauge!("dynamokv_data_dir_bytes").set(dir_bytes(data_dir) as f64);
 }
 
-/// The text of `GET /metrics`: the node's counters read now, then everything rendered.
-pub async fn render(s: &AppState) -> Result<String, crate::http::ApiError> {
-    let Some(handle) = s.metrics.clone() else {
-        return Err(crate::http::ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "metrics_unavailable",
-            "another metrics recorder was installed in this process; /metrics is off",
-        ));
-    };
-    let (stats, ae, transfer, info, sched, latency) = crate::http::query(s, |n| {
-        (
-            n.stats(),
-            n.anti_entropy_stats(),
-            n.transfer().clone(),
-            n.ring_info(),
-            n.scheduler_stats(),
-            n.coordinator_latency().clone(),
-        )
-    })
-    .await?;
-    let pending = crate::http::on_store(s, |store| store.hint_counts()).await?;
-    let data_dir = s.data_dir.clone();
-    let _ = tokio::task::spawn_blocking(move || process_gauges(&data_dir)).await;
+/// What one `GET /metrics` reads from the node thread and its store.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    /// The node's counters.
+    pub stats: NodeStats,
+    /// Anti-entropy's counters.
+    pub anti_entropy: AntiEntropyStats,
+    /// The membership change in progress.
+    pub transfer: Transfer,
+    /// The members as this node sees them.
+    pub ring: RingInfo,
+    /// The background scheduler's state.
+    pub scheduler: SchedulerStats,
+    /// Latencies of the operations coordinated here.
+    pub latency: CoordinatorLatency,
+    /// Hints waiting here, by owner.
+    pub hints_pending: BTreeMap<String, u64>,
+}
 
+/// The text of `GET /metrics`: `scrape` and the process's own gauges (read from `/proc` and
+/// `data_dir`; blocking) recorded, then everything rendered.
+pub fn render(handle: &PrometheusHandle, scrape: &Scrape, data_dir: &Path) -> String {
+    process_gauges(data_dir);
+    node_counters(&scrape.stats);
+    member_gauges(&scrape.ring, &scrape.hints_pending);
+    background_gauges(scrape);
+    let mut text = handle.render();
+    coordinator_histogram(&mut text, &scrape.latency);
+    text
+}
+
+fn node_counters(stats: &NodeStats) {
     counter!("dynamokv_forwarded_total").absolute(stats.forwarded);
     counter!("dynamokv_forward_retries_total").absolute(stats.forward_retries);
     counter!("dynamokv_coordinated_total", "op" => "read").absolute(stats.coordinated_reads);
@@ -290,6 +394,9 @@ pub async fn render(s: &AppState) -> Result<String, crate::http::ApiError> {
     for (label, n) in ["1", "2", "3", "4+"].iter().zip(stats.reads_by_versions) {
         counter!("dynamokv_reads_by_versions_total", "versions" => *label).absolute(n);
     }
+}
+
+fn member_gauges(info: &RingInfo, pending: &BTreeMap<String, u64>) {
     for m in &info.members {
         if m.member.id == info.node {
             continue;
@@ -311,7 +418,7 @@ pub async fn render(s: &AppState) -> Result<String, crate::http::ApiError> {
         gauge!("dynamokv_members", "status" => status).set(count as f64);
     }
     // Every member gets a value (0 once its hints are delivered), and any other owner too.
-    let mut owners: std::collections::BTreeMap<String, u64> = info
+    let mut owners: BTreeMap<String, u64> = info
         .members
         .iter()
         .filter(|m| m.member.id != info.node)
@@ -321,6 +428,10 @@ pub async fn render(s: &AppState) -> Result<String, crate::http::ApiError> {
     for (owner, n) in owners {
         gauge!("dynamokv_hints_pending", "owner" => owner).set(n as f64);
     }
+}
+
+fn background_gauges(scrape: &Scrape) {
+    let (ae, transfer, sched) = (&scrape.anti_entropy, &scrape.transfer, &scrape.scheduler);
     counter!("dynamokv_anti_entropy_exchanges_total").absolute(ae.exchanges);
     counter!("dynamokv_anti_entropy_keys_repaired_total").absolute(ae.keys_repaired);
     counter!("dynamokv_anti_entropy_bytes_sent_total").absolute(ae.bytes_sent);
@@ -335,9 +446,6 @@ pub async fn render(s: &AppState) -> Result<String, crate::http::ApiError> {
         .set(sched.p99_ms.map_or(f64::NAN, |ms| ms as f64 / 1000.0));
     counter!("dynamokv_background_backoffs_total").absolute(sched.backoffs);
     counter!("dynamokv_background_items_total").absolute(sched.items);
-    let mut text = handle.render();
-    coordinator_histogram(&mut text, &latency);
-    Ok(text)
 }
 
 /// Appends the coordinator-side latency histogram, rendered from the node's own buckets.

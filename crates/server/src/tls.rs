@@ -76,16 +76,70 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+/// What can go wrong loading TLS files or opening a TLS session; each names the file or the
+/// step.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read the {what} {}: {source}", path.display())]
+    Read {
+        /// Which file it is (certificate, private key, CA certificate).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A file is not the PEM it should be, or holds nothing usable.
+    #[error("{} {problem}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The certificate and the key are not a pair.
+    #[error("{} and {} do not go together: {source}", cert.display(), key.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// rustls refused a configuration or a peer name.
+    #[error("cannot set up TLS: {0}")]
+    Setup(String),
+    /// A peer spoke plaintext to this TLS peer port.
+    #[error("plaintext on a TLS peer port (is --tls-* set on every node?)")]
+    Plaintext,
+    /// The TLS handshake itself failed.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
 }
 
-fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn pem_error(path: &Path, problem: impl std::fmt::Display) -> TlsError {
+    TlsError::Pem {
+        path: path.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+        .map_err(|e| pem_error(path, format!("is not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(pem_error(path, "holds no certificate"));
     }
     Ok(certs)
 }
@@ -93,34 +147,33 @@ fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String
 impl Tls {
     /// Reads the files of `cfg` and builds the three configurations; the error names the file
     /// and what is wrong with it.
-    pub fn load(cfg: &TlsConfig) -> Result<Tls, String> {
+    pub fn load(cfg: &TlsConfig) -> Result<Tls, TlsError> {
         let cert_pem = read(&cfg.cert, "certificate")?;
         let key_pem = read(&cfg.key, "private key")?;
         let ca_pem = read(&cfg.ca, "CA certificate")?;
         let chain = certs(&cert_pem, &cfg.cert)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem)
-            .map_err(|e| format!("{} is not a PEM private key: {e}", cfg.key.display()))?;
+            .map_err(|e| pem_error(&cfg.key, format!("is not a PEM private key: {e}")))?;
         let mut roots = RootCertStore::empty();
         for ca in certs(&ca_pem, &cfg.ca)? {
             roots
                 .add(ca)
-                .map_err(|e| format!("{} is not a usable CA certificate: {e}", cfg.ca.display()))?;
+                .map_err(|e| pem_error(&cfg.ca, format!("is not a usable CA certificate: {e}")))?;
         }
         let roots = Arc::new(roots);
-        let mismatch = |e: rustls::Error| {
-            format!(
-                "{} and {} do not go together: {e}",
-                cfg.cert.display(),
-                cfg.key.display()
-            )
+        let mismatch = |source: rustls::Error| TlsError::Mismatch {
+            cert: cfg.cert.clone(),
+            key: cfg.key.clone(),
+            source,
         };
+        let setup = |e: &dyn std::fmt::Display| TlsError::Setup(e.to_string());
 
         let peers = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| setup(&e))?;
         let mut peer_server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| setup(&e))?
             .with_client_cert_verifier(peers)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
@@ -129,10 +182,10 @@ impl Tls {
         let server_verifier =
             WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
                 .build()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| setup(&e))?;
         let mut peer_client = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| setup(&e))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ClusterCa(server_verifier)))
             .with_client_auth_cert(chain.clone(), key.clone_key())
@@ -145,10 +198,10 @@ impl Tls {
         } else {
             clients.allow_unauthenticated().build()
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| setup(&e))?;
         let client_server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| setup(&e))?
             .with_client_cert_verifier(clients)
             .with_single_cert(chain, key)
             .map_err(mismatch)?;
@@ -166,30 +219,32 @@ impl Tls {
     }
 
     /// Opens a TLS session to the peer at `addr` over `stream`.
-    pub async fn connect_peer(&self, addr: &str, stream: TcpStream) -> Result<BoxedIo, String> {
+    pub async fn connect_peer(&self, addr: &str, stream: TcpStream) -> Result<BoxedIo, TlsError> {
         let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
+        // A peer's name is not checked (see the module docs): an address that is no valid
+        // name is sent as a fixed one.
         let name = ServerName::try_from(host.to_owned())
             .or_else(|_| ServerName::try_from("dynamokv-peer"))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
         let tls = self
             .peer_connector
             .connect(name, stream)
             .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            .map_err(TlsError::Handshake)?;
         Ok(Box::new(tls))
     }
 
     /// Accepts a peer's TLS session (its certificate must be of the cluster CA).
-    pub async fn accept_peer(&self, stream: TcpStream) -> Result<BoxedIo, String> {
+    pub async fn accept_peer(&self, stream: TcpStream) -> Result<BoxedIo, TlsError> {
         if !starts_with_tls(&stream).await {
-            return Err("plaintext on a TLS peer port (is --tls-* set on every node?)".into());
+            return Err(TlsError::Plaintext);
         }
         let tls = self
             .peer_acceptor
             .accept(stream)
             .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            .map_err(TlsError::Handshake)?;
         Ok(Box::new(tls))
     }
 
@@ -221,10 +276,9 @@ impl Tls {
 
     /// An HTTPS client for this node's own requests to other nodes: trusts the cluster CA and
     /// presents this node's certificate.
-    pub fn http_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
-        let ca = reqwest::Certificate::from_pem(&self.ca_pem).map_err(|e| e.to_string())?;
-        let identity =
-            reqwest::Identity::from_pem(&self.identity_pem).map_err(|e| e.to_string())?;
+    pub fn http_client(&self, timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem)?;
+        let identity = reqwest::Identity::from_pem(&self.identity_pem)?;
         reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
@@ -232,7 +286,6 @@ impl Tls {
             .identity(identity)
             .timeout(timeout)
             .build()
-            .map_err(|e| e.to_string())
     }
 }
 

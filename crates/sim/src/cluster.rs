@@ -3,12 +3,11 @@
 //! on membership and hints.
 
 use crate::checker::Violation;
-use crate::run::{Ev, Sim};
-use crate::workload::Client;
-use crate::{CoreNode, EPOCH, Rng, SimConfig};
+use crate::world::{Client, Ev, Sim, SimNode};
+use crate::{EPOCH, Rng, SimConfig};
 use dynamokv_core::ActorId;
 use dynamokv_core::clock::Now;
-use dynamokv_core::membership::{Ended, Member};
+use dynamokv_core::membership::Member;
 use dynamokv_core::node::startup::NewActor;
 use dynamokv_core::node::{Node, Output};
 use dynamokv_core::ring::hashed_tokens;
@@ -17,47 +16,6 @@ use dynamokv_storage::{MemoryEngine, ObjectStore};
 use std::collections::BinaryHeap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
-pub(crate) struct SimNode {
-    pub(crate) member: Member,
-    /// The persisted membership history (survives crashes).
-    pub(crate) history: Vec<Member>,
-    /// The persisted endings (survive crashes).
-    pub(crate) ended: Vec<Ended>,
-    pub(crate) core: Option<CoreNode>,
-    pub(crate) store: Arc<ObjectStore>,
-    pub(crate) paused: bool,
-    pub(crate) held: Vec<Ev>,
-    pub(crate) skew: i64,
-    /// The actor of the node's last run, the highest counter it issued (kept at a clean stop),
-    /// and why the next run's actor is new (none: a clean stop, the same actor goes on).
-    pub(crate) actor: ActorId,
-    pub(crate) counter_floor: u64,
-    pub(crate) next_start: Option<NewActor>,
-    /// Crashed for good (to be removed): never restarted by the heal.
-    pub(crate) retired: bool,
-    /// Declared removed (its instance ended): out of the cluster until it is wiped and joins
-    /// again as a new instance.
-    pub(crate) removed: bool,
-    /// Its instances whose disks no longer count (it crashed for good, lost its disk, was
-    /// removed, or was put back on an older copy): a write that only such instances held when
-    /// it was acknowledged may be gone.
-    pub(crate) lost: BTreeSet<u64>,
-    /// When its disk was wiped or put back from a copy.
-    pub(crate) disk_replaced: Vec<u64>,
-    /// Started at least once (the spare node waits for its join).
-    pub(crate) joined: bool,
-    /// A copy of its data directory (store, history, endings), to be put back later.
-    pub(crate) copy: Option<(Arc<ObjectStore>, Vec<Member>, Vec<Ended>)>,
-}
-
-impl SimNode {
-    /// Whether this node's current instance knows it ended (it left, was removed, or is
-    /// stale): it serves nothing, and its view and disk no longer count.
-    pub(crate) fn ended(&self) -> bool {
-        self.core.as_ref().is_some_and(|c| c.ended().is_some())
-    }
-}
 
 impl Sim {
     /// Builds the cluster for `cfg`.

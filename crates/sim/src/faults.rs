@@ -1,6 +1,6 @@
 //! Which faults a run injects, and when: crashes, pauses, partitions, loss and clock steps.
 
-use crate::run::{Ev, Sim};
+use crate::world::{Ev, Sim};
 use std::collections::BTreeSet;
 
 /// Which faults a run injects.

@@ -31,9 +31,10 @@ mod faults;
 pub mod gossip_lab;
 mod run;
 mod workload;
+mod world;
 
 pub use faults::Faults;
-pub use run::Sim;
+pub use world::Sim;
 
 use checker::Violation;
 use dynamokv_core::node::{Node, NodeConfig};

@@ -1,13 +1,11 @@
 //! The run loop: one event queue ordered by (time, sequence number), the network's deliveries,
 //! ticks, client steps and fault events, every one hashed into the trace.
 
+use crate::EPOCH;
 use crate::checker::{Outcome, Violation, WriteRecord};
-use crate::cluster::SimNode;
-use crate::workload::{Client, OpRecord, key_name};
-use crate::{EPOCH, Rng, SimConfig};
+use crate::world::{Ev, Sim, key_name};
 use crate::{Report, TICK_MS};
 use dynamokv_core::membership::Member;
-use dynamokv_core::message::{ClientId, ClientRequest};
 use dynamokv_core::message::{
     CollectMessage, GossipMessage, HandoffMessage, HandoverMessage, KvMessage, Message, SyncMessage,
 };
@@ -17,90 +15,9 @@ use dynamokv_core::store::LocalStore;
 use dynamokv_core::{ActorId, Object};
 use dynamokv_storage::{Engine, MemoryEngine, ObjectStore, Space, WriteBatch};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
-
-#[derive(Debug, Clone)]
-pub(crate) enum Ev {
-    Deliver {
-        from: usize,
-        /// The sender's data directory instance when it sent the message.
-        instance: u64,
-        to: usize,
-        message: Message,
-    },
-    Request {
-        to: usize,
-        client: ClientId,
-        request: ClientRequest,
-    },
-    Tick,
-    ClientNext(usize),
-    ClientTimeout(usize, usize),
-    Crash(usize),
-    /// A node stops cleanly (its next run keeps its actor and counter floor).
-    Stop(usize),
-    /// A node loses its data directory (it crashes; it restarts on an empty one).
-    LoseDisk(usize),
-    Restart(usize),
-    Pause(usize),
-    Resume(usize),
-    Cut(Vec<(usize, usize)>),
-    Heal(Vec<(usize, usize)>),
-    Loss(bool),
-    /// Node `.0`'s wall clock jumps by `.1` ms (its monotonic clock does not move).
-    ClockStep(usize, i64),
-    /// The spare node starts and joins.
-    Join(usize),
-    /// A node starts a graceful leave.
-    Leave(usize),
-    /// A node crashes for good (it will be removed).
-    Retire(usize),
-    /// Node `by` declares node `victim` removed (retried while it still looks up).
-    Remove {
-        /// The dead (or cut off) node.
-        victim: usize,
-        /// The node asked.
-        by: usize,
-    },
-    /// Every link to and from a node is cut, until it is removed (then healed a little later).
-    Isolate(usize),
-    /// The links of an isolated node heal.
-    Unisolate(usize),
-    /// A node stops, its data directory is copied, and it starts again.
-    CopyDir(usize),
-}
-
-/// A simulation run.
-pub struct Sim {
-    pub(crate) cfg: SimConfig,
-    pub(crate) rng: Rng,
-    pub(crate) now: u64,
-    pub(crate) seq: u64,
-    pub(crate) queue: BinaryHeap<Reverse<(u64, u64)>>,
-    pub(crate) events: BTreeMap<u64, Ev>,
-    pub(crate) nodes: Vec<SimNode>,
-    pub(crate) cut: BTreeSet<(usize, usize)>,
-    /// Nodes cut off from every other node (to be removed while alive).
-    pub(crate) isolated: BTreeSet<usize>,
-    pub(crate) loss: bool,
-    pub(crate) clients: Vec<Client>,
-    pub(crate) ops: Vec<OpRecord>,
-    pub(crate) pending: BTreeMap<ClientId, (usize, usize)>,
-    pub(crate) next_client_id: ClientId,
-    pub(crate) issued: usize,
-    pub(crate) faults: usize,
-    pub(crate) delivered: u64,
-    pub(crate) dropped: u64,
-    pub(crate) hasher: xxhash_rust::xxh3::Xxh3,
-    pub(crate) trace: Vec<String>,
-    pub(crate) violations: Vec<Violation>,
-    pub(crate) stop_issuing: bool,
-    /// Hint counters of node incarnations that crashed (stored, delivered).
-    pub(crate) crashed_hint_stats: (u64, u64),
-}
 
 fn message_kind(m: &Message) -> (u8, &[u8]) {
     match m {

@@ -3,37 +3,10 @@
 
 use crate::CLIENT_TIMEOUT_MS;
 use crate::checker::{Outcome, Violation};
-use crate::run::{Ev, Sim};
+use crate::world::{Ev, OpRecord, Sim, SimNode, key_name};
 use dynamokv_core::VersionVector;
 use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse, OpError, Reply};
 use dynamokv_core::store::LocalStore;
-use std::collections::BTreeMap;
-
-#[derive(Debug, Clone)]
-pub(crate) struct OpRecord {
-    pub(crate) client: usize,
-    pub(crate) key: Vec<u8>,
-    pub(crate) write: Option<(Option<Vec<u8>>, VersionVector, Option<u8>)>,
-    pub(crate) done: bool,
-    pub(crate) outcome: Option<Outcome>,
-    pub(crate) dot: Option<dynamokv_core::Dot>,
-    /// The nodes (with their instances) holding the write when it was acknowledged.
-    pub(crate) holders: Vec<(usize, u64)>,
-    /// When the client sent it.
-    pub(crate) issued_at: u64,
-    /// Every copy of it was, at some point after it was acknowledged, on disks that no longer
-    /// count (see [`Sim::disks_lost`]): it may be gone.
-    pub(crate) excused: bool,
-}
-
-pub(crate) struct Client {
-    pub(crate) busy: Option<usize>,
-    pub(crate) contexts: BTreeMap<Vec<u8>, VersionVector>,
-}
-
-pub(crate) fn key_name(i: usize) -> Vec<u8> {
-    format!("key{i:03}").into_bytes()
-}
 
 impl Sim {
     pub(crate) fn answer(&mut self, cid: ClientId, response: ClientResponse) {
@@ -136,7 +109,7 @@ impl Sim {
             let (Some(dot), Some(Outcome::Ok), false) = (op.dot, op.outcome, op.excused) else {
                 continue;
             };
-            let held = |n: &crate::cluster::SimNode| {
+            let held = |n: &SimNode| {
                 !n.lost.contains(&n.member.instance)
                     && (n
                         .store

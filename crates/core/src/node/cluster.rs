@@ -467,22 +467,7 @@ impl Cluster {
     /// detector); `presented` when the records come from the peers themselves (handshakes),
     /// not relayed by gossip. Returns true when a record changed.
     fn apply(&mut self, delta: &Delta, presented: bool, out: &mut Outbox) -> bool {
-        let me = self.me.id.clone();
-        // A record from another process claiming the id of a member that is up here is
-        // refused: an id belongs to one node. Another process is another data directory
-        // (another instance), or a copy of this one (the same instance, an epoch already seen).
-        let impostors: Vec<&Member> = delta
-            .members
-            .iter()
-            .filter(|m| {
-                m.id != me
-                    && self.view.members.get(&m.id).is_some_and(|k| {
-                        (k.instance != m.instance && supersedes(Some(k), m, &self.view.ended))
-                            || is_stale_start(k, m, presented)
-                    })
-                    && self.is_up(&m.id)
-            })
-            .collect();
+        let impostors = self.impostors(delta, presented);
         if !impostors.is_empty() {
             self.conflicts.0 += impostors.len() as u64;
             self.conflicts.1 = impostors.last().map(|m| (*m).clone());
@@ -498,13 +483,63 @@ impl Cluster {
             };
             return self.apply(&filtered, presented, out);
         }
-        // A start of a member that is down here, on an older copy of its data directory:
-        // its instance ends (stale), so nothing of that copy comes back into the cluster.
-        let stale: Vec<Ended> = delta
+        let stale = self.stale_starts(delta, presented);
+        if !stale.is_empty() {
+            let mut with_endings = delta.clone();
+            with_endings.ended.extend(stale);
+            return self.apply(&with_endings, presented, out);
+        }
+        self.outrank_earlier_self(delta, out);
+        // This node's own end, from a peer: it stops serving.
+        if let Some(e) = delta
+            .ended
+            .iter()
+            .find(|e| e.id == self.me.id && e.instance == self.me.instance && e.validate().is_ok())
+        {
+            self.end_self(e.clone(), out);
+        }
+        let changed = match self.apply_records(delta, out) {
+            Some(changed) => changed,
+            None => return false,
+        };
+        if !delta.heartbeats.is_empty() {
+            let beats = Delta {
+                heartbeats: delta.heartbeats.clone(),
+                ..Delta::default()
+            };
+            for id in self.view.apply(&beats, &self.me.id).heartbeats {
+                self.detector.heartbeat(&id, self.now);
+            }
+        }
+        changed
+    }
+
+    /// Records from another process claiming the id of a member that is up here: an id
+    /// belongs to one node. Another process is another data directory (another instance), or
+    /// a copy of this one (the same instance, an epoch already seen).
+    fn impostors<'d>(&self, delta: &'d Delta, presented: bool) -> Vec<&'d Member> {
+        delta
             .members
             .iter()
             .filter(|m| {
-                m.id != me
+                m.id != self.me.id
+                    && self.view.members.get(&m.id).is_some_and(|k| {
+                        (k.instance != m.instance && supersedes(Some(k), m, &self.view.ended))
+                            || is_stale_start(k, m, presented)
+                    })
+                    && self.is_up(&m.id)
+            })
+            .collect()
+    }
+
+    /// Starts of members that are down here, on an older copy of their data directory, not
+    /// yet ended: each instance ends (stale), so nothing of that copy comes back.
+    fn stale_starts(&self, delta: &Delta, presented: bool) -> Vec<Ended> {
+        delta
+            .members
+            .iter()
+            .filter(|m| {
+                m.id != self.me.id
                     && self
                         .view
                         .members
@@ -520,21 +555,19 @@ impl Cluster {
                 id: m.id.clone(),
                 instance: m.instance,
                 how: Ending::Stale,
-                by: me.clone(),
+                by: self.me.id.clone(),
             })
-            .collect();
-        if !stale.is_empty() {
-            let mut with_endings = delta.clone();
-            with_endings.ended.extend(stale);
-            return self.apply(&with_endings, presented, out);
-        }
-        // A record of this node's id from an earlier instance (a data directory that was
-        // wiped) that outranks this one, as when this start's wall clock is behind that
-        // instance's: this node takes a generation above it, so that its own record counts.
+            .collect()
+    }
+
+    /// A record of this node's id from an earlier instance (a data directory that was wiped)
+    /// that outranks this one, as when this start's wall clock is behind that instance's:
+    /// this node takes a generation above it, so that its own record counts.
+    fn outrank_earlier_self(&mut self, delta: &Delta, out: &mut Outbox) {
         if let Some(top) = delta
             .members
             .iter()
-            .filter(|m| m.id == me && m.instance != self.me.instance)
+            .filter(|m| m.id == self.me.id && m.instance != self.me.instance)
             .map(|m| m.generation)
             .max()
             && top >= self.me.generation
@@ -543,81 +576,64 @@ impl Cluster {
             self.me.generation = top + 1;
             self.view
                 .heartbeats
-                .insert(me.clone(), (self.me.generation, 1));
+                .insert(self.me.id.clone(), (self.me.generation, 1));
             self.set_status(self.me.status, out);
         }
-        // This node's own end, from a peer: it stops serving.
-        if let Some(e) = delta
-            .ended
-            .iter()
-            .find(|e| e.id == me && e.instance == self.me.instance && e.validate().is_ok())
-        {
-            self.end_self(e.clone(), out);
-        }
+    }
+
+    /// Applies the delta's endings and records (to a copy first, so a ring that cannot be
+    /// built leaves everything as it was: `None`, counted as rejected); whether one changed.
+    fn apply_records(&mut self, delta: &Delta, out: &mut Outbox) -> Option<bool> {
+        let me = self.me.id.clone();
         let records_change = !delta.ended.is_empty()
             || delta.members.iter().any(|m| {
                 m.id != me && supersedes(self.view.members.get(&m.id), m, &self.view.ended)
             });
-        let mut changed = false;
-        if records_change {
-            // Rare: apply to a copy, so a ring that cannot be built leaves everything as it was.
-            let old_records: BTreeMap<String, Member> = delta
-                .members
-                .iter()
-                .filter_map(|m| {
-                    self.view
-                        .members
-                        .get(&m.id)
-                        .map(|k| (k.id.clone(), k.clone()))
-                })
-                .collect();
-            let mut next = self.view.clone();
-            let records = Delta {
-                members: delta.members.clone(),
-                heartbeats: Vec::new(),
-                ended: delta.ended.clone(),
-            };
-            let applied = next.apply(&records, &me);
-            match next.rings() {
-                Ok(rings) => {
-                    self.rings = rings;
-                    self.view = next;
-                    self.members_epoch += 1;
-                    changed = !applied.members.is_empty() || !applied.ended.is_empty();
-                    for e in applied.ended {
-                        out.persist_ended(e);
-                    }
-                    for m in applied.members {
-                        // A restart: a newer generation of a member that had not left (a
-                        // member that left comes back as a new node and joins).
-                        if old_records.get(&m.id).is_some_and(|k| {
-                            k.generation < m.generation && k.status != Status::Left
-                        }) {
-                            // A restart: its detector history belongs to the old process.
-                            self.detector.reset(&m.id, self.now);
-                            if let Some(old) = old_records.get(&m.id) {
-                                self.restarted.insert(m.id.clone(), old.clone());
-                            }
-                        }
-                        out.persist(m);
-                    }
-                }
-                Err(_) => {
-                    self.rejected += 1;
-                    return false;
-                }
-            }
+        if !records_change {
+            return Some(false);
         }
-        if !delta.heartbeats.is_empty() {
-            let beats = Delta {
-                heartbeats: delta.heartbeats.clone(),
-                ..Delta::default()
-            };
-            for id in self.view.apply(&beats, &me).heartbeats {
-                self.detector.heartbeat(&id, self.now);
-            }
+        let old_records: BTreeMap<String, Member> = delta
+            .members
+            .iter()
+            .filter_map(|m| {
+                self.view
+                    .members
+                    .get(&m.id)
+                    .map(|k| (k.id.clone(), k.clone()))
+            })
+            .collect();
+        let mut next = self.view.clone();
+        let records = Delta {
+            members: delta.members.clone(),
+            heartbeats: Vec::new(),
+            ended: delta.ended.clone(),
+        };
+        let applied = next.apply(&records, &me);
+        let Ok(rings) = next.rings() else {
+            self.rejected += 1;
+            return None;
+        };
+        self.rings = rings;
+        self.view = next;
+        self.members_epoch += 1;
+        let changed = !applied.members.is_empty() || !applied.ended.is_empty();
+        for e in applied.ended {
+            out.persist_ended(e);
         }
-        changed
+        for m in applied.members {
+            // A restart: a newer generation of a member that had not left (a member that left
+            // comes back as a new node and joins). Its detector history belongs to the old
+            // process.
+            if let Some(old) = old_records
+                .get(&m.id)
+                .filter(|k| k.generation < m.generation && k.status != Status::Left)
+            {
+                self.detector.reset(&m.id, self.now);
+                self.restarted.insert(m.id.clone(), old.clone());
+            }
+            out.persist(m);
+        }
+        Some(changed)
     }
 
     /// One gossip round: raise this node's heartbeat, then start a digest exchange with one

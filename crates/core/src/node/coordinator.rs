@@ -10,7 +10,7 @@
 //! reads and writes alike.
 
 use super::NodeConfig;
-use super::info::CoordinatorLatency;
+use super::info::{CoordinatorCounters, CoordinatorLatency, LatencyOp, LatencyOutcome};
 use super::outbox::{Origin, Outbox};
 use super::replica::local_read;
 use super::scheduler::LatencyWindow;
@@ -84,14 +84,7 @@ pub struct Local<'a, S> {
 pub struct Coordinator {
     ops: BTreeMap<RequestId, Operation>,
     next_id: RequestId,
-    reads: u64,
-    writes: u64,
-    read_repairs: u64,
-    sloppy_writes: u64,
-    /// Reads that found 1, 2, 3, 4 or more versions (Dynamo's section 6.3 table).
-    versions: [u64; 4],
-    sibling_warnings: u64,
-    refused_writes: u64,
+    counters: CoordinatorCounters,
     /// The highest counter this node's actor issued, for any key (see `counter_floor`).
     counter_floor: u64,
     /// Every answered operation's latency, cumulative.
@@ -263,7 +256,7 @@ impl Coordinator {
         };
         let kind = match request {
             ClientRequest::Get { key, .. } => {
-                self.reads += 1;
+                self.counters.reads += 1;
                 self.start_read(local, id, key, pref, then_delete, &mut tally, out)
             }
             ClientRequest::Put {
@@ -273,7 +266,7 @@ impl Coordinator {
                 overwrite,
                 ..
             } => {
-                self.writes += 1;
+                self.counters.writes += 1;
                 let object = match self.stamp(local, now, &key, value, context, overwrite) {
                     Ok(object) => object,
                     Err(e) => return out.respond(origin, Err(e)),
@@ -381,7 +374,7 @@ impl Coordinator {
         });
         let object = match (stamped, refused) {
             (_, Some(e)) => {
-                self.refused_writes += 1;
+                self.counters.refused_writes += 1;
                 return Err(e);
             }
             (Ok(o), None) => o,
@@ -392,7 +385,7 @@ impl Coordinator {
         };
         self.counter_floor = self.counter_floor.max(object.clock().counter(actor));
         if object.siblings().len() >= SIBLING_WARNING {
-            self.sibling_warnings += 1;
+            self.counters.sibling_warnings += 1;
         }
         Ok(object)
     }
@@ -409,7 +402,7 @@ impl Coordinator {
         out: &mut Outbox,
     ) -> Kind {
         if pref.sloppy() {
-            self.sloppy_writes += 1;
+            self.counters.sloppy_writes += 1;
         }
         for t in pref.targets.iter().filter(|t| t.node != local.id) {
             out.send(
@@ -572,7 +565,7 @@ impl Coordinator {
                         let merged = merge_all(replies.values());
                         let live = merged.live().count();
                         if live > 0 {
-                            self.versions[live.min(4) - 1] += 1;
+                            self.counters.reads_by_versions[live.min(4) - 1] += 1;
                         }
                         Reply::Read(merged)
                     }
@@ -586,12 +579,17 @@ impl Coordinator {
                 && let Some(origin) = op.origin.take()
             {
                 let outcome = match &response {
-                    Ok(Reply::Read(o)) if o.live().next().is_none() => 1,
-                    Ok(_) => 0,
-                    Err(_) => 2,
+                    Ok(Reply::Read(o)) if o.live().next().is_none() => LatencyOutcome::NotFound,
+                    Ok(_) => LatencyOutcome::Ok,
+                    Err(_) => LatencyOutcome::Unavailable,
+                };
+                let kind = if written {
+                    LatencyOp::Put
+                } else {
+                    LatencyOp::Get
                 };
                 let took = now.saturating_sub(op.started);
-                self.latency.record(usize::from(written), outcome, took);
+                self.latency.record(kind, outcome, took);
                 self.recent.record(took);
                 out.respond(origin, response);
             }
@@ -678,7 +676,7 @@ impl Coordinator {
             if copy.as_ref() == Some(&merged) {
                 continue;
             }
-            self.read_repairs += 1;
+            self.counters.read_repairs += 1;
             if node == local.id {
                 let _ = local.store.merge(key, &merged);
             } else {
@@ -698,14 +696,9 @@ impl Coordinator {
         self.ops.len()
     }
 
-    /// Counters: (gets coordinated, writes coordinated, read repairs, sloppy writes).
-    pub fn counters(&self) -> (u64, u64, u64, u64) {
-        (
-            self.reads,
-            self.writes,
-            self.read_repairs,
-            self.sloppy_writes,
-        )
+    /// What this coordinator counted.
+    pub fn counters(&self) -> &CoordinatorCounters {
+        &self.counters
     }
 
     /// The highest counter this node's actor issued (persisted across clean restarts, when the
@@ -727,11 +720,5 @@ impl Coordinator {
     /// The latencies recorded since the last call (the scheduler empties it).
     pub fn recent_latencies(&mut self) -> &mut LatencyWindow {
         &mut self.recent
-    }
-
-    /// Reads that found 1, 2, 3 and 4 or more versions; writes that left 25 siblings or more;
-    /// writes refused by the object or sibling limits.
-    pub fn version_counters(&self) -> ([u64; 4], u64, u64) {
-        (self.versions, self.sibling_warnings, self.refused_writes)
     }
 }

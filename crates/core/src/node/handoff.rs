@@ -5,7 +5,7 @@
 use super::throttle::Throttle;
 use super::worker::{Ctx, Worker};
 use crate::message::{HandoffMessage, RequestId, WireError};
-use crate::store::LocalStore;
+use crate::store::{Hint, LocalStore};
 use crate::version::Object;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -156,51 +156,15 @@ impl Handoff {
             if busy {
                 continue;
             }
-            // Once the owner left (or was removed), the hint becomes this node's own copy: if this
-            // node does not own the key either, the moved-data worker hands it to every current
-            // owner and deletes it only once all of them have it (no copy is lost on the way).
             if !ctx.rings.current.nodes().contains(&h.owner) {
-                let taken = store
-                    .merge(&h.key, &h.object)
-                    .and_then(|_| store.remove_hint(&h.owner, &h.key, &h.object));
-                match taken {
-                    Ok(true) => self.delivered += 1,
-                    Ok(false) => {}
-                    Err(e) => {
-                        ctx.errors
-                            .record("hinted handoff", "taking a hint of a removed owner", &e)
-                    }
-                }
+                self.take_orphan(ctx, &h);
                 continue;
             }
             if !(ctx.is_up)(&h.owner) {
                 continue;
             }
-            let size = h.key.len() + h.object.size_bytes();
-            self.busy.insert((h.owner.clone(), h.key.clone()));
-            self.next_id += 1;
-            let id = self.next_id;
-            ctx.out.send(
-                &h.owner,
-                HandoffMessage::Deliver {
-                    id,
-                    key: h.key.clone(),
-                    object: h.object.clone(),
-                },
-            );
-            self.in_flight.insert(
-                id,
-                Delivery {
-                    owner: h.owner,
-                    key: h.key,
-                    object: h.object,
-                    deadline: now + self.config.timeout_ms,
-                },
-            );
+            self.send(ctx, h, now);
             sent += 1;
-            self.throttle.spend();
-            ctx.budget.spend();
-            ctx.budget.spend_bytes(size);
             if sent >= budget {
                 break;
             }
@@ -215,6 +179,51 @@ impl Handoff {
         } else {
             self.cursor = last;
         }
+    }
+
+    /// A hint whose owner left (or was removed) becomes this node's own copy: if this node
+    /// does not own the key either, the moved-data worker hands it to every current owner and
+    /// deletes it only once all of them have it (no copy is lost on the way).
+    fn take_orphan<S: LocalStore>(&mut self, ctx: &mut Ctx<'_, S>, h: &Hint) {
+        let taken = ctx
+            .store
+            .merge(&h.key, &h.object)
+            .and_then(|_| ctx.store.remove_hint(&h.owner, &h.key, &h.object));
+        match taken {
+            Ok(true) => self.delivered += 1,
+            Ok(false) => {}
+            Err(e) => ctx
+                .errors
+                .record("hinted handoff", "taking a hint of a removed owner", &e),
+        }
+    }
+
+    /// Sends a hint to its owner, charged to both throttles.
+    fn send<S: LocalStore>(&mut self, ctx: &mut Ctx<'_, S>, h: Hint, now: u64) {
+        let size = h.key.len() + h.object.size_bytes();
+        self.busy.insert((h.owner.clone(), h.key.clone()));
+        self.next_id += 1;
+        let id = self.next_id;
+        ctx.out.send(
+            &h.owner,
+            HandoffMessage::Deliver {
+                id,
+                key: h.key.clone(),
+                object: h.object.clone(),
+            },
+        );
+        self.in_flight.insert(
+            id,
+            Delivery {
+                owner: h.owner,
+                key: h.key,
+                object: h.object,
+                deadline: now + self.config.timeout_ms,
+            },
+        );
+        self.throttle.spend();
+        ctx.budget.spend();
+        ctx.budget.spend_bytes(size);
     }
 
     /// Deliveries in flight.

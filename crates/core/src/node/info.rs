@@ -36,6 +36,25 @@ pub struct NodeStats {
     pub refused_writes: u64,
 }
 
+/// What a coordinator counts (copied into [`NodeStats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoordinatorCounters {
+    /// Gets coordinated.
+    pub reads: u64,
+    /// Puts and deletes coordinated.
+    pub writes: u64,
+    /// Replicas sent a merged object after a read found them stale.
+    pub read_repairs: u64,
+    /// Writes that went to at least one fallback.
+    pub sloppy_writes: u64,
+    /// Reads that found 1, 2, 3 and 4 or more live versions (Dynamo's section 6.3 table).
+    pub reads_by_versions: [u64; 4],
+    /// Writes that left a key with 25 siblings or more.
+    pub sibling_warnings: u64,
+    /// Writes refused by the object size or sibling limits.
+    pub refused_writes: u64,
+}
+
 /// A member as the admin endpoint shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberInfo {
@@ -122,10 +141,30 @@ pub struct CoordinatorLatency {
     pub sum_ms: [[u64; 3]; 2],
 }
 
+/// An operation a coordinator answered, as [`CoordinatorLatency`] files it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyOp {
+    /// A get.
+    Get,
+    /// A put or delete.
+    Put,
+}
+
+/// How it was answered, as [`CoordinatorLatency`] files it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyOutcome {
+    /// Answered with a value or a write acknowledgement.
+    Ok,
+    /// A get that found no live value.
+    NotFound,
+    /// Refused or failed: too few replicas answered, or the request was invalid.
+    Unavailable,
+}
+
 impl CoordinatorLatency {
-    /// Records one operation (`op` and `outcome` index [`LATENCY_OPS`] and
-    /// [`LATENCY_OUTCOMES`]).
-    pub fn record(&mut self, op: usize, outcome: usize, ms: u64) {
+    /// Records one operation (labelled by [`LATENCY_OPS`] and [`LATENCY_OUTCOMES`]).
+    pub fn record(&mut self, op: LatencyOp, outcome: LatencyOutcome, ms: u64) {
+        let (op, outcome) = (op as usize, outcome as usize);
         let slot = LATENCY_BUCKETS_MS
             .iter()
             .position(|&b| ms <= b)

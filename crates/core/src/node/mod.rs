@@ -113,6 +113,15 @@ macro_rules! ctx {
     };
 }
 
+/// Where a joining node stands in placing its tokens.
+#[derive(Debug, Default)]
+struct Placement {
+    /// When it first saw a ring to join.
+    ring_seen: Option<u64>,
+    /// Whether it placed its tokens.
+    placed: bool,
+}
+
 /// One node: the concepts, its store and its outbox.
 pub struct Node<S> {
     actor: ActorId,
@@ -131,8 +140,8 @@ pub struct Node<S> {
     errors: StorageErrors,
     scheduler: Scheduler,
     rebalance: rebalance::Rebalance,
-    /// When a joining node first saw a ring to join, and whether it placed its tokens.
-    placement: (Option<u64>, bool),
+    /// A joining node's token placement.
+    placement: Placement,
     /// The node started with no data; rebuild it if the cluster knew this node before.
     data_lost: bool,
     out: Outbox,
@@ -196,7 +205,7 @@ impl<S: LocalStore> Node<S> {
             errors: StorageErrors::default(),
             scheduler: Scheduler::new(config.scheduler()),
             rebalance: rebalance::Rebalance::default(),
-            placement: (None, false),
+            placement: Placement::default(),
             data_lost: false,
             out,
         }
@@ -323,23 +332,20 @@ impl<S: LocalStore> Node<S> {
 
     /// Counters.
     pub fn stats(&self) -> NodeStats {
-        let (coordinated_reads, coordinated_writes, read_repairs, sloppy_writes) =
-            self.coordinator.counters();
-        let (reads_by_versions, sibling_warnings, refused_writes) =
-            self.coordinator.version_counters();
+        let c = *self.coordinator.counters();
         NodeStats {
             forwarded: self.forwarder.forwarded(),
             forward_retries: self.forwarder.retried(),
-            coordinated_reads,
-            coordinated_writes,
-            read_repairs,
+            coordinated_reads: c.reads,
+            coordinated_writes: c.writes,
+            read_repairs: c.read_repairs,
             rejected_messages: self.replica.rejected() + self.cluster.rejected(),
             hints_stored: self.replica.hints_stored(),
             hints_delivered: self.handoff.delivered(),
-            sloppy_writes,
-            reads_by_versions,
-            sibling_warnings,
-            refused_writes,
+            sloppy_writes: c.sloppy_writes,
+            reads_by_versions: c.reads_by_versions,
+            sibling_warnings: c.sibling_warnings,
+            refused_writes: c.refused_writes,
         }
     }
 
@@ -707,18 +713,18 @@ impl<S: LocalStore> Node<S> {
         let me = self.cluster.me();
         let current = &self.cluster.rings().current;
         if me.status != Status::Joining
-            || self.placement.1
+            || self.placement.placed
             || self.cluster.known_before()
             || current.is_empty()
             || current.nodes().contains(&me.id)
         {
             return;
         }
-        let seen = *self.placement.0.get_or_insert(now);
+        let seen = *self.placement.ring_seen.get_or_insert(now);
         if now < seen + 2 * self.config.gossip_interval_ms {
             return;
         }
-        self.placement.1 = true;
+        self.placement.placed = true;
         let others: Vec<Member> = self
             .cluster
             .view()

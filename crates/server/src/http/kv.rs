@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use dynamokv_core::message::{ClientRequest, Reply};
-use dynamokv_core::{ContextCodec, Object, VersionVector};
+use dynamokv_core::{ContextCodec, Object, Sibling, VersionVector};
 
 /// Reads the quorum parameters `names` (e.g. `r` and `pr`) from the query, each 0..=255, names
 /// and values percent-decoded; any other parameter, or one given twice, is refused.
@@ -300,6 +300,68 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8
     Ok(value)
 }
 
+/// The answer to a read of `live` siblings (`tombstones` deleted ones beside them): 404
+/// without a live one; one value as bytes (or JSON); several as a 300 multipart (or JSON).
+fn read_response(
+    live: &[&Sibling],
+    tombstones: usize,
+    context: Option<String>,
+    json: bool,
+) -> Response {
+    if live.is_empty() {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            if tombstones > 0 {
+                "the key was deleted; X-Context covers the delete"
+            } else {
+                "no value is stored under this key"
+            },
+        )
+        .into_response()
+    } else if json {
+        let status = if live.len() == 1 {
+            StatusCode::OK
+        } else {
+            StatusCode::MULTIPLE_CHOICES
+        };
+        let body = SiblingsJson {
+            siblings: live
+                .iter()
+                .map(|sib| SiblingJson {
+                    value: STANDARD.encode(sib.value.as_deref().unwrap_or_default()),
+                    timestamp: sib.timestamp,
+                })
+                .collect(),
+            context,
+            tombstones,
+        };
+        (status, axum::Json(body)).into_response()
+    } else if let [only] = live {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            only.value.clone().unwrap_or_default(),
+        )
+            .into_response()
+    } else {
+        let values: Vec<(&[u8], u64)> = live
+            .iter()
+            .map(|sib| (sib.value.as_deref().unwrap_or_default(), sib.timestamp))
+            .collect();
+        let (boundary, body) = multipart(&values);
+        (
+            StatusCode::MULTIPLE_CHOICES,
+            [(
+                header::CONTENT_TYPE,
+                format!("multipart/mixed; boundary={boundary}"),
+            )],
+            body,
+        )
+            .into_response()
+    }
+}
+
 /// A read: the value, every sibling (multipart or JSON), or 404.
 async fn get(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
@@ -326,58 +388,7 @@ async fn get(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiE
     let live: Vec<_> = obj.live().collect();
     let tombstones = obj.siblings().len() - live.len();
     let context = context_token(&s.codec, &key, &obj);
-    let mut resp = if live.is_empty() {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            if tombstones > 0 {
-                "the key was deleted; X-Context covers the delete"
-            } else {
-                "no value is stored under this key"
-            },
-        )
-        .into_response()
-    } else if wants_json(&headers) {
-        let status = if live.len() == 1 {
-            StatusCode::OK
-        } else {
-            StatusCode::MULTIPLE_CHOICES
-        };
-        let body = SiblingsJson {
-            siblings: live
-                .iter()
-                .map(|sib| SiblingJson {
-                    value: STANDARD.encode(sib.value.as_deref().unwrap_or_default()),
-                    timestamp: sib.timestamp,
-                })
-                .collect(),
-            context,
-            tombstones,
-        };
-        (status, axum::Json(body)).into_response()
-    } else if let [only] = live.as_slice() {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            only.value.clone().unwrap_or_default(),
-        )
-            .into_response()
-    } else {
-        let values: Vec<(&[u8], u64)> = live
-            .iter()
-            .map(|sib| (sib.value.as_deref().unwrap_or_default(), sib.timestamp))
-            .collect();
-        let (boundary, body) = multipart(&values);
-        (
-            StatusCode::MULTIPLE_CHOICES,
-            [(
-                header::CONTENT_TYPE,
-                format!("multipart/mixed; boundary={boundary}"),
-            )],
-            body,
-        )
-            .into_response()
-    };
+    let mut resp = read_response(&live, tombstones, context, wants_json(&headers));
     if tombstones > 0 && !live.is_empty() {
         resp.headers_mut()
             .insert(TOMBSTONES_HEADER, HeaderValue::from(tombstones));

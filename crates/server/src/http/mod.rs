@@ -215,7 +215,35 @@ async fn health(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let text = crate::metrics::render(&s).await?;
+    let Some(handle) = s.metrics.clone() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder was installed in this process; /metrics is off",
+        ));
+    };
+    let mut scrape = query(&s, |n| crate::metrics::Scrape {
+        stats: n.stats(),
+        anti_entropy: n.anti_entropy_stats(),
+        transfer: n.transfer().clone(),
+        ring: n.ring_info(),
+        scheduler: n.scheduler_stats(),
+        latency: n.coordinator_latency().clone(),
+        hints_pending: Default::default(),
+    })
+    .await?;
+    scrape.hints_pending = on_store(&s, |store| store.hint_counts()).await?;
+    let data_dir = s.data_dir.clone();
+    let text =
+        tokio::task::spawn_blocking(move || crate::metrics::render(&handle, &scrape, &data_dir))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    format!("rendering metrics failed: {e}"),
+                )
+            })?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -68,10 +68,7 @@ pub(crate) async fn views(
     let scheme = if s.tls.is_some() { "https" } else { "http" };
     let client = match &s.tls {
         Some(tls) => tls.http_client(VIEW_TIMEOUT),
-        None => reqwest::Client::builder()
-            .timeout(VIEW_TIMEOUT)
-            .build()
-            .map_err(|e| e.to_string()),
+        None => reqwest::Client::builder().timeout(VIEW_TIMEOUT).build(),
     }
     .map_err(|e| {
         ApiError::new(

@@ -8,6 +8,7 @@
 
 use super::codec::{array, bulk, error, integer, simple};
 use crate::runtime::NodeHandle;
+use dynamokv_core::limits::KeyError;
 use dynamokv_core::message::{ClientRequest, OpError, Reply};
 use dynamokv_core::{ContextCodec, Object, VersionVector};
 use std::sync::Arc;
@@ -55,7 +56,7 @@ pub struct Conn {
 /// Whether the connection may run `args` (always, when no token is configured): `AUTH`,
 /// `HELLO` and `QUIT` need no token, reads need the read scope, writes the write scope, every
 /// other command any valid token. The error reply otherwise.
-pub fn permitted(state: &RespState, conn: &Conn, args: &[Vec<u8>]) -> Result<(), String> {
+pub fn permitted(state: &RespState, conn: &Conn, args: &[Vec<u8>]) -> Result<(), RespError> {
     use crate::auth::{Refusal, Scope};
     if !state.tokens.enabled() {
         return Ok(());
@@ -69,18 +70,18 @@ pub fn permitted(state: &RespState, conn: &Conn, args: &[Vec<u8>]) -> Result<(),
             _ => {
                 return match conn.token.as_deref() {
                     Some(t) if state.tokens.find(t).is_some() => Ok(()),
-                    _ => Err("NOAUTH Authentication required.".into()),
+                    _ => Err(RespError::NoAuth),
                 };
             }
         },
     };
     match state.tokens.check(conn.token.as_deref(), needed) {
         Ok(()) => Ok(()),
-        Err(Refusal::Unauthenticated) => Err("NOAUTH Authentication required.".into()),
-        Err(Refusal::Forbidden { name, needed }) => Err(format!(
-            "NOPERM token '{name}' lacks the {} scope this command needs",
-            needed.as_str()
-        )),
+        Err(Refusal::Unauthenticated) => Err(RespError::NoAuth),
+        Err(Refusal::Forbidden { name, needed }) => Err(RespError::NoPerm {
+            name,
+            scope: needed.as_str(),
+        }),
     }
 }
 
@@ -148,9 +149,84 @@ pub(super) fn unknown(args: &[Vec<u8>], out: &mut Vec<u8>) {
     );
 }
 
-/// The reply to a failed cluster operation: a Redis-style error whose first word is its code.
-fn op_error(out: &mut Vec<u8>, what: &str, e: &OpError) {
-    let code = match e {
+/// Why a command failed: its `Display` is the Redis error line (without the leading `-`),
+/// whose first word is the code clients match on.
+#[derive(Debug, thiserror::Error)]
+pub enum RespError {
+    /// Tokens are configured and the connection gave none, or an unknown one.
+    #[error("NOAUTH Authentication required.")]
+    NoAuth,
+    /// The connection's token lacks the scope the command needs.
+    #[error("NOPERM token '{name}' lacks the {scope} scope this command needs")]
+    NoPerm {
+        /// The token's name.
+        name: String,
+        /// The scope needed.
+        scope: &'static str,
+    },
+    /// The command was given the wrong number of arguments.
+    #[error("ERR wrong number of arguments for '{0}' command")]
+    WrongArity(String),
+    /// A malformed option, context or argument.
+    #[error("ERR {0}")]
+    Syntax(String),
+    /// The key is empty or too long.
+    #[error("ERR {0}")]
+    Key(#[from] KeyError),
+    /// The value is larger than this node accepts.
+    #[error(
+        "ERR the value is {len} bytes, more than the {max} bytes this node accepts; store smaller values"
+    )]
+    ValueTooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The cluster could not do the operation.
+    #[error("{} {what}: {error}", op_code(error))]
+    Op {
+        /// "read" or "write".
+        what: &'static str,
+        /// Why.
+        error: OpError,
+    },
+    /// The coordinator answered with the other kind of reply.
+    #[error("ERR the coordinator answered a {0} with a {1}; retry")]
+    WrongReply(&'static str, &'static str),
+    /// The node is shutting down.
+    #[error("UNAVAILABLE the node is shutting down; retry on another node")]
+    Stopping,
+    /// Some writes of an `MSET` failed (the others may be stored).
+    #[error(
+        "UNAVAILABLE MSET is not atomic: {failed} of {total} keys were not written (some may be stored): {details}"
+    )]
+    PartialMset {
+        /// Keys not written.
+        failed: usize,
+        /// Keys in the command.
+        total: usize,
+        /// Each failed key with its error.
+        details: String,
+    },
+}
+
+impl RespError {
+    /// The first word of the error line.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RespError::NoAuth => "NOAUTH",
+            RespError::NoPerm { .. } => "NOPERM",
+            RespError::Op { error, .. } => op_code(error),
+            RespError::Stopping | RespError::PartialMset { .. } => "UNAVAILABLE",
+            _ => "ERR",
+        }
+    }
+}
+
+/// The code of a failed cluster operation's error line.
+fn op_code(e: &OpError) -> &'static str {
+    match e {
         OpError::Unavailable { .. } | OpError::CoordinatorUnreachable { .. } | OpError::NoRing => {
             "UNAVAILABLE"
         }
@@ -159,40 +235,34 @@ fn op_error(out: &mut Vec<u8>, what: &str, e: &OpError) {
         OpError::Storage { .. } => "STORAGE",
         OpError::NotAMember(_) => "NOTMEMBER",
         OpError::InvalidQuorum { .. } | OpError::BadRequest(_) => "ERR",
-    };
-    error(out, &format!("{code} {what}: {e}"));
+    }
 }
 
-const STOPPING: &str = "UNAVAILABLE the node is shutting down; retry on another node";
-
-/// A cluster request's outcome: the reply, or the error text to send.
-type Outcome = Result<Reply, String>;
-
-async fn call(state: &RespState, what: &str, request: ClientRequest) -> Outcome {
+async fn call(
+    state: &RespState,
+    what: &'static str,
+    request: ClientRequest,
+) -> Result<Reply, RespError> {
     match state.node.call(request).await {
-        Err(_) => Err(STOPPING.to_owned()),
+        Err(_) => Err(RespError::Stopping),
         Ok((Ok(reply), _)) => Ok(reply),
-        Ok((Err(e), _)) => {
-            crate::metrics::op_failed(&e);
-            let mut text = Vec::new();
-            op_error(&mut text, what, &e);
-            // Without the leading '-' and trailing CRLF: the caller writes it.
-            Err(String::from_utf8_lossy(&text[1..text.len() - 2]).into_owned())
+        Ok((Err(error), _)) => {
+            crate::metrics::op_failed(&error);
+            Err(RespError::Op { what, error })
         }
     }
 }
 
-fn check_key(key: &[u8]) -> Result<(), String> {
-    dynamokv_core::limits::check_key(key).map_err(|e| format!("ERR {e}"))
+fn check_key(key: &[u8]) -> Result<(), RespError> {
+    Ok(dynamokv_core::limits::check_key(key)?)
 }
 
-fn check_value(state: &RespState, value: &[u8]) -> Result<(), String> {
+fn check_value(state: &RespState, value: &[u8]) -> Result<(), RespError> {
     if value.len() > state.max_value_bytes {
-        return Err(format!(
-            "ERR the value is {} bytes, more than the {} bytes this node accepts; store smaller values",
-            value.len(),
-            state.max_value_bytes
-        ));
+        return Err(RespError::ValueTooLarge {
+            len: value.len(),
+            max: state.max_value_bytes,
+        });
     }
     Ok(())
 }
@@ -202,13 +272,11 @@ async fn read(
     key: Vec<u8>,
     r: Option<u8>,
     pr: Option<u8>,
-) -> Result<Object, String> {
+) -> Result<Object, RespError> {
     check_key(&key)?;
     match call(state, "read", ClientRequest::Get { key, r, pr }).await? {
         Reply::Read(o) => Ok(o),
-        Reply::Written { .. } => {
-            Err("ERR the coordinator answered a read with a write; retry".into())
-        }
+        Reply::Written { .. } => Err(RespError::WrongReply("read", "write")),
     }
 }
 
@@ -221,7 +289,7 @@ async fn write(
     overwrite: bool,
     w: Option<u8>,
     pw: Option<u8>,
-) -> Result<Object, String> {
+) -> Result<Object, RespError> {
     check_key(&key)?;
     if let Some(v) = &value {
         check_value(state, v)?;
@@ -236,7 +304,7 @@ async fn write(
     };
     match call(state, "write", request).await? {
         Reply::Written { object, .. } => Ok(object),
-        Reply::Read(_) => Err("ERR the coordinator answered a write with a read; retry".into()),
+        Reply::Read(_) => Err(RespError::WrongReply("write", "read")),
     }
 }
 
@@ -249,7 +317,7 @@ pub fn newest(object: &Object) -> Option<&[u8]> {
 }
 
 /// Deletes `key` if it has a live value; whether it had one.
-async fn delete_if_live(state: &RespState, key: Vec<u8>) -> Result<bool, String> {
+async fn delete_if_live(state: &RespState, key: Vec<u8>) -> Result<bool, RespError> {
     let object = read(state, key.clone(), None, None).await?;
     if object.live().next().is_none() {
         return Ok(false);
@@ -267,119 +335,59 @@ pub async fn run_keyed(state: Arc<RespState>, args: Vec<Vec<u8>>) -> Vec<u8> {
         _ => "get",
     };
     let mut out = Vec::new();
-    let result = keyed(&state, args, &mut out).await;
-    if let Err(e) = result {
-        out.clear();
-        error(&mut out, &e);
-    }
-    let outcome = if out.starts_with(b"-UNAVAILABLE") {
-        "unavailable"
-    } else if out.starts_with(b"-") {
-        "error"
-    } else if out == b"$-1\r\n" {
-        "not_found"
-    } else {
-        "ok"
+    let outcome = match keyed(&state, args, &mut out).await {
+        Err(e) => {
+            out.clear();
+            error(&mut out, &e.to_string());
+            if e.code() == "UNAVAILABLE" {
+                "unavailable"
+            } else {
+                "error"
+            }
+        }
+        Ok(()) if out == b"$-1\r\n" => "not_found",
+        Ok(()) => "ok",
     };
     crate::metrics::record("resp", op, outcome, started.elapsed());
     out
 }
 
-async fn keyed(state: &RespState, mut args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Result<(), String> {
+async fn keyed(
+    state: &RespState,
+    mut args: Vec<Vec<u8>>,
+    out: &mut Vec<u8>,
+) -> Result<(), RespError> {
     let n = args.len();
+    let command = name(&args);
     let arity = || {
-        let mut o = Vec::new();
-        wrong_arity(&mut o, &args);
-        Err(String::from_utf8_lossy(&o[1..o.len() - 2]).into_owned())
+        let shown = String::from_utf8_lossy(&args[0]).to_lowercase();
+        Err(RespError::WrongArity(shown))
     };
-    match name(&args).as_slice() {
-        b"GET" => {
-            if n != 2 {
-                return arity();
-            }
+    match command.as_slice() {
+        b"GET" if n == 2 => {
             let object = read(state, args.swap_remove(1), None, None).await?;
             bulk(out, newest(&object));
         }
-        b"SET" => {
-            if n != 3 {
-                let option = args
-                    .get(3)
-                    .map(|o| String::from_utf8_lossy(o).to_uppercase());
-                return match option {
-                    Some(o) => Err(format!(
-                        "ERR SET option {o} is not supported: dynamokv has no expiry and no conditional writes; use plain SET key value"
-                    )),
-                    None => arity(),
-                };
-            }
+        b"SET" if n == 3 => {
             let value = args.pop().unwrap_or_default();
             let key = args.pop().unwrap_or_default();
             write(state, key, Some(value), None, true, None, None).await?;
             simple(out, "OK");
         }
-        b"MGET" => {
-            if n < 2 {
-                return arity();
-            }
-            let reads = args.drain(1..).map(|key| read(state, key, None, None));
-            let objects = futures_util::future::join_all(reads).await;
-            array(out, objects.len());
-            for o in objects {
-                bulk(out, newest(&o?));
-            }
+        b"SET" if n > 3 => {
+            let option = String::from_utf8_lossy(&args[3]).to_uppercase();
+            return Err(RespError::Syntax(format!(
+                "SET option {option} is not supported: dynamokv has no expiry and no conditional writes; use plain SET key value"
+            )));
         }
-        b"MSET" => {
-            if n < 3 || n.is_multiple_of(2) {
-                return arity();
-            }
-            let mut pairs = Vec::with_capacity(n / 2);
-            let mut it = args.drain(1..);
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                pairs.push((k, v));
-            }
-            drop(it);
-            for (k, v) in &pairs {
-                check_key(k)?;
-                check_value(state, v)?;
-            }
-            let writes = pairs.into_iter().map(|(k, v)| async move {
-                let shown = String::from_utf8_lossy(&k[..k.len().min(64)]).into_owned();
-                write(state, k, Some(v), None, true, None, None)
-                    .await
-                    .map_err(|e| format!("{shown} ({e})"))
-            });
-            let results = futures_util::future::join_all(writes).await;
-            let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-            if !failed.is_empty() {
-                return Err(format!(
-                    "UNAVAILABLE MSET is not atomic: {} of {} keys were not written (some may be stored): {}",
-                    failed.len(),
-                    n / 2,
-                    failed.join("; ")
-                ));
-            }
-            simple(out, "OK");
-        }
-        b"DEL" | b"EXISTS" => {
-            if n < 2 {
-                return arity();
-            }
-            let del = name(&args) == b"DEL";
-            let keys: Vec<Vec<u8>> = args.drain(1..).collect();
-            let results = futures_util::future::join_all(keys.into_iter().map(|k| async move {
-                if del {
-                    delete_if_live(state, k).await
-                } else {
-                    Ok(read(state, k, None, None).await?.live().next().is_some())
-                }
-            }))
-            .await;
-            let mut count = 0;
-            for r in results {
-                count += i64::from(r?);
-            }
+        b"MGET" if n >= 2 => mget(state, args.split_off(1), out).await?,
+        b"MSET" if n >= 3 && !n.is_multiple_of(2) => mset(state, args.split_off(1), out).await?,
+        b"DEL" | b"EXISTS" if n >= 2 => {
+            let keys = args.split_off(1);
+            let count = count_live(state, keys, command == b"DEL").await?;
             integer(out, count);
         }
+        b"GET" | b"SET" | b"MGET" | b"MSET" | b"DEL" | b"EXISTS" => return arity(),
         b"DKV.GET" => dkv_get(state, args, out).await?,
         b"DKV.PUT" | b"DKV.DEL" => dkv_write(state, args, out).await?,
         _ => unknown(&args, out),
@@ -387,27 +395,87 @@ async fn keyed(state: &RespState, mut args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> 
     Ok(())
 }
 
+/// `MGET key...`: the newest live value of each key, or nil.
+async fn mget(state: &RespState, keys: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Result<(), RespError> {
+    let reads = keys.into_iter().map(|key| read(state, key, None, None));
+    let objects = futures_util::future::join_all(reads).await;
+    array(out, objects.len());
+    for o in objects {
+        bulk(out, newest(&o?));
+    }
+    Ok(())
+}
+
+/// `MSET key value...`: every pair checked first, then written side by side; not atomic, and
+/// the error names each key that failed.
+async fn mset(state: &RespState, words: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Result<(), RespError> {
+    let mut pairs = Vec::with_capacity(words.len() / 2);
+    let mut it = words.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        pairs.push((k, v));
+    }
+    for (k, v) in &pairs {
+        check_key(k)?;
+        check_value(state, v)?;
+    }
+    let total = pairs.len();
+    let writes = pairs.into_iter().map(|(k, v)| async move {
+        let shown = String::from_utf8_lossy(&k[..k.len().min(64)]).into_owned();
+        write(state, k, Some(v), None, true, None, None)
+            .await
+            .map_err(|e| format!("{shown} ({e})"))
+    });
+    let results = futures_util::future::join_all(writes).await;
+    let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    if !failed.is_empty() {
+        return Err(RespError::PartialMset {
+            failed: failed.len(),
+            total,
+            details: failed.join("; "),
+        });
+    }
+    simple(out, "OK");
+    Ok(())
+}
+
+/// `DEL` (`delete` true) or `EXISTS`: how many of `keys` had a live value (and are deleted).
+async fn count_live(state: &RespState, keys: Vec<Vec<u8>>, delete: bool) -> Result<i64, RespError> {
+    let results = futures_util::future::join_all(keys.into_iter().map(|k| async move {
+        if delete {
+            delete_if_live(state, k).await
+        } else {
+            Ok(read(state, k, None, None).await?.live().next().is_some())
+        }
+    }))
+    .await;
+    let mut count = 0;
+    for r in results {
+        count += i64::from(r?);
+    }
+    Ok(count)
+}
+
 /// Reads `NAME n` option pairs (quorums) from `args`; any other word is refused.
-fn quorum_options(args: &[Vec<u8>], names: [&str; 2]) -> Result<[Option<u8>; 2], String> {
+fn quorum_options(args: &[Vec<u8>], names: [&str; 2]) -> Result<[Option<u8>; 2], RespError> {
     let mut values = [None, None];
     if !args.len().is_multiple_of(2) {
-        return Err(format!(
-            "ERR syntax error: options come in pairs ({} n, {} n)",
+        return Err(RespError::Syntax(format!(
+            "syntax error: options come in pairs ({} n, {} n)",
             names[0], names[1]
-        ));
+        )));
     }
     for pair in args.chunks(2) {
         let word = String::from_utf8_lossy(&pair[0]).to_uppercase();
         let Some(i) = names.iter().position(|n| *n == word) else {
-            return Err(format!(
-                "ERR unknown option {word}; this command takes {} n and {} n",
+            return Err(RespError::Syntax(format!(
+                "unknown option {word}; this command takes {} n and {} n",
                 names[0], names[1]
-            ));
+            )));
         };
         let n = std::str::from_utf8(&pair[1])
             .ok()
             .and_then(|s| s.parse::<u8>().ok())
-            .ok_or_else(|| format!("ERR {word} must be a number from 1 to N"))?;
+            .ok_or_else(|| RespError::Syntax(format!("{word} must be a number from 1 to N")))?;
         values[i] = Some(n);
     }
     Ok(values)
@@ -424,9 +492,9 @@ async fn dkv_get(
     state: &RespState,
     mut args: Vec<Vec<u8>>,
     out: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), RespError> {
     if args.len() < 2 {
-        return Err("ERR wrong number of arguments for 'dkv.get' command".into());
+        return Err(RespError::WrongArity("dkv.get".into()));
     }
     let [r, pr] = quorum_options(&args[2..], ["R", "PR"])?;
     args.truncate(2);
@@ -448,12 +516,12 @@ async fn dkv_write(
     state: &RespState,
     mut args: Vec<Vec<u8>>,
     out: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), RespError> {
     let put = name(&args) == b"DKV.PUT";
     let fixed = if put { 3 } else { 2 };
     if args.len() < fixed {
         let cmd = if put { "dkv.put" } else { "dkv.del" };
-        return Err(format!("ERR wrong number of arguments for '{cmd}' command"));
+        return Err(RespError::WrongArity(cmd.into()));
     }
     // An odd number of words after the fixed ones: the first is the context.
     let has_context = (args.len() - fixed) % 2 == 1;
@@ -467,12 +535,13 @@ async fn dkv_write(
     let context = match token.filter(|t| !t.is_empty()) {
         None => None,
         Some(t) => {
-            let t = std::str::from_utf8(&t).map_err(|_| "ERR bad context: not text".to_owned())?;
+            let t = std::str::from_utf8(&t)
+                .map_err(|_| RespError::Syntax("bad context: not text".into()))?;
             Some(
                 state
                     .codec
                     .decode(&key, t)
-                    .map_err(|e| format!("ERR bad context: {e}"))?,
+                    .map_err(|e| RespError::Syntax(format!("bad context: {e}")))?,
             )
         }
     };

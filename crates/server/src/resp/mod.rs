@@ -107,25 +107,8 @@ async fn connection(
     };
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut start = 0;
     loop {
-        let mut batch = Vec::new();
-        let mut broken = None;
-        while batch.len() < MAX_BATCH {
-            match codec::parse(&buf[start..], &limits) {
-                Ok(Some((args, used))) => {
-                    start += used;
-                    if !args.is_empty() {
-                        batch.push(args);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    broken = Some(e);
-                    break;
-                }
-            }
-        }
+        let (batch, used, broken) = parse_batch(&buf, &limits);
         let full = batch.len() == MAX_BATCH;
         let quit = run_batch(&state, &mut conn, batch, &mut out).await;
         if let Some(e) = &broken {
@@ -140,8 +123,7 @@ async fn connection(
             return Ok(());
         }
         // Keep only the unparsed tail (usually empty, or part of one command).
-        buf.drain(..start);
-        start = 0;
+        buf.drain(..used);
         if buf.is_empty() && buf.capacity() > 256 * 1024 {
             // A large command came and went: give its memory back.
             buf.shrink_to(16 * 1024);
@@ -152,37 +134,72 @@ async fn connection(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        // Between commands the idle deadline applies; inside one, the command deadline.
-        let (deadline, idle) = if buf.is_empty() {
-            (state.idle_timeout, true)
-        } else {
-            (Some(state.command_timeout), false)
-        };
-        let read = match deadline {
-            None => stream.read_buf(&mut buf).await?,
-            Some(d) => match tokio::time::timeout(d, stream.read_buf(&mut buf)).await {
-                Ok(read) => read?,
-                Err(_) => {
-                    metrics::counter!("dynamokv_resp_connections_timed_out_total", "while" => if idle { "idle" } else { "command" })
-                        .increment(1);
-                    if !idle {
-                        codec::error(
-                            &mut out,
-                            &format!(
-                                "ERR Protocol error: the rest of the command did not arrive within {} ms",
-                                d.as_millis()
-                            ),
-                        );
-                        let _ = tokio::time::timeout(d, stream.write_all(&out)).await;
-                    }
-                    return Ok(());
-                }
-            },
-        };
-        if read == 0 {
+        if !read_more(&mut stream, &mut buf, &state, &mut out).await? {
             return Ok(());
         }
     }
+}
+
+/// The complete commands at the start of `buf` (at most [`MAX_BATCH`]), the bytes they used,
+/// and the protocol error that ended parsing, if one did.
+fn parse_batch(
+    buf: &[u8],
+    limits: &Limits,
+) -> (Vec<Vec<Vec<u8>>>, usize, Option<codec::ProtocolError>) {
+    let mut batch = Vec::new();
+    let mut start = 0;
+    while batch.len() < MAX_BATCH {
+        match codec::parse(&buf[start..], limits) {
+            Ok(Some((args, used))) => {
+                start += used;
+                if !args.is_empty() {
+                    batch.push(args);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return (batch, start, Some(e)),
+        }
+    }
+    (batch, start, None)
+}
+
+/// Reads more of the client's bytes into `buf`, within the idle deadline between commands and
+/// the command deadline inside one; false when the connection is to close (the client closed,
+/// or a deadline passed; a command cut short is told so first).
+async fn read_more(
+    stream: &mut BoxedIo,
+    buf: &mut Vec<u8>,
+    state: &RespState,
+    out: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    let (deadline, idle) = if buf.is_empty() {
+        (state.idle_timeout, true)
+    } else {
+        (Some(state.command_timeout), false)
+    };
+    let read = match deadline {
+        None => stream.read_buf(buf).await?,
+        Some(d) => match tokio::time::timeout(d, stream.read_buf(buf)).await {
+            Ok(read) => read?,
+            Err(_) => {
+                let during = if idle { "idle" } else { "command" };
+                metrics::counter!("dynamokv_resp_connections_timed_out_total", "while" => during)
+                    .increment(1);
+                if !idle {
+                    codec::error(
+                        out,
+                        &format!(
+                            "ERR Protocol error: the rest of the command did not arrive within {} ms",
+                            d.as_millis()
+                        ),
+                    );
+                    let _ = tokio::time::timeout(d, stream.write_all(out)).await;
+                }
+                return Ok(false);
+            }
+        },
+    };
+    Ok(read > 0)
 }
 
 /// Runs the commands of one batch, appending their replies to `out` in order; true when the
@@ -250,7 +267,7 @@ async fn run_group(
     {
         // The common case (no pipelining): no bookkeeping.
         if let Err(e) = commands::permitted(state, conn, &args) {
-            return codec::error(out, &e);
+            return codec::error(out, &e.to_string());
         }
         match commands::access(&args) {
             Access::Reads(_) | Access::Writes(_) => {
@@ -264,7 +281,7 @@ async fn run_group(
     let mut pending = Vec::new();
     for (i, args) in group.into_iter().enumerate() {
         if let Err(e) = commands::permitted(state, conn, &args) {
-            codec::error(&mut replies[i], &e);
+            codec::error(&mut replies[i], &e.to_string());
             continue;
         }
         match commands::access(&args) {

@@ -2,7 +2,6 @@
 //! `LengthDelimitedCodec`), the first one a hello (magic, protocol version, postcard [`Hello`]),
 //! the others postcard [`Frame`]s.
 
-use crate::handshake::PROOF_LEN;
 use crate::tls::BoxedIo;
 use axum::body::Bytes;
 use dynamokv_core::membership::{Ended, Member};
@@ -23,6 +22,8 @@ pub const PROTOCOL_VERSION: u16 = 7;
 /// fits).
 pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
 const MAGIC: &[u8; 8] = b"dynamokv";
+/// Length of a handshake nonce and of a proof.
+pub const PROOF_LEN: usize = 32;
 
 /// Why bytes from a peer are not a frame of this protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
