@@ -92,7 +92,7 @@ impl PreferenceList {
             .count()
     }
 
-    /// The first reachable primary: the key's coordinator.
+    /// The first reachable primary: where a node that is no primary forwards a request.
     pub fn coordinator(&self) -> Option<&str> {
         self.targets
             .iter()

@@ -263,6 +263,12 @@ const DESCRIBED: &[(&str, Kind, Option<Unit>, &str)] = &[
         "Open file descriptors of the node process",
     ),
     (
+        "dynamokv_node_thread_stalls_total",
+        Kind::Counter,
+        None,
+        "Bursts that kept the node thread busy for 100 ms or more (every request of the node waited; usually the storage engine holding writes back)",
+    ),
+    (
         "dynamokv_data_dir_bytes",
         Kind::Gauge,
         Some(Unit::Bytes),

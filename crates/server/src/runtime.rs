@@ -34,8 +34,9 @@ const BURST: usize = 256;
 /// Longest a tick waits for queued events, in milliseconds.
 const TICK_DEFER_MS: u64 = 1000;
 
-/// A burst that kept the node thread this long is logged.
-const SLOW_BURST: Duration = Duration::from_millis(500);
+/// A burst that kept the node thread this long is a *stall*: logged, and counted in
+/// `dynamokv_node_thread_stalls_total`.
+const SLOW_BURST: Duration = Duration::from_millis(100);
 
 /// An answer and the ring version of the node that gave it.
 pub type Answer = (ClientResponse, u64);
@@ -386,6 +387,7 @@ pub fn run_node(
         let committed = t.commit(&outputs);
         let busy = burst_started.elapsed();
         if busy >= SLOW_BURST {
+            metrics::counter!("dynamokv_node_thread_stalls_total").increment(1);
             // Every request of this node waited this long; the usual cause is the storage
             // engine holding writes back while its background flushes catch up.
             tracing::warn!(

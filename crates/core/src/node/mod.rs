@@ -670,6 +670,13 @@ impl<S: LocalStore> Node<S> {
         self.tick_workers(now);
         self.place_tokens(mono);
         let status = self.cluster.me().status;
+        // A joining node that has heard of no other member (its seeds are unreachable) waits
+        // for one: alone it would make a cluster of its own and acknowledge writes that no
+        // other node holds.
+        let me = self.cluster.id();
+        if status == Status::Joining && self.cluster.view().members.keys().all(|id| id == me) {
+            return;
+        }
         let step = self
             .rebalance
             .tick(mono, self.cluster.id(), status, &self.trees, &self.proofs);

@@ -1081,3 +1081,26 @@ fn the_data_directory_epoch_rises_at_start_and_every_minute() {
         "persisted (the shell makes it durable before any peer hears of it)"
     );
 }
+
+#[test]
+fn a_joining_node_whose_seeds_never_answer_stays_joining_and_takes_no_write() {
+    // Found by the simulator (seed 1726 at 3 nodes): a node started with seeds while every seed
+    // was down made a cluster of one and acknowledged W=2 writes it alone held.
+    let mut me = mk(3, 1);
+    me.status = Status::Joining;
+    let mut a = node(3, std::slice::from_ref(&me));
+    for t in (0..30_000).step_by(20) {
+        a.tick(Now::at(t));
+        a.drain();
+    }
+    assert_eq!(a.me().status, Status::Joining);
+    a.request(Now::at(30_000), 1, put_request(b"k", b"v", None));
+    match &a.drain()[..] {
+        [Output::Respond { response, .. }] => assert!(response.is_err(), "{response:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Once it hears of a member, the join goes on (here: to a ring of its own tokens and
+    // that member's).
+    let other = mk(0, 1);
+    assert!(a.learn(std::slice::from_ref(&other)));
+}
