@@ -1,95 +1,141 @@
 #!/usr/bin/env bash
-# Memory and data-size benchmark: loads KEYS (default 10 million) 16-byte keys with 100-byte
-# values into a 3-node dynamokv cluster (N=3 R=2 W=2) through the RESP port, printing each
-# node's RSS along the way, and runs the same redis-benchmark load at one tenth of the keys and
-# at all of them (throughput should not fall as data grows). Not part of CI; needs
-# redis-tools (installed with apt when missing). Takes about 15 minutes at 10 million keys.
+# Speed as data grows: one 3-node cluster (N=3 R=2 W=2, default settings) measured at SMALL keys
+# and at KEYS keys in one run. Keys are redis-benchmark's own (`key:` and 12 digits, 16 bytes) so
+# its random GETs hit; loaded values are 100 random bytes (hex, from a pool of 4 096, so the
+# engine's compression gains nothing a user's random data would not give it).
 #
-#   bench/memory.sh                 # 10 million keys
-#   KEYS=1000000 bench/memory.sh    # a quicker run
+# Prints: redis-benchmark SET and GET (-c 50 -d 100, random keys over the whole set) at SMALL keys,
+# right after loading KEYS, and after SETTLE seconds of quiet (steady state), each with p50 and
+# p99 and its share of the SMALL figure; the load rate of `redis-cli --pipe`, its errors and the
+# node-thread stalls (100 ms or more) during it; disk bytes per key against the stored record
+# (key + value + version); RSS per node. Not part of CI; needs redis-tools (installed with apt
+# when missing). About 12 minutes at 10 million keys on 2 cores.
+#
+#   bench/memory.sh                                 # 10 million keys
+#   KEYS=2000000 bench/memory.sh                    # a quicker run
+#   NODE_FLAGS="--cache-mb 256" bench/memory.sh     # flags for every node
+#   SMALL=100000 REQS=200000 SETTLE=60 bench/memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${KEYS:-10000000}
-BASE=${BASE:-27500}
+SMALL=${SMALL:-100000}
+REQS=${REQS:-200000}
+SETTLE=${SETTLE:-60}
+NODE_FLAGS=${NODE_FLAGS:-}
+HTTP_BASE=${HTTP_BASE:-27500}
+PEER_BASE=$((HTTP_BASE + 100))
+RESP_BASE=$((HTTP_BASE + 200))
 if ! command -v redis-benchmark >/dev/null; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-tools >/dev/null
 fi
 cargo build --release -q -p dynamokv
-BIN=$PWD/target/release/dynamokv
-DIR=$(mktemp -d)
-DEV=
-cleanup() {
-    [ -n "$DEV" ] && kill "$DEV" 2>/dev/null && wait "$DEV" 2>/dev/null
-    rm -rf "$DIR"
+BIN=${BIN:-$PWD/target/release/dynamokv}
+# shellcheck source=lib.sh
+source bench/lib.sh
+
+port() { echo $((RESP_BASE + $1)); }
+rss() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/${PIDS[$1]}/status"; }
+metric() { # node, series: the sum of the series' samples
+    curl -s "$(url "$1")/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2} END {printf "%d", s}'
 }
-trap cleanup EXIT
-"$BIN" dev --nodes 3 --dir "$DIR/dkv" --http-port-base $((BASE + 1)) --peer-port-base $((BASE + 101)) \
-    --resp-port-base $((BASE + 201)) --log warn >"$DIR/dev.out" 2>&1 &
-DEV=$!
-for _ in $(seq 100); do grep -q "agree on the ring" "$DIR/dev.out" && break; sleep 0.3; done
-grep -q "agree on the ring" "$DIR/dev.out" || { cat "$DIR/dev.out"; exit 1; }
-port() { echo $((BASE + 200 + $1)); }
-pid() { cat "$DIR/dkv/n$1.pid"; }
-rss() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$(pid "$1")/status"; }
-START=$(date +%s)
-report() { # keys loaded so far
-    printf '%8ds %12s keys   RSS MiB: n1 %s  n2 %s  n3 %s   data dir: %s\n' $(($(date +%s) - START)) "$1" \
-        "$(rss 1)" "$(rss 2)" "$(rss 3)" "$(du -sh "$DIR/dkv/n1" | cut -f1)"
-}
-# load FROM TO: SET k<15 digits> for every key in [FROM, TO), spread over the three nodes.
+stalls() { echo $(($(metric 1 dynamokv_node_thread_stalls_total) + $(metric 2 dynamokv_node_thread_stalls_total) + $(metric 3 dynamokv_node_thread_stalls_total))); }
+
+for i in 1 2 3; do
+    seeds=()
+    [ "$i" = 1 ] || seeds=(--seeds "127.0.0.1:$((PEER_BASE + 1))")
+    # shellcheck disable=SC2086
+    start "$i" --resp "127.0.0.1:$(port "$i")" "${seeds[@]}" $NODE_FLAGS
+    [ "$i" = 1 ] && sleep 0.3
+done
+for _ in $(seq 150); do
+    up=$(curl -s "$(url 1)/admin/members" | field "sum(1 for m in d['members'] if m['status']=='up')" 2>/dev/null || echo 0)
+    [ "$up" = 3 ] && break
+    sleep 0.2
+done
+[ "$up" = 3 ] || { echo "the cluster did not come up" >&2; exit 1; }
+sleep 3
+
+# 4 096 random 100-byte values (hex), for the loader.
+od -An -v -tx1 -N $((4096 * 50)) /dev/urandom | tr -d ' \n' | fold -w 100 >"$DIR/values"
+
+# load FROM TO: SET key:<12 digits> for every key in [FROM, TO), one redis-cli --pipe per node.
+LOAD_ERRORS=0
 load() {
     local from=$1 to=$2 pids=() i
     for i in 0 1 2; do
-        awk -v s="$from" -v e="$to" -v n="$i" 'BEGIN {
-            v = sprintf("%0100d", 0)
+        awk -v s="$from" -v e="$to" -v n="$i" 'NR == FNR { v[FNR - 1] = $0; next } END {
             for (k = s + n; k < e; k += 3)
-                printf "*3\r\n$3\r\nSET\r\n$16\r\nk%015d\r\n$100\r\n%s\r\n", k, v
-        }' | redis-cli -p "$(port $((i + 1)))" --pipe --pipe-timeout 0 >"$DIR/load$i.out" 2>&1 &
+                printf "*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$100\r\n%s\r\n", k, v[(k * 7919) % 4096]
+        }' "$DIR/values" /dev/null | redis-cli -p "$(port $((i + 1)))" --pipe --pipe-timeout 0 >"$DIR/load$i.out" 2>&1 &
         pids+=($!)
     done
-    local t=0
-    while kill -0 "${pids[0]}" 2>/dev/null || kill -0 "${pids[1]}" 2>/dev/null || kill -0 "${pids[2]}" 2>/dev/null; do
-        sleep 1
-        t=$((t + 1))
-        [ $((t % 30)) -eq 0 ] || continue
-        local done_cmds=0
-        for i in 1 2 3; do
-            done_cmds=$((done_cmds + $(redis-cli -p "$(port "$i")" INFO | awk -F: '/total_commands_processed/ {print $2+0}')))
-        done
-        report "~$((from + done_cmds - LOADED_CMDS))"
-    done
     wait "${pids[@]}"
-    grep -h "errors" "$DIR"/load*.out | sed 's/^/  /' || true
-    LOADED_CMDS=0
-    for i in 1 2 3; do
-        LOADED_CMDS=$((LOADED_CMDS + $(redis-cli -p "$(port "$i")" INFO | awk -F: '/total_commands_processed/ {print $2+0}')))
+    local e
+    for i in 0 1 2; do
+        e=$(grep -o 'errors: [0-9]*' "$DIR/load$i.out" | awk '{print $2}')
+        LOAD_ERRORS=$((LOAD_ERRORS + ${e:-0}))
+        grep -v "^All data transferred\|^Waiting for\|^errors:" "$DIR/load$i.out" | sort | uniq -c | head -3 | sed 's/^/  /' || true
     done
 }
-measure() { # keys
-    echo "redis-benchmark -t set,get -n 200000 -c 50 -d 100 -r $1 (keys in the cluster: $1):"
-    redis-benchmark -p "$(port 1)" -t set,get -n 200000 -c 50 -d 100 -r "$1" --csv 2>/dev/null |
-        awk -F, 'NR > 1 {gsub(/"/, ""); printf "  %s %s requests/s, p99 %s ms\n", $1, $2, $7}'
-    LOADED_CMDS=0
-    for i in 1 2 3; do
-        LOADED_CMDS=$((LOADED_CMDS + $(redis-cli -p "$(port "$i")" INFO | awk -F: '/total_commands_processed/ {print $2+0}')))
-    done
+
+declare -A SET GET
+measure() { # label, keys
+    local out
+    out=$(redis-benchmark -p "$(port 1)" -t set,get -n "$REQS" -c 50 -d 100 -r "$2" --csv 2>/dev/null)
+    SET[$1]=$(echo "$out" | awk -F, '/"SET"/ {gsub(/"/, ""); printf "%.0f %s %s", $2, $5, $7}')
+    GET[$1]=$(echo "$out" | awk -F, '/"GET"/ {gsub(/"/, ""); printf "%.0f %s %s", $2, $5, $7}')
 }
-echo "$(date -u +%Y-%m-%d) on $(nproc) cores: bench/memory.sh KEYS=$KEYS"
-LOADED_CMDS=0
+report() {
+    printf '  %6ds %10s keys   RSS MiB: n1 %s  n2 %s  n3 %s   data dir n1: %s\n' $((SECONDS - T0)) "$1" \
+        "$(rss 1)" "$(rss 2)" "$(rss 3)" "$(du -sh "$DIR/n1" | cut -f1)"
+}
+
+echo "$(date -u +%Y-%m-%d) on $(nproc) cores: bench/memory.sh KEYS=$KEYS SMALL=$SMALL NODE_FLAGS='$NODE_FLAGS' ($("$BIN" --version))"
+T0=$SECONDS
 report 0
-TENTH=$((KEYS / 10))
-load 0 "$TENTH"
-report "$TENTH"
-measure "$TENTH"
-load "$TENTH" "$KEYS"
+load 0 "$SMALL"
+measure small "$SMALL"
+report "$SMALL"
+(while sleep 30; do report "..."; done) &
+REPORTER=$!
+STALLS0=$(stalls)
+L0=$SECONDS
+load "$SMALL" "$KEYS"
+LOAD_SECS=$((SECONDS - L0))
+kill "$REPORTER"
+LOAD_STALLS=$(($(stalls) - STALLS0))
 report "$KEYS"
-measure "$KEYS"
-sleep 20
-report "$KEYS (20 s idle)"
-echo "node thread stalls (bursts that kept a node busy for 500 ms or more), per node:"
+measure loaded "$KEYS"
+sleep "$SETTLE"
+measure steady "$KEYS"
+report "$KEYS, steady"
+
+echo
+printf 'load of %d keys with redis-cli --pipe (one per node): %d s, %d keys/s, %d errors, %d node-thread stalls >= 100 ms\n' \
+    $((KEYS - SMALL)) "$LOAD_SECS" $(((KEYS - SMALL) / (LOAD_SECS > 0 ? LOAD_SECS : 1))) "$LOAD_ERRORS" "$LOAD_STALLS"
+echo
+echo "redis-benchmark -t set,get -n $REQS -c 50 -d 100 -r KEYS on node 1's RESP port:"
+printf '| %-28s | %8s | %7s | %7s | %6s | %8s | %7s | %7s | %6s |\n' keys "SET/s" "p50 ms" "p99 ms" share "GET/s" "p50 ms" "p99 ms" share
+printf '|%s|\n' "------------------------------|----------|---------|---------|--------|----------|---------|---------|--------"
+row() { # label, phase
+    read -r s s50 s99 <<<"${SET[$2]}"
+    read -r g g50 g99 <<<"${GET[$2]}"
+    read -r S0 _ _ <<<"${SET[small]}"
+    read -r G0 _ _ <<<"${GET[small]}"
+    printf '| %-28s | %8s | %7s | %7s | %5s%% | %8s | %7s | %7s | %5s%% |\n' "$1" "$s" "$s50" "$s99" $((100 * s / S0)) "$g" "$g50" "$g99" $((100 * g / G0))
+}
+row "$SMALL" small
+row "$KEYS, right after the load" loaded
+row "$KEYS, after ${SETTLE} s quiet" steady
+echo
+record=$(curl -s "$(url 1)/admin/local/key:000000000001" | field "d['stored_bytes']")
+echo "stored record of one key: $record bytes (key 16 + value 100 + version, ring position and framing $((record - 116)))"
 for i in 1 2 3; do
-    printf '  n%s: %s, longest %s ms\n' "$i" "$(grep -c 'busy for' "$DIR/dkv/n$i.log" || true)" \
-        "$(grep -o 'busy for [0-9]* ms' "$DIR/dkv/n$i.log" | awk '{print $3}' | sort -n | tail -1)"
+    bytes=$(du -sb "$DIR/n$i" | cut -f1)
+    awk -v i="$i" -v b="$bytes" -v k="$KEYS" -v r="$record" -v m="$(rss "$i")" 'BEGIN {
+        printf "n%s: %.0f MB on disk, %.0f bytes per key, %.2fx the stored record; RSS %s MiB\n", i, b / 1e6, b / k, b / k / r, m }'
 done
+echo "n1's data directory by part:"
+(cd "$DIR/n1" && du -sb -- * */* 2>/dev/null | sort -rn | head -8 | awk '{printf "  %8.1f MB  %s\n", $1 / 1e6, $2}')

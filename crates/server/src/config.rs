@@ -138,6 +138,11 @@ pub struct Config {
     /// Interval of the periodic fsync, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 100)]
     pub sync_interval_ms: u64,
+    /// Memory for the storage engine's block cache, in MiB: data, index and filter blocks kept
+    /// in memory. More makes reads (and the read each write does) faster once the data is
+    /// many times larger than the cache; it adds to the node's resident memory one for one.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub cache_mb: u64,
     /// Secret authenticating context tokens and peers; every node of a cluster must share it.
     /// Default: a random secret generated in the data directory on first start (a node that
     /// does so cannot join a cluster).
@@ -329,12 +334,26 @@ impl Config {
                 self.node.max_object_bytes, self.max_frame_bytes
             )));
         }
+        if !(1..=1024 * 1024).contains(&self.cache_mb) {
+            return Err(ConfigError::Invalid(format!(
+                "cache_mb must be between 1 and 1048576 (MiB), not {}",
+                self.cache_mb
+            )));
+        }
         if self.cluster_secret.as_deref() == Some("") {
             return Err(ConfigError::Invalid(
                 "cluster_secret must not be empty".into(),
             ));
         }
         Ok(())
+    }
+
+    /// How this configuration opens the storage engine.
+    pub fn disk_options(&self) -> dynamokv_storage::DiskOptions {
+        dynamokv_storage::DiskOptions {
+            sync: self.sync_policy(),
+            cache_bytes: self.cache_mb * 1024 * 1024,
+        }
     }
 
     /// The storage sync policy this configuration asks for.
@@ -392,6 +411,13 @@ mod tests {
         c.node.max_value_bytes = 20 * 1024 * 1024;
         c.node.max_object_bytes = 24 * 1024 * 1024;
         assert!(c.validate().is_err(), "frames must fit values");
+        let c = Config {
+            cache_mb: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err(), "a cache of nothing");
+        let c = Config::from_toml("cache_mb = 256").unwrap();
+        assert_eq!(c.disk_options().cache_bytes, 256 * 1024 * 1024);
         assert_eq!(
             Config::default().sync_policy(),
             SyncPolicy::Periodic(Duration::from_millis(100))

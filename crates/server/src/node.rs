@@ -51,8 +51,10 @@ pub struct LocalState {
 impl LocalState {
     /// Opens the data directory named by `config`.
     pub fn open(config: &Config) -> Result<LocalState, NodeError> {
-        let engine: Arc<dyn Engine> =
-            Arc::new(DiskEngine::open(&config.data_dir, config.sync_policy())?);
+        let engine: Arc<dyn Engine> = Arc::new(DiskEngine::open_with(
+            &config.data_dir,
+            config.disk_options(),
+        )?);
         Self::with_engine(engine, config)
     }
 

@@ -18,6 +18,34 @@ use std::thread::JoinHandle;
 /// 64 MiB; smaller keeps a node's memory well inside its budget, and point reads faster).
 pub const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The journal's limit: past it, the memtables holding the oldest journal's writes are flushed
+/// so the journal can go. fjall's default (512 MiB) doubled the disk a million keys took
+/// (docs/bench.md); 64 MiB is fjall's smallest.
+pub const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The block cache unless told otherwise (`--cache-mb`).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How the disk engine is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// When to fsync.
+    pub sync: SyncPolicy,
+    /// Memory for cached data, index and filter blocks, in bytes: more keeps more of a large
+    /// data set's blocks in memory, for faster reads and read-before-write.
+    pub cache_bytes: u64,
+}
+
+impl DiskOptions {
+    /// The default options with sync policy `sync`.
+    pub fn new(sync: SyncPolicy) -> Self {
+        Self {
+            sync,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
 fn engine_err(e: fjall::Error) -> StorageError {
     StorageError::Engine(e.to_string())
 }
@@ -51,21 +79,33 @@ pub struct DiskEngine {
 }
 
 impl DiskEngine {
-    /// Opens (or creates) the engine in directory `path`.
+    /// Opens (or creates) the engine in directory `path` with the default options.
     ///
     /// Fails if another process holds the directory.
     pub fn open(path: &Path, policy: SyncPolicy) -> Result<Self> {
+        Self::open_with(path, DiskOptions::new(policy))
+    }
+
+    /// Opens (or creates) the engine in directory `path` with `options`.
+    ///
+    /// Fails if another process holds the directory.
+    pub fn open_with(path: &Path, options: DiskOptions) -> Result<Self> {
+        let policy = options.sync;
         std::fs::create_dir_all(path)
             .map_err(|e| StorageError::Engine(format!("cannot create {}: {e}", path.display())))?;
-        let db = Database::builder(path).open().map_err(|e| match e {
+        let db = Database::builder(path)
+            .cache_size(options.cache_bytes)
+            .max_journaling_size(JOURNAL_BYTES)
+            .open()
+            .map_err(|e| match e {
             fjall::Error::Locked => StorageError::Engine(format!(
                 "{} is in use by another process (another dynamokv node?); give each node its own data directory",
                 path.display()
             )),
             other => engine_err(other),
-        })?;
+            })?;
         // Memory: each keyspace's memtable is sealed at MEMTABLE_BYTES and flushed to disk in
-        // the background; the block cache is fjall's default 32 MiB. See docs/bench.md.
+        // the background; the block cache is `options.cache_bytes`. See docs/bench.md.
         let open = |s: Space| {
             db.keyspace(s.name(), || {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)

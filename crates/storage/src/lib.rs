@@ -15,9 +15,9 @@ mod objects;
 #[cfg(test)]
 mod suite;
 
-pub use disk::DiskEngine;
+pub use disk::{DiskEngine, DiskOptions};
 pub use memory::MemoryEngine;
-pub use objects::{ObjectStore, decode_storage_key, storage_key};
+pub use objects::{ObjectStore, decode_storage_key, storage_key, stored_bytes};
 
 use std::ops::Bound;
 use std::time::Duration;

@@ -26,6 +26,12 @@ pub fn decode_storage_key(sk: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_be_bytes(*pos), key))
 }
 
+/// The bytes the engine is given for `key`'s object: its storage key and its encoding (before
+/// the engine's own framing and compression).
+pub fn stored_bytes(key: &[u8], obj: &Object) -> usize {
+    8 + key.len() + encode(obj).len()
+}
+
 fn encode(obj: &Object) -> Vec<u8> {
     let mut out = vec![OBJECT_FORMAT];
     // Serializing an in-memory Object into a Vec cannot fail.

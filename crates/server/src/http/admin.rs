@@ -190,6 +190,7 @@ pub(crate) async fn admin_local(State(s): State<AppState>, uri: Uri) -> Result<R
             "value": sib.value.as_ref().map(|v| STANDARD.encode(v)),
         })).collect::<Vec<_>>(),
         "context": context_token(&s.codec, &key, &obj),
+        "stored_bytes": dynamokv_storage::stored_bytes(&key, &obj),
     }))
     .into_response())
 }
