@@ -140,7 +140,8 @@ pub struct Config {
     pub sync_interval_ms: u64,
     /// Memory for the storage engine's block cache, in MiB: data, index and filter blocks kept
     /// in memory. More makes reads (and the read each write does) faster once the data is
-    /// many times larger than the cache; it adds to the node's resident memory one for one.
+    /// many times larger than the cache; it adds to the node's resident memory one for one
+    /// (figures at 32, 64 and 256 MiB: docs/bench.md).
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub cache_mb: u64,
     /// Secret authenticating context tokens and peers; every node of a cluster must share it.
