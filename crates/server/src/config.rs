@@ -80,7 +80,8 @@ pub struct Config {
     /// HTTP address partition-aware clients should use. Default: the bound --http address.
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_http: Option<String>,
-    /// Peer addresses of nodes to join through, comma-separated. None: start a new cluster.
+    /// Peer addresses of nodes to join through, comma-separated (needs the cluster's secret: a
+    /// node given seeds without one refuses to start). None: start a new cluster.
     #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',')]
     pub seeds: Vec<String>,
     /// Tokens (virtual nodes) this node places on the ring.
@@ -341,6 +342,15 @@ impl Config {
                 self.cache_mb
             )));
         }
+        if !self.seeds.is_empty() && self.cluster_secret.is_none() {
+            return Err(ConfigError::Invalid(
+                "--seeds given without a cluster secret: a node joins a cluster only with the \
+                 cluster's secret, and without one it would make a cluster of its own. Give the \
+                 secret the other nodes run with: --cluster-secret, the DYNAMOKV_CLUSTER_SECRET \
+                 environment variable, or cluster_secret in the config file"
+                    .into(),
+            ));
+        }
         if self.cluster_secret.as_deref() == Some("") {
             return Err(ConfigError::Invalid(
                 "cluster_secret must not be empty".into(),
@@ -417,6 +427,17 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err(), "a cache of nothing");
+        let c = Config {
+            seeds: vec!["127.0.0.1:7070".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().is_err(), "seeds without a secret");
+        let c = Config {
+            seeds: vec!["127.0.0.1:7070".into()],
+            cluster_secret: Some("s".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_ok());
         let c = Config::from_toml("cache_mb = 256").unwrap();
         assert_eq!(c.disk_options().cache_bytes, 256 * 1024 * 1024);
         assert_eq!(
