@@ -77,6 +77,17 @@ enum Command {
     RingBalance(ring_balance::RingBalanceArgs),
 }
 
+/// A client command whose output goes to a reader that stops early (`admin status | head`) ends
+/// as other Unix tools do, by SIGPIPE, instead of panicking in `println!`. The nodes (`server`,
+/// `dev`) keep Rust's default - SIGPIPE ignored - so a peer or client that goes away is an error
+/// on that connection, not the end of the process.
+fn stop_quietly_on_a_closed_pipe() {
+    // SAFETY: setting a signal's disposition to the default, before any other thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -90,6 +101,9 @@ fn main() -> std::process::ExitCode {
     {
         eprintln!("error: {e}");
         return std::process::ExitCode::from(2);
+    }
+    if !matches!(cli.command, Command::Dev(_) | Command::Server(_)) {
+        stop_quietly_on_a_closed_pipe();
     }
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),

@@ -1,6 +1,9 @@
 //! Operations that cannot hurt: a node's start refuses what would silently make the wrong
-//! cluster.
+//! cluster; the command line ends cleanly when its reader goes away.
 
+mod common;
+
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,4 +56,27 @@ fn a_node_given_seeds_without_a_secret_refuses_to_start_and_says_how() {
         assert!(err.contains(hint), "the refusal names {hint}: {err}");
     }
     assert!(!dir.exists(), "nothing was created on a refused start");
+}
+
+#[test]
+fn a_client_command_whose_reader_goes_away_ends_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(dir.path(), &[]);
+    // `dynamokv admin status | head -0`: the reader is gone before the first line is written.
+    let mut child = Command::new(BIN)
+        .args(["admin", "status", "--node", &node.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
 }
