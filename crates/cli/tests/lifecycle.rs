@@ -80,3 +80,30 @@ fn a_client_command_whose_reader_goes_away_ends_without_a_panic() {
         out.status
     );
 }
+
+#[tokio::test]
+async fn a_bad_primary_quorum_is_told_its_real_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(dir.path(), &[]);
+    let c = reqwest::Client::new();
+    for (query, said) in [
+        ("pr=4", "use 0 to 3"),
+        ("pw=9", "use 0 to 3"),
+        ("r=0", "use 1 to 3"),
+    ] {
+        let method = if query.starts_with("pw") {
+            reqwest::Method::PUT
+        } else {
+            reqwest::Method::GET
+        };
+        let r = c
+            .request(method, format!("{}/kv/k?{query}", node.url))
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(said), "{query}: {body}");
+    }
+}

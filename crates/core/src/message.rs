@@ -78,11 +78,20 @@ pub enum QuorumKind {
     Write,
 }
 
+/// The lowest value a quorum parameter takes: 0 for `pr` and `pw` (no primaries required), 1
+/// for `r` and `w`.
+fn lowest_quorum(name: &str) -> u8 {
+    u8::from(!name.starts_with('p'))
+}
+
 /// Why a client request failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum OpError {
-    /// `r` or `w` is 0 or larger than N.
-    #[error("{name}={value} is not allowed: use 1 to {n} (N={n})")]
+    /// `r` or `w` is 0 or larger than N, or `pr` or `pw` larger than N.
+    #[error(
+        "{name}={value} is not allowed: use {} to {n} (N={n})",
+        lowest_quorum(name)
+    )]
     InvalidQuorum {
         /// `r` or `w`.
         name: String,
@@ -532,4 +541,34 @@ pub enum RootAnswer {
     Equal,
     /// The roots differ: the responder's branch hashes.
     Differ(Vec<Hash>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_quorum_names_the_range_its_parameter_takes() {
+        let bad = |name: &str, value| OpError::InvalidQuorum {
+            name: name.into(),
+            value,
+            n: 3,
+        };
+        assert_eq!(
+            bad("r", 0).to_string(),
+            "r=0 is not allowed: use 1 to 3 (N=3)"
+        );
+        assert_eq!(
+            bad("pr", 4).to_string(),
+            "pr=4 is not allowed: use 0 to 3 (N=3)"
+        );
+        assert_eq!(
+            bad("pw", 4).to_string(),
+            "pw=4 is not allowed: use 0 to 3 (N=3)"
+        );
+        assert_eq!(
+            bad("w", 4).to_string(),
+            "w=4 is not allowed: use 1 to 3 (N=3)"
+        );
+    }
 }
