@@ -163,6 +163,8 @@ mod tests {
             "--tls-require-client-cert",
             "--seeds",
             "a:1,,b:2",
+            "--cluster-secret",
+            "s",
         ])
         .unwrap();
         assert_eq!((c.node.n, c.node.w), (5, 2));
@@ -179,6 +181,10 @@ mod tests {
         assert!(e.contains("r <= n"), "{e}");
         let e = config_of(&["--hint-rate", "0"]).unwrap_err().to_string();
         assert!(e.contains("hint_rate_per_sec must be at least 1"), "{e}");
+        let e = config_of(&["--seeds", "a:1"]).unwrap_err().to_string();
+        assert!(e.contains("without a cluster secret"), "{e}");
+        let no_secret = config_of(&["-c", f, "--seeds", "a:1"]);
+        assert!(no_secret.is_err(), "the file gives no secret either");
     }
 
     /// docs/configuration.md is the settings' reference, generated from their one declaration:
