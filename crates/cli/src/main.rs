@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// dynamokv: a Dynamo-style distributed key-value store.
 #[derive(Parser)]
-#[command(name = "dynamokv", version, about, long_about = None, propagate_version = true)]
+#[command(name = "dynamokv", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DYNAMOKV_COMMIT"), ")"), about, long_about = None, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -206,6 +206,107 @@ mod tests {
 
     /// The reference: every setting of `dynamokv server` with its file key, flag, default and
     /// help, from the clap declaration.
+    /// examples/node.toml: every setting the file takes, at its default, each under its help;
+    /// generated like the reference (`DYNAMOKV_WRITE_DOCS=1`), and it must load as the defaults.
+    #[test]
+    fn the_example_configuration_has_every_setting_and_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/node.toml");
+        let expected = example();
+        if std::env::var_os("DYNAMOKV_WRITE_DOCS").is_some() {
+            std::fs::write(path, &expected).unwrap();
+        }
+        let found = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            found == expected,
+            "examples/node.toml is out of date: regenerate it with DYNAMOKV_WRITE_DOCS=1 cargo test -p dynamokv -- configuration"
+        );
+        let loaded = Config::from_toml(&found).unwrap();
+        assert_eq!(loaded, Config::default());
+        // Every setting the file takes is in it (a commented one for those without a default).
+        let keys = serde_json::to_value(Config::default()).unwrap();
+        for key in keys.as_object().unwrap().keys() {
+            if key == "tls" || key == "tokens" {
+                continue; // tables, described in the header
+            }
+            assert!(
+                found.contains(&format!("\n{key} = ")) || found.contains(&format!("# {key} = ")),
+                "{key} is missing from examples/node.toml"
+            );
+        }
+    }
+
+    fn example() -> String {
+        let cmd = Cli::command();
+        let help = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id().as_str() == id)
+                .and_then(|a| a.get_long_help().or(a.get_help()).map(|h| h.to_string()))
+                .unwrap_or_default()
+        };
+        let mut out = String::from(
+            "# A dynamokv node's configuration file with every setting at its default, each under\n\
+             # its help. Generated from the settings' declaration by a test; do not edit by hand\n\
+             # (copy it). Use: dynamokv server --config node.toml; flags given override the file.\n\
+             # Reference: docs/configuration.md; running nodes across hosts: docs/operations.md.\n\n\
+             # Settings without a default are commented out; a node of a real cluster sets\n\
+             # node_id, seeds (on its first start only) and the cluster secret (better given as\n\
+             # DYNAMOKV_CLUSTER_SECRET in the environment than written here).\n\
+             # seeds = [\"10.0.0.1:7070\", \"10.0.0.2:7070\"]\n\
+             # [tls] takes cert, key, ca and require_client_cert; [[tokens]] entries take name,\n\
+             # token and scopes (docs/security.md).\n",
+        );
+        let values = serde_json::to_value(Config::default()).unwrap();
+        for (key, value) in values.as_object().unwrap() {
+            if !value.is_null() || key == "tls" {
+                continue;
+            }
+            let name = cmd
+                .get_arguments()
+                .find(|a| a.get_id().as_str() == key)
+                .and_then(|a| a.get_value_names().and_then(|v| v.first().cloned()))
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "...".to_owned());
+            out.push('\n');
+            for l in textwrap(&help(key), 96) {
+                out.push_str(&format!("# {l}\n"));
+            }
+            out.push_str(&format!("# {key} = \"{name}\"\n"));
+        }
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        for line in defaults.lines() {
+            let Some((key, _)) = line.split_once(" = ") else {
+                continue;
+            };
+            if key == "seeds" || key == "tokens" {
+                continue;
+            }
+            out.push('\n');
+            for l in textwrap(&help(key), 96) {
+                out.push_str(&format!("# {l}\n"));
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// `text` in lines of at most `width` characters, broken at spaces.
+    fn textwrap(text: &str, width: usize) -> Vec<String> {
+        let mut lines = vec![String::new()];
+        for word in text.split_whitespace() {
+            let last = lines.last_mut().unwrap();
+            if !last.is_empty() && last.len() + 1 + word.len() > width {
+                lines.push(word.to_owned());
+            } else {
+                if !last.is_empty() {
+                    last.push(' ');
+                }
+                last.push_str(word);
+            }
+        }
+        lines
+    }
+
     fn reference() -> String {
         let cmd = Cli::command();
         let keys: std::collections::BTreeSet<String> = serde_json::to_value(Config::default())

@@ -107,3 +107,25 @@ async fn a_bad_primary_quorum_is_told_its_real_range() {
         assert!(body.contains(said), "{query}: {body}");
     }
 }
+
+#[test]
+fn the_version_names_the_commit_it_was_built_from() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with("dynamokv 0."), "{version}");
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match head {
+        // Built in this checkout: the commit is HEAD's (tests run on what was just built).
+        Some(head) => assert!(
+            version.contains(&format!("commit {head}")),
+            "{version} vs {head}"
+        ),
+        None => assert!(version.contains("unknown commit"), "{version}"),
+    }
+}
