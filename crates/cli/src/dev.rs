@@ -147,8 +147,29 @@ fn read_pid(dir: &Path, id: &str) -> Option<i32> {
 }
 
 fn alive(pid: i32) -> bool {
-    // Signal 0 checks that the process exists; a zombie child is reaped by `try_wait` first.
-    unsafe { libc::kill(pid, 0) == 0 }
+    // Signal 0 checks that the process exists. A node that exited but is not yet reaped by the
+    // dev process that started it (a zombie, state Z in /proc) is not alive.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => !Path::new("/proc/self").exists(),
+    }
+}
+
+/// Waits until `pid` is gone, up to `limit`; true if it is.
+fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 fn signal(pid: i32, sig: libc::c_int) {
@@ -291,8 +312,14 @@ fn manage(dir: &Path, command: DevCommand) -> anyhow::Result<ExitCode> {
                 bail!("{id} is not running");
             };
             signal(pid, libc::SIGTERM);
+            if !wait_gone(pid, Duration::from_secs(30)) {
+                bail!(
+                    "{id} (pid {pid}) is still stopping after 30 s; `dynamokv dev --dir {} kill {id}` ends it at once",
+                    dir.display()
+                );
+            }
             println!(
-                "{id} (pid {pid}) stopping; start it again with: dynamokv dev --dir {} start {id}",
+                "{id} (pid {pid}) stopped; start it again with: dynamokv dev --dir {} start {id}",
                 dir.display()
             );
         }
@@ -302,6 +329,9 @@ fn manage(dir: &Path, command: DevCommand) -> anyhow::Result<ExitCode> {
                 bail!("{id} is not running");
             };
             signal(pid, libc::SIGKILL);
+            if !wait_gone(pid, Duration::from_secs(10)) {
+                bail!("{id} (pid {pid}) is still there 10 s after SIGKILL");
+            }
             println!(
                 "{id} (pid {pid}) killed; start it again with: dynamokv dev --dir {} start {id}",
                 dir.display()
@@ -356,6 +386,11 @@ fn terminate(pids: &[i32]) {
         }
         if alive(*pid) {
             signal(*pid, libc::SIGKILL);
+        }
+        // An exited child is a zombie until reaped: reap it now, so no process of the cluster
+        // is left once `dev` returns.
+        unsafe {
+            libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG);
         }
     }
 }
@@ -586,7 +621,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let pids: Vec<i32> = known.values().flatten().copied().collect();
+    // The pid files as they are now: a node `dev start` began since the last look counts too.
+    let count = load_settings(&args.dir).map_or(args.nodes, |s| s.nodes);
+    let mut pids: Vec<i32> = known.values().flatten().copied().collect();
+    for i in 1..=count {
+        if let Some(pid) = read_pid(&args.dir, &format!("n{i}")).filter(|p| alive(*p))
+            && !pids.contains(&pid)
+        {
+            pids.push(pid);
+        }
+    }
     println!("stopping {} nodes...", pids.len());
     terminate(&pids);
     println!("stopped");

@@ -133,6 +133,23 @@ async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
     wait_for("node n2 is running");
     let r = c.get(format!("{}/health", url(2))).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // `kill` returns once the process is gone, so a `start` right after it starts the node
+    // (it used to answer "n2 is already running").
+    dev(dir.path(), &["kill", "n2"]);
+    let out = dev(dir.path(), &["start", "n2"]);
+    assert!(out.contains("n2 started"), "{out}");
+    let healthy = async {
+        for _ in 0..100 {
+            if let Ok(r) = c.get(format!("{}/health", url(2))).send().await
+                && r.status() == StatusCode::OK
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    };
+    assert!(healthy.await, "n2 serves again after kill and start");
 
     // Ctrl-C (SIGTERM here) stops every node, the restarted one included.
     unsafe {
@@ -146,7 +163,16 @@ async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
             .trim()
             .parse()
             .unwrap();
-        assert!(unsafe { libc::kill(pid, 0) } != 0, "{id} still running");
+        // Gone, or exited and waiting to be reaped by init (a node `dev start` started is not
+        // the supervisor's child).
+        let gone = || {
+            (unsafe { libc::kill(pid, 0) }) != 0
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+        };
+        assert!(gone(), "{id} still running");
     }
 }
 
