@@ -162,27 +162,41 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", read_json(&read))?;
-    } else {
-        match read.siblings.as_slice() {
-            [] => writeln!(out, "not found")?,
-            [only] => {
-                out.write_all(&only.value)?;
+        return Ok(if read.siblings.is_empty() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    // Standard output gets exactly the value (`get k > file` copies it); the rest goes to
+    // standard error.
+    let mut err = std::io::stderr().lock();
+    let code = match read.siblings.as_slice() {
+        [] => {
+            writeln!(err, "not found")?;
+            ExitCode::from(1)
+        }
+        [only] => {
+            out.write_all(&only.value)?;
+            if std::io::IsTerminal::is_terminal(&out) {
                 writeln!(out)?;
             }
-            many => {
-                writeln!(out, "{} siblings:", many.len())?;
-                for (i, s) in many.iter().enumerate() {
-                    write!(out, "sibling {}: ", i + 1)?;
-                    out.write_all(&s.value)?;
-                    writeln!(out)?;
-                }
-            }
+            ExitCode::SUCCESS
         }
-        print_context(&mut out, &read.context)?;
-    }
-    Ok(if read.siblings.is_empty() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+        many => {
+            writeln!(
+                err,
+                "{} siblings (concurrent writes; --json shows them as data, and a put with this context reconciles them):",
+                many.len()
+            )?;
+            for (i, s) in many.iter().enumerate() {
+                write!(err, "sibling {}: ", i + 1)?;
+                err.write_all(&s.value)?;
+                writeln!(err)?;
+            }
+            ExitCode::from(3)
+        }
+    };
+    print_context(&mut err, &read.context)?;
+    Ok(code)
 }

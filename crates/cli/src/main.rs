@@ -62,7 +62,8 @@ enum Command {
     Server(Box<server::ServerArgs>),
     /// Write a value (with the context of a read, it replaces what that read returned).
     Put(kv::PutArgs),
-    /// Read a key: its value, or every sibling numbered, and the context.
+    /// Read a key: its value alone on standard output, the context on standard error; exit 1
+    /// when not found, 3 when concurrent writes left siblings (listed on standard error).
     Get(kv::GetArgs),
     /// Delete a key (with a context, exactly the versions it covers).
     Delete(kv::DeleteArgs),
