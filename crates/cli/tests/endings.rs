@@ -224,6 +224,13 @@ async fn a_removed_node_that_comes_back_on_its_old_data_brings_no_deleted_value_
             && err.contains("wipe the data directory"),
         "{err}"
     );
+    // A removed member is out of the health picture: the cluster's verdict is healthy.
+    let out = cli(&["admin", "status", "--all", "--node", &firsts[0].url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("every member up"),
+        "{text}"
+    );
 
     // Wiped, it joins as a new instance and receives its ranges from the current owners.
     let fresh = keys("after", 60);
