@@ -129,3 +129,18 @@ fn the_version_names_the_commit_it_was_built_from() {
         None => assert!(version.contains("unknown commit"), "{version}"),
     }
 }
+
+#[test]
+fn a_client_pointed_at_a_non_http_port_is_told_which_port_it_probably_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(dir.path(), &["--resp", "127.0.0.1:0"]);
+    for port in [&node.resp, &node.peer] {
+        let out = common::cli(&["get", "k", "--node", &format!("http://{port}")]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("RESP or peer port") && err.contains("HTTP address"),
+            "{port}: {err}"
+        );
+    }
+}

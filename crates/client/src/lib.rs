@@ -35,11 +35,26 @@ const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'
 /// The header carrying context tokens.
 pub const CONTEXT_HEADER: &str = "x-context";
 
+/// A hint when the answer was not HTTP at all: the URL most likely names a node's RESP or peer
+/// port instead of its HTTP port.
+fn not_http_hint(e: &reqwest::Error) -> &'static str {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if text.contains("invalid HTTP version") || text.contains("invalid HTTP status") {
+            return " (the port answered, but not in HTTP: is it the node's RESP or peer port? \
+                     --node takes a node's HTTP address, e.g. http://127.0.0.1:8080)";
+        }
+        source = s.source();
+    }
+    ""
+}
+
 /// What went wrong with a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The node could not be reached or the connection failed; retry, perhaps on another node.
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}: {source}{}", not_http_hint(source))]
     Unreachable {
         /// The node's URL.
         url: String,
