@@ -24,8 +24,14 @@ pub struct DevArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 5)]
     nodes: u16,
-    /// Directory for the nodes' data and logs (created if missing; kept afterwards).
-    #[arg(long, default_value = "dynamokv-dev", value_name = "DIR")]
+    /// Directory for the nodes' data and logs (created if missing; kept afterwards). Given
+    /// before or after a subcommand (`dev kill n3 --dir X` or `dev --dir X kill n3`).
+    #[arg(
+        long,
+        default_value = "dynamokv-dev",
+        value_name = "DIR",
+        global = true
+    )]
     dir: PathBuf,
     /// HTTP port of the first node; node i listens on base+i-1.
     #[arg(long, default_value_t = 8080, value_name = "PORT")]

@@ -150,6 +150,21 @@ async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
         false
     };
     assert!(healthy.await, "n2 serves again after kill and start");
+    // `--dir` after the subcommand works too; `stop` returns once the node has stopped.
+    let out = Command::new(BIN)
+        .args(["dev", "stop", "n2", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("n2 (pid"),
+        "{text} {out:?}"
+    );
+    assert!(
+        c.get(format!("{}/health", url(2))).send().await.is_err(),
+        "n2 is down"
+    );
 
     // Ctrl-C (SIGTERM here) stops every node, the restarted one included.
     unsafe {
