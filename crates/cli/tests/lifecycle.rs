@@ -144,3 +144,29 @@ fn a_client_pointed_at_a_non_http_port_is_told_which_port_it_probably_hit() {
         );
     }
 }
+
+#[tokio::test]
+async fn removing_a_live_member_is_refused_before_any_plan_and_plans_count_whole_keys() {
+    let dirs = common::dirs(2);
+    let nodes = common::start_cluster(&dirs, &[]);
+    let refs: Vec<&common::Node> = nodes.iter().collect();
+    common::wait_for_ring(&refs, 2).await;
+    // Plans estimate whole keys, never "-0.0".
+    let plan = common::get_json(format!("{}/admin/plan?leave=n2", nodes[0].url)).await;
+    assert!(plan["keys_estimate"].is_u64(), "{plan}");
+    for m in plan["moves"].as_array().unwrap() {
+        assert!(m["keys_estimate"].is_u64(), "{plan}");
+    }
+    // n2 is up: removing it is refused, and no plan is printed first.
+    let out = common::cli(&["admin", "remove", "n2", "--node", &nodes[0].url]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success());
+    assert!(stderr.contains("n2 is up"), "{stderr}");
+    assert!(
+        !stdout.contains("plan:"),
+        "a plan printed before the refusal: {stdout}"
+    );
+}

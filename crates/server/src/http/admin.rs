@@ -232,6 +232,7 @@ pub(crate) async fn plan(
     State(s): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let removing = q.contains_key("remove");
     let id = match (q.get("leave"), q.get("remove")) {
         (Some(id), None) | (None, Some(id)) => id.clone(),
         _ => {
@@ -246,6 +247,12 @@ pub(crate) async fn plan(
         let before: Vec<_> = n.members().values().cloned().collect();
         if !before.iter().any(|m| m.id == id) {
             return Err(format!("no member {id} is known"));
+        }
+        // Refused before any plan is shown, as the removal itself would be.
+        if removing && id != n.id() && n.is_up(&id) {
+            return Err(format!(
+                "{id} is up: ask it to leave (dynamokv admin leave), which hands its data over"
+            ));
         }
         let after: Vec<_> = before
             .iter()
@@ -272,8 +279,8 @@ pub(crate) async fn plan(
             .map(|(node, share)| {
                 serde_json::json!({
                     "to": node,
-                    "share": share,
-                    "keys_estimate": (share * total_keys).round(),
+                    "share": share.max(0.0),
+                    "keys_estimate": (share.max(0.0) * total_keys).round() as u64,
                 })
             })
             .collect();
@@ -281,8 +288,8 @@ pub(crate) async fn plan(
             "node": id,
             "remaining_members": nodes,
             "moves": moves,
-            "share": gained.values().sum::<f64>(),
-            "keys_estimate": (gained.values().sum::<f64>() * total_keys).round(),
+            "share": gained.values().sum::<f64>().max(0.0),
+            "keys_estimate": (gained.values().sum::<f64>().max(0.0) * total_keys).round() as u64,
         }))
     })
     .await?
