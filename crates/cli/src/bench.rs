@@ -63,10 +63,13 @@ pub enum RoutingArg {
 /// Flags of `dynamokv bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// A node's HTTP URL; repeat for several (any-node routing spreads load over them).
+    /// A node's HTTP URL; repeat (or separate with commas) for several: any-node routing
+    /// spreads load over them.
     #[arg(
         long = "node",
         value_name = "URL",
+        env = "DYNAMOKV_NODE",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8080"
     )]
     nodes: Vec<String>,
@@ -189,7 +192,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(run_async(args))
 }
 
+/// Fails at once, naming each node and why, unless some node answers `/health`.
+async fn some_node_answers(nodes: &[String]) -> anyhow::Result<()> {
+    let http = dynamokv_client::tls::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?;
+    let mut why = Vec::new();
+    for url in nodes {
+        match http
+            .get(format!("{}/health", url.trim_end_matches('/')))
+            .send()
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => why.push(format!("  {url}: {:#}", anyhow::Error::from(e))),
+        }
+    }
+    bail!(
+        "no node answered, so nothing was measured:\n{}\n(--node or DYNAMOKV_NODE names the nodes' HTTP addresses)",
+        why.join("\n")
+    )
+}
+
 async fn run_async(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    some_node_answers(&args.nodes).await?;
     let routing = match args.routing {
         RoutingArg::AnyNode => Routing::AnyNode,
         RoutingArg::Client => Routing::Client,

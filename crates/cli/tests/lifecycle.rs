@@ -170,3 +170,46 @@ async fn removing_a_live_member_is_refused_before_any_plan_and_plans_count_whole
         "a plan printed before the refusal: {stdout}"
     );
 }
+
+#[test]
+fn bench_honours_dynamokv_node_and_stops_at_once_when_nothing_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(dir.path(), &[]);
+    let bench = |env: &str| {
+        Command::new(BIN)
+            .args([
+                "bench",
+                "--ops",
+                "200",
+                "--clients",
+                "2",
+                "--keys",
+                "50",
+                "--json",
+            ])
+            .env("DYNAMOKV_NODE", env)
+            .output()
+            .unwrap()
+    };
+    let out = bench(&node.url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    // Nothing listens on port 1: an error naming the node before any load, not a run of
+    // failures.
+    let out = bench("http://127.0.0.1:1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no node answered") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no report of a run that did not happen"
+    );
+}
