@@ -336,13 +336,15 @@ fn change(args: ChangeArgs, leave: bool) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let target = if leave { "left" } else { "up" };
-        let bar = indicatif::ProgressBar::new(0);
+        // A spinner until the transfer's size is known; then a bar of ranges confirmed (it used
+        // to start full at "0/0 ranges").
+        let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} {bar:40} {pos}/{len} ranges confirmed, {elapsed} elapsed, ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{msg} {spinner} waiting for the transfer plan, {elapsed} elapsed")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
         );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let mut sized = false;
         bar.set_message(if leave { "leaving" } else { "joining" });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
         loop {
@@ -350,12 +352,30 @@ fn change(args: ChangeArgs, leave: bool) -> anyhow::Result<ExitCode> {
             if status == target && everyone_sees(&http, &args.node.url, &id, target).await {
                 bar.finish_and_clear();
                 println!("{id} is {target}");
+                if leave {
+                    println!(
+                        "{id} no longer serves (its clients get 503 not_a_member) and its data lives on the other members: stop its process. To use the machine for a node again, wipe its data directory and start it with --seeds."
+                    );
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             if let Ok(st) = fetch(&http, &args.node.url, "stats").await {
                 let t = &st["transfer"];
-                bar.set_length(t["ranges"].as_u64().unwrap_or(0));
-                bar.set_position(t["confirmed"].as_u64().unwrap_or(0));
+                let total = t["ranges"].as_u64().unwrap_or(0);
+                if total > 0 {
+                    if !sized {
+                        sized = true;
+                        bar.disable_steady_tick();
+                        bar.set_style(
+                            indicatif::ProgressStyle::with_template(
+                                "{msg} {bar:40} {pos}/{len} ranges confirmed, {elapsed} elapsed, ETA {eta}",
+                            )
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                        );
+                    }
+                    bar.set_length(total);
+                    bar.set_position(t["confirmed"].as_u64().unwrap_or(0).min(total));
+                }
             }
             if std::time::Instant::now() > deadline {
                 bar.abandon();

@@ -96,6 +96,22 @@ async fn grow_then_shrink_under_load_loses_nothing() {
         text.contains("plan:") && text.contains("n5 is left"),
         "{text}"
     );
+    assert!(
+        text.contains("stop its process"),
+        "the operator is told what to do: {text}"
+    );
+    // And it no longer takes writes.
+    let r = http()
+        .put(format!("{}/kv/after-left", nodes[4].url))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a node that left refuses writes"
+    );
     nodes[4].terminate();
     let four: Vec<&Node> = nodes[..4].iter().collect();
     wait_for_ring(&four, 4).await;
