@@ -443,6 +443,14 @@ fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
             .timeout(std::time::Duration::from_secs(5))
             .build()?;
         let url = format!("{}/admin/repair", args.node.url.trim_end_matches('/'));
+        // The node's counters are totals since it started: this round's figures are the change.
+        let before = fetch(&http, &args.node.url, "repair").await?;
+        let delta = |now: &Value, key: &str| {
+            now[key]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(before[key].as_u64().unwrap_or(0))
+        };
         let r = http
             .post(&url)
             .send()
@@ -461,8 +469,10 @@ fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
             let p = fetch(&http, &args.node.url, "repair").await?;
             if p["last_round"].as_u64().unwrap_or(0) >= round {
                 println!(
-                    "repair round {round} finished on {node}: {} keys repaired so far, {} exchanges, {} failed",
-                    p["keys_repaired"], p["exchanges"], p["failed"]
+                    "repair round {round} finished on {node}: {} keys repaired, {} exchanges ({} failed) during this round",
+                    delta(&p, "keys_repaired"),
+                    delta(&p, "exchanges"),
+                    delta(&p, "failed")
                 );
                 let skipped = p["last_round_skipped"].as_u64().unwrap_or(0);
                 if skipped > 0 && p["last_round"].as_u64() == Some(round) {
