@@ -401,6 +401,33 @@ fn terminate(pids: &[i32]) {
     }
 }
 
+/// Refuses to start a cluster in `dir` while nodes of the one already there run: a second `dev`
+/// would overwrite its settings and write into its nodes' logs.
+fn refuse_if_running(dir: &Path) -> anyhow::Result<()> {
+    let Ok(set) = load_settings(dir) else {
+        return Ok(());
+    };
+    let running: Vec<String> = (1..=set.nodes)
+        .filter_map(|i| {
+            let id = format!("n{i}");
+            let pid = read_pid(dir, &id).filter(|p| alive(*p))?;
+            Some(format!(
+                "  {id}  pid {pid}  {}://127.0.0.1:{}",
+                set.scheme(),
+                u32::from(set.http_port_base) + u32::from(i) - 1
+            ))
+        })
+        .collect();
+    if running.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "a dev cluster already runs in {d}:\n{}\nmanage it with `dynamokv dev --dir {d} stop|kill|start|add`, or stop it (Ctrl-C in its terminal) before starting another here",
+        running.join("\n"),
+        d = dir.display()
+    )
+}
+
 /// Runs `dynamokv dev`.
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Some(command) = args.command {
@@ -409,6 +436,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    refuse_if_running(&args.dir)?;
     let peer_base = args
         .peer_port_base
         .unwrap_or_else(|| args.http_port_base.saturating_add(1000));

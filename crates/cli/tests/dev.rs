@@ -91,6 +91,24 @@ async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
     };
     wait_for("all nodes agree on the ring");
     wait_for("Ctrl-C stops the cluster");
+    // A second `dev` on the running directory is refused, showing what runs, and changes nothing.
+    let settings = std::fs::read_to_string(dir.path().join("dev.json")).unwrap();
+    let second = Command::new(BIN)
+        .args(["dev", "--nodes", "2", "--dir"])
+        .arg(dir.path())
+        .args(["--http-port-base", &(base + 10).to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains("already runs") && err.contains("n1  pid") && err.contains("n3  pid"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("dev.json")).unwrap(),
+        settings
+    );
     let url = |i: u16| format!("http://127.0.0.1:{}", base + i - 1);
     let c = http();
     let put = |node: u16, key: &str| c.put(format!("{}/kv/{key}", url(node))).body("v").send();
