@@ -213,3 +213,38 @@ fn bench_honours_dynamokv_node_and_stops_at_once_when_nothing_answers() {
         "no report of a run that did not happen"
     );
 }
+
+#[tokio::test]
+async fn a_node_that_reached_no_seed_says_it_is_not_joined_and_serves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 9: the seed never answers.
+    let node = common::Node::start(
+        dir.path(),
+        &["--cluster-secret", common::SECRET, "--seeds", "127.0.0.1:9"],
+    );
+    let c = reqwest::Client::new();
+    let r = c.get(format!("{}/health", node.url)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "not_joined", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("seeds"),
+        "{body}"
+    );
+    let r = c
+        .put(format!("{}/kv/k", node.url))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "a write is refused, not taken by a cluster of one"
+    );
+    // A node that starts a new cluster (no seeds) is healthy.
+    let dir2 = tempfile::tempdir().unwrap();
+    let first = common::Node::start(dir2.path(), &["--cluster-secret", common::SECRET]);
+    let r = c.get(format!("{}/health", first.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}

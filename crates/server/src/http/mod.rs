@@ -206,6 +206,28 @@ async fn health(State(s): State<AppState>) -> Response {
         )
             .into_response();
     }
+    // A node that was given seeds and has heard from none of them is in no cluster yet.
+    let alone = s
+        .node
+        .query(|n| {
+            let me = n.view().members.get(n.id()).map(|m| m.status);
+            me == Some(dynamokv_core::membership::Status::Joining)
+                && n.view().members.keys().all(|id| id == n.id())
+        })
+        .await
+        .unwrap_or(false);
+    if alone {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": "not_joined",
+                "node": s.node_id,
+                "actor": s.actor.to_string(),
+                "message": "this node has not reached any of its seeds yet, so it belongs to no cluster and serves nothing; check --seeds, the seeds' peer ports and the cluster secret",
+            })),
+        )
+            .into_response();
+    }
     axum::Json(serde_json::json!({
         "status": "ok",
         "node": s.node_id,
