@@ -8,12 +8,11 @@
 mod common;
 
 use common::{
-    BIN, Node, SECRET, cli, dirs, get_json, http, primaries, start_cluster, wait_for_ring,
-    write_all,
+    Node, SECRET, cli, dirs, get_json, http, primaries, refused_start, start_cluster,
+    wait_for_ring, write_all,
 };
 use reqwest::StatusCode;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Short tombstone age and frequent anti-entropy, as in the run that found the defect.
@@ -105,36 +104,6 @@ async fn wait_ended(node: &Node, how: &str, secs: u64) -> String {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Starts `dynamokv server` on `dir` expecting it to refuse: returns its standard error.
-fn refused_start(dir: &Path, extra: &[&str]) -> String {
-    let mut child = Command::new(BIN)
-        .args(["server", "--data-dir"])
-        .arg(dir)
-        .args(["--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .env_remove("DYNAMOKV_CLUSTER_SECRET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the node started on a directory it should refuse");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(!status.success(), "exit status {status}: {err}");
-    err
 }
 
 /// The flags of a node of these tests, seeded with `seed`.

@@ -4,49 +4,15 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dynamokv");
-
-/// Runs `dynamokv server` on `dir` with `extra`, expecting it to exit within 20 s: its exit
-/// status and standard error. A node that keeps running fails the test (and is killed).
-fn start_expecting_exit(dir: &Path, extra: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(BIN)
-        .args(["server", "--data-dir"])
-        .arg(dir)
-        .args(["--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .env_remove("DYNAMOKV_CLUSTER_SECRET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the node started and kept running; it should have refused");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    (status, err)
-}
 
 #[test]
 fn a_node_given_seeds_without_a_secret_refuses_to_start_and_says_how() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("n2");
-    let (status, err) = start_expecting_exit(&dir, &["--seeds", "127.0.0.1:9"]);
-    assert!(!status.success(), "{err}");
+    let err = common::refused_start(&dir, &["--seeds", "127.0.0.1:9"]);
     for hint in [
         "--seeds",
         "--cluster-secret",

@@ -549,26 +549,18 @@ mod tests {
 
     #[test]
     fn a_bad_quorum_names_the_range_its_parameter_takes() {
-        let bad = |name: &str, value| OpError::InvalidQuorum {
-            name: name.into(),
-            value,
-            n: 3,
-        };
-        assert_eq!(
-            bad("r", 0).to_string(),
-            "r=0 is not allowed: use 1 to 3 (N=3)"
-        );
-        assert_eq!(
-            bad("pr", 4).to_string(),
-            "pr=4 is not allowed: use 0 to 3 (N=3)"
-        );
-        assert_eq!(
-            bad("pw", 4).to_string(),
-            "pw=4 is not allowed: use 0 to 3 (N=3)"
-        );
-        assert_eq!(
-            bad("w", 4).to_string(),
-            "w=4 is not allowed: use 1 to 3 (N=3)"
-        );
+        for (name, value, said) in [
+            ("r", 0, "r=0 is not allowed: use 1 to 3 (N=3)"),
+            ("w", 4, "w=4 is not allowed: use 1 to 3 (N=3)"),
+            ("pr", 4, "pr=4 is not allowed: use 0 to 3 (N=3)"),
+            ("pw", 4, "pw=4 is not allowed: use 0 to 3 (N=3)"),
+        ] {
+            let e = OpError::InvalidQuorum {
+                name: name.into(),
+                value,
+                n: 3,
+            };
+            assert_eq!(e.to_string(), said);
+        }
     }
 }

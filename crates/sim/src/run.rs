@@ -1,5 +1,9 @@
 //! The run loop: one event queue ordered by (time, sequence number), the network's deliveries,
 //! ticks, client steps and fault events, every one hashed into the trace.
+//!
+//! Over 700 lines: the loop and the fault scenarios it plays live together because every
+//! scenario steps the same event queue; the scenarios are the part to move out into a module of
+//! their own when the file next grows.
 
 use crate::EPOCH;
 use crate::checker::{Outcome, Violation, WriteRecord};

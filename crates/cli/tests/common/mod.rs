@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_dynamokv");
@@ -281,4 +281,38 @@ pub async fn write_all(node: &Node, keys: &[String], query: &str) {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// Starts `dynamokv server` on `dir` (loopback ports 0, no secret from the environment) with
+/// `extra`, expecting it to refuse and exit within 20 s: its standard error. A node that keeps
+/// running, or exits successfully, fails the test.
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn refused_start(dir: &Path, extra: &[&str]) -> String {
+    let mut child = Command::new(BIN)
+        .args(["server", "--data-dir"])
+        .arg(dir)
+        .args(["--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .env_remove("DYNAMOKV_CLUSTER_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node started and kept running; it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "exit status {status}: {err}");
+    err
 }

@@ -8,6 +8,10 @@
 //!
 //! Each operation owns its tally, deadline and origin; one verdict ([`Tally::verdict`]) decides
 //! reads and writes alike.
+//!
+//! Over 700 lines: admission (quorums, reachability), the read path and the write path share
+//! one operation table and tally; the read and write paths are the parts to move into modules of
+//! their own when the file next grows.
 
 use super::NodeConfig;
 use super::info::{CoordinatorCounters, CoordinatorLatency, LatencyOp, LatencyOutcome};
