@@ -10,7 +10,9 @@ use std::process::ExitCode;
 /// Operator commands.
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
-    /// Members, their status as seen from a node, phi, tokens, share, and the ring version.
+    /// Members, their status as seen from a node, phi, tokens, share, the ring version and the
+    /// cluster id. Exits 2 when the node serves nothing (not joined yet, or its instance
+    /// ended); with --all, also when the views differ or a member is down.
     Status(StatusArgs),
     /// Compares every range a node replicates with every other replica now (anti-entropy),
     /// repairs what differs, and shows the progress until the round ends.
@@ -49,6 +51,10 @@ pub struct RemoveArgs {
     id: String,
     #[command(flatten)]
     node: NodeUrl,
+    /// Remove it even though a member that would take over its ranges is down too (that member
+    /// rebuilds those ranges if it comes back). For two dead nodes that block each other.
+    #[arg(long)]
+    force: bool,
 }
 
 /// The node a command talks to.
@@ -113,8 +119,17 @@ fn print_view(v: &Value) {
         v["node"].as_str().unwrap_or("?"),
         v["ring_version"].as_str().unwrap_or("?")
     );
+    if let Some(id) = v["cluster_id"].as_str() {
+        println!("  cluster id: {id}");
+    }
     if let Some(msg) = v["ended"]["message"].as_str() {
         println!("  THIS NODE NO LONGER SERVES: {msg}");
+    }
+    if let Some(msg) = v["not_joined"].as_str() {
+        println!("  NOT JOINED: {msg}");
+    }
+    if let Some(msg) = v["seed_refused"].as_str() {
+        println!("  A SEED REFUSED THIS NODE: {msg}");
     }
     let st = &v["node_stats"];
     if st.is_object() {
@@ -424,8 +439,11 @@ async fn everyone_sees(http: &reqwest::Client, url: &str, id: &str, status: &str
 fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     let (rt, http) = runtime()?;
     rt.block_on(async {
-        print_plan(&http, &args.node.url, &format!("remove={}", args.id)).await?;
-        post(&http, &args.node.url, &format!("/admin/remove/{}", args.id)).await?;
+        let force = if args.force { "force=true" } else { "" };
+        let plan = format!("remove={}&{force}", args.id);
+        print_plan(&http, &args.node.url, &plan).await?;
+        let path = format!("/admin/remove/{}?{force}", args.id);
+        post(&http, &args.node.url, &path).await?;
         println!(
             "{} removed; its ranges are rebuilt from the surviving replicas by anti-entropy (see dynamokv admin status)",
             args.id
@@ -515,15 +533,22 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .timeout(std::time::Duration::from_secs(5))
             .build()?;
         let first = members(&http, &args.node.url).await?;
-        if args.json && !args.all {
-            println!("{first}");
-            return Ok(ExitCode::SUCCESS);
-        }
         if !args.all {
-            print_view(&first);
-            return Ok(ExitCode::SUCCESS);
+            if args.json {
+                println!("{first}");
+            } else {
+                print_view(&first);
+            }
+            // A node that serves nothing (not joined, or its instance ended) is not healthy.
+            let serves = first["ended"].is_null() && first["not_joined"].is_null();
+            return Ok(if serves {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            });
         }
         let mut versions = BTreeSet::new();
+        let mut clusters = BTreeSet::new();
         let mut all_up = true;
         let mut views = Vec::new();
         for m in first["members"].as_array().into_iter().flatten() {
@@ -538,6 +563,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             match members(&http, &url).await {
                 Ok(v) => {
                     versions.insert(v["ring_version"].as_str().unwrap_or_default().to_owned());
+                    clusters.insert(v["cluster_id"].as_str().unwrap_or_default().to_owned());
                     all_up &= v["members"]
                         .as_array()
                         .into_iter()
@@ -558,7 +584,10 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 print_view(v);
                 println!();
             }
-            if versions.len() == 1 && all_up {
+            if clusters.len() > 1 {
+                println!("members disagree on the cluster id: {clusters:?}");
+            }
+            if versions.len() == 1 && all_up && clusters.len() == 1 {
                 println!(
                     "all {} views agree: ring version {}, every member up",
                     views.len(),
@@ -570,7 +599,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Ok(if versions.len() == 1 && all_up {
+        Ok(if versions.len() == 1 && all_up && clusters.len() <= 1 {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(2)

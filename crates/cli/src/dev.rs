@@ -195,8 +195,11 @@ fn index_of(id: &str) -> anyhow::Result<u16> {
 fn command_line(exe: &Path, dir: &Path, set: &Settings, index: u16, secret: &str) -> Command {
     let id = format!("n{index}");
     let peer = |i: u16| format!("127.0.0.1:{}", set.peer_port_base + i - 1);
+    // n1 on a new directory founds the cluster (it mints the cluster id); every other start
+    // joins through the other nodes.
+    let founds = index == 1 && !dir.join(&id).exists();
     let seeds: Vec<String> = (1..=set.nodes.max(index))
-        .filter(|i| *i != index)
+        .filter(|i| *i != index && !founds)
         .map(peer)
         .collect();
     let mut cmd = Command::new(exe);

@@ -291,9 +291,28 @@ async fn malformed_frames_do_not_crash_a_node() {
         s.read_exact(&mut body).ok()?;
         decode_frame(&body).ok()
     };
+    // A dialer of another cluster is refused at its hello, whatever it proves, both ids named.
+    let mut s = connect();
+    s.write_all(&frame(&encode_hello(&Hello {
+        nonce: [7; 32],
+        member: n2.clone(),
+        cluster: 0xabcdef,
+    })))
+    .unwrap();
+    match read_frame(&mut s) {
+        Some(Frame::Refused(why)) => assert!(
+            why.contains("n2 belongs to cluster 0000000000abcdef and n1 to cluster "),
+            "{why}"
+        ),
+        other => panic!("a node of another cluster was not refused: {other:?}"),
+    }
+    drop(s);
+
+    // A dialer that belongs to no cluster yet (a node joining) is challenged.
     let hello = Hello {
         nonce: [7; 32],
         member: n2.clone(),
+        cluster: 0,
     };
     let hello_bytes = frame(&encode_hello(&hello));
     let mut s = connect();
@@ -301,20 +320,23 @@ async fn malformed_frames_do_not_crash_a_node() {
     let Some(Frame::Challenge {
         nonce: first_nonce,
         member: acceptor,
+        cluster,
         proof,
     }) = read_frame(&mut s)
     else {
         panic!("no challenge");
     };
     assert_eq!(acceptor.id, "n1");
+    assert_ne!(cluster, 0, "the first node founded a cluster");
+    let (dialer, acceptor) = ((&n2, 0), (&acceptor, cluster));
     assert!(
         right.verify(
             &proof,
             Role::Acceptor,
             &[7; 32],
             &first_nonce,
-            &n2,
-            &acceptor
+            dialer,
+            acceptor
         ),
         "the node proves it knows the secret"
     );
@@ -324,12 +346,12 @@ async fn malformed_frames_do_not_crash_a_node() {
             Role::Acceptor,
             &[7; 32],
             &first_nonce,
-            &n2,
-            &acceptor
+            dialer,
+            acceptor
         ),
         "a dialer with another secret sees that it is not its cluster"
     );
-    let good_proof = right.proof(Role::Dialer, &[7; 32], &first_nonce, &n2, &acceptor);
+    let good_proof = right.proof(Role::Dialer, &[7; 32], &first_nonce, dialer, acceptor);
     let proof_bytes = frame(&encode_frame(&Frame::Proof(good_proof)));
     s.write_all(&proof_bytes).unwrap();
     assert_eq!(read_frame(&mut s), Some(Frame::Welcome));
@@ -368,12 +390,25 @@ async fn malformed_frames_do_not_crash_a_node() {
     s.write_all(&frame(&encode_hello(&Hello {
         nonce: [9; 32],
         member: intruder.clone(),
+        cluster: 0,
     })))
     .unwrap();
-    let Some(Frame::Challenge { nonce, member, .. }) = read_frame(&mut s) else {
+    let Some(Frame::Challenge {
+        nonce,
+        member,
+        cluster,
+        ..
+    }) = read_frame(&mut s)
+    else {
         panic!("no challenge");
     };
-    let forged = wrong.proof(Role::Dialer, &[9; 32], &nonce, &intruder, &member);
+    let forged = wrong.proof(
+        Role::Dialer,
+        &[9; 32],
+        &nonce,
+        (&intruder, 0),
+        (&member, cluster),
+    );
     s.write_all(&frame(&encode_frame(&Frame::Proof(forged))))
         .unwrap();
     match read_frame(&mut s) {
@@ -397,20 +432,12 @@ async fn malformed_frames_do_not_crash_a_node() {
         .collect();
     let mut busy = 0.0;
     for _ in 0..100 {
-        let text = c
-            .get(format!("{}/metrics", nodes[0].url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        busy = text
-            .lines()
-            .find(|l| l.starts_with("dynamokv_peer_handshakes_refused_total{reason=\"busy\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        busy = common::metric(
+            &nodes[0],
+            "dynamokv_peer_handshakes_refused_total",
+            "reason=\"busy\"",
+        )
+        .await;
         if busy >= 16.0 {
             break;
         }

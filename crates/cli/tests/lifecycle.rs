@@ -214,3 +214,198 @@ async fn a_node_that_reached_no_seed_says_it_is_not_joined_and_serves_nothing() 
     let r = c.get(format!("{}/health", first.url)).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn two_clusters_sharing_a_secret_never_merge_and_a_new_node_takes_its_seeds_cluster() {
+    let c = common::http();
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let secret = ["--cluster-secret", common::SECRET];
+    let a1 = common::Node::start(da.path(), &[&secret[..], &["--node-id", "a1"]].concat());
+    let mut b1 = common::Node::start(db.path(), &[&secret[..], &["--node-id", "b1"]].concat());
+    for (node, prefix) in [(&a1, "a"), (&b1, "b")] {
+        let keys: Vec<String> = (0..20).map(|i| format!("{prefix}{i}")).collect();
+        common::write_all(node, &keys, "").await;
+    }
+    let id_a = common::get_json(format!("{}/admin/members", a1.url)).await["cluster_id"].clone();
+    let id_b = common::get_json(format!("{}/admin/members", b1.url)).await["cluster_id"].clone();
+    let (id_a, id_b) = (
+        id_a.as_str().unwrap().to_owned(),
+        id_b.as_str().unwrap().to_owned(),
+    );
+    assert_eq!(id_a.len(), 16, "{id_a}");
+    assert_ne!(id_a, id_b, "each first node founded its own cluster");
+
+    // b1, a cluster of its own, restarted with a seed of the other cluster: refused, not merged.
+    b1.terminate();
+    b1.restart_with(&[&secret[..], &["--node-id", "b1", "--seeds", &a1.peer]].concat());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while common::metric(
+        &a1,
+        "dynamokv_peer_handshakes_refused_total",
+        "reason=\"cluster\"",
+    )
+    .await
+        < 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "a1 never refused b1");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Past a few gossip rounds, each still sees only itself and serves only its own keys.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    for (node, own, other) in [(&a1, "a1", "b3"), (&b1, "b1", "a3")] {
+        let v = common::get_json(format!("{}/admin/members", node.url)).await;
+        let ids: Vec<&str> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [own], "{v}");
+        let r = c
+            .get(format!("{}/kv/{other}", node.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{own} serves {other} of the other cluster");
+    }
+    let out = common::cli(&["admin", "status", "--node", &b1.url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("cluster id: {id_b}")), "{text}");
+    assert!(
+        text.contains("A SEED REFUSED THIS NODE")
+            && text.contains(&format!(
+                "b1 belongs to cluster {id_b} and a1 to cluster {id_a}"
+            )),
+        "both ids named: {text}"
+    );
+
+    // A node with an empty directory joins a1 through its seed and takes a1's cluster id.
+    let c1 = common::Node::start(
+        dc.path(),
+        &[&secret[..], &["--node-id", "c1", "--seeds", &a1.peer]].concat(),
+    );
+    common::wait_for_ring(&[&a1, &c1], 2).await;
+    let out = common::cli(&["admin", "status", "--node", &c1.url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("cluster id: {id_a}")), "{text}");
+    // It keeps it: restarted with b1 as its seed, b1 refuses it.
+    let mut c1 = c1;
+    c1.terminate();
+    let before = common::metric(
+        &b1,
+        "dynamokv_peer_handshakes_refused_total",
+        "reason=\"cluster\"",
+    )
+    .await;
+    c1.restart_with(&[&secret[..], &["--node-id", "c1", "--seeds", &b1.peer]].concat());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while common::metric(
+        &b1,
+        "dynamokv_peer_handshakes_refused_total",
+        "reason=\"cluster\"",
+    )
+    .await
+        <= before
+    {
+        assert!(std::time::Instant::now() < deadline, "b1 never refused c1");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let v = common::get_json(format!("{}/admin/members", b1.url)).await;
+    assert_eq!(v["members"].as_array().unwrap().len(), 1, "{v}");
+}
+
+#[tokio::test]
+async fn admin_status_says_a_node_that_reached_no_seed_is_not_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(
+        dir.path(),
+        &["--cluster-secret", common::SECRET, "--seeds", "127.0.0.1:9"],
+    );
+    let out = common::cli(&["admin", "status", "--node", &node.url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("NOT JOINED") && text.contains("cluster id: none"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_leave_that_would_hand_ranges_to_a_down_member_is_refused_naming_it() {
+    let dirs = common::dirs(4);
+    let mut nodes = common::start_cluster(&dirs, &[]);
+    let refs: Vec<&common::Node> = nodes.iter().collect();
+    common::wait_for_ring(&refs, 4).await;
+    nodes[3].kill9();
+    // n3 sees n4 down (its connection closed).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let v = common::get_json(format!("{}/admin/members", nodes[2].url)).await;
+        let n4_up = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "n4" && m["up"] == true);
+        if !n4_up {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "n4 still up: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // With 3 replicas on 4 nodes, n3's leave would give n4 ranges: refused, before any plan.
+    let out = common::cli(&["admin", "leave", "--node", &nodes[2].url, "--no-wait"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("n4 (") && stderr.contains("is down") && stderr.contains("admin remove n4"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("plan:"), "a plan printed: {stdout}");
+    let r = common::http()
+        .post(format!("{}/admin/leave", nodes[2].url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "the endpoint refuses too");
+    let v = common::get_json(format!("{}/admin/members", nodes[2].url)).await;
+    let n3 = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "n3")
+        .unwrap()
+        .clone();
+    assert_eq!(n3["status"], "up", "n3 did not start leaving: {v}");
+    // Removing n4 first (its gainers are up), then the leave goes through.
+    let out = common::cli(&["admin", "remove", "n4", "--node", &nodes[0].url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = common::http()
+            .post(format!("{}/admin/leave", nodes[2].url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leave still refused: {}",
+            r.text().await.unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

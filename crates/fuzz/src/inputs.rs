@@ -339,6 +339,7 @@ pub fn frame(u: &mut Unstructured<'_>) -> Result<Frame> {
         0 => Frame::Challenge {
             nonce: u.arbitrary()?,
             member: member(u)?,
+            cluster: u.arbitrary()?,
             proof: u.arbitrary()?,
         },
         1 => Frame::Proof(u.arbitrary()?),

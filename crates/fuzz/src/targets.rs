@@ -36,6 +36,7 @@ pub fn all() -> Vec<Target> {
                 Ok(encode_hello(&Hello {
                     nonce: u.arbitrary()?,
                     member: inputs::member(u)?,
+                    cluster: u.arbitrary()?,
                 })
                 .to_vec())
             },
@@ -102,6 +103,7 @@ fn sample_hello() -> Hello {
     Hello {
         nonce: [7; 32],
         member: sample_member(),
+        cluster: 0x1234,
     }
 }
 
@@ -110,6 +112,7 @@ fn sample_frames() -> Vec<Frame> {
         Frame::Challenge {
             nonce: [1; 32],
             member: sample_member(),
+            cluster: 0x1234,
             proof: [2; 32],
         },
         Frame::Proof([3; 32]),
@@ -157,6 +160,7 @@ fn peer_stream_generate(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> 
     let hello = encode_hello(&Hello {
         nonce: u.arbitrary()?,
         member: inputs::member(u)?,
+        cluster: u.arbitrary()?,
     });
     length_prefixed(&mut s, &hello);
     for _ in 0..u.int_in_range(0..=4)? {

@@ -7,10 +7,13 @@
 //!   make different values share a dot (Riak's KV679 lesson).
 //! - `clean-shutdown`: written on clean shutdown, removed on start.
 //! - `cluster-secret`: the generated context secret when none is configured.
+//! - `cluster-id`: the cluster this directory belongs to ([`ClusterId`]).
 
 use dynamokv_core::ActorId;
 use dynamokv_core::node::startup::NewActor;
 use dynamokv_storage::{Engine, Space, StorageError, WriteBatch};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const ACTOR: &[u8] = b"actor";
 const CLEAN: &[u8] = b"clean-shutdown";
@@ -18,6 +21,7 @@ const COUNTER_FLOOR: &[u8] = b"counter-floor";
 const INSTANCE: &[u8] = b"instance";
 const SECRET: &[u8] = b"cluster-secret";
 const NODE_ID: &[u8] = b"node-id";
+const CLUSTER_ID: &[u8] = b"cluster-id";
 
 /// What [`Identity::load`] found and decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +148,107 @@ impl Identity {
     }
 }
 
+/// The cluster a data directory belongs to: a random id minted by the cluster's first node (a
+/// new directory started without seeds) and adopted, at its first handshake, by every node that
+/// joins through a seed. Peers present it at the handshake; a node that belongs to one cluster
+/// refuses a peer of another, whatever their secrets (see `crate::handshake`). A directory that
+/// has none yet (a node joining through seeds, or a directory from before cluster ids) takes the
+/// first one a peer presents, and keeps it for good.
+pub struct ClusterId {
+    /// 0 while the directory belongs to no cluster yet.
+    id: AtomicU64,
+    engine: Arc<dyn Engine>,
+}
+
+/// Two nodes of different clusters met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtherCluster {
+    /// This node's cluster.
+    pub mine: u64,
+    /// The peer's.
+    pub theirs: u64,
+}
+
+impl ClusterId {
+    /// The directory's cluster id; when it has none and `mint` says this node founds a
+    /// cluster, a new one, stored durably.
+    pub fn open(engine: Arc<dyn Engine>, mint: bool) -> Result<ClusterId, StorageError> {
+        let stored = engine
+            .get(Space::Meta, CLUSTER_ID)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .filter(|id| *id != 0);
+        let id = match stored {
+            Some(id) => id,
+            None if mint => {
+                let id = random_u64()?.max(1);
+                engine.put(Space::Meta, CLUSTER_ID, &id.to_be_bytes())?;
+                engine.flush()?;
+                tracing::info!(cluster = %show(id), "founded a new cluster");
+                id
+            }
+            None => 0,
+        };
+        Ok(ClusterId {
+            id: AtomicU64::new(id),
+            engine,
+        })
+    }
+
+    /// The id, 0 while this directory belongs to no cluster yet.
+    pub fn get(&self) -> u64 {
+        self.id.load(Ordering::Acquire)
+    }
+
+    /// Whether a peer presenting `theirs` may be of this node's cluster: yes unless both have
+    /// an id and they differ.
+    pub fn check(&self, theirs: u64) -> Result<(), OtherCluster> {
+        let mine = self.get();
+        if mine != 0 && theirs != 0 && mine != theirs {
+            return Err(OtherCluster { mine, theirs });
+        }
+        Ok(())
+    }
+
+    /// Takes `theirs` (a peer's, after both proofs were checked) if this directory has no id
+    /// yet, storing it durably; a directory that has one (or took another meanwhile) keeps it,
+    /// and a different id is refused.
+    pub fn adopt(&self, theirs: u64) -> Result<(), OtherCluster> {
+        if theirs == 0 {
+            return Ok(());
+        }
+        match self
+            .id
+            .compare_exchange(0, theirs, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                let stored = self
+                    .engine
+                    .put(Space::Meta, CLUSTER_ID, &theirs.to_be_bytes())
+                    .and_then(|()| self.engine.flush());
+                match stored {
+                    Ok(()) => tracing::info!(cluster = %show(theirs), "joined cluster"),
+                    Err(e) => {
+                        tracing::error!(cluster = %show(theirs), error = %e, "could not store the cluster id")
+                    }
+                }
+                Ok(())
+            }
+            Err(mine) if mine == theirs => Ok(()),
+            Err(mine) => Err(OtherCluster { mine, theirs }),
+        }
+    }
+}
+
+/// A cluster id as shown to people: 16 hex digits, or `none` for 0.
+pub fn show(id: u64) -> String {
+    if id == 0 {
+        "none".to_owned()
+    } else {
+        format!("{id:016x}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +312,35 @@ mod tests {
         let e = MemoryEngine::new();
         let s = Identity::generated_secret(&e).unwrap();
         assert_eq!(Identity::generated_secret(&e).unwrap(), s);
+    }
+
+    #[test]
+    fn a_founder_mints_a_cluster_id_a_joiner_adopts_one_and_both_keep_it() {
+        let founder: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let a = ClusterId::open(founder.clone(), true).unwrap();
+        assert_ne!(a.get(), 0);
+        assert_eq!(
+            ClusterId::open(founder.clone(), true).unwrap().get(),
+            a.get()
+        );
+        let joiner: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let j = ClusterId::open(joiner.clone(), false).unwrap();
+        assert_eq!(j.get(), 0);
+        assert_eq!(j.check(a.get()), Ok(()));
+        j.adopt(a.get()).unwrap();
+        assert_eq!(
+            ClusterId::open(joiner, false).unwrap().get(),
+            a.get(),
+            "stored"
+        );
+        let other = ClusterId::open(Arc::new(MemoryEngine::new()), true).unwrap();
+        let mismatch = OtherCluster {
+            mine: a.get(),
+            theirs: other.get(),
+        };
+        assert_eq!(j.check(other.get()), Err(mismatch));
+        assert_eq!(j.adopt(other.get()), Err(mismatch));
+        assert_eq!(j.get(), a.get(), "kept");
+        assert_eq!(j.check(0), Ok(()), "a peer with none yet may join");
     }
 }

@@ -168,13 +168,39 @@ async fn directory(
     .await
 }
 
+/// The cluster this directory belongs to. A node founds a cluster (mints its id) when it starts
+/// without seeds on a directory that knows no other member: a new one, or one from before
+/// cluster ids that was a cluster of one. Any other directory without an id takes its
+/// cluster's from the first peer that presents one.
+async fn cluster_id(
+    config: &Config,
+    local: &LocalState,
+    dir: &dynamokv_core::node::startup::Directory,
+) -> Result<std::sync::Arc<identity::ClusterId>, ServerError> {
+    let founds = config.seeds.is_empty() && dir.known.iter().all(|m| m.id == dir.node_id);
+    let engine = local.engine.clone();
+    let id = blocking("reading the cluster id", move || {
+        Ok(identity::ClusterId::open(engine, founds)?)
+    })
+    .await?;
+    Ok(std::sync::Arc::new(id))
+}
+
 /// The node of this start (the one startup path, `dynamokv_core::node::startup`), its own
-/// record made durable before any peer hears of it; or why this directory must not start.
+/// record made durable before any peer hears of it, and its cluster id; or why this directory
+/// must not start.
 async fn start_node(
     config: &Config,
     local: &LocalState,
     advertised: (String, String),
-) -> Result<(runtime::CoreNode, history::History), ServerError> {
+) -> Result<
+    (
+        runtime::CoreNode,
+        history::History,
+        std::sync::Arc<identity::ClusterId>,
+    ),
+    ServerError,
+> {
     let (mut history, dir) = directory(local).await?;
     let setup = dynamokv_core::node::startup::Setup {
         config: config.node,
@@ -196,6 +222,7 @@ async fn start_node(
     if core.me().status != dynamokv_core::membership::Status::Up {
         tracing::info!(status = core.me().status.as_str(), "starting");
     }
+    let cluster = cluster_id(config, local, &dir).await?;
     let (engine, record) = (local.engine.clone(), core.me().clone());
     let history = blocking("persisting this start's epoch", move || {
         history.append(engine.as_ref(), &record)?;
@@ -203,7 +230,7 @@ async fn start_node(
         Ok::<_, NodeError>(history)
     })
     .await?;
-    Ok((core, history))
+    Ok((core, history, cluster))
 }
 
 /// Prints the one line tools read the addresses from, and logs the start.
@@ -306,7 +333,7 @@ pub async fn run(
     let listeners = Listeners::bind(&config)?;
     let advertised = listeners.advertised(&config);
     let advertise_peer = advertised.0.clone();
-    let (core, history) = start_node(&config, &local, advertised).await?;
+    let (core, history, cluster) = start_node(&config, &local, advertised).await?;
     // The record of this start (raised generation and epoch) is what peers see.
     let me = core.me().clone();
     let (events_tx, events_rx) = std::sync::mpsc::channel();
@@ -314,6 +341,7 @@ pub async fn run(
     let transport = transport::Transport::new(
         me,
         handshake::PeerKey::new(&local.codec),
+        cluster,
         handle.transport_sink(),
         config.max_frame_bytes,
         tokio::runtime::Handle::current(),

@@ -258,7 +258,7 @@ impl Sim {
             Ev::Remove { victim, by } => {
                 self.hash(&[time, 17, victim as u64, by as u64], &[]);
                 let id = self.nodes[victim].member.id.clone();
-                let result = self.nodes[by].core.as_mut().map(|c| c.remove(&id));
+                let result = self.nodes[by].core.as_mut().map(|c| c.remove(&id, true));
                 self.log(|| format!("remove n{victim:03} by n{by:03}: {result:?}"));
                 match result {
                     Some(Ok(())) => {

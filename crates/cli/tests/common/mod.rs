@@ -249,6 +249,24 @@ pub async fn get_json(url: String) -> serde_json::Value {
     http().get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// The sum of the samples of `metric` whose line contains `label` in `node`'s /metrics (0 when
+/// there are none).
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn metric(node: &Node, metric: &str, label: &str) -> f64 {
+    let text = http()
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -426,6 +426,9 @@ impl<S: LocalStore> Node<S> {
     pub fn leave(&mut self) -> Result<(), String> {
         match self.cluster.me().status {
             Status::Up => {
+                let me = self.cluster.id().to_owned();
+                self.cluster
+                    .refuse_onto_down(&me, usize::from(self.config.n), false)?;
                 self.cluster.set_status(Status::Leaving, &mut self.out);
                 Ok(())
             }
@@ -438,9 +441,21 @@ impl<S: LocalStore> Node<S> {
     }
 
     /// Declares the dead member `id` removed: the new owners of its ranges rebuild them from
-    /// the surviving replicas.
-    pub fn remove(&mut self, id: &str) -> Result<(), String> {
+    /// the surviving replicas. Refused when a member that would take over its ranges is down,
+    /// unless `force`.
+    pub fn remove(&mut self, id: &str, force: bool) -> Result<(), String> {
+        if !force && self.cluster.view().members.contains_key(id) && !self.cluster.is_up(id) {
+            self.cluster
+                .refuse_onto_down(id, usize::from(self.config.n), true)?;
+        }
         self.cluster.remove(id, &mut self.out)
+    }
+
+    /// Why `id` may not go out of the ring now: a member that would take over its ranges is
+    /// down (see [`Self::leave`] and [`Self::remove`]).
+    pub fn refuse_onto_down(&self, id: &str, removal: bool) -> Result<(), String> {
+        self.cluster
+            .refuse_onto_down(id, usize::from(self.config.n), removal)
     }
 
     /// Declares a new status for this node; gossip spreads it and the history keeps it.

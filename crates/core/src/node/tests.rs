@@ -914,7 +914,7 @@ fn a_removed_instance_is_refused_and_never_counts_again() {
     let mut a = node(0, &known);
     a.drain();
     // n2 is down (never connected): it may be removed.
-    assert_eq!(a.remove("n2"), Ok(()));
+    assert_eq!(a.remove("n2", false), Ok(()));
     let out = a.drain();
     assert!(
         out.iter()
@@ -1103,4 +1103,28 @@ fn a_joining_node_whose_seeds_never_answer_stays_joining_and_takes_no_write() {
     // that member's).
     let other = mk(0, 1);
     assert!(a.learn(std::slice::from_ref(&other)));
+}
+
+#[test]
+fn a_leave_or_removal_that_would_hand_ranges_to_a_down_member_is_refused_naming_it() {
+    let known: Vec<Member> = (0..5).map(|i| mk(i, 1)).collect();
+    // n0 has heard from nobody: every other member is down.
+    let mut a = node(0, &known);
+    a.drain();
+    let why = a.leave().unwrap_err();
+    assert!(
+        why.contains("down and would take over ranges of n0")
+            && why.contains("remove")
+            && why.contains("% of the key space"),
+        "{why}"
+    );
+    assert_eq!(a.me().status, crate::membership::Status::Up, "still up");
+    let why = a.remove("n4", false).unwrap_err();
+    assert!(why.contains("--force"), "{why}");
+    let named = (1..4).any(|i| why.contains(&format!("n{i} (")));
+    assert!(named, "the down gainer is named: {why}");
+    assert!(a.ring().nodes().iter().any(|n| n == "n4"), "not removed");
+    // Forced, the removal goes through.
+    assert_eq!(a.remove("n4", true), Ok(()));
+    assert!(!a.ring().nodes().iter().any(|n| n == "n4"));
 }

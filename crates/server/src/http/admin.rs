@@ -16,7 +16,8 @@ pub(crate) async fn admin_ring(State(s): State<AppState>) -> Result<Response, Ap
 }
 
 pub(crate) async fn admin_members(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let body = query(&s, |n| {
+    let (cluster, seed_refused) = (s.transport.cluster_id(), s.transport.seed_refused());
+    let body = query(&s, move |n| {
         let info = n.ring_info();
         let members: Vec<serde_json::Value> = info
             .members
@@ -46,6 +47,9 @@ pub(crate) async fn admin_members(State(s): State<AppState>) -> Result<Response,
             .collect();
         serde_json::json!({
             "node": info.node,
+            "cluster_id": crate::identity::show(cluster),
+            "not_joined": super::not_joined(n).then_some(super::NOT_JOINED),
+            "seed_refused": seed_refused,
             "ring_version": info.version,
             "stats": n.stats(),
             "members": members,
@@ -210,13 +214,32 @@ pub(crate) async fn leave(State(s): State<AppState>) -> Result<Response, ApiErro
         .into_response())
 }
 
-/// `POST /admin/remove/{id}`: declares a dead member removed; the new owners of its ranges
-/// rebuild them from the surviving replicas.
-pub(crate) async fn remove(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+/// Whether `?force=true` was given (any other value of `force` is refused).
+fn forced(q: &std::collections::BTreeMap<String, String>) -> Result<bool, ApiError> {
+    match q.get("force").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_force",
+            format!("force={other:?}: use force=true or leave it out"),
+        )),
+    }
+}
+
+/// `POST /admin/remove/{id}[?force=true]`: declares a dead member removed; the new owners of
+/// its ranges rebuild them from the surviving replicas. Refused while a member that would take
+/// over its ranges is down, unless forced.
+pub(crate) async fn remove(
+    State(s): State<AppState>,
+    uri: Uri,
+    axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
     let id = String::from_utf8(key_after(&uri, "/admin/remove/")?)
         .map_err(|_| ApiError::bad_key("the node id is not UTF-8"))?;
     let who = id.clone();
-    command(&s, move |n| n.remove(&who))
+    let force = forced(&q)?;
+    command(&s, move |n| n.remove(&who, force))
         .await?
         .map_err(refused)?;
     Ok((
@@ -226,13 +249,15 @@ pub(crate) async fn remove(State(s): State<AppState>, uri: Uri) -> Result<Respon
         .into_response())
 }
 
-/// `GET /admin/plan?leave=ID` or `?remove=ID`: what the change would move, per new owner, as a
-/// share of the key space and an estimate of keys.
+/// `GET /admin/plan?leave=ID` or `?remove=ID[&force=true]`: what the change would move, per new
+/// owner, as a share of the key space and an estimate of keys; refused as the change itself
+/// would be.
 pub(crate) async fn plan(
     State(s): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let removing = q.contains_key("remove");
+    let force = forced(&q)?;
     let id = match (q.get("leave"), q.get("remove")) {
         (Some(id), None) | (None, Some(id)) => id.clone(),
         _ => {
@@ -253,6 +278,10 @@ pub(crate) async fn plan(
             return Err(format!(
                 "{id} is up: ask it to leave (dynamokv admin leave), which hands its data over"
             ));
+        }
+        // A change that would hand ranges to a down member is refused before any plan too.
+        if !(removing && force) {
+            n.refuse_onto_down(&id, removing)?;
         }
         let after: Vec<_> = before
             .iter()

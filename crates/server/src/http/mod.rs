@@ -191,6 +191,16 @@ async fn authenticate(
     }
 }
 
+/// What a node that has not joined says about itself.
+pub(crate) const NOT_JOINED: &str = "this node has not reached any of its seeds yet, so it belongs to no cluster and serves nothing; check --seeds, the seeds' peer ports and the cluster secret";
+
+/// Whether `n` was given seeds and has heard from none of them: it is in no cluster yet.
+pub(crate) fn not_joined(n: &crate::runtime::CoreNode) -> bool {
+    let me = n.view().members.get(n.id()).map(|m| m.status);
+    me == Some(dynamokv_core::membership::Status::Joining)
+        && n.view().members.keys().all(|id| id == n.id())
+}
+
 async fn health(State(s): State<AppState>) -> Response {
     // A node whose instance ended (it left, was removed, or runs on a stale copy of its data
     // directory) serves nothing: it says so here too.
@@ -207,15 +217,7 @@ async fn health(State(s): State<AppState>) -> Response {
             .into_response();
     }
     // A node that was given seeds and has heard from none of them is in no cluster yet.
-    let alone = s
-        .node
-        .query(|n| {
-            let me = n.view().members.get(n.id()).map(|m| m.status);
-            me == Some(dynamokv_core::membership::Status::Joining)
-                && n.view().members.keys().all(|id| id == n.id())
-        })
-        .await
-        .unwrap_or(false);
+    let alone = s.node.query(not_joined).await.unwrap_or(false);
     if alone {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -223,7 +225,7 @@ async fn health(State(s): State<AppState>) -> Response {
                 "status": "not_joined",
                 "node": s.node_id,
                 "actor": s.actor.to_string(),
-                "message": "this node has not reached any of its seeds yet, so it belongs to no cluster and serves nothing; check --seeds, the seeds' peer ports and the cluster secret",
+                "message": NOT_JOINED,
             })),
         )
             .into_response();

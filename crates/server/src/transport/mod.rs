@@ -46,6 +46,7 @@ pub mod links;
 pub mod wire;
 
 use crate::handshake::{self, HandshakeError, PeerKey};
+use crate::identity::ClusterId;
 use crate::log_window::LogWindow;
 use crate::tls::{BoxedIo, Tls};
 use dynamokv_core::membership::{Ended, Endings, Member};
@@ -118,6 +119,9 @@ pub type EventSink = Box<dyn Fn(PeerEvent) -> bool + Send + Sync>;
 struct Inner {
     me: Member,
     key: PeerKey,
+    cluster: Arc<ClusterId>,
+    /// Why a seed last refused this node for being of another cluster, if one did.
+    seed_refused: Mutex<Option<String>>,
     handshaking: Arc<tokio::sync::Semaphore>,
     events: EventSink,
     peers: Mutex<BTreeMap<String, PeerLink>>,
@@ -174,12 +178,26 @@ pub enum DialError {
     Handshake(#[from] HandshakeError),
 }
 
+impl DialError {
+    /// Whether the peer is of another cluster (this node found it, or the peer said so).
+    pub fn other_cluster(&self) -> bool {
+        match self {
+            DialError::Handshake(HandshakeError::OtherCluster { .. }) => true,
+            DialError::Handshake(HandshakeError::Refused(why)) => {
+                why.contains(handshake::OTHER_CLUSTER)
+            }
+            _ => false,
+        }
+    }
+}
+
 impl Transport {
-    /// A transport announcing `me`, proving membership with `key`, delivering what peers send
-    /// to `events`; over mutual TLS when `tls` is given.
+    /// A transport announcing `me` of cluster `cluster`, proving membership with `key`,
+    /// delivering what peers send to `events`; over mutual TLS when `tls` is given.
     pub fn new(
         me: Member,
         key: PeerKey,
+        cluster: Arc<ClusterId>,
         events: EventSink,
         max_frame: usize,
         runtime: tokio::runtime::Handle,
@@ -189,6 +207,8 @@ impl Transport {
             inner: Arc::new(Inner {
                 me,
                 key,
+                cluster,
+                seed_refused: Mutex::new(None),
                 handshaking: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKING)),
                 events,
                 peers: Mutex::new(BTreeMap::new()),
@@ -200,6 +220,20 @@ impl Transport {
                 endings_version: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// The id of the cluster this node belongs to (0: none yet).
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster.get()
+    }
+
+    /// Why a seed refused this node for being of another cluster (the last time one did).
+    pub fn seed_refused(&self) -> Option<String> {
+        self.inner
+            .seed_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The ending of `member`'s instance, if the node knows it ended.
@@ -257,6 +291,12 @@ impl Transport {
                         t.tell(PeerEvent::Seed(member));
                         return;
                     }
+                    Err(e) if e.other_cluster() => {
+                        tracing::error!(seed = %addr, error = %e, "the seed belongs to another cluster; this node will not join it");
+                        *t.inner.seed_refused.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("seed {addr}: {e}"));
+                        tokio::time::sleep(SEED_BACKOFF_MAX).await;
+                    }
                     Err(e) => {
                         tracing::warn!(seed = %addr, error = %e, "seed not reachable yet; retrying");
                         tokio::time::sleep(backoff).await;
@@ -282,7 +322,8 @@ impl Transport {
             None => Box::new(stream),
         };
         let mut framed = Framed::new(stream, codec(HANDSHAKE_MAX_FRAME));
-        let dial = handshake::dial(&mut framed, &self.inner.key, &self.inner.me, |m| {
+        let inner = &self.inner;
+        let dial = handshake::dial(&mut framed, &inner.key, &inner.me, &inner.cluster, |m| {
             self.ending_of(m)
         });
         let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial)
@@ -337,8 +378,12 @@ impl Transport {
                 None => Box::new(stream),
             };
             let mut framed = Framed::new(io, codec(HANDSHAKE_MAX_FRAME));
-            let key = &self.inner.key;
-            match handshake::accept(&mut framed, key, &self.inner.me, |m| self.ending_of(m)).await {
+            let inner = &self.inner;
+            let accepted =
+                handshake::accept(&mut framed, &inner.key, &inner.me, &inner.cluster, |m| {
+                    self.ending_of(m)
+                });
+            match accepted.await {
                 Ok(member) => Ok((member, framed)),
                 Err(e) => Err(Refusal::Handshake(e, Box::new(framed))),
             }
@@ -462,7 +507,11 @@ impl Refusal {
             }
             Refusal::Handshake(e, mut framed) => {
                 if refused(e.reason()) {
-                    tracing::warn!(%remote, reason = %e, "refusing peer connection");
+                    if let HandshakeError::OtherCluster { .. } = e {
+                        tracing::error!(%remote, reason = %e, "refusing a node of another cluster");
+                    } else {
+                        tracing::warn!(%remote, reason = %e, "refusing peer connection");
+                    }
                 }
                 let _ = framed
                     .send(encode_frame(&Frame::Refused(e.to_string())))
@@ -474,7 +523,8 @@ impl Refusal {
 
 /// Counts an inbound handshake refused, by reason: `busy` (too many at once), `proof` (wrong
 /// secret or replay), `protocol` (malformed, oversized, out of turn, another version),
-/// `timeout`, `tls`, `ended` (an instance that left, was removed or is stale). Returns whether
+/// `timeout`, `tls`, `ended` (an instance that left, was removed or is stale), `cluster` (a
+/// node of another cluster). Returns whether
 /// to log it: at most 10 warnings per 10 s, then one line saying how many more there were, so
 /// that a flood of connections cannot flood the log.
 fn refused(reason: &'static str) -> bool {

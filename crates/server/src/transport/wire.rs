@@ -16,8 +16,9 @@ pub type PeerConn = Framed<BoxedIo, LengthDelimitedCodec>;
 /// a reason naming both versions. Version 2 groups messages by family (kv, handoff, gossip) and
 /// carries typed errors; version 4 adds the overwrite flag of a forwarded put; version 5 the
 /// challenge-response handshake; version 6 endings (the `Ended` frame, epochs in member records,
-/// endings in gossip); version 7 the `Collect` and `Handover` families (out of `Sync`).
-pub const PROTOCOL_VERSION: u16 = 7;
+/// endings in gossip); version 7 the `Collect` and `Handover` families (out of `Sync`); version 8
+/// cluster ids in the hello and the challenge.
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Largest frame accepted before the handshake completed (a member record with the most tokens
 /// fits).
 pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
@@ -57,6 +58,8 @@ pub struct Hello {
     pub nonce: [u8; PROOF_LEN],
     /// The sender's member record.
     pub member: Member,
+    /// The sender's cluster id (0: it belongs to no cluster yet).
+    pub cluster: u64,
 }
 
 /// A frame after the hello.
@@ -68,6 +71,8 @@ pub enum Frame {
         nonce: [u8; PROOF_LEN],
         /// The acceptor's record.
         member: Member,
+        /// The acceptor's cluster id (0: none yet).
+        cluster: u64,
         /// The acceptor's proof ([`crate::handshake::PeerKey::proof`]).
         proof: [u8; PROOF_LEN],
     },
