@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{dirs, start_cluster, wait_for_ring};
+use common::{cli, dirs, start_cluster, wait_for_ring};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -292,6 +292,23 @@ async fn the_cluster_page_shows_the_ring_writes_a_key_and_sees_a_node_go_down() 
         assert_eq!(
             b.eval("document.querySelector('#members tbody tr[data-node=\"n3\"] .seen').textContent"),
             json!("down")
+        );
+        // Removed, it is no longer down: it is listed apart, as departed.
+        let out = cli(&["admin", "remove", "n3", "--node", &nodes[0].url]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        b.wait_for(
+            "document.querySelector('#departed tbody tr[data-node=\"n3\"]') !== null && !document.querySelector('#departed-box').hidden",
+            "n3 listed as departed",
+            30,
+        );
+        assert_eq!(
+            b.eval("document.querySelector('#members tbody tr[data-node=\"n3\"]')"),
+            Value::Null,
+            "n3 is not among the members whose health is shown"
+        );
+        assert_eq!(
+            b.eval("document.querySelectorAll('#members tbody tr[data-up=\"true\"]').length"),
+            json!(2)
         );
         nodes
     })

@@ -120,7 +120,14 @@ function drawRing(ring) {
 
 function drawMembers(ring) {
   $("#viewer").textContent = ring.node;
-  fill($("#members tbody"), ring.members.map((m) => {
+  // Members that left or were removed are not down: they are listed apart, without health.
+  const departed = ring.members.filter((m) => m.status === "Left");
+  $("#departed-box").hidden = departed.length === 0;
+  fill($("#departed tbody"), departed.map((m) => el("tr", { "data-node": m.id },
+    el("td", {}, m.id),
+    el("td", {}, "left the cluster"),
+    el("td", {}, m.http_addr || ""))));
+  fill($("#members tbody"), ring.members.filter((m) => m.status !== "Left").map((m) => {
     const link = m.http_addr ? el("a", { href: `http://${m.http_addr}/` }, m.http_addr) : "";
     return el("tr", { "data-node": m.id, "data-up": String(m.up) },
       el("td", {}, m.id === ring.node ? `${m.id} (here)` : m.id),
@@ -224,6 +231,7 @@ async function askEveryNode() {
     ...(v.error ? [el("td", { colspan: members.length, class: "down" }, v.error)]
       : members.map((id) => {
         const m = v.members.find((x) => x.id === id);
+        if (m && m.status === "left") return el("td", { class: "muted" }, "departed");
         return el("td", {}, m ? seen(m.up) : "-", m && m.status !== "up" ? ` (${m.status})` : "");
       }))));
   box.replaceChildren(el("table", { id: "views-table" }, el("thead", {}, head), el("tbody", {}, ...rows)));
