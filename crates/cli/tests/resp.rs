@@ -17,6 +17,10 @@ enum V {
     Int(i64),
     Bulk(Option<Vec<u8>>),
     Array(Vec<V>),
+    /// RESP3's null (`_`).
+    Null,
+    /// A RESP3 map (`%`), as its pairs in order.
+    Map(Vec<(V, V)>),
 }
 
 impl V {
@@ -87,6 +91,11 @@ impl Resp {
             "*" => {
                 let n: usize = rest.parse().unwrap();
                 V::Array((0..n).map(|_| self.read()).collect())
+            }
+            "_" => V::Null,
+            "%" => {
+                let n: usize = rest.parse().unwrap();
+                V::Map((0..n).map(|_| (self.read(), self.read())).collect())
             }
             _ => panic!("not a RESP reply: {line:?}"),
         }
@@ -193,7 +202,47 @@ async fn every_command_answers_as_documented() {
     );
     let hello = a.cmd(&["HELLO", "2"]);
     assert!(hello.array().contains(&V::bulk("proto")));
-    assert!(a.cmd(&["HELLO", "3"]).is_error_with("NOPROTO"));
+    assert!(a.cmd(&["HELLO", "4"]).is_error_with("NOPROTO"));
+    // RESP3: maps and its own null, on that connection only.
+    let mut r3 = Resp::connect(&nodes[2].resp);
+    match r3.cmd(&["HELLO", "3"]) {
+        V::Map(pairs) => assert!(pairs.contains(&(V::bulk("proto"), V::Int(3))), "{pairs:?}"),
+        other => panic!("HELLO 3 answered {other:?}"),
+    }
+    assert_eq!(r3.cmd(&["GET", "missing"]), V::Null);
+    assert_eq!(
+        r3.cmd(&["MGET", "k", "missing"]),
+        V::Array(vec![V::bulk("v1"), V::Null])
+    );
+    assert_eq!(
+        r3.cmd(&["CONFIG", "GET", "appendonly"]),
+        V::Map(vec![(V::bulk("appendonly"), V::bulk("yes"))])
+    );
+    assert_eq!(b.cmd(&["GET", "missing"]), V::Bulk(None), "RESP2 elsewhere");
+    assert!(matches!(r3.cmd(&["HELLO", "2"]), V::Array(_)));
+    assert_eq!(r3.cmd(&["GET", "missing"]), V::Bulk(None));
+    // MULTI/EXEC: queued, run on EXEC; a refused command dooms the whole transaction.
+    assert_eq!(a.cmd(&["MULTI"]), V::ok());
+    assert_eq!(a.cmd(&["SET", "tx", "1"]), V::Simple("QUEUED".into()));
+    assert_eq!(a.cmd(&["GET", "tx"]), V::Simple("QUEUED".into()));
+    assert_eq!(a.cmd(&["EXEC"]), V::Array(vec![V::ok(), V::bulk("1")]));
+    assert_eq!(a.cmd(&["MULTI"]), V::ok());
+    assert_eq!(a.cmd(&["SET", "tx", "2"]), V::Simple("QUEUED".into()));
+    assert!(
+        a.cmd(&["SET", "tx"])
+            .is_error_with("wrong number of arguments")
+    );
+    assert!(a.cmd(&["EXEC"]).is_error_with("EXECABORT"));
+    assert_eq!(a.cmd(&["MULTI"]), V::ok());
+    assert_eq!(a.cmd(&["SET", "tx", "3"]), V::Simple("QUEUED".into()));
+    assert_eq!(a.cmd(&["DISCARD"]), V::ok());
+    assert_eq!(
+        b.cmd(&["GET", "tx"]),
+        V::bulk("1"),
+        "nothing refused or discarded applied"
+    );
+    assert!(a.cmd(&["EXEC"]).is_error_with("EXEC without MULTI"));
+    assert!(a.cmd(&["WATCH", "tx"]).is_error_with("not supported"));
     assert_eq!(a.cmd(&["CLIENT", "GETNAME"]), V::Bulk(None));
     assert_eq!(a.cmd(&["CLIENT", "SETNAME", "tester"]), V::ok());
     assert_eq!(a.cmd(&["CLIENT", "GETNAME"]), V::bulk("tester"));
@@ -506,4 +555,71 @@ async fn redis_cli_and_redis_benchmark_work_against_every_node() {
             .count();
         assert!(hits > 0, "redis-benchmark's SETs are readable");
     }
+}
+
+/// The Python with redis-py that scripts/test prepares (`DYNAMOKV_PYTHON`).
+fn redis_py() -> Command {
+    let python = std::env::var("DYNAMOKV_PYTHON").unwrap_or_else(|_| {
+        panic!("DYNAMOKV_PYTHON is not set: run scripts/test, which installs redis-py in a venv")
+    });
+    let mut c = Command::new(python);
+    // Any warning (such as "does not support HELLO (RESP3)") fails the script.
+    c.args(["-W", "error"]);
+    c
+}
+
+const REDIS_PY_SCRIPT: &str = r#"
+import sys, redis
+port = int(sys.argv[1])
+r = redis.Redis(port=port)  # redis-py 8: HELLO 3 and RESP3 by default
+assert r.connection_pool.get_connection().protocol in (3, "3"), "RESP3 in use"
+assert r.set("py", "1") is True
+assert r.get("py") == b"1"
+assert r.get("py-missing") is None
+assert r.mget("py", "py-missing") == [b"1", None]
+assert r.exists("py") == 1
+assert r.config_get("appendonly") == {"appendonly": "yes"}
+# The default pipeline is a MULTI/EXEC transaction.
+p = r.pipeline()
+p.set("py-tx", "a"); p.get("py-tx"); p.get("py-missing")
+assert p.execute() == [True, b"a", None]
+# A transaction with a refused command applies nothing.
+p = r.pipeline()
+p.set("py-tx", "b"); p.execute_command("SET", "py-tx")
+try:
+    p.execute()
+    raise SystemExit("the doomed transaction ran")
+except redis.ResponseError as e:
+    assert "wrong number of arguments" in str(e), e
+assert r.get("py-tx") == b"a", r.get("py-tx")
+# Without a transaction, a plain pipeline.
+p = r.pipeline(transaction=False)
+p.set("py-p", "c"); p.get("py-p")
+assert p.execute() == [True, b"c"]
+assert r.delete("py", "py-tx", "py-p") == 3
+# RESP2 when asked.
+r2 = redis.Redis(port=port, protocol=2)
+assert r2.get("py-missing") is None and r2.config_get("save") == {"save": ""}
+print("redis-py", redis.__version__, "ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_speaks_resp3_and_its_transactions_apply_all_or_nothing_queued() {
+    let (_d, nodes) = resp_cluster(3, &[]);
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    let port = nodes[1].resp.rsplit(':').next().unwrap().to_owned();
+    let out = redis_py()
+        .args(["-c", REDIS_PY_SCRIPT, &port])
+        .output()
+        .expect("run python");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "redis-py failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" ok"), "{stdout}");
+    assert!(
+        stderr.trim().is_empty(),
+        "redis-py wrote to stderr (a warning?): {stderr}"
+    );
 }

@@ -1,4 +1,5 @@
-//! RESP2 framing: parsing the commands clients send and writing the replies.
+//! RESP framing: parsing the commands clients send and writing the replies (RESP2, and RESP3
+//! for a connection that asked for it with `HELLO 3`: see [`resp3`] and [`map`]).
 //!
 //! Requests are arrays of bulk strings (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`) or inline commands
 //! (`GET k\r\n`, as typed into telnet). Every count and length is checked against [`Limits`]
@@ -207,6 +208,48 @@ pub fn bulk(out: &mut Vec<u8>, value: Option<&[u8]>) {
     }
 }
 
+/// Appends a map header for `pairs` key-value pairs (they follow, key then value): a RESP3 map,
+/// or for RESP2 a flat array of twice as many elements.
+pub fn map(out: &mut Vec<u8>, pairs: usize, resp3: bool) {
+    if resp3 {
+        out.push(b'%');
+        out.extend_from_slice(pairs.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    } else {
+        array(out, pairs * 2);
+    }
+}
+
+/// Appends `reply` (one or more replies, as the commands write them: RESP2, with maps already
+/// written for the connection's protocol) for a RESP3 connection: the null bulk string (`$-1`)
+/// and the null array (`*-1`) become RESP3's null (`_`); every other type is written the same
+/// in both. Bulk strings are copied whole, whatever bytes they hold.
+pub fn resp3(reply: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < reply.len() {
+        let Some(cr) = reply[i..].windows(2).position(|w| w == b"\r\n") else {
+            out.extend_from_slice(&reply[i..]);
+            return;
+        };
+        let (line, next) = (&reply[i..i + cr], i + cr + 2);
+        if line == b"$-1" || line == b"*-1" {
+            out.extend_from_slice(b"_\r\n");
+            i = next;
+            continue;
+        }
+        let body = match line.split_first() {
+            Some((b'$', len)) => std::str::from_utf8(len)
+                .ok()
+                .and_then(|l| l.parse::<usize>().ok())
+                .map_or(0, |l| l + 2),
+            _ => 0,
+        };
+        let end = (next + body).min(reply.len());
+        out.extend_from_slice(&reply[i..end]);
+        i = end;
+    }
+}
+
 /// Appends an array header for `n` elements (the elements follow).
 pub fn array(out: &mut Vec<u8>, n: usize) {
     out.push(b'*');
@@ -252,6 +295,30 @@ mod tests {
         assert_eq!(used, 8);
         assert_eq!(parse(b"*0\r\n", &l).unwrap(), Some((vec![], 4)));
         assert_eq!(parse(b"\r\n", &l).unwrap(), Some((vec![], 2)));
+    }
+
+    #[test]
+    fn resp3_rewrites_only_the_nulls_and_copies_bulk_strings_whole() {
+        let mut reply = Vec::new();
+        array(&mut reply, 3);
+        bulk(&mut reply, Some(b"$-1\r\n*-1\r\n"));
+        bulk(&mut reply, None);
+        integer(&mut reply, 7);
+        simple(&mut reply, "OK");
+        reply.extend_from_slice(b"*-1\r\n");
+        let mut out = Vec::new();
+        resp3(&reply, &mut out);
+        assert_eq!(
+            out,
+            b"*3\r\n$10\r\n$-1\r\n*-1\r\n\r\n_\r\n:7\r\n+OK\r\n_\r\n".to_vec()
+        );
+        let (mut m2, mut m3) = (Vec::new(), Vec::new());
+        map(&mut m2, 2, false);
+        map(&mut m3, 2, true);
+        assert_eq!(
+            (m2.as_slice(), m3.as_slice()),
+            (&b"*4\r\n"[..], &b"%2\r\n"[..])
+        );
     }
 
     #[test]

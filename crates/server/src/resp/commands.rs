@@ -51,6 +51,11 @@ pub struct Conn {
     pub name: Option<Vec<u8>>,
     /// The token given with `AUTH` (or `HELLO ... AUTH`), if it was a configured one.
     pub token: Option<Vec<u8>>,
+    /// Whether the client chose RESP3 (`HELLO 3`): its replies are rewritten by
+    /// [`super::codec::resp3`].
+    pub resp3: bool,
+    /// The transaction being queued (`MULTI`), if one is.
+    pub multi: Option<super::multi::Multi>,
 }
 
 /// Whether the connection may run `args` (always, when no token is configured): `AUTH`,

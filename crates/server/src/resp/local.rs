@@ -2,7 +2,7 @@
 //! server facts (`INFO`, `COMMAND`, `CONFIG GET`) and `PING`/`ECHO`. They answer at once, from
 //! the connection's own state, without the node thread.
 
-use super::codec::{array, bulk, error, integer, simple};
+use super::codec::{array, bulk, error, integer, map, simple};
 use super::commands::{Conn, RespState, name, unknown, wrong_arity};
 use std::sync::atomic::Ordering;
 
@@ -94,7 +94,7 @@ pub const COMMANDS: &[Spec] = &[
         0,
         0,
         0,
-        "Protocol handshake (RESP2 only)",
+        "Protocol handshake: HELLO [2|3] [AUTH name token] [SETNAME name]",
     ),
     (
         "client",
@@ -116,6 +116,34 @@ pub const COMMANDS: &[Spec] = &[
         "GET answers no parameters; SET refused",
     ),
     ("quit", 1, &["fast"], 0, 0, 0, "Close the connection"),
+    (
+        "multi",
+        1,
+        &["fast"],
+        0,
+        0,
+        0,
+        "Queue the commands that follow until EXEC (not atomic)",
+    ),
+    (
+        "exec",
+        1,
+        &["slow"],
+        0,
+        0,
+        0,
+        "Run the queued commands in order; their replies",
+    ),
+    ("discard", 1, &["fast"], 0, 0, 0, "Drop the queued commands"),
+    (
+        "unwatch",
+        1,
+        &["fast"],
+        0,
+        0,
+        0,
+        "Nothing to unwatch (WATCH is refused)",
+    ),
     (
         "dkv.get",
         -2,
@@ -189,8 +217,8 @@ pub fn run_local(state: &RespState, conn: &mut Conn, args: &[Vec<u8>], out: &mut
         }
         b"AUTH" => wrong_arity(out, args),
         b"CLIENT" if n >= 2 => client(conn, args, out),
-        b"CONFIG" if n >= 2 => config(args, out),
-        b"COMMAND" => command(args, out),
+        b"CONFIG" if n >= 2 => config(args, out, conn.resp3),
+        b"COMMAND" => command(args, out, conn.resp3),
         b"ECHO" | b"SELECT" | b"DBSIZE" | b"CLIENT" | b"CONFIG" => wrong_arity(out, args),
         _ => unknown(args, out),
     }
@@ -198,7 +226,7 @@ pub fn run_local(state: &RespState, conn: &mut Conn, args: &[Vec<u8>], out: &mut
 
 fn info(state: &RespState, out: &mut Vec<u8>) {
     let text = format!(
-        "# Server\r\nredis_version:7.0.0\r\ndynamokv_version:{}\r\nredis_mode:cluster-dynamo\r\nnode_id:{}\r\ntcp_addr:{}\r\nprotocol:RESP2\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n# Keyspace\r\n",
+        "# Server\r\nredis_version:7.0.0\r\ndynamokv_version:{}\r\nredis_mode:cluster-dynamo\r\nnode_id:{}\r\ntcp_addr:{}\r\nprotocols:RESP2,RESP3\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n# Keyspace\r\n",
         env!("CARGO_PKG_VERSION"),
         state.node_id,
         state.addr,
@@ -227,14 +255,17 @@ fn auth<'a>(state: &RespState, conn: &mut Conn, mut args: impl Iterator<Item = &
 }
 
 fn hello(state: &RespState, conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>) {
-    if let Some(v) = args.get(1)
-        && v.as_slice() != b"2"
-    {
-        return error(
-            out,
-            "NOPROTO this server speaks RESP2 only; use HELLO 2 (or no HELLO)",
-        );
-    }
+    let resp3 = match args.get(1).map(Vec::as_slice) {
+        None => conn.resp3,
+        Some(b"2") => false,
+        Some(b"3") => true,
+        Some(_) => {
+            return error(
+                out,
+                "NOPROTO unsupported protocol version; this server speaks RESP2 (HELLO 2) and RESP3 (HELLO 3)",
+            );
+        }
+    };
     let mut i = 2;
     while i < args.len() {
         match args[i].to_ascii_uppercase().as_slice() {
@@ -255,12 +286,13 @@ fn hello(state: &RespState, conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>
             _ => {
                 return error(
                     out,
-                    "ERR syntax error in HELLO: use HELLO 2 [AUTH name token] [SETNAME name]",
+                    "ERR syntax error in HELLO: use HELLO [2|3] [AUTH name token] [SETNAME name]",
                 );
             }
         }
     }
-    array(out, 14);
+    conn.resp3 = resp3;
+    map(out, 7, resp3);
     for (k, v) in [
         ("server", "redis"),
         ("version", "7.0.0"),
@@ -270,7 +302,7 @@ fn hello(state: &RespState, conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>
         bulk(out, Some(v.as_bytes()));
     }
     bulk(out, Some(b"proto"));
-    integer(out, 2);
+    integer(out, if resp3 { 3 } else { 2 });
     bulk(out, Some(b"id"));
     integer(out, conn.id as i64);
     bulk(out, Some(b"mode"));
@@ -301,7 +333,7 @@ fn client(conn: &mut Conn, args: &[Vec<u8>], out: &mut Vec<u8>) {
     }
 }
 
-fn config(args: &[Vec<u8>], out: &mut Vec<u8>) {
+fn config(args: &[Vec<u8>], out: &mut Vec<u8>, resp3: bool) {
     match args[1].to_ascii_uppercase().as_slice() {
         // Two parameters have a true answer (clients such as redis-benchmark ask for them):
         // no snapshots (`save` is empty), and every write goes through the storage journal
@@ -313,7 +345,7 @@ fn config(args: &[Vec<u8>], out: &mut Vec<u8>) {
                 .iter()
                 .filter(|(k, _)| asked.iter().any(|a| a == b"*" || a == k.as_bytes()))
                 .collect();
-            array(out, found.len() * 2);
+            map(out, found.len(), resp3);
             for (k, v) in found {
                 bulk(out, Some(k.as_bytes()));
                 bulk(out, Some(v.as_bytes()));
@@ -326,7 +358,7 @@ fn config(args: &[Vec<u8>], out: &mut Vec<u8>) {
     }
 }
 
-fn command(args: &[Vec<u8>], out: &mut Vec<u8>) {
+fn command(args: &[Vec<u8>], out: &mut Vec<u8>, resp3: bool) {
     let sub = args.get(1).map(|s| s.to_ascii_uppercase());
     let wanted: Vec<&Spec> = match sub.as_deref() {
         None => COMMANDS.iter().collect(),
@@ -346,11 +378,11 @@ fn command(args: &[Vec<u8>], out: &mut Vec<u8>) {
         }
     };
     if sub.as_deref() == Some(b"DOCS") {
-        // Name, then a map (as a flat array) of summary, since and group.
-        array(out, wanted.len() * 2);
+        // A map of name to a map of summary, since and group.
+        map(out, wanted.len(), resp3);
         for c in wanted {
             bulk(out, Some(c.0.as_bytes()));
-            array(out, 6);
+            map(out, 3, resp3);
             for (k, v) in [("summary", c.6), ("since", "0.1.0"), ("group", "dynamokv")] {
                 bulk(out, Some(k.as_bytes()));
                 bulk(out, Some(v.as_bytes()));

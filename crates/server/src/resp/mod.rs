@@ -13,6 +13,7 @@
 pub mod codec;
 pub mod commands;
 pub mod local;
+pub mod multi;
 
 use crate::tls::BoxedIo;
 use codec::Limits;
@@ -104,6 +105,8 @@ async fn connection(
         id: state.accepted.fetch_add(1, Ordering::Relaxed) + 1,
         name: None,
         token: None,
+        resp3: false,
+        multi: None,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -203,7 +206,8 @@ async fn read_more(
 }
 
 /// Runs the commands of one batch, appending their replies to `out` in order; true when the
-/// client asked to quit.
+/// client asked to quit. Transaction commands, and commands while a transaction is open, go
+/// through [`multi::step`]; the others run as a pipeline ([`run_pipeline`]).
 async fn run_batch(
     state: &Arc<RespState>,
     conn: &mut Conn,
@@ -213,6 +217,52 @@ async fn run_batch(
     state
         .commands
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if !batch.iter().any(|args| multi::needs_step(conn, args)) {
+        return run_pipeline(state, conn, batch, out).await;
+    }
+    let mut plain = Vec::new();
+    for args in batch {
+        if !multi::needs_step(conn, &args) {
+            plain.push(args);
+            continue;
+        }
+        if run_pipeline(state, conn, std::mem::take(&mut plain), out).await {
+            return true;
+        }
+        match multi::step(conn, args) {
+            multi::Step::Run(args) => plain.push(args),
+            multi::Step::Reply(reply) => append(conn, out, &reply),
+            multi::Step::Exec(queued) => {
+                codec::array(out, queued.len());
+                if Box::pin(run_pipeline(state, conn, queued, out)).await {
+                    return true;
+                }
+            }
+        }
+    }
+    run_pipeline(state, conn, plain, out).await
+}
+
+/// Appends `reply` for this connection's protocol.
+fn append(conn: &Conn, out: &mut Vec<u8>, reply: &[u8]) {
+    if conn.resp3 {
+        codec::resp3(reply, out);
+    } else {
+        out.extend_from_slice(reply);
+    }
+}
+
+/// Runs commands as a pipeline, appending their replies to `out` in order: keyed ones side by
+/// side while they touch different keys; true when the client asked to quit.
+async fn run_pipeline(
+    state: &Arc<RespState>,
+    conn: &mut Conn,
+    batch: Vec<Vec<Vec<u8>>>,
+    out: &mut Vec<u8>,
+) -> bool {
+    if batch.is_empty() {
+        return false;
+    }
     if batch.len() == 1 {
         // No pipelining (the common case): nothing can conflict.
         let quit = matches!(commands::access(&batch[0]), Access::Quit);
@@ -271,9 +321,14 @@ async fn run_group(
         }
         match commands::access(&args) {
             Access::Reads(_) | Access::Writes(_) => {
-                out.extend(commands::run_keyed(state.clone(), args).await);
+                let reply = commands::run_keyed(state.clone(), args).await;
+                append(conn, out, &reply);
             }
-            _ => local::run_local(state, conn, &args, out),
+            _ => {
+                let mut reply = Vec::new();
+                local::run_local(state, conn, &args, &mut reply);
+                append(conn, out, &reply);
+            }
         }
         return;
     }
@@ -296,6 +351,6 @@ async fn run_group(
         replies[i] = reply;
     }
     for r in replies {
-        out.extend_from_slice(&r);
+        append(conn, out, &r);
     }
 }
