@@ -186,7 +186,7 @@ fn print_view(v: &Value) {
                 "complete".to_owned()
             };
             println!(
-                "  anti-entropy: data {state}; {} trees ({} building, {} keys, {:.1} MiB); {} exchanges ({} in sync, {} failed); {} keys repaired",
+                "  anti-entropy: data {state}; {} trees ({} building, {} keys, {:.1} MiB); {} exchanges ({} in sync, {} failed{}, {} postponed); {} keys repaired",
                 ae["trees"],
                 ae["trees_building"],
                 ae["tree_keys"],
@@ -194,6 +194,8 @@ fn print_view(v: &Value) {
                 ae["exchanges"],
                 ae["in_sync"],
                 ae["failed"],
+                failure_reasons(&ae["failed_by"], &Value::Null),
+                ae["postponed"],
                 ae["keys_repaired"]
             );
         }
@@ -452,6 +454,32 @@ fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The failed exchanges between two `failed_by` figures, by reason: ": 2 timed out, 1 peer
+/// lost", or nothing when none failed.
+fn failure_reasons(now: &Value, before: &Value) -> String {
+    let reasons: Vec<String> = [
+        ("peer_lost", "peer lost"),
+        ("timed_out", "timed out"),
+        ("peer_storage", "peer's storage failed"),
+        ("storage", "storage failed here"),
+        ("bad_answer", "bad answer"),
+    ]
+    .iter()
+    .filter_map(|(key, label)| {
+        let n = now[key]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(before[key].as_u64().unwrap_or(0));
+        (n > 0).then(|| format!("{n} {label}"))
+    })
+    .collect();
+    if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", reasons.join(", "))
+    }
+}
+
 fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -487,11 +515,18 @@ fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
             let p = fetch(&http, &args.node.url, "repair").await?;
             if p["last_round"].as_u64().unwrap_or(0) >= round {
                 println!(
-                    "repair round {round} finished on {node}: {} keys repaired, {} exchanges ({} failed) during this round",
+                    "repair round {round} finished on {node}: {} keys repaired, {} exchanges ({} failed{}, {} postponed) during this round",
                     delta(&p, "keys_repaired"),
                     delta(&p, "exchanges"),
-                    delta(&p, "failed")
+                    delta(&p, "failed"),
+                    failure_reasons(&p["failed_by"], &before["failed_by"]),
+                    delta(&p, "postponed"),
                 );
+                if delta(&p, "postponed") > 0 {
+                    println!(
+                        "  postponed: the peer's view of the ring differed for a moment, or its tree was being built; those pairs are compared again next round"
+                    );
+                }
                 let skipped = p["last_round_skipped"].as_u64().unwrap_or(0);
                 if skipped > 0 && p["last_round"].as_u64() == Some(round) {
                     eprintln!(

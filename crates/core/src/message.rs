@@ -525,13 +525,47 @@ pub enum SyncMessage {
         /// Whether this is the last part of the answer.
         last: bool,
     },
-    /// Responder: the session cannot go on (no tree for the range, or it is being built).
+    /// Responder: the session cannot go on.
     Refused {
         /// The initiator's session id.
         session: u64,
         /// Why.
-        reason: String,
+        reason: SyncRefusal,
     },
+}
+
+/// Why a responder refused an anti-entropy session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRefusal {
+    /// The responder does not replicate that range (the two ring views differ, for a moment
+    /// while membership changes).
+    NotReplicated,
+    /// The sender is not a replica of that range in the responder's view (likewise).
+    NotAPeer,
+    /// The responder's tree of that range is still being built.
+    TreeBuilding,
+    /// The responder's storage failed.
+    Storage(String),
+}
+
+impl SyncRefusal {
+    /// Whether the refusal only says "not yet": the two nodes' views of the ring differ for a
+    /// moment, or a tree is being built. The pair is compared again next round; it is not a
+    /// failure.
+    pub fn not_yet(&self) -> bool {
+        !matches!(self, SyncRefusal::Storage(_))
+    }
+}
+
+impl std::fmt::Display for SyncRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncRefusal::NotReplicated => f.write_str("this node does not replicate that range"),
+            SyncRefusal::NotAPeer => f.write_str("the sender is not a replica of that range"),
+            SyncRefusal::TreeBuilding => f.write_str("the tree is being built"),
+            SyncRefusal::Storage(e) => write!(f, "storage failure: {e}"),
+        }
+    }
 }
 
 /// A responder's comparison of roots.

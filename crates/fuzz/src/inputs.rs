@@ -327,7 +327,12 @@ pub fn message(u: &mut Unstructured<'_>) -> Result<Message> {
         .into(),
         _ => SyncMessage::Refused {
             session: id,
-            reason: text(u)?,
+            reason: match u.int_in_range(0..=3)? {
+                0 => dynamokv_core::message::SyncRefusal::NotReplicated,
+                1 => dynamokv_core::message::SyncRefusal::NotAPeer,
+                2 => dynamokv_core::message::SyncRefusal::TreeBuilding,
+                _ => dynamokv_core::message::SyncRefusal::Storage(text(u)?),
+            },
         }
         .into(),
     })

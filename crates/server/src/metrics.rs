@@ -158,7 +158,13 @@ const DESCRIBED: &[(&str, Kind, Option<Unit>, &str)] = &[
         "dynamokv_anti_entropy_failed_total",
         Kind::Counter,
         None,
-        "Anti-entropy exchanges that failed",
+        "Anti-entropy exchanges that failed (peer lost, timed out, storage, bad answer; by reason in /admin/stats)",
+    ),
+    (
+        "dynamokv_anti_entropy_postponed_total",
+        Kind::Counter,
+        None,
+        "Anti-entropy exchanges that could not go on yet (ring views differed for a moment, or the peer's tree was being built), compared again next round",
     ),
     (
         "dynamokv_background_storage_errors_total",
@@ -442,6 +448,7 @@ fn background_gauges(scrape: &Scrape) {
     counter!("dynamokv_anti_entropy_keys_repaired_total").absolute(ae.keys_repaired);
     counter!("dynamokv_anti_entropy_bytes_sent_total").absolute(ae.bytes_sent);
     counter!("dynamokv_anti_entropy_failed_total").absolute(ae.failed);
+    counter!("dynamokv_anti_entropy_postponed_total").absolute(ae.postponed);
     counter!("dynamokv_background_storage_errors_total").absolute(ae.storage_errors);
     gauge!("dynamokv_anti_entropy_rebuilding").set(f64::from(u8::from(ae.rebuilding)));
     gauge!("dynamokv_merkle_tree_keys").set(ae.tree_keys as f64);

@@ -182,8 +182,13 @@ pub struct AntiEntropyStats {
     pub exchanges: u64,
     /// Of those, sessions that found the roots equal.
     pub in_sync: u64,
-    /// Sessions abandoned (timeout, refusal, peer lost).
+    /// Sessions that failed (peer lost, timed out, storage, bad answer).
     pub failed: u64,
+    /// Failed sessions by why.
+    pub failed_by: super::exchange::FailedBy,
+    /// Sessions that could not go on yet (ring views differed for a moment, or the peer's tree
+    /// was being built): compared again next round, not failures.
+    pub postponed: u64,
     /// Keys whose local copy changed by a merge from another replica.
     pub keys_repaired: u64,
     /// Objects sent to other replicas.
@@ -237,6 +242,8 @@ impl AntiEntropyStats {
             exchanges: x.exchanges,
             in_sync: x.in_sync,
             failed: x.failed,
+            failed_by: x.failed_by,
+            postponed: x.postponed,
             keys_repaired: x.keys_repaired + h.keys_merged,
             objects_sent: x.objects_sent + h.objects_sent,
             bytes_sent: x.bytes_sent + h.bytes_sent,

@@ -128,6 +128,8 @@ pub(crate) async fn repair_progress(State(s): State<AppState>) -> Result<Respons
         "keys_repaired": ae.keys_repaired,
         "exchanges": ae.exchanges,
         "failed": ae.failed,
+        "failed_by": ae.failed_by,
+        "postponed": ae.postponed,
         "rebuilding": ae.rebuilding,
         "rebuilding_ranges": ae.rebuilding_ranges,
         "trees_building": ae.trees_building,

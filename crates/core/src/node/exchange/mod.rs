@@ -60,8 +60,14 @@ pub struct ExchangeStats {
     pub exchanges: u64,
     /// Of those, sessions that found the roots equal.
     pub in_sync: u64,
-    /// Sessions abandoned (timeout, refusal, peer lost).
+    /// Sessions that failed, by why (the sum is `failed`).
+    pub failed_by: FailedBy,
+    /// Sessions that failed: the peer was lost or did not answer in time, an answer did not
+    /// fit, or a storage failed.
     pub failed: u64,
+    /// Sessions that could not go on yet, compared again next round: the two nodes' ring views
+    /// differed for a moment (a membership change), or the peer's tree was being built.
+    pub postponed: u64,
     /// Keys whose local copy changed by a merge from another replica.
     pub keys_repaired: u64,
     /// Objects sent to other replicas.
@@ -119,7 +125,50 @@ struct Session {
 enum End {
     InSync,
     Repaired,
-    Failed,
+    Failed(Failure),
+    Postponed,
+}
+
+/// Why a session failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The connection to the peer was lost.
+    PeerLost,
+    /// The peer did not answer within the session timeout.
+    TimedOut,
+    /// The peer refused: its storage failed.
+    Refused,
+    /// This node's storage failed.
+    Storage,
+    /// The peer's answer did not fit the protocol.
+    BadAnswer,
+}
+
+/// Failed sessions by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedBy {
+    /// The connection to the peer was lost.
+    pub peer_lost: u64,
+    /// The peer did not answer within the session timeout.
+    pub timed_out: u64,
+    /// The peer's storage failed.
+    pub peer_storage: u64,
+    /// This node's storage failed.
+    pub storage: u64,
+    /// The peer's answer did not fit the protocol.
+    pub bad_answer: u64,
+}
+
+impl FailedBy {
+    fn count(&mut self, why: Failure) {
+        *match why {
+            Failure::PeerLost => &mut self.peer_lost,
+            Failure::TimedOut => &mut self.timed_out,
+            Failure::Refused => &mut self.peer_storage,
+            Failure::Storage => &mut self.storage,
+            Failure::BadAnswer => &mut self.bad_answer,
+        } += 1;
+    }
 }
 
 /// The exchange worker of one node: its sessions, rounds and throttle.
@@ -198,7 +247,7 @@ impl Exchange {
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
-            self.end(ctx, id, End::Failed);
+            self.end(ctx, id, End::Failed(Failure::PeerLost));
         }
     }
 
@@ -223,7 +272,7 @@ impl Exchange {
             .map(|(id, _)| *id)
             .collect();
         for id in dropped {
-            self.end(ctx, id, End::Failed);
+            self.end(ctx, id, End::Postponed);
         }
     }
 
@@ -351,9 +400,13 @@ impl Exchange {
                 self.stats.in_sync += 1;
             }
             End::Repaired => self.stats.exchanges += 1,
-            End::Failed => self.stats.failed += 1,
+            End::Failed(why) => {
+                self.stats.failed += 1;
+                self.stats.failed_by.count(why);
+            }
+            End::Postponed => self.stats.postponed += 1,
         }
-        if how != End::Failed {
+        if matches!(how, End::InSync | End::Repaired) {
             ctx.proofs.synchronised(s.range, ctx.trees.peers());
         }
         if let (Some(round_id), Some(round)) = (s.round, self.round.as_mut())
@@ -385,7 +438,7 @@ impl<S: LocalStore> Worker<S> for Exchange {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            self.end(ctx, id, End::Failed);
+            self.end(ctx, id, End::Failed(Failure::TimedOut));
         }
         let pushing: Vec<u64> = self
             .sessions

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::merkle::{Digest, EMPTY, FANOUT, Hash, LEAVES, digest};
-use crate::message::RootAnswer;
+use crate::message::{RootAnswer, SyncRefusal};
 use crate::node::replica::merge_from_peer;
 use crate::ring::position;
 use crate::version::Object;
@@ -58,9 +58,14 @@ impl Exchange {
                 objects,
                 last,
             } => self.on_pull(ctx, from, session, objects, last),
-            SyncMessage::Refused { session, .. } => {
+            SyncMessage::Refused { session, reason } => {
                 if self.sessions.get(&session).is_some_and(|s| s.peer == from) {
-                    self.end(ctx, session, End::Failed);
+                    let how = if reason.not_yet() {
+                        End::Postponed
+                    } else {
+                        End::Failed(Failure::Refused)
+                    };
+                    self.end(ctx, session, how);
                 }
             }
         }
@@ -74,13 +79,11 @@ impl Exchange {
         from: &str,
         range: &Range,
         need_ready: bool,
-    ) -> Option<String> {
+    ) -> Option<SyncRefusal> {
         match ctx.trees.get(range) {
-            None => Some("this node does not replicate that range".into()),
-            Some(_) if !ctx.trees.is_peer(range, from) => {
-                Some("the sender is not a replica of that range".into())
-            }
-            Some(t) if need_ready && !t.ready() => Some("the tree is being built".into()),
+            None => Some(SyncRefusal::NotReplicated),
+            Some(_) if !ctx.trees.is_peer(range, from) => Some(SyncRefusal::NotAPeer),
+            Some(t) if need_ready && !t.ready() => Some(SyncRefusal::TreeBuilding),
             Some(_) => None,
         }
     }
@@ -134,7 +137,8 @@ impl Exchange {
         }
         let range = s.range;
         let Some(t) = ctx.trees.get_mut(&range) else {
-            return self.end(ctx, session, End::Failed);
+            // The range left this node's replicas meanwhile.
+            return self.end(ctx, session, End::Postponed);
         };
         match answer {
             RootAnswer::Equal => {
@@ -179,7 +183,7 @@ impl Exchange {
                     },
                 );
             }
-            RootAnswer::Differ(_) => self.end(ctx, session, End::Failed),
+            RootAnswer::Differ(_) => self.end(ctx, session, End::Failed(Failure::BadAnswer)),
         }
     }
 
@@ -213,7 +217,7 @@ impl Exchange {
             Err(e) => {
                 ctx.errors
                     .record("anti-entropy", "listing the keys of leaves", &e);
-                let reason = format!("storage failure: {e}");
+                let reason = SyncRefusal::Storage(e.to_string());
                 return ctx.out.send(from, SyncMessage::Refused { session, reason });
             }
         };
@@ -255,7 +259,7 @@ impl Exchange {
             Err(e) => {
                 ctx.errors
                     .record("anti-entropy", "listing the keys of leaves", &e);
-                return self.end(ctx, session, End::Failed);
+                return self.end(ctx, session, End::Failed(Failure::Storage));
             }
         };
         let theirs: BTreeMap<Vec<u8>, Digest> = entries
