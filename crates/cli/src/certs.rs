@@ -21,12 +21,13 @@ pub struct CertsArgs {
     /// reused, so later runs issue certificates for new nodes of the same cluster.
     #[arg(long, default_value = "dynamokv-certs", value_name = "DIR")]
     out: PathBuf,
-    /// Node ids to issue certificates for (repeat or separate with commas): NODE.pem and
-    /// NODE.key, for --tls-cert and --tls-key.
-    #[arg(long = "node", value_delimiter = ',', value_name = "ID")]
+    /// Node ids to issue certificates for (repeat or separate with commas): ID.pem and ID.key,
+    /// for the node's --tls-cert and --tls-key.
+    #[arg(long = "node-id", value_delimiter = ',', value_name = "ID")]
     nodes: Vec<String>,
     /// Client names to issue client certificates for: client-NAME.pem and client-NAME.key,
-    /// for --cert and --key (needed when nodes run with --tls-require-client-cert).
+    /// for --client-cert and --client-cert-key (needed when nodes run with
+    /// --tls-require-client-cert).
     #[arg(long = "client", value_delimiter = ',', value_name = "NAME")]
     clients: Vec<String>,
     /// Host names and IP addresses clients reach the nodes at, added to every node
@@ -194,7 +195,7 @@ fn issue_node(
 /// Runs `dynamokv admin certs`.
 pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
     if args.nodes.is_empty() && args.clients.is_empty() {
-        bail!("name at least one --node (or --client) to issue a certificate for");
+        bail!("name at least one --node-id (or --client) to issue a certificate for");
     }
     if args.days == 0 {
         bail!("--days must be at least 1");

@@ -365,7 +365,14 @@ fn manage(dir: &Path, command: DevCommand) -> anyhow::Result<ExitCode> {
             );
         }
         DevCommand::Add => {
-            let index = set.nodes + 1;
+            // The next id that no node has used: its data directory would belong to another
+            // instance (one that left, or a leftover of an earlier cluster in this directory).
+            let mut index = set.nodes + 1;
+            while dir.join(format!("n{index}")).exists()
+                || read_pid(dir, &format!("n{index}")).is_some_and(alive)
+            {
+                index += 1;
+            }
             set.nodes = index;
             let (child, http, _, _) = spawn(&exe, dir, &set, index, &secret(dir)?)?;
             std::fs::write(dir.join("dev.json"), serde_json::to_string_pretty(&set)?)?;

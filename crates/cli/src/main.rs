@@ -29,29 +29,35 @@ struct Cli {
         long = "cacert",
         global = true,
         env = "DYNAMOKV_CACERT",
-        value_name = "PEM"
+        value_name = "PEM",
+        help_heading = TLS_HEADING
     )]
     cacert: Option<std::path::PathBuf>,
     /// For https:// node URLs: a client certificate to present (PEM), for nodes started with
     /// --tls-require-client-cert.
     #[arg(
         id = "tls_client_cert",
-        long = "cert",
+        long = "client-cert",
         global = true,
-        env = "DYNAMOKV_CERT",
-        value_name = "PEM"
+        env = "DYNAMOKV_CLIENT_CERT",
+        value_name = "PEM",
+        help_heading = TLS_HEADING
     )]
     cert: Option<std::path::PathBuf>,
-    /// The private key of --cert (PEM).
+    /// The private key of --client-cert (PEM).
     #[arg(
         id = "tls_client_key",
-        long = "key",
+        long = "client-cert-key",
         global = true,
-        env = "DYNAMOKV_KEY",
-        value_name = "PEM"
+        env = "DYNAMOKV_CLIENT_CERT_KEY",
+        value_name = "PEM",
+        help_heading = TLS_HEADING
     )]
     key: Option<std::path::PathBuf>,
 }
+
+/// The help heading of the client TLS flags, apart from each command's own flags.
+const TLS_HEADING: &str = "Client TLS (for https:// node URLs; any command)";
 
 #[derive(Subcommand)]
 enum Command {

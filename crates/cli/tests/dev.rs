@@ -79,7 +79,7 @@ fn start_dev(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base(3);
+    let base = free_base(5);
     let (mut sup, rx) = start_dev(dir.path(), base, &["--nodes", "3"]);
     let wait_for = |what: &str| loop {
         let line = rx
@@ -183,6 +183,12 @@ async fn a_dev_cluster_keeps_serving_when_a_node_dies() {
         c.get(format!("{}/health", url(2))).send().await.is_err(),
         "n2 is down"
     );
+
+    // `add` takes the next id no node has used: n4's directory is a leftover, so n5.
+    std::fs::create_dir(dir.path().join("n4")).unwrap();
+    let out = dev(dir.path(), &["add"]);
+    assert!(out.contains("n5 started"), "{out}");
+    dev(dir.path(), &["kill", "n5"]);
 
     // Ctrl-C (SIGTERM here) stops every node, the restarted one included.
     unsafe {

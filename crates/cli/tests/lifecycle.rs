@@ -446,3 +446,38 @@ async fn a_healthy_cluster_fails_no_exchange_and_repair_gives_reasons_for_the_re
         "{text}"
     );
 }
+
+#[test]
+fn tls_flags_stand_apart_and_node_is_a_url_everywhere() {
+    let out = common::cli(&["get", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let heading = help.find("Client TLS").expect("a heading of its own");
+    for flag in ["--cacert", "--client-cert <PEM>", "--client-cert-key <PEM>"] {
+        let at = help
+            .find(flag)
+            .unwrap_or_else(|| panic!("{flag} in: {help}"));
+        assert!(at > heading, "{flag} under the TLS heading: {help}");
+    }
+    assert!(
+        !help.contains("--key <"),
+        "no --key to mistake for a key: {help}"
+    );
+    let out = common::cli(&["get", "k", "--key", "x.pem"]);
+    assert!(!out.status.success());
+    // admin certs names nodes by id (--node-id), as `server` does; --node is a URL elsewhere.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let out = common::cli(&["admin", "certs", "--out", &d, "--node", "n1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--node-id"),
+        "a hint to --node-id"
+    );
+    let out = common::cli(&["admin", "certs", "--out", &d, "--node-id", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("n1.pem").exists() && dir.path().join("n1.key").exists());
+}

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fn certs(dir: &Path, nodes: &str, clients: &str) {
     let out = dir.display().to_string();
-    let mut args = vec!["admin", "certs", "--out", &out, "--node", nodes];
+    let mut args = vec!["admin", "certs", "--out", &out, "--node-id", nodes];
     if !clients.is_empty() {
         args.extend(["--client", clients]);
     }
@@ -306,11 +306,23 @@ async fn client_certificates_when_required() {
         .await
         .expect("text");
     assert_eq!(v, "y", "the anonymous write changed nothing");
-    // The CLI with --cert and --key.
+    // The CLI with a client certificate and its key.
     let f = |n: &str| pki.path().join(n).display().to_string();
     let o = std::process::Command::new(BIN)
-        .args(["--cacert", &f("ca.pem"), "--cert", &f("client-ops.pem")])
-        .args(["--key", &f("client-ops.key"), "get", "k", "--node", &n1.url])
+        .args([
+            "--cacert",
+            &f("ca.pem"),
+            "--client-cert",
+            &f("client-ops.pem"),
+        ])
+        .args([
+            "--client-cert-key",
+            &f("client-ops.key"),
+            "get",
+            "k",
+            "--node",
+            &n1.url,
+        ])
         .output()
         .expect("run");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

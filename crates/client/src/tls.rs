@@ -1,6 +1,6 @@
 //! TLS for talking to nodes over `https://`: the CA to trust (the cluster CA) and an optional
 //! client certificate (for nodes started with `--tls-require-client-cert`). Set once by the
-//! program ([`configure`], as the `dynamokv` CLI does from its `--cacert`, `--cert` and `--key`
+//! program ([`configure`], as the `dynamokv` CLI does from its `--cacert`, `--client-cert` and `--client-cert-key`
 //! flags); every client built afterwards uses it.
 
 use crate::ClientError;
@@ -57,7 +57,7 @@ pub fn configure(tls: &ClientTls) -> Result<(), ClientError> {
         }
         _ => {
             return Err(ClientError::Tls(
-                "a client certificate needs both --cert and --key".into(),
+                "a client certificate needs both --client-cert and --client-cert-key".into(),
             ));
         }
     };
