@@ -481,3 +481,49 @@ fn tls_flags_stand_apart_and_node_is_a_url_everywhere() {
     );
     assert!(dir.path().join("n1.pem").exists() && dir.path().join("n1.key").exists());
 }
+
+#[tokio::test]
+async fn requests_hyper_refuses_itself_get_a_json_body_too() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(dir.path(), &[]);
+    let addr = node.url.trim_start_matches("http://").to_owned();
+    // A 100 KB key: hyper answers 414 itself (clients such as curl send it; reqwest refuses to).
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let long = "k".repeat(100_000);
+        let request = format!("GET /kv/{long} HTTP/1.1\r\nhost: x\r\n\r\n");
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    let short: String = answer.chars().take(600).collect();
+    assert!(answer.starts_with("HTTP/1.1 414 "), "{short}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"], "uri_too_long", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("1 KiB"),
+        "{body}"
+    );
+    // The node goes on serving.
+    let c = common::http();
+    let r = c
+        .put(format!("{}/kv/short", node.url))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = c
+        .get(format!("{}/kv/short", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "v");
+}

@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod errors;
 pub mod faults;
+pub mod hyper_errors;
 pub mod kv;
 pub mod render;
 pub mod serve;

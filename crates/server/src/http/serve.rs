@@ -2,7 +2,8 @@
 //! 503 and is closed), a deadline for each request's headers (hyper's header read timeout, which
 //! also closes a connection that sends nothing, so a slowloris client costs a connection for that
 //! long at most), a cap on the header count, and a deadline for reading a body (in the handlers,
-//! [`super::kv`]). Each connection is HTTP/1.1 on hyper, the router is axum's.
+//! [`super::kv`]). Each connection is HTTP/1.1 on hyper, the router is axum's; the answers hyper
+//! gives itself to what it cannot parse get JSON bodies ([`super::hyper_errors`]).
 
 use crate::tls::{BoxedIo, Tls};
 use axum::Router;
@@ -91,6 +92,7 @@ pub async fn serve(
                     Err(plain) => return plaintext(plain).await,
                 },
             };
+            let io = super::hyper_errors::JsonErrors::new(io);
             let _ = watcher
                 .watch(builder.serve_connection(TokioIo::new(io), service))
                 .await;
