@@ -54,8 +54,6 @@ pub struct Conn {
     /// Whether the client chose RESP3 (`HELLO 3`): its replies are rewritten by
     /// [`super::codec::resp3`].
     pub resp3: bool,
-    /// The transaction being queued (`MULTI`), if one is.
-    pub multi: Option<super::multi::Multi>,
 }
 
 /// Whether the connection may run `args` (always, when no token is configured): `AUTH`,

@@ -106,14 +106,15 @@ async fn connection(
         name: None,
         token: None,
         resp3: false,
-        multi: None,
     };
+    // The transaction being queued (`MULTI`), if one is.
+    let mut multi: Option<multi::Multi> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     loop {
         let (batch, used, broken) = parse_batch(&buf, &limits);
         let full = batch.len() == MAX_BATCH;
-        let quit = run_batch(&state, &mut conn, batch, &mut out).await;
+        let quit = run_batch(&state, &mut conn, &mut multi, batch, &mut out).await;
         if let Some(e) = &broken {
             codec::error(&mut out, &format!("ERR {e}"));
         }
@@ -211,25 +212,26 @@ async fn read_more(
 async fn run_batch(
     state: &Arc<RespState>,
     conn: &mut Conn,
+    open: &mut Option<multi::Multi>,
     batch: Vec<Vec<Vec<u8>>>,
     out: &mut Vec<u8>,
 ) -> bool {
     state
         .commands
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    if !batch.iter().any(|args| multi::needs_step(conn, args)) {
+    if !batch.iter().any(|args| multi::needs_step(open, args)) {
         return run_pipeline(state, conn, batch, out).await;
     }
     let mut plain = Vec::new();
     for args in batch {
-        if !multi::needs_step(conn, &args) {
+        if !multi::needs_step(open, &args) {
             plain.push(args);
             continue;
         }
         if run_pipeline(state, conn, std::mem::take(&mut plain), out).await {
             return true;
         }
-        match multi::step(conn, args) {
+        match multi::step(open, args) {
             multi::Step::Run(args) => plain.push(args),
             multi::Step::Reply(reply) => append(conn, out, &reply),
             multi::Step::Exec(queued) => {

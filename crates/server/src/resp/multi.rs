@@ -11,7 +11,7 @@
 //! conditional write).
 
 use super::codec::{error, simple};
-use super::commands::{Conn, name};
+use super::commands::name;
 use super::local::COMMANDS;
 
 /// A transaction being queued on a connection.
@@ -66,13 +66,13 @@ fn reply(f: impl FnOnce(&mut Vec<u8>)) -> Step {
     Step::Reply(out)
 }
 
-/// The next step for `args` on `conn`.
-pub fn step(conn: &mut Conn, args: Vec<Vec<u8>>) -> Step {
+/// The next step for `args` on a connection whose open transaction is `open`.
+pub fn step(open: &mut Option<Multi>, args: Vec<Vec<u8>>) -> Step {
     let command = name(&args);
-    let Some(multi) = conn.multi.as_mut() else {
+    let Some(multi) = open.as_mut() else {
         return match command.as_slice() {
             b"MULTI" if args.len() == 1 => {
-                conn.multi = Some(Multi::default());
+                *open = Some(Multi::default());
                 reply(|o| simple(o, "OK"))
             }
             b"EXEC" => reply(|o| error(o, "ERR EXEC without MULTI")),
@@ -96,7 +96,7 @@ pub fn step(conn: &mut Conn, args: Vec<Vec<u8>>) -> Step {
     };
     match command.as_slice() {
         b"EXEC" => {
-            let multi = conn.multi.take().unwrap_or_default();
+            let multi = open.take().unwrap_or_default();
             if multi.doomed {
                 reply(|o| {
                     error(
@@ -109,7 +109,7 @@ pub fn step(conn: &mut Conn, args: Vec<Vec<u8>>) -> Step {
             }
         }
         b"DISCARD" => {
-            conn.multi = None;
+            *open = None;
             reply(|o| simple(o, "OK"))
         }
         b"MULTI" => {
@@ -134,9 +134,9 @@ pub fn step(conn: &mut Conn, args: Vec<Vec<u8>>) -> Step {
 }
 
 /// Whether a command of `args` needs [`step`] rather than running at once: a transaction
-/// command, or any command while a transaction is open.
-pub fn needs_step(conn: &Conn, args: &[Vec<u8>]) -> bool {
-    conn.multi.is_some() || is_transaction_command(args)
+/// command, or any command while a transaction is `open`.
+pub fn needs_step(open: &Option<Multi>, args: &[Vec<u8>]) -> bool {
+    open.is_some() || is_transaction_command(args)
 }
 
 #[cfg(test)]
@@ -145,16 +145,6 @@ mod tests {
 
     fn words(s: &str) -> Vec<Vec<u8>> {
         s.split(' ').map(|w| w.as_bytes().to_vec()).collect()
-    }
-
-    fn conn() -> Conn {
-        Conn {
-            id: 1,
-            name: None,
-            token: None,
-            resp3: false,
-            multi: None,
-        }
     }
 
     fn replied(s: Step) -> String {
@@ -167,7 +157,7 @@ mod tests {
 
     #[test]
     fn commands_queue_between_multi_and_exec_and_a_refused_one_dooms_the_exec() {
-        let mut c = conn();
+        let mut c: Option<Multi> = None;
         assert_eq!(replied(step(&mut c, words("GET k"))), "run");
         assert_eq!(
             replied(step(&mut c, words("EXEC"))),
@@ -177,14 +167,14 @@ mod tests {
         assert_eq!(replied(step(&mut c, words("SET k v"))), "+QUEUED\r\n");
         assert_eq!(replied(step(&mut c, words("GET k"))), "+QUEUED\r\n");
         assert_eq!(replied(step(&mut c, words("EXEC"))), "exec 2");
-        assert!(c.multi.is_none());
+        assert!(c.is_none());
 
         assert_eq!(replied(step(&mut c, words("MULTI"))), "+OK\r\n");
         assert_eq!(replied(step(&mut c, words("SET k v"))), "+QUEUED\r\n");
         assert!(replied(step(&mut c, words("SET k"))).starts_with("-ERR wrong number"));
         assert!(replied(step(&mut c, words("NOPE x"))).starts_with("-ERR unknown command"));
         assert!(replied(step(&mut c, words("EXEC"))).starts_with("-EXECABORT"));
-        assert!(c.multi.is_none(), "nothing queued is left to run");
+        assert!(c.is_none(), "nothing queued is left to run");
 
         assert_eq!(replied(step(&mut c, words("MULTI"))), "+OK\r\n");
         assert_eq!(replied(step(&mut c, words("SET k v"))), "+QUEUED\r\n");
