@@ -106,6 +106,10 @@ pub struct BenchArgs {
     /// Random seed for key and operation choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// How long one node gets to answer before the client tries the next one (and skips the
+    /// silent one for a while), in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    attempt_timeout_ms: u64,
 }
 
 /// YCSB's zipfian generator (Gray et al., "Quickly generating billion-record synthetic
@@ -223,7 +227,10 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let client = Arc::new(
         ClusterClient::connect(&args.nodes, routing)
             .await
-            .context("connecting to the cluster")?,
+            .context("connecting to the cluster")?
+            .with_attempt_timeout(std::time::Duration::from_millis(
+                args.attempt_timeout_ms.max(1),
+            )),
     );
     let contexts: Arc<Mutex<HashMap<u64, String>>> = Arc::new(Mutex::new(HashMap::new()));
     let value = vec![b'x'; args.value_size];

@@ -1,5 +1,6 @@
 //! A client for a whole cluster, routing each request itself.
 
+use crate::suspects::Suspects;
 use crate::{Client, ClientError, ReadResult, WriteResult, http_client};
 use dynamokv_core::membership::ring_of;
 use dynamokv_core::node::RingInfo;
@@ -8,7 +9,7 @@ use dynamokv_core::ring::{Ring, RingError};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How requests find their coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +28,9 @@ pub fn ring_of_info(info: &RingInfo) -> Result<Ring, RingError> {
     ring_of(info.members.iter().map(|m| &m.member))
 }
 
-/// How long a node that refused a connection is skipped.
-const DOWN_FOR: Duration = Duration::from_secs(2);
+/// How long one node gets to answer before the next candidate is tried, unless set with
+/// [`ClusterClient::with_attempt_timeout`].
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Route {
@@ -40,12 +42,20 @@ struct Route {
 }
 
 /// A cluster client: [`Routing::AnyNode`] or partition-aware [`Routing::Client`].
+///
+/// Each request goes to the best candidate first and, when a node does not answer within the
+/// attempt timeout ([`ATTEMPT_TIMEOUT`] by default) or cannot be reached, on to the next one;
+/// such a node is skipped for a while ([`Suspects`]), so a paused or dead node costs one
+/// attempt per while, not one per request. A write retried on another node after a timeout may
+/// have been applied by the first one as well: both descend from the same context, so at worst
+/// they are siblings of one value, which the next write with a read's context replaces.
 pub struct ClusterClient {
     seeds: Vec<Client>,
     routing: Routing,
     http: reqwest::Client,
     route: Mutex<Route>,
-    down: Mutex<BTreeMap<String, Instant>>,
+    suspects: Suspects,
+    attempt_timeout: Duration,
     next: AtomicUsize,
 }
 
@@ -66,7 +76,8 @@ impl ClusterClient {
             routing,
             http,
             route: Mutex::new(Route::default()),
-            down: Mutex::new(BTreeMap::new()),
+            suspects: Suspects::new(),
+            attempt_timeout: ATTEMPT_TIMEOUT,
             next: AtomicUsize::new(0),
         };
         if routing == Routing::Client {
@@ -80,6 +91,17 @@ impl ClusterClient {
         self.routing
     }
 
+    /// Gives each node `timeout` to answer before the next candidate is tried.
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The nodes (URLs) skipped at this moment because they timed out or could not be reached.
+    pub fn skipped(&self) -> Vec<String> {
+        self.suspects.skipped()
+    }
+
     /// The ring version the client routes by, if it has fetched one.
     pub fn ring_version(&self) -> Option<String> {
         self.lock_route().version.clone()
@@ -87,16 +109,6 @@ impl ClusterClient {
 
     fn lock_route(&self) -> std::sync::MutexGuard<'_, Route> {
         self.route.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn is_down(&self, url: &str) -> bool {
-        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
-        down.get(url).is_some_and(|until| Instant::now() < *until)
-    }
-
-    fn mark_down(&self, url: &str) {
-        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
-        down.insert(url.to_owned(), Instant::now() + DOWN_FOR);
     }
 
     /// Fetches the ring from the first node that answers.
@@ -132,7 +144,7 @@ impl ClusterClient {
                 }
                 Err(e) => {
                     if matches!(e, ClientError::Unreachable { .. }) {
-                        self.mark_down(node.base_url());
+                        self.suspects.failed(node.base_url());
                     }
                     last = Some(e);
                 }
@@ -158,9 +170,10 @@ impl ClusterClient {
         for i in 0..self.seeds.len() {
             out.push(self.seeds[(start + i) % self.seeds.len()].clone());
         }
-        // Reachable nodes first, in order; skipped ones last, as a last resort.
-        let (up, down): (Vec<Client>, Vec<Client>) =
-            out.into_iter().partition(|c| !self.is_down(c.base_url()));
+        // Nodes not skipped first, in order; skipped ones last, as a last resort.
+        let (up, down): (Vec<Client>, Vec<Client>) = out
+            .into_iter()
+            .partition(|c| !self.suspects.skip(c.base_url()));
         let mut seen = std::collections::BTreeSet::new();
         up.into_iter()
             .chain(down)
@@ -186,7 +199,8 @@ impl ClusterClient {
         }
     }
 
-    /// Runs `op` against the candidates for `key` until one is reachable.
+    /// Runs `op` against the candidates for `key` until one answers within the attempt
+    /// timeout; a node that times out or cannot be reached is skipped for a while.
     async fn with_fallback<T, F, Fut>(&self, key: &[u8], op: F) -> Result<T, ClientError>
     where
         F: Fn(Client) -> Fut,
@@ -195,12 +209,23 @@ impl ClusterClient {
         self.refresh_if_stale().await;
         let mut last = None;
         for node in self.candidates(key) {
-            match op(node.clone()).await {
-                Err(e @ ClientError::Unreachable { .. }) => {
-                    self.mark_down(node.base_url());
+            let url = node.base_url().to_owned();
+            match tokio::time::timeout(self.attempt_timeout, op(node)).await {
+                Err(_) => {
+                    self.suspects.failed(&url);
+                    last = Some(ClientError::TimedOut {
+                        url,
+                        after_ms: self.attempt_timeout.as_millis() as u64,
+                    });
+                }
+                Ok(Err(e @ ClientError::Unreachable { .. })) => {
+                    self.suspects.failed(&url);
                     last = Some(e);
                 }
-                other => return other,
+                Ok(answer) => {
+                    self.suspects.answered(&url);
+                    return answer;
+                }
             }
         }
         Err(last.unwrap_or_else(|| ClientError::Protocol("no node to send to".into())))

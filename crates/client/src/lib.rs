@@ -18,9 +18,11 @@
 //! coordinator, refreshing the ring when a node reports another version and falling back to the
 //! next node when one is unreachable.
 
-mod cluster;
+pub mod cluster;
+pub mod suspects;
 pub mod tls;
 pub use cluster::{ClusterClient, Routing};
+pub use suspects::Suspects;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -70,6 +72,15 @@ pub enum ClientError {
         code: String,
         /// The node's explanation.
         message: String,
+    },
+    /// The node did not answer within the client's attempt timeout; retry, perhaps on another
+    /// node (a write may still have been applied).
+    #[error("{url} did not answer within {after_ms} ms (a paused, overloaded or cut-off node?)")]
+    TimedOut {
+        /// The node's URL.
+        url: String,
+        /// The attempt timeout.
+        after_ms: u64,
     },
     /// The node answered something this client does not understand.
     #[error("unexpected answer from the node: {0}")]

@@ -4,7 +4,13 @@
 //! comes from three places:
 //! - the peer's gossip heartbeat advancing (wherever we heard it);
 //! - the peer answering one of our requests;
-//! - request timeouts, which count against the peer.
+//! - request timeouts, which count against the peer;
+//! - requests unanswered: a peer asked something and silent ever since for `suspect_after_ms`
+//!   (a fraction of the request timeout) is suspected at once, without waiting for its requests
+//!   to time out or for phi to rise. A paused process (SIGSTOP, a long GC or I/O stall) keeps
+//!   its TCP connections open and its heartbeat history good for seconds; this catches it within
+//!   `suspect_after_ms` of the first request it leaves unanswered, and the first message heard
+//!   from it re-admits it.
 //!
 //! For heartbeats, the detector keeps a window of inter-arrival times. `phi(now)` is
 //! `-log10(P(a heartbeat comes later than now))` under a normal distribution fitted to that
@@ -32,6 +38,9 @@ pub struct DetectorConfig {
     pub first_interval_ms: f64,
     /// Consecutive request timeouts after which a peer is suspected until heard from.
     pub max_timeouts: u32,
+    /// A peer asked a request and heard from in no way since, for this long, ms, is suspected
+    /// until heard from. 0: off.
+    pub suspect_after_ms: u64,
 }
 
 impl Default for DetectorConfig {
@@ -43,6 +52,7 @@ impl Default for DetectorConfig {
             acceptable_pause_ms: 3000.0,
             first_interval_ms: 1000.0,
             max_timeouts: 3,
+            suspect_after_ms: 500,
         }
     }
 }
@@ -56,6 +66,8 @@ struct PeerState {
     last_heartbeat: Option<u64>,
     last_heard: u64,
     timeouts: u32,
+    /// When the oldest request sent since the peer was last heard from was sent.
+    awaiting_since: Option<u64>,
 }
 
 /// One node's view of its peers' liveness.
@@ -102,6 +114,7 @@ impl FailureDetector {
                 last_heartbeat: None,
                 last_heard: now,
                 timeouts: 0,
+                awaiting_since: None,
             })
     }
 
@@ -126,13 +139,33 @@ impl FailureDetector {
         s.last_heartbeat = Some(now);
         s.last_heard = s.last_heard.max(now);
         s.timeouts = 0;
+        s.awaiting_since = None;
     }
 
-    /// The peer answered a request at `now`.
+    /// The peer answered a request at `now` (or sent anything).
     pub fn success(&mut self, peer: &str, now: u64) {
         let s = self.state(peer, now);
         s.last_heard = s.last_heard.max(now);
         s.timeouts = 0;
+        s.awaiting_since = None;
+    }
+
+    /// A request that expects an answer was sent to the peer at `now`.
+    pub fn asked(&mut self, peer: &str, now: u64) {
+        let s = self.state(peer, now);
+        s.awaiting_since.get_or_insert(now);
+    }
+
+    /// Whether the peer has left a request unanswered, and stayed silent, for
+    /// `suspect_after_ms` at `now`.
+    pub fn unanswered(&self, peer: &str, now: u64) -> bool {
+        let after = self.config.suspect_after_ms;
+        after > 0
+            && self
+                .peers
+                .get(peer)
+                .and_then(|s| s.awaiting_since)
+                .is_some_and(|since| now >= since + after)
     }
 
     /// A request to the peer timed out.
@@ -181,7 +214,9 @@ impl FailureDetector {
         match self.peers.get(peer) {
             None => true,
             Some(s) => {
-                s.timeouts < self.config.max_timeouts && self.phi(peer, now) < self.config.threshold
+                s.timeouts < self.config.max_timeouts
+                    && !self.unanswered(peer, now)
+                    && self.phi(peer, now) < self.config.threshold
             }
         }
     }
@@ -271,6 +306,33 @@ mod tests {
         fd.success("a", 4200);
         assert!(fd.alive("a", 4200));
         assert!(fd.alive("unknown", 0), "no evidence, no suspicion");
+    }
+
+    #[test]
+    fn a_peer_silent_since_it_was_asked_is_suspected_until_heard_from() {
+        let mut fd = FailureDetector::new(DetectorConfig::default());
+        steady(&mut fd, "a", 0, 5, 1000);
+        fd.asked("a", 4100);
+        fd.asked("a", 4300);
+        assert!(
+            fd.alive("a", 4599),
+            "within suspect_after_ms of the first request"
+        );
+        assert!(!fd.alive("a", 4600), "silent 500 ms since asked");
+        fd.success("a", 4700);
+        assert!(fd.alive("a", 5000), "an answer re-admits it");
+        // Answered in time: never suspected.
+        fd.asked("a", 5000);
+        fd.success("a", 5100);
+        assert!(fd.alive("a", 9000));
+        // Off when 0.
+        let mut off = FailureDetector::new(DetectorConfig {
+            suspect_after_ms: 0,
+            ..DetectorConfig::default()
+        });
+        steady(&mut off, "a", 0, 5, 1000);
+        off.asked("a", 4100);
+        assert!(off.alive("a", 4900));
     }
 
     #[test]

@@ -270,6 +270,26 @@ pub enum Message {
     Handover(HandoverMessage),
 }
 
+impl Message {
+    /// Whether the receiver answers this message at once, from its own state (a replica's
+    /// write or read, a hint, a gossip or anti-entropy step): a peer that leaves one unanswered
+    /// and sends nothing else is not processing (see `failure_detector`). A forwarded request is
+    /// not one: its answer waits for the coordinator's quorum.
+    pub fn expects_prompt_answer(&self) -> bool {
+        match self {
+            Message::Kv(m) => matches!(m, KvMessage::Replicate { .. } | KvMessage::Read { .. }),
+            Message::Handoff(m) => matches!(m, HandoffMessage::Deliver { .. }),
+            Message::Gossip(m) => matches!(m, GossipMessage::Syn { .. }),
+            Message::Sync(m) => matches!(
+                m,
+                SyncMessage::Root { .. } | SyncMessage::Leaves { .. } | SyncMessage::Push { .. }
+            ),
+            Message::Handover(m) => matches!(m, HandoverMessage::Offer { .. }),
+            Message::Collect(_) => false,
+        }
+    }
+}
+
 /// The messages of tombstone collection (see `node::collector`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CollectMessage {

@@ -152,11 +152,14 @@ pub fn start(
             phase.clone(),
         );
         tasks.push(rt.spawn(async move {
+            // The policy of the client library: a node gets ATTEMPT_TIMEOUT to answer, and one
+            // that does not (or cannot be reached) is skipped for a while.
             let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
+                .timeout(dynamokv_client::cluster::ATTEMPT_TIMEOUT)
                 .connect_timeout(Duration::from_secs(1))
                 .build()
                 .expect("an HTTP client");
+            let suspects = dynamokv_client::Suspects::new();
             let count = |p: usize, ok: bool| {
                 let mut t = tallies.lock().unwrap_or_else(|e| e.into_inner());
                 let t: &mut Tally = t.entry(p).or_default();
@@ -175,12 +178,22 @@ pub fn start(
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let k = (next() % keys as u64) as usize;
-                let url = &urls[(next() % urls.len() as u64) as usize];
+                // A random node, or the next one after it that is not skipped.
+                let first = (next() % urls.len() as u64) as usize;
+                let url = (0..urls.len())
+                    .map(|i| &urls[(first + i) % urls.len()])
+                    .find(|u| !suspects.skip(u))
+                    .unwrap_or(&urls[first]);
                 let target = format!("{url}/kv/{}", key_name(k));
                 let roll = next() % 100;
                 let p = phase.load(Ordering::Relaxed);
+                let heard = |r: &Result<reqwest::Response, reqwest::Error>| match r {
+                    Ok(_) => suspects.answered(url),
+                    Err(_) => suspects.failed(url),
+                };
                 if roll < 30 {
                     let r = http.get(&target).send().await;
+                    heard(&r);
                     let answered = match r {
                         Ok(resp) if [200, 300, 404].contains(&resp.status().as_u16()) => {
                             if let Some(ctx) = resp
@@ -229,7 +242,9 @@ pub fn start(
                     .as_deref()
                     .and_then(|t| codec.decode(key_name(k).as_bytes(), t).ok())
                     .unwrap_or_else(VersionVector::new);
-                let (outcome, dot, new_ctx) = outcome_of(req.send().await).await;
+                let sent = req.send().await;
+                heard(&sent);
+                let (outcome, dot, new_ctx) = outcome_of(sent).await;
                 count(p, outcome == Outcome::Ok);
                 if let Some(x) = new_ctx {
                     contexts.insert(k, x);

@@ -12,6 +12,9 @@ pub struct Faults {
     pub crash: bool,
     /// Node pauses (a stopped process: no answers, no connection loss).
     pub pause: bool,
+    /// Slow nodes: one node handles every message and request 100-800 ms late (a slow disk,
+    /// a GC pause, overload), answering all the same.
+    pub slow: bool,
     /// One-way and two-way partitions.
     pub partition: bool,
     /// Random message loss (5% while active).
@@ -35,6 +38,7 @@ impl Faults {
         Faults {
             crash: true,
             pause: true,
+            slow: true,
             partition: true,
             loss: true,
             delay: true,
@@ -52,6 +56,7 @@ impl Faults {
                 "none" => {}
                 "crash" => f.crash = true,
                 "pause" => f.pause = true,
+                "slow" => f.slow = true,
                 "partition" => f.partition = true,
                 "loss" => f.loss = true,
                 "delay" => f.delay = true,
@@ -59,7 +64,7 @@ impl Faults {
                 "membership" => f.membership = true,
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?}: use crash, pause, partition, loss, delay, skew, membership, all or none"
+                        "unknown fault {other:?}: use crash, pause, slow, partition, loss, delay, skew, membership, all or none"
                     ));
                 }
             }
@@ -72,6 +77,7 @@ impl Faults {
         let names: Vec<&str> = [
             (self.crash, "crash"),
             (self.pause, "pause"),
+            (self.slow, "slow"),
             (self.partition, "partition"),
             (self.loss, "loss"),
             (self.delay, "delay"),
@@ -156,6 +162,9 @@ impl Sim {
         if f.skew {
             kinds.push(4);
         }
+        if f.slow {
+            kinds.push(5);
+        }
         if kinds.is_empty() {
             return;
         }
@@ -202,6 +211,11 @@ impl Sim {
                 3 => {
                     self.at(t0, Ev::Loss(true));
                     self.at(t0 + len, Ev::Loss(false));
+                }
+                5 => {
+                    let ms = self.rng.range(100, 800);
+                    self.at(t0, Ev::Slow(victim, ms));
+                    self.at(t0 + len, Ev::Slow(victim, 0));
                 }
                 _ => {
                     // The wall clock steps back or forth by up to a minute, then steps back

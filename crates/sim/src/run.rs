@@ -102,6 +102,16 @@ impl Sim {
                     });
                     return;
                 }
+                if self.nodes[to].slow_ms > 0 && !self.on_time {
+                    let late = time + self.nodes[to].slow_ms;
+                    let ev = Ev::Deliver {
+                        from,
+                        instance,
+                        to,
+                        message,
+                    };
+                    return self.at(late, Ev::Late(Box::new(ev)));
+                }
                 let now = self.node_now(to);
                 let from_id = self.nodes[from].member.id.clone();
                 let admission = self.nodes[to]
@@ -140,6 +150,15 @@ impl Sim {
                         request,
                     });
                     return;
+                }
+                if self.nodes[to].slow_ms > 0 && !self.on_time {
+                    let late = time + self.nodes[to].slow_ms;
+                    let ev = Ev::Request {
+                        to,
+                        client,
+                        request,
+                    };
+                    return self.at(late, Ev::Late(Box::new(ev)));
                 }
                 let now = self.node_now(to);
                 if let Some(core) = self.nodes[to].core.as_mut() {
@@ -315,6 +334,17 @@ impl Sim {
                         self.step(time, ev);
                     }
                 }
+            }
+            Ev::Slow(i, ms) => {
+                self.hash(&[time, 22, i as u64, ms], &[]);
+                self.log(|| format!("n{i:03} handles everything {ms} ms late"));
+                self.nodes[i].slow_ms = ms;
+            }
+            Ev::Late(ev) => {
+                // Handled now, however slow the node is meanwhile (the delay was served).
+                self.on_time = true;
+                self.step(time, *ev);
+                self.on_time = false;
             }
             Ev::Cut(links) => {
                 self.hash(&[time, 10, links.len() as u64], &[]);

@@ -39,6 +39,11 @@ pub(crate) enum Ev {
     Restart(usize),
     Pause(usize),
     Resume(usize),
+    /// Node `.0` handles every message and request `.1` ms late (0: on time again): a slow
+    /// disk, a GC pause or an overloaded node, which still answers - late.
+    Slow(usize, u64),
+    /// An event a slow node handles now, after its delay.
+    Late(Box<Ev>),
     Cut(Vec<(usize, usize)>),
     Heal(Vec<(usize, usize)>),
     Loss(bool),
@@ -78,6 +83,8 @@ pub struct Sim {
     /// Nodes cut off from every other node (to be removed while alive).
     pub(crate) isolated: BTreeSet<usize>,
     pub(crate) loss: bool,
+    /// Set while a slow node handles an event whose delay it already served.
+    pub(crate) on_time: bool,
     pub(crate) clients: Vec<Client>,
     pub(crate) ops: Vec<OpRecord>,
     pub(crate) pending: BTreeMap<ClientId, (usize, usize)>,
@@ -104,6 +111,8 @@ pub(crate) struct SimNode {
     pub(crate) store: Arc<ObjectStore>,
     pub(crate) paused: bool,
     pub(crate) held: Vec<Ev>,
+    /// How late the node handles what reaches it, ms (0: on time).
+    pub(crate) slow_ms: u64,
     pub(crate) skew: i64,
     /// The actor of the node's last run, the highest counter it issued (kept at a clean stop),
     /// and why the next run's actor is new (none: a clean stop, the same actor goes on).

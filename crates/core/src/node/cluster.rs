@@ -251,6 +251,13 @@ impl Cluster {
         }
     }
 
+    /// `node` was sent a request it answers at once (as of the last input).
+    pub fn asked(&mut self, node: &str) {
+        if node != self.me.id && self.view.members.contains_key(node) {
+            self.detector.asked(node, self.now);
+        }
+    }
+
     /// `node` did not answer in time: evidence against it.
     pub fn timed_out(&mut self, now: u64, node: &str) {
         self.detector.timeout(node, now);

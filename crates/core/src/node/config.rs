@@ -77,6 +77,11 @@ settings! {
     /// Failure-detector threshold: a peer whose phi passes it is believed down.
     phi_threshold: f64 = 8.0, flag "phi-threshold", value "PHI",
         check |v| v > 0.0 && v.is_finite() => "a positive number";
+    /// A peer that leaves a request unanswered and sends nothing at all for this long, in
+    /// milliseconds, is avoided (as a coordinator and as a replica) until it is heard from
+    /// again: a paused or stalled node is routed around well before its requests time out or
+    /// its phi rises. 0 turns it off.
+    suspect_after_ms: u64 = 500, flag "suspect-after-ms", value "MS";
     /// How often the hints kept for nodes that were down are scanned, to hand them back once
     /// their owner is up, in milliseconds.
     hint_scan_interval_ms: u64 = 1000, flag "hint-scan-interval-ms", value "MS",
@@ -156,6 +161,7 @@ impl NodeConfig {
         DetectorConfig {
             threshold: self.phi_threshold,
             first_interval_ms: self.gossip_interval_ms as f64,
+            suspect_after_ms: self.suspect_after_ms,
             ..DetectorConfig::default()
         }
     }

@@ -183,9 +183,27 @@ impl Forwarder {
         }
     }
 
+    /// The primaries that requests wait on (the last one asked for each).
+    pub fn waiting_on(&self) -> std::collections::BTreeSet<String> {
+        self.pending
+            .values()
+            .filter_map(|f| f.asked.last().cloned())
+            .collect()
+    }
+
+    /// `node` is suspected (it leaves requests unanswered): requests forwarded to it go to the
+    /// next primary at once, as if it were lost, without waiting for their attempt to expire.
+    pub fn suspected(&mut self, now: u64, attempt_ms: u64, node: &str, out: &mut Outbox) {
+        self.give_up_on(now, attempt_ms, node, "not answering", out);
+    }
+
     /// The transport lost `node`: requests forwarded to it go to the next primary at once, or
     /// fail when every primary asked is gone and none is left.
     pub fn peer_down(&mut self, now: u64, attempt_ms: u64, node: &str, out: &mut Outbox) {
+        self.give_up_on(now, attempt_ms, node, "connection lost", out);
+    }
+
+    fn give_up_on(&mut self, now: u64, attempt_ms: u64, node: &str, why: &str, out: &mut Outbox) {
         let lost: Vec<RequestId> = self
             .pending
             .iter()
@@ -201,7 +219,7 @@ impl Forwarder {
                     f.origin,
                     Err(OpError::CoordinatorUnreachable {
                         node: f.asked.join(", "),
-                        reason: "connection lost".into(),
+                        reason: why.into(),
                     }),
                 );
             }

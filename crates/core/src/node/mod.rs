@@ -371,9 +371,18 @@ impl<S: LocalStore> Node<S> {
             + self.exchange.in_flight()
     }
 
-    /// Takes the outputs produced so far.
+    /// Takes the outputs produced so far; notes the peers asked something that they answer at
+    /// once (the failure detector suspects one that stays silent).
     pub fn drain(&mut self) -> Vec<Output> {
-        self.out.drain()
+        let out = self.out.drain();
+        for o in &out {
+            if let Output::Send { to, message } = o
+                && message.expects_prompt_answer()
+            {
+                self.cluster.asked(to);
+            }
+        }
+        out
     }
 
     /// The ring and members for the admin endpoint and clients.
@@ -675,6 +684,13 @@ impl<S: LocalStore> Node<S> {
         let mono = now.mono;
         self.cluster.observe(mono);
         let attempt = self.forward_attempt_ms();
+        // A primary that a forward waits on and that is now suspected: ask the next one at once.
+        for node in self.forwarder.waiting_on() {
+            if self.cluster.is_connected(&node) && !self.cluster.is_up(&node) {
+                self.forwarder
+                    .suspected(mono, attempt, &node, &mut self.out);
+            }
+        }
         let mut silent = self.forwarder.expire(mono, attempt, &mut self.out);
         let local = local!(self);
         silent.extend(self.coordinator.expire(&local, mono, &mut self.out));
