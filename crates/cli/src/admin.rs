@@ -132,6 +132,13 @@ fn print_view(v: &Value) {
         println!("  A SEED REFUSED THIS NODE: {msg}");
     }
     let st = &v["node_stats"];
+    if st["disk"]["refusing_writes"] == true {
+        println!(
+            "  DISK NEARLY FULL: {} MiB free, under the reserve of {} MiB: this node refuses writes (it serves reads) until space is freed",
+            st["disk"]["free_bytes"].as_u64().unwrap_or(0) >> 20,
+            st["disk"]["reserve_bytes"].as_u64().unwrap_or(0) >> 20
+        );
+    }
     if st.is_object() {
         println!(
             "  hints: {} pending {}, {} stored, {} delivered; read repairs {}; sloppy writes {}",

@@ -92,3 +92,157 @@ async fn a_paused_node_is_routed_around_by_nodes_and_clients_and_loses_nothing()
         }
     }
 }
+
+/// A tmpfs of `mib` MiB mounted at a new temporary directory, unmounted on drop; `None` (with
+/// the reason) where this process may not mount.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u64) -> Result<SmallDisk, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs (needs root): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+async fn disk_of(node: &common::Node) -> serde_json::Value {
+    common::get_json(format!("{}/admin/stats", node.url)).await["disk"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_returns() {
+    let disk = match SmallDisk::mount(96) {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let dirs = common::dirs(3);
+    let mut nodes = common::start_cluster(&dirs[..2], &[]);
+    let flags = [
+        "--cluster-secret",
+        common::SECRET,
+        "--node-id",
+        "n3",
+        "--seeds",
+        &nodes[0].peer,
+        "--min-free-disk-mb",
+        "40",
+    ];
+    let full_dir = disk.path().join("n3");
+    nodes.push(common::Node::start(&full_dir, &flags));
+    let refs: Vec<&common::Node> = nodes.iter().collect();
+    common::wait_for_ring(&refs, 3).await;
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let client = ClusterClient::connect(&urls, Routing::Client)
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("disk{i}")).collect();
+    load(&client, &keys, 0).await;
+    assert_eq!(disk_of(&nodes[2]).await["refusing_writes"], false);
+
+    // Something else fills n3's filesystem to under its reserve of 40 MiB.
+    let free = disk_of(&nodes[2]).await["free_bytes"].as_u64().unwrap();
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; (free - (20 << 20)) as usize]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while disk_of(&nodes[2]).await["refusing_writes"] != true {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n3 never noticed its full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // n3 refuses a write with a clear error, applying nothing...
+    let c = common::http();
+    let r = c
+        .put(format!("{}/kv/disk0", nodes[2].url))
+        .body("refused")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 507);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "insufficient_storage", "{body}");
+    // ...serves reads...
+    let r = c
+        .get(format!("{}/kv/disk1?r=1", nodes[2].url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "disk1-0");
+    let out = common::cli(&["admin", "status", "--node", &nodes[2].url]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DISK NEARLY FULL"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // ...and writes through the cluster go on (its replicas go to the others as hints).
+    for round in 1..=2 {
+        load(&client, &keys, round).await;
+    }
+
+    // Space returns: n3 takes writes again by itself, and every value is on every replica.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .put(format!("{}/kv/after-space", nodes[2].url))
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 204 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n3 still refuses: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for k in &keys {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = c
+                .get(format!("{}/kv/{k}?r=3", nodes[2].url))
+                .send()
+                .await
+                .unwrap();
+            let body = format!("{} {}", r.status(), r.text().await.unwrap());
+            if body == format!("200 OK {k}-2") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{k}: {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    drop(nodes);
+}

@@ -222,6 +222,9 @@ impl ClusterClient {
                     self.suspects.failed(&url);
                     last = Some(e);
                 }
+                // Its disk is full: it refused the write without applying it; it still
+                // serves reads, so it is not skipped.
+                Ok(Err(e @ ClientError::Api { status: 507, .. })) => last = Some(e),
                 Ok(answer) => {
                     self.suspects.answered(&url);
                     return answer;

@@ -171,6 +171,15 @@ pub enum OpError {
         /// What.
         message: String,
     },
+    /// The coordinator's disk is short of space: it refuses writes until space returns (reads
+    /// go on); another node can take the write.
+    #[error("{node} refuses writes: {message}; send the write to another node")]
+    InsufficientStorage {
+        /// Where.
+        node: String,
+        /// What.
+        message: String,
+    },
 }
 
 // One argument per field of `OpError::Unavailable`, which the error attribute passes along.
@@ -244,12 +253,19 @@ pub enum WireError {
     /// count yet.
     #[error("the replica is rebuilding its data")]
     Rebuilding,
+    /// The receiver's disk is short of space: it refuses writes (it serves reads) until space
+    /// returns; coordinators send its writes to other nodes as hints meanwhile.
+    #[error("the replica's disk is full: {0}")]
+    Full(String),
 }
 
 impl WireError {
     /// Whether sending the same message again may succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, WireError::Storage(_) | WireError::Rebuilding)
+        matches!(
+            self,
+            WireError::Storage(_) | WireError::Rebuilding | WireError::Full(_)
+        )
     }
 }
 

@@ -5,10 +5,16 @@
 
 use crate::version::Object;
 
-/// A storage failure, as text (the core only reports it).
+/// A storage failure, as text (the core only reports it), and whether it is a full disk.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The storage failed.
+    #[error("{0}")]
+    Failed(String),
+    /// The disk is short of space: writes are refused until space returns; reads go on.
+    #[error("{0}")]
+    Full(String),
+}
 
 /// A replica kept for another node (the hint's owner) while that node was down: hinted
 /// handoff (Dynamo section 4.6).

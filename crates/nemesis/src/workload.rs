@@ -140,9 +140,12 @@ pub fn start(
     let reads = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let codec = ContextCodec::from_passphrase(secret);
+    // One client library instance shared by the clients, as an application's workers share
+    // one: a node that one of them finds silent is skipped by all.
+    let suspects = Arc::new(dynamokv_client::Suspects::new());
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (urls, writes, tallies, reads, stop, codec, phase) = (
+        let (urls, writes, tallies, reads, stop, codec, phase, suspects) = (
             urls.clone(),
             writes.clone(),
             tallies.clone(),
@@ -150,6 +153,7 @@ pub fn start(
             stop.clone(),
             codec.clone(),
             phase.clone(),
+            suspects.clone(),
         );
         tasks.push(rt.spawn(async move {
             // The policy of the client library: a node gets ATTEMPT_TIMEOUT to answer, and one
@@ -159,7 +163,6 @@ pub fn start(
                 .connect_timeout(Duration::from_secs(1))
                 .build()
                 .expect("an HTTP client");
-            let suspects = dynamokv_client::Suspects::new();
             let count = |p: usize, ok: bool| {
                 let mut t = tallies.lock().unwrap_or_else(|e| e.into_inner());
                 let t: &mut Tally = t.entry(p).or_default();

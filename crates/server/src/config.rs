@@ -145,6 +145,13 @@ pub struct Config {
     /// (figures at 32, 64 and 256 MiB: docs/bench.md).
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub cache_mb: u64,
+    /// Free space to keep on the data directory's filesystem, in MiB: under it the node refuses
+    /// writes (HTTP 507 `insufficient_storage`, RESP `-FULL`; replica writes are refused and go
+    /// to other nodes as hints) and keeps serving reads, until space returns. It leaves room
+    /// for the storage engine's flushes and compactions, which would otherwise fail on a full
+    /// disk. 0 turns the check off.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub min_free_disk_mb: u64,
     /// Secret authenticating context tokens and peers; every node of a cluster must share it.
     /// Default: a random secret generated in the data directory on first start (a node that
     /// does so cannot join a cluster).
@@ -364,6 +371,7 @@ impl Config {
         dynamokv_storage::DiskOptions {
             sync: self.sync_policy(),
             cache_bytes: self.cache_mb * 1024 * 1024,
+            min_free_bytes: self.min_free_disk_mb.saturating_mul(1024 * 1024),
         }
     }
 

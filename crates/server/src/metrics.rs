@@ -280,6 +280,18 @@ const DESCRIBED: &[(&str, Kind, Option<Unit>, &str)] = &[
         Some(Unit::Bytes),
         "Size of the node's data directory",
     ),
+    (
+        "dynamokv_disk_free_bytes",
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "Free space on the data directory's filesystem",
+    ),
+    (
+        "dynamokv_disk_refusing_writes",
+        Kind::Gauge,
+        None,
+        "1 while free space is under --min-free-disk-mb and writes are refused",
+    ),
 ];
 
 fn describe() {
@@ -378,12 +390,18 @@ pub struct Scrape {
     pub latency: CoordinatorLatency,
     /// Hints waiting here, by owner.
     pub hints_pending: BTreeMap<String, u64>,
+    /// The data directory's free space, as the storage engine's monitor last saw it.
+    pub disk: Option<dynamokv_storage::DiskSpace>,
 }
 
 /// The text of `GET /metrics`: `scrape` and the process's own gauges (read from `/proc` and
 /// `data_dir`; blocking) recorded, then everything rendered.
 pub fn render(handle: &PrometheusHandle, scrape: &Scrape, data_dir: &Path) -> String {
     process_gauges(data_dir);
+    if let Some(d) = scrape.disk {
+        gauge!("dynamokv_disk_free_bytes").set(d.free_bytes as f64);
+        gauge!("dynamokv_disk_refusing_writes").set(f64::from(u8::from(d.refusing_writes)));
+    }
     node_counters(&scrape.stats);
     member_gauges(&scrape.ring, &scrape.hints_pending);
     background_gauges(scrape);

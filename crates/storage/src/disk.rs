@@ -5,12 +5,14 @@
 //! inline for `Always`, from a background thread for `Periodic`, never for `Never`. A clean
 //! shutdown (drop) always syncs.
 
-use crate::{BatchOp, Engine, Entry, Result, Space, StorageError, SyncPolicy, WriteBatch};
+use crate::{
+    BatchOp, DiskSpace, Engine, Entry, Result, Space, StorageError, SyncPolicy, WriteBatch,
+};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -32,6 +34,14 @@ pub const WORKER_THREADS: usize = 4;
 /// The block cache unless told otherwise (`--cache-mb`).
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The free space under which data writes are refused unless told otherwise
+/// (`--min-free-disk-mb`): room for a memtable flush and a compaction's first segments, so the
+/// engine itself never meets a full disk.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How often the free space of the data directory's filesystem is looked at.
+const SPACE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// How the disk engine is opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskOptions {
@@ -40,6 +50,9 @@ pub struct DiskOptions {
     /// Memory for cached data, index and filter blocks, in bytes: more keeps more of a large
     /// data set's blocks in memory, for faster reads and read-before-write.
     pub cache_bytes: u64,
+    /// Under this much free space on the data directory's filesystem, writes of objects and
+    /// hints are refused ([`StorageError::Full`]) until space returns; 0 turns it off.
+    pub min_free_bytes: u64,
 }
 
 impl DiskOptions {
@@ -48,12 +61,64 @@ impl DiskOptions {
         Self {
             sync,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
 
 fn engine_err(e: fjall::Error) -> StorageError {
-    StorageError::Engine(e.to_string())
+    match e {
+        fjall::Error::Poisoned => StorageError::Engine(
+            "the storage engine stopped taking writes after a failed write (a full disk?): free space and restart the node".into(),
+        ),
+        other => StorageError::Engine(other.to_string()),
+    }
+}
+
+/// Free bytes (for an unprivileged process) on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statvfs is a valid value to be filled in; `c` is a NUL-terminated path
+    // that outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The free space of the data directory, as the monitor thread last saw it.
+struct FreeSpace {
+    reserve: u64,
+    free: AtomicU64,
+    refusing: AtomicBool,
+}
+
+impl FreeSpace {
+    /// Looks at the filesystem again; logs when writes start or stop being refused.
+    fn check(&self, path: &Path) {
+        let Some(free) = free_bytes(path) else {
+            return;
+        };
+        self.free.store(free, Ordering::Release);
+        let refusing = self.reserve > 0 && free < self.reserve;
+        if self.refusing.swap(refusing, Ordering::AcqRel) != refusing {
+            if refusing {
+                tracing::error!(
+                    free_mb = free >> 20,
+                    reserve_mb = self.reserve >> 20,
+                    path = %path.display(),
+                    "the data directory's filesystem is nearly full: refusing writes (reads go on) until space is freed"
+                );
+            } else {
+                tracing::warn!(
+                    free_mb = free >> 20,
+                    "space on the data directory's filesystem is back: taking writes again"
+                );
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -64,6 +129,7 @@ struct Inner {
     group: AtomicBool,
     /// Batches were written since the last `commit_group`.
     pending: AtomicBool,
+    space: FreeSpace,
 }
 
 impl Inner {
@@ -82,6 +148,7 @@ pub struct DiskEngine {
     inner: Arc<Inner>,
     policy: SyncPolicy,
     syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    monitor: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 impl DiskEngine {
@@ -129,7 +196,28 @@ impl DiskEngine {
             dirty: AtomicBool::new(false),
             group: AtomicBool::new(false),
             pending: AtomicBool::new(false),
+            space: FreeSpace {
+                reserve: options.min_free_bytes,
+                free: AtomicU64::new(u64::MAX),
+                refusing: AtomicBool::new(false),
+            },
         });
+        inner.space.check(path);
+        let monitor = {
+            let (tx, rx) = mpsc::channel::<()>();
+            let (inner, path) = (Arc::clone(&inner), path.to_owned());
+            let handle = std::thread::Builder::new()
+                .name("dynamokv-diskspace".into())
+                .spawn(move || {
+                    while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(SPACE_CHECK) {
+                        inner.space.check(&path);
+                    }
+                })
+                .map_err(|e| {
+                    StorageError::Engine(format!("cannot start disk space thread: {e}"))
+                })?;
+            Some((tx, handle))
+        };
         let syncer = match policy {
             SyncPolicy::Periodic(interval) => {
                 let (tx, rx) = mpsc::channel::<()>();
@@ -155,6 +243,7 @@ impl DiskEngine {
             inner,
             policy,
             syncer,
+            monitor,
         })
     }
 
@@ -166,7 +255,10 @@ impl DiskEngine {
 
 impl Drop for DiskEngine {
     fn drop(&mut self) {
-        if let Some((tx, handle)) = self.syncer.take() {
+        for (tx, handle) in [self.syncer.take(), self.monitor.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = tx.send(());
             let _ = handle.join();
         }
@@ -190,6 +282,21 @@ impl Engine for DiskEngine {
         if batch.is_empty() {
             return Ok(());
         }
+        // Short of space, writes of data are refused before the engine sees them (an engine
+        // that meets a full disk stops taking writes until restarted). Deletes, which free
+        // space in time, and the node's own metadata go on.
+        let space = &self.inner.space;
+        if space.refusing.load(Ordering::Acquire)
+            && batch
+                .ops
+                .iter()
+                .any(|op| matches!(op, BatchOp::Put { space, .. } if *space != Space::Meta))
+        {
+            return Err(StorageError::Full {
+                free_bytes: space.free.load(Ordering::Acquire),
+                reserve_bytes: space.reserve,
+            });
+        }
         let group = self.inner.group.load(Ordering::Acquire);
         let mut b = self.inner.db.batch();
         if group {
@@ -211,6 +318,15 @@ impl Engine for DiskEngine {
             self.inner.dirty.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    fn disk_space(&self) -> Option<DiskSpace> {
+        let space = &self.inner.space;
+        Some(DiskSpace {
+            free_bytes: space.free.load(Ordering::Acquire),
+            reserve_bytes: space.reserve,
+            refusing_writes: space.refusing.load(Ordering::Acquire),
+        })
     }
 
     fn set_group_commit(&self, on: bool) {

@@ -15,7 +15,7 @@ mod objects;
 #[cfg(test)]
 mod suite;
 
-pub use disk::{DiskEngine, DiskOptions};
+pub use disk::{DEFAULT_MIN_FREE_BYTES, DiskEngine, DiskOptions};
 pub use memory::MemoryEngine;
 pub use objects::{ObjectStore, decode_storage_key, storage_key, stored_bytes};
 
@@ -74,6 +74,19 @@ pub enum StorageError {
     /// The underlying engine failed (IO error, lock held by another process, ...).
     #[error("storage engine error: {0}")]
     Engine(String),
+    /// The data directory's filesystem has less free space than the reserve: writes of data
+    /// are refused (before they reach the engine, so it never meets a full disk) until space
+    /// returns. Reads go on.
+    #[error(
+        "the data directory's filesystem has {} MiB free, under the reserve of {} MiB: writes are refused until space is freed (--min-free-disk-mb)",
+        .free_bytes >> 20, .reserve_bytes >> 20
+    )]
+    Full {
+        /// Free bytes when the write was refused.
+        free_bytes: u64,
+        /// The reserve (`--min-free-disk-mb`).
+        reserve_bytes: u64,
+    },
     /// Bytes on disk could not be decoded: corruption or a newer format.
     #[error("corrupt record in {space:?}: {reason}")]
     Corrupt {
@@ -82,6 +95,17 @@ pub enum StorageError {
         /// What was wrong.
         reason: String,
     },
+}
+
+/// The free space of a disk engine's filesystem, as its monitor last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DiskSpace {
+    /// Free bytes (for an unprivileged process).
+    pub free_bytes: u64,
+    /// The reserve: under it, data writes are refused.
+    pub reserve_bytes: u64,
+    /// Whether data writes are refused now.
+    pub refusing_writes: bool,
 }
 
 /// Shorthand for storage results.
@@ -188,6 +212,12 @@ pub trait Engine: Send + Sync + 'static {
     /// [`SyncPolicy::Always`], to stable storage). A no-op without group commit.
     fn commit_group(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// The data directory's free space, the reserve under which data writes are refused, and
+    /// whether they are refused now; `None` for engines without a disk.
+    fn disk_space(&self) -> Option<DiskSpace> {
+        None
     }
 
     /// Sets `key` to `value` (a batch of one).

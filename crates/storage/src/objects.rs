@@ -303,12 +303,20 @@ impl ObjectStore {
     }
 }
 
+/// A storage error as the node's core sees it: a full disk apart from other failures.
+fn store_error(e: StorageError) -> dynamokv_core::store::StoreError {
+    match e {
+        StorageError::Full { .. } => dynamokv_core::store::StoreError::Full(e.to_string()),
+        other => dynamokv_core::store::StoreError::Failed(other.to_string()),
+    }
+}
+
 impl dynamokv_core::store::LocalStore for ObjectStore {
     fn get(
         &self,
         key: &[u8],
     ) -> std::result::Result<Option<Object>, dynamokv_core::store::StoreError> {
-        ObjectStore::get(self, key).map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+        ObjectStore::get(self, key).map_err(store_error)
     }
 
     fn modify(
@@ -316,8 +324,7 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         key: &[u8],
         f: &mut dyn FnMut(Object) -> Object,
     ) -> std::result::Result<Object, dynamokv_core::store::StoreError> {
-        ObjectStore::modify(self, key, f)
-            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+        ObjectStore::modify(self, key, f).map_err(store_error)
     }
 
     fn scan(
@@ -327,8 +334,7 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> std::result::Result<Vec<(Vec<u8>, Object)>, dynamokv_core::store::StoreError> {
-        ObjectStore::scan(self, lo, hi, after, limit)
-            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+        ObjectStore::scan(self, lo, hi, after, limit).map_err(store_error)
     }
 
     fn remove_if(
@@ -336,8 +342,7 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         key: &[u8],
         expected: &Object,
     ) -> std::result::Result<bool, dynamokv_core::store::StoreError> {
-        ObjectStore::remove_if(self, key, expected)
-            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+        ObjectStore::remove_if(self, key, expected).map_err(store_error)
     }
 
     fn put_hint(
@@ -346,8 +351,7 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         key: &[u8],
         incoming: &Object,
     ) -> std::result::Result<(), dynamokv_core::store::StoreError> {
-        ObjectStore::put_hint(self, owner, key, incoming)
-            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+        ObjectStore::put_hint(self, owner, key, incoming).map_err(store_error)
     }
 
     fn hints_for_key(
@@ -355,8 +359,7 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         key: &[u8],
     ) -> std::result::Result<Vec<dynamokv_core::store::Hint>, dynamokv_core::store::StoreError>
     {
-        ObjectStore::hints_for_key(self, key)
-            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+        ObjectStore::hints_for_key(self, key).map_err(store_error)
     }
 
     fn scan_hints(
@@ -365,8 +368,7 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         limit: usize,
     ) -> std::result::Result<Vec<dynamokv_core::store::Hint>, dynamokv_core::store::StoreError>
     {
-        ObjectStore::scan_hints(self, after, limit)
-            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+        ObjectStore::scan_hints(self, after, limit).map_err(store_error)
     }
 
     fn remove_hint(
@@ -375,8 +377,7 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         key: &[u8],
         delivered: &Object,
     ) -> std::result::Result<bool, dynamokv_core::store::StoreError> {
-        ObjectStore::remove_hint(self, owner, key, delivered)
-            .map_err(|e| dynamokv_core::store::StoreError(e.to_string()))
+        ObjectStore::remove_hint(self, owner, key, delivered).map_err(store_error)
     }
 }
 

@@ -384,7 +384,12 @@ impl Coordinator {
             (Ok(o), None) => o,
             (Err(e), None) => {
                 let node = local.id.to_owned();
-                return Err(OpError::Storage { node, message: e.0 });
+                return Err(match e {
+                    crate::store::StoreError::Full(message) => {
+                        OpError::InsufficientStorage { node, message }
+                    }
+                    crate::store::StoreError::Failed(message) => OpError::Storage { node, message },
+                });
             }
         };
         self.counter_floor = self.counter_floor.max(object.clock().counter(actor));

@@ -148,8 +148,15 @@ pub struct Node<S> {
     placement: Placement,
     /// The node started with no data; rebuild it if the cluster knew this node before.
     data_lost: bool,
+    /// Peers whose disks refused a replica write as full, until when (monotonic ms): writes
+    /// treat them as down meanwhile, so a fallback keeps their replicas as hints.
+    refusing_writes: std::collections::BTreeMap<String, u64>,
     out: Outbox,
 }
+
+/// How long a peer whose disk refused a write as full is left out of writes' preference
+/// lists (then one write tries it again).
+const REFUSING_WRITES_MS: u64 = 2_000;
 
 impl<S: LocalStore> Node<S> {
     /// A node announcing `me`, stamping writes as `actor`, storing in `store`, drawing its
@@ -211,6 +218,7 @@ impl<S: LocalStore> Node<S> {
             rebalance: rebalance::Rebalance::default(),
             placement: Placement::default(),
             data_lost: false,
+            refusing_writes: std::collections::BTreeMap::new(),
             out,
         }
     }
@@ -399,6 +407,20 @@ impl<S: LocalStore> Node<S> {
         with_pending(pref, &self.cluster.rings().future, key, n, is_up)
     }
 
+    /// The preference list of a write of `key`: as [`Node::preference`], with the peers whose
+    /// disks refuse writes counted as down (their replicas go to fallbacks as hints).
+    fn write_preference(&mut self, key: &[u8], now: u64) -> PreferenceList {
+        self.refusing_writes.retain(|_, until| now < *until);
+        if self.refusing_writes.is_empty() {
+            return self.preference(key);
+        }
+        let n = usize::from(self.config.n);
+        let refusing = &self.refusing_writes;
+        let is_up = |node: &str| self.cluster.is_up(node) && !refusing.contains_key(node);
+        let pref = preference_list(self.cluster.ring(), key, n, is_up);
+        with_pending(pref, &self.cluster.rings().future, key, n, is_up)
+    }
+
     /// Learns member records (from a peer's handshake). Returns true when a record changed.
     pub fn learn(&mut self, incoming: &[Member]) -> bool {
         self.cluster.learn(incoming, &mut self.out)
@@ -516,7 +538,11 @@ impl<S: LocalStore> Node<S> {
             );
             return self.out.respond(origin, Err(OpError::BadRequest(why)));
         }
-        let pref = self.preference(request.key());
+        let pref = if matches!(request, ClientRequest::Put { .. }) {
+            self.write_preference(request.key(), now.mono)
+        } else {
+            self.preference(request.key())
+        };
         if pref.primaries.is_empty() {
             return self.out.respond(origin, Err(OpError::NoRing));
         }
@@ -623,6 +649,10 @@ impl<S: LocalStore> Node<S> {
                 );
             }
             KvMessage::ReplicateAck { id, result } => {
+                if let Err(crate::message::WireError::Full(_)) = &result {
+                    self.refusing_writes
+                        .insert(from.to_owned(), mono + REFUSING_WRITES_MS);
+                }
                 let local = local!(self);
                 let silent = self.coordinator.on_replicate_ack(
                     &local,

@@ -72,7 +72,10 @@ pub fn merge_from_peer<S: LocalStore>(
 }
 
 fn storage(e: StoreError) -> WireError {
-    WireError::Storage(e.0)
+    match e {
+        StoreError::Full(m) => WireError::Full(m),
+        StoreError::Failed(m) => WireError::Storage(m),
+    }
 }
 
 impl Replica {

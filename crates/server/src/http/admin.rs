@@ -99,6 +99,7 @@ pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, A
         "sibling_warnings": stats.sibling_warnings,
         "refused_writes": stats.refused_writes,
         "anti_entropy": anti_entropy,
+        "disk": s.store.engine().disk_space(),
         "transfer": transfer,
         "background": scheduler,
         "traffic": traffic,

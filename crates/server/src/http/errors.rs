@@ -126,6 +126,11 @@ impl From<OpError> for ApiError {
             OpError::NotAMember(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_a_member", message)
             }
+            OpError::InsufficientStorage { .. } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                message,
+            ),
             OpError::Storage { .. } => {
                 tracing::error!(error = %message, "storage failure");
                 ApiError::new(

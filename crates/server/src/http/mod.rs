@@ -255,9 +255,11 @@ async fn metrics_text(State(s): State<AppState>) -> Result<Response, ApiError> {
         scheduler: n.scheduler_stats(),
         latency: n.coordinator_latency().clone(),
         hints_pending: Default::default(),
+        disk: None,
     })
     .await?;
     scrape.hints_pending = on_store(&s, |store| store.hint_counts()).await?;
+    scrape.disk = s.store.engine().disk_space();
     let data_dir = s.data_dir.clone();
     let text =
         tokio::task::spawn_blocking(move || crate::metrics::render(&handle, &scrape, &data_dir))

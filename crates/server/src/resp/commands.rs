@@ -236,6 +236,7 @@ fn op_code(e: &OpError) -> &'static str {
         OpError::ObjectTooLarge { .. } => "TOOLARGE",
         OpError::TooManySiblings { .. } => "SIBLINGS",
         OpError::Storage { .. } => "STORAGE",
+        OpError::InsufficientStorage { .. } => "FULL",
         OpError::NotAMember(_) => "NOTMEMBER",
         OpError::InvalidQuorum { .. } | OpError::BadRequest(_) => "ERR",
     }
