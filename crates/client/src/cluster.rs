@@ -166,14 +166,23 @@ impl ClusterClient {
                 }
             }
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..self.seeds.len() {
-            out.push(self.seeds[(start + i) % self.seeds.len()].clone());
+        // Whether to skip each node, asked once per node (the answer may let a probe through).
+        let mut skip: BTreeMap<String, bool> = BTreeMap::new();
+        for c in out.iter().chain(&self.seeds) {
+            skip.entry(c.base_url().to_owned())
+                .or_insert_with(|| self.suspects.skip(c.base_url()));
         }
+        let skipped = |c: &Client| skip.get(c.base_url()).copied().unwrap_or(false);
+        // The given nodes in turn, from the next one in rotation among those not skipped: a
+        // skipped node's share spreads over all the others, not onto the one after it.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let usable: Vec<&Client> = self.seeds.iter().filter(|c| !skipped(c)).collect();
+        for i in 0..usable.len() {
+            out.push(usable[(start + i) % usable.len()].clone());
+        }
+        out.extend(self.seeds.iter().filter(|c| skipped(c)).cloned());
         // Nodes not skipped first, in order; skipped ones last, as a last resort.
-        let (up, down): (Vec<Client>, Vec<Client>) = out
-            .into_iter()
-            .partition(|c| !self.suspects.skip(c.base_url()));
+        let (up, down): (Vec<Client>, Vec<Client>) = out.into_iter().partition(|c| !skipped(c));
         let mut seen = std::collections::BTreeSet::new();
         up.into_iter()
             .chain(down)

@@ -181,12 +181,15 @@ pub fn start(
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let k = (next() % keys as u64) as usize;
-                // A random node, or the next one after it that is not skipped.
-                let first = (next() % urls.len() as u64) as usize;
-                let url = (0..urls.len())
-                    .map(|i| &urls[(first + i) % urls.len()])
-                    .find(|u| !suspects.skip(u))
-                    .unwrap_or(&urls[first]);
+                // A random node among those not skipped (all of them when every one is): the
+                // load of a skipped node spreads over the others, not onto its neighbour.
+                let usable: Vec<&String> = urls.iter().filter(|u| !suspects.skip(u)).collect();
+                let pool: Vec<&String> = if usable.is_empty() {
+                    urls.iter().collect()
+                } else {
+                    usable
+                };
+                let url = pool[(next() % pool.len() as u64) as usize];
                 let target = format!("{url}/kv/{}", key_name(k));
                 let roll = next() % 100;
                 let p = phase.load(Ordering::Relaxed);
