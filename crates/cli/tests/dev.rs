@@ -11,15 +11,18 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// A port base with `count` free ports at base.., base+1000.. and base+2000.. (dev maps node i
-/// to fixed HTTP, peer and RESP ports).
+/// to fixed HTTP, peer and RESP ports). Bases are drawn below the kernel's ephemeral range
+/// (32768 and up), where the suite's many client connections would otherwise hold ports.
 fn free_base(count: u16) -> u16 {
-    for _ in 0..200 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base > 60000 - 2000 {
-            continue;
-        }
+    let mut x = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for _ in 0..500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let base = 10_000 + (x % 19_000) as u16;
         let all_free = (0..count).all(|i| {
             std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
                 && std::net::TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok()
@@ -29,7 +32,7 @@ fn free_base(count: u16) -> u16 {
             return base;
         }
     }
-    panic!("no free port range");
+    panic!("no free port range below 32768");
 }
 
 fn dev(dir: &std::path::Path, args: &[&str]) -> String {
