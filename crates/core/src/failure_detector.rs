@@ -86,6 +86,8 @@ pub struct Opinion {
     pub last_heard_ms: u64,
     /// Consecutive request timeouts.
     pub timeouts: u32,
+    /// Whether it left a request unanswered, and stayed silent, for `suspect_after_ms`.
+    pub unanswered: bool,
     /// Whether the peer is believed alive.
     pub alive: bool,
 }
@@ -228,6 +230,7 @@ impl FailureDetector {
             phi: self.phi(peer, now),
             last_heard_ms: s.map_or(0, |s| now.saturating_sub(s.last_heard)),
             timeouts: s.map_or(0, |s| s.timeouts),
+            unanswered: self.unanswered(peer, now),
             alive: self.alive(peer, now),
         }
     }
