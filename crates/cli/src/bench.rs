@@ -422,6 +422,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "seconds": secs,
         "errors": errors,
         "first_error": first_error,
+        "hedged_reads": client.hedged_reads(),
         "total": summary(&all, secs),
         "read": summary(&reads, secs),
         "update": summary(&writes, secs),
@@ -456,6 +457,12 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 h.value_at_quantile(0.99) as f64 / 1000.0,
                 h.value_at_quantile(0.999) as f64 / 1000.0,
                 h.max() as f64 / 1000.0
+            );
+        }
+        if client.hedged_reads() > 0 {
+            println!(
+                "hedged reads: {} (sent to a second node after the first was slow to answer)",
+                client.hedged_reads()
             );
         }
         if errors > 0 {

@@ -267,3 +267,46 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_returns
     }
     drop(nodes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_around_a_slow_replica_by_hedging_and_skipping() {
+    let dirs = common::dirs(3);
+    let nodes = common::start_cluster(&dirs, &["--enable-fault-injection"]);
+    let refs: Vec<&common::Node> = nodes.iter().collect();
+    common::wait_for_ring(&refs, 3).await;
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let client = ClusterClient::connect(&urls, Routing::Client)
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("slow{i}")).collect();
+    load(&client, &keys, 0).await;
+    // Enough reads for the client to know its usual latency.
+    for _ in 0..4 {
+        for k in &keys {
+            client.get(k.as_bytes(), None).await.unwrap();
+        }
+    }
+    let hedged = client.hedged_reads();
+    // n3's disk becomes slow: every object read and write there waits 300 ms.
+    let r = common::http()
+        .post(format!("{}/admin/faults", nodes[2].url))
+        .body(r#"{"storage_delay_ms": 300}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..3 {
+        for k in &keys {
+            let read = client.get(k.as_bytes(), None).await.unwrap();
+            assert_eq!(read.siblings.len(), 1, "{k}");
+            assert_eq!(read.siblings[0].value, format!("{k}-0").into_bytes(), "{k}");
+        }
+    }
+    assert!(
+        client.hedged_reads() > hedged || client.skipped().contains(&nodes[2].url),
+        "reads whose first node is the slow n3 were hedged ({} -> {}) or n3 skipped ({:?})",
+        hedged,
+        client.hedged_reads(),
+        client.skipped()
+    );
+}

@@ -41,7 +41,61 @@ struct Route {
     stale: bool,
 }
 
+/// Hedged reads: recent reads' latencies, and the budget that bounds hedging.
+#[derive(Debug, Default)]
+struct Hedging {
+    /// The latest read latencies, in microseconds (a ring of [`HEDGE_WINDOW`]).
+    recent: std::collections::VecDeque<u32>,
+    /// The wait before a read is also sent to the next candidate, microseconds (0: not yet
+    /// known, no hedging).
+    after_us: u64,
+    /// Hedges that may still be sent: each read adds [`HEDGE_SHARE`], a hedge takes 1.
+    budget: f64,
+    /// Reads sent to a second node so far.
+    sent: u64,
+    /// Reads recorded so far.
+    count: u64,
+}
+
+/// Reads whose latencies set the hedging threshold.
+const HEDGE_WINDOW: usize = 512;
+/// The share of reads that may be hedged: at most one read in ten is sent twice.
+const HEDGE_SHARE: f64 = 0.1;
+
+impl Hedging {
+    /// Records a read that took `us`; every 64 reads, the threshold becomes the 95th
+    /// percentile of the window.
+    fn record(&mut self, us: u64) {
+        self.recent.push_back(us.min(u64::from(u32::MAX)) as u32);
+        if self.recent.len() > HEDGE_WINDOW {
+            self.recent.pop_front();
+        }
+        self.budget = (self.budget + HEDGE_SHARE).min(10.0);
+        self.count += 1;
+        if self.recent.len() >= 64 && self.count.is_multiple_of(64) {
+            let mut sorted: Vec<u32> = self.recent.iter().copied().collect();
+            sorted.sort_unstable();
+            self.after_us = u64::from(sorted[sorted.len() * 95 / 100]).max(500);
+        }
+    }
+
+    /// Whether a read that has waited its threshold may be hedged now (taking the budget).
+    fn take(&mut self) -> bool {
+        if self.after_us == 0 || self.budget < 1.0 {
+            return false;
+        }
+        self.budget -= 1.0;
+        self.sent += 1;
+        true
+    }
+}
+
 /// A cluster client: [`Routing::AnyNode`] or partition-aware [`Routing::Client`].
+///
+/// Reads are hedged: a read whose node has not answered within the 95th percentile of recent
+/// reads is also sent to the next candidate, and the first answer is taken - a slow node (a
+/// slow disk, a pause) costs a read that percentile, not its whole slowness. At most one read
+/// in ten is hedged, so hedging cannot double the load.
 ///
 /// Each request goes to the best candidate first and, when a node does not answer within the
 /// attempt timeout ([`ATTEMPT_TIMEOUT`] by default) or cannot be reached, on to the next one;
@@ -56,6 +110,7 @@ pub struct ClusterClient {
     route: Mutex<Route>,
     suspects: Suspects,
     attempt_timeout: Duration,
+    hedging: Mutex<Hedging>,
     next: AtomicUsize,
 }
 
@@ -78,6 +133,7 @@ impl ClusterClient {
             route: Mutex::new(Route::default()),
             suspects: Suspects::new(),
             attempt_timeout: ATTEMPT_TIMEOUT,
+            hedging: Mutex::new(Hedging::default()),
             next: AtomicUsize::new(0),
         };
         if routing == Routing::Client {
@@ -95,6 +151,15 @@ impl ClusterClient {
     pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
         self
+    }
+
+    /// Reads sent to a second node because the first was slow to answer, so far.
+    pub fn hedged_reads(&self) -> u64 {
+        self.lock_hedging().sent
+    }
+
+    fn lock_hedging(&self) -> std::sync::MutexGuard<'_, Hedging> {
+        self.hedging.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The nodes (URLs) skipped at this moment because they timed out or could not be reached.
@@ -216,37 +281,154 @@ impl ClusterClient {
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         self.refresh_if_stale().await;
-        let mut last = None;
-        for node in self.candidates(key) {
+        self.in_order(self.candidates(key), None, op).await
+    }
+
+    /// Runs `op` against `nodes` in order until one answers within the attempt timeout (`last`:
+    /// the error of an earlier attempt, if any).
+    async fn in_order<T, F, Fut>(
+        &self,
+        nodes: Vec<Client>,
+        mut last: Option<ClientError>,
+        op: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        for node in nodes {
             let url = node.base_url().to_owned();
-            match tokio::time::timeout(self.attempt_timeout, op(node)).await {
-                Err(_) => {
-                    self.suspects.failed(&url);
-                    last = Some(ClientError::TimedOut {
-                        url,
-                        after_ms: self.attempt_timeout.as_millis() as u64,
-                    });
-                }
-                Ok(Err(e @ ClientError::Unreachable { .. })) => {
-                    self.suspects.failed(&url);
-                    last = Some(e);
-                }
-                // Its disk is full: it refused the write without applying it; it still
-                // serves reads, so it is not skipped.
-                Ok(Err(e @ ClientError::Api { status: 507, .. })) => last = Some(e),
-                Ok(answer) => {
-                    self.suspects.answered(&url);
-                    return answer;
-                }
+            let answer = tokio::time::timeout(self.attempt_timeout, op(node)).await;
+            match self.settle(&url, answer) {
+                Ok(answer) => return answer,
+                Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| ClientError::Protocol("no node to send to".into())))
     }
 
+    /// What an attempt on `url` came to: `Ok` with the answer to give (the node answered), or
+    /// `Err` with why the next node should be tried; a node that timed out or could not be
+    /// reached is skipped for a while.
+    fn settle<T>(
+        &self,
+        url: &str,
+        answer: Result<Result<T, ClientError>, tokio::time::error::Elapsed>,
+    ) -> Result<Result<T, ClientError>, ClientError> {
+        match answer {
+            Err(_) => {
+                self.suspects.failed(url);
+                Err(ClientError::TimedOut {
+                    url: url.to_owned(),
+                    after_ms: self.attempt_timeout.as_millis() as u64,
+                })
+            }
+            Ok(Err(e @ ClientError::Unreachable { .. })) => {
+                self.suspects.failed(url);
+                Err(e)
+            }
+            // Its disk is full: it refused the write without applying it; it still serves
+            // reads, so it is not skipped.
+            Ok(Err(e @ ClientError::Api { status: 507, .. })) => Err(e),
+            Ok(answer) => {
+                self.suspects.answered(url);
+                Ok(answer)
+            }
+        }
+    }
+
+    /// A read: as [`Self::with_fallback`], and hedged - when the first node has not answered
+    /// within the hedging threshold (and the budget allows), the second is asked too and the
+    /// first good answer is taken.
+    async fn hedged<T, F, Fut>(&self, key: &[u8], op: F) -> Result<T, ClientError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        self.refresh_if_stale().await;
+        let mut nodes = self.candidates(key);
+        let after = Duration::from_micros(self.lock_hedging().after_us);
+        if nodes.len() < 2 || after.is_zero() {
+            let started = std::time::Instant::now();
+            let answer = self.in_order(nodes, None, op).await;
+            if answer.is_ok() {
+                self.lock_hedging()
+                    .record(started.elapsed().as_micros() as u64);
+            }
+            return answer;
+        }
+        let rest = nodes.split_off(2);
+        let (second, first) = (nodes.pop(), nodes.pop());
+        let (Some(first), Some(second)) = (first, second) else {
+            return self.in_order(rest, None, op).await;
+        };
+        let (url1, url2) = (first.base_url().to_owned(), second.base_url().to_owned());
+        let started = std::time::Instant::now();
+        let mut one = Box::pin(tokio::time::timeout(self.attempt_timeout, op(first)));
+        let waited = tokio::select! {
+            answer = &mut one => Some(answer),
+            () = tokio::time::sleep(after) => None,
+        };
+        let last = match waited {
+            Some(answer) => match self.settle(&url1, answer) {
+                Ok(answer) => {
+                    self.lock_hedging()
+                        .record(started.elapsed().as_micros() as u64);
+                    return answer;
+                }
+                Err(e) => Some(e),
+            },
+            None if !self.lock_hedging().take() => match self.settle(&url1, one.await) {
+                Ok(answer) => {
+                    self.lock_hedging()
+                        .record(started.elapsed().as_micros() as u64);
+                    return answer;
+                }
+                Err(e) => Some(e),
+            },
+            None => {
+                // Both asked; the first good answer wins.
+                let mut two = Box::pin(tokio::time::timeout(
+                    self.attempt_timeout,
+                    op(second.clone()),
+                ));
+                let (winner, loser) = tokio::select! {
+                    a = &mut one => ((url1.clone(), a), 2),
+                    b = &mut two => ((url2.clone(), b), 1),
+                };
+                let (url, answer) = winner;
+                match self.settle(&url, answer) {
+                    Ok(answer) => {
+                        self.lock_hedging()
+                            .record(started.elapsed().as_micros() as u64);
+                        return answer;
+                    }
+                    Err(_) => {
+                        let (url, answer) = if loser == 2 {
+                            (url2.clone(), two.await)
+                        } else {
+                            (url1.clone(), one.await)
+                        };
+                        match self.settle(&url, answer) {
+                            Ok(answer) => return answer,
+                            Err(e) => {
+                                return self.in_order(rest, Some(e), op).await;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        // The first node failed without a hedge: the second, then the rest.
+        let mut nodes = vec![second];
+        nodes.extend(rest);
+        self.in_order(nodes, last, op).await
+    }
+
     /// Reads `key` (quorum `r`, default the cluster's R).
     pub async fn get(&self, key: &[u8], r: Option<u8>) -> Result<ReadResult, ClientError> {
         let res = self
-            .with_fallback(key, |c| async move { c.get_with(key, r).await })
+            .hedged(key, |c| async move { c.get_with(key, r).await })
             .await?;
         self.note_version(res.ring_version.as_ref());
         Ok(res)
@@ -292,6 +474,28 @@ impl ClusterClient {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hedging_waits_for_a_threshold_and_stays_under_a_tenth_of_reads() {
+        let mut h = Hedging::default();
+        assert!(!h.take(), "no threshold before enough reads");
+        for us in 1..=64u64 {
+            h.record(us * 100);
+        }
+        assert_eq!(
+            h.after_us, 6100,
+            "the 95th percentile of 100 us .. 6 400 us"
+        );
+        // 64 reads earned 6.4 hedges: 6 may go, not 7.
+        let taken = (0..10).filter(|_| h.take()).count();
+        assert_eq!(taken, 6);
+        assert_eq!(h.sent, 6);
+        for _ in 0..1000 {
+            h.record(1000);
+        }
+        assert!(h.budget <= 10.0, "the budget is capped");
+        assert_eq!(h.after_us, 1000);
+    }
+
     use super::*;
     use dynamokv_core::ActorId;
     use dynamokv_core::membership::{Member, Status};

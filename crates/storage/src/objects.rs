@@ -63,6 +63,8 @@ fn decode(bytes: &[u8]) -> Result<Object> {
 pub struct ObjectStore {
     engine: Arc<dyn Engine>,
     stripes: Vec<Mutex<()>>,
+    /// Testing fault: every object read and write of the node waits this long first, ms.
+    fault_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl ObjectStore {
@@ -71,6 +73,24 @@ impl ObjectStore {
         Self {
             engine,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            fault_delay_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Testing fault (`POST /admin/faults` with `storage_delay_ms`, on a node started with
+    /// `--enable-fault-injection`): every read and write of an object through the node waits
+    /// `ms` first, as on a slow disk; 0 ends it.
+    pub fn set_fault_delay(&self, ms: u64) {
+        self.fault_delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn fault_delay(&self) {
+        let ms = self
+            .fault_delay_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
         }
     }
 
@@ -316,6 +336,7 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         &self,
         key: &[u8],
     ) -> std::result::Result<Option<Object>, dynamokv_core::store::StoreError> {
+        self.fault_delay();
         ObjectStore::get(self, key).map_err(store_error)
     }
 
@@ -324,6 +345,7 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         key: &[u8],
         f: &mut dyn FnMut(Object) -> Object,
     ) -> std::result::Result<Object, dynamokv_core::store::StoreError> {
+        self.fault_delay();
         ObjectStore::modify(self, key, f).map_err(store_error)
     }
 

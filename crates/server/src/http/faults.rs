@@ -37,11 +37,12 @@ pub(crate) async fn set_faults(
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_faults",
-            format!("expected {{\"drop_to\": [ids], \"drop_from\": [ids], \"delay_ms\": n}}: {e}"),
+            format!("expected {{\"drop_to\": [ids], \"drop_from\": [ids], \"delay_ms\": n, \"storage_delay_ms\": n}}: {e}"),
         )
     })?;
     tracing::warn!(?rules, "fault injection rules set");
     s.transport.set_faults(rules.clone());
+    s.store.set_fault_delay(rules.storage_delay_ms);
     Ok(axum::Json(rules).into_response())
 }
 
@@ -50,6 +51,7 @@ pub(crate) async fn clear_faults(State(s): State<AppState>) -> Result<Response, 
         return Err(faults_disabled());
     }
     s.transport.set_faults(Default::default());
+    s.store.set_fault_delay(0);
     tracing::warn!("fault injection rules cleared");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -87,6 +87,10 @@ pub struct FaultRules {
     /// Delay every outgoing message by this many milliseconds.
     #[serde(default)]
     pub delay_ms: u64,
+    /// Make every object read and write of this node wait this many milliseconds (a slow
+    /// disk: the node thread waits, as it would on the disk).
+    #[serde(default)]
+    pub storage_delay_ms: u64,
 }
 
 /// What the transport tells the node.
