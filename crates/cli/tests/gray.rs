@@ -310,3 +310,33 @@ async fn reads_go_around_a_slow_replica_by_hedging_and_skipping() {
         client.skipped()
     );
 }
+
+#[tokio::test]
+async fn a_node_whose_journal_is_damaged_says_which_files_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = common::Node::start(dir.path(), &["--cluster-secret", common::SECRET]);
+    let keys: Vec<String> = (0..500).map(|i| format!("j{i}")).collect();
+    common::write_all(&node, &keys, "").await;
+    node.terminate();
+    // Bits flip in the journal while the node is stopped.
+    let journal = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|f| f.path())
+        .find(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .expect("a journal file");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let used = bytes.iter().rposition(|b| *b != 0).unwrap();
+    for at in [used / 3, used / 2, 2 * used / 3] {
+        bytes[at] ^= 0xff;
+    }
+    std::fs::write(&journal, bytes).unwrap();
+    let err = common::refused_start(dir.path(), &["--cluster-secret", common::SECRET]);
+    assert!(
+        err.contains("is damaged")
+            && err.contains(&journal.display().to_string())
+            && err.contains("move")
+            && err.contains("--seeds"),
+        "{err}"
+    );
+}

@@ -75,6 +75,33 @@ fn engine_err(e: fjall::Error) -> StorageError {
     }
 }
 
+/// Why the engine in `path` would not open, saying what to do when its files are damaged
+/// (they fail their checksums: a flipped bit on disk, a torn copy).
+fn damaged(path: &Path, e: fjall::Error) -> StorageError {
+    let text = e.to_string();
+    let journal = text.contains("JournalRecovery");
+    if !(journal || text.contains("Checksum") || text.contains("Decompress")) {
+        return engine_err(e);
+    }
+    let which = if journal {
+        let files: Vec<String> = std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+            .map(|p| p.display().to_string())
+            .collect();
+        format!("its journal ({})", files.join(", "))
+    } else {
+        "its data files".to_owned()
+    };
+    StorageError::Engine(format!(
+        "the storage in {dir} is damaged: {which} fail their checksums ({text}). This node's copy cannot be trusted; move {dir} aside (keep it for inspection) and start the node again with --seeds on an empty directory: it joins as a new instance and receives its ranges from the other replicas",
+        dir = path.display()
+    ))
+}
+
 /// Free bytes (for an unprivileged process) on the filesystem holding `path`.
 fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt as _;
@@ -176,7 +203,7 @@ impl DiskEngine {
                 "{} is in use by another process (another dynamokv node?); give each node its own data directory",
                 path.display()
             )),
-            other => engine_err(other),
+            other => damaged(path, other),
             })?;
         // Memory: each keyspace's memtable is sealed at MEMTABLE_BYTES and flushed to disk in
         // the background; the block cache is `options.cache_bytes`. See docs/bench.md.
