@@ -23,17 +23,7 @@ PEER_BASE=${PEER_BASE:-26400}
 # shellcheck source=lib.sh
 source bench/lib.sh
 
-start 1
-sleep 0.3
-for i in 2 3 4 5; do start "$i" --seeds "127.0.0.1:$((PEER_BASE + 1))"; done
-for _ in $(seq 150); do
-    n=$(curl -s "$(url 1)/admin/members" |
-        field "sum(1 for m in d['members'] if m['status']=='up' and m['up'])" 2>/dev/null || echo 0)
-    [ "$n" = 5 ] && break
-    sleep 0.2
-done
-[ "$n" = 5 ] || { echo "the cluster did not come up" >&2; exit 1; }
-ALL="$(url 1),$(url 2),$(url 3),$(url 4),$(url 5)"
+start_cluster 5
 
 run() { # phase, routing
     local nodes=$ALL routing=$2

@@ -5,12 +5,31 @@
 mod common;
 
 use dynamokv_client::{ClusterClient, Routing};
-use std::time::Duration;
 
 fn signal(node: &common::Node, sig: i32) {
     let pid = node.pid().expect("running") as i32;
     // SAFETY: sending a signal to a child process this test started.
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+/// A read of `key` through `node` at R=3: its status line and body.
+async fn read_all(node: &common::Node, key: &str) -> String {
+    let url = format!("{}/kv/{key}?r=3", node.url);
+    let r = common::http().get(url).send().await.unwrap();
+    format!("{} {}", r.status(), r.text().await.unwrap())
+}
+
+/// Waits for `nodes` to agree on their ring, then connects a partition-aware client to them and
+/// writes `keys` a first value (`KEY-0`).
+async fn client_with_keys(nodes: &[common::Node], keys: &[String]) -> ClusterClient {
+    let refs: Vec<&common::Node> = nodes.iter().collect();
+    common::wait_for_ring(&refs, nodes.len()).await;
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let client = ClusterClient::connect(&urls, Routing::Client)
+        .await
+        .unwrap();
+    load(&client, keys, 0).await;
+    client
 }
 
 /// Reads each of `keys` through `client` and writes it a new value (`KEY-ROUND`) with the
@@ -63,53 +82,31 @@ async fn a_paused_node_is_routed_around_by_nodes_and_clients_and_loses_nothing()
         );
         // n1 suspects n3 as soon as n3 leaves one of its requests unanswered (gossip asks it
         // something every few seconds even without load), without waiting for phi.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let seen = common::get_json(format!("{}/admin/members", nodes[0].url)).await;
-            let n3 = seen["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|m| m["id"] == "n3")
-                .unwrap()
-                .clone();
+        let n3 = common::eventually(10, "n1 suspects the paused n3", || async {
+            let n3 = common::member_seen_by(&nodes[0], "n3").await;
             if n3["up"] == false {
-                assert!(n3["phi"].as_f64().unwrap() < 8.0, "before phi: {n3}");
-                break;
+                Ok(n3)
+            } else {
+                Err(n3.to_string())
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{routing:?}: n1 never suspected n3: {n3}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        assert!(n3["phi"].as_f64().unwrap() < 8.0, "before phi: {n3}");
         signal(&nodes[2], libc::SIGCONT);
         // Back: the nodes take it back once it answers, and every value written meanwhile is
         // there at R=3 (hints and repair bring n3 up to date).
         common::wait_for_ring(&refs, 4).await;
         for k in &keys {
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                let r = common::http()
-                    .get(format!("{}/kv/{k}?r=3", nodes[2].url))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status();
-                let body = format!("{status} {}", r.text().await.unwrap());
-                // The last acknowledged value is there (alone, or beside a sibling that a
-                // client retry after a timeout may leave: see ClusterClient).
-                if body == format!("200 OK {k}-3")
-                    || (body.starts_with("300") && body.contains(&format!("\r\n\r\n{k}-3\r\n")))
-                {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{k} after the pause: {body:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            // The last acknowledged value is there (alone, or beside a sibling that a client
+            // retry after a timeout may leave: see ClusterClient).
+            let sibling = format!("\r\n\r\n{k}-3\r\n");
+            common::eventually(20, &format!("{k} at R=3 after the pause"), || async {
+                let body = read_all(&nodes[2], k).await;
+                let found = body == format!("200 OK {k}-3")
+                    || (body.starts_with("300") && body.contains(&sibling));
+                if found { Ok(()) } else { Err(body) }
+            })
+            .await;
         }
     }
 }
@@ -178,28 +175,23 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_returns
     ];
     let full_dir = disk.path().join("n3");
     nodes.push(common::Node::start(&full_dir, &flags));
-    let refs: Vec<&common::Node> = nodes.iter().collect();
-    common::wait_for_ring(&refs, 3).await;
-    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
-    let client = ClusterClient::connect(&urls, Routing::Client)
-        .await
-        .unwrap();
     let keys: Vec<String> = (0..30).map(|i| format!("disk{i}")).collect();
-    load(&client, &keys, 0).await;
+    let client = client_with_keys(&nodes, &keys).await;
     assert_eq!(disk_of(&nodes[2]).await["refusing_writes"], false);
 
     // Something else fills n3's filesystem to under its reserve of 40 MiB.
     let free = disk_of(&nodes[2]).await["free_bytes"].as_u64().unwrap();
     let filler = disk.path().join("filler");
     std::fs::write(&filler, vec![0u8; (free - (20 << 20)) as usize]).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while disk_of(&nodes[2]).await["refusing_writes"] != true {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "n3 never noticed its full disk"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(10, "n3 notices its full disk", || async {
+        let disk = disk_of(&nodes[2]).await;
+        if disk["refusing_writes"] == true {
+            Ok(())
+        } else {
+            Err(disk.to_string())
+        }
+    })
+    .await;
     // n3 refuses a write with a clear error, applying nothing...
     let c = common::http();
     let r = c
@@ -231,39 +223,26 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_returns
 
     // Space returns: n3 takes writes again by itself, and every value is on every replica.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c
-            .put(format!("{}/kv/after-space", nodes[2].url))
-            .body("v")
-            .send()
-            .await
-            .unwrap();
+    common::eventually(10, "n3 takes writes again", || async {
+        let url = format!("{}/kv/after-space", nodes[2].url);
+        let r = c.put(url).body("v").send().await.unwrap();
         if r.status() == 204 {
-            break;
+            Ok(())
+        } else {
+            Err(r.status().to_string())
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "n3 still refuses: {}",
-            r.status()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     for k in &keys {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = c
-                .get(format!("{}/kv/{k}?r=3", nodes[2].url))
-                .send()
-                .await
-                .unwrap();
-            let body = format!("{} {}", r.status(), r.text().await.unwrap());
+        common::eventually(30, &format!("{k} at R=3 once space returned"), || async {
+            let body = read_all(&nodes[2], k).await;
             if body == format!("200 OK {k}-2") {
-                break;
+                Ok(())
+            } else {
+                Err(body)
             }
-            assert!(std::time::Instant::now() < deadline, "{k}: {body}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await;
     }
     drop(nodes);
 }
@@ -272,14 +251,8 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_returns
 async fn reads_go_around_a_slow_replica_by_hedging_and_skipping() {
     let dirs = common::dirs(3);
     let nodes = common::start_cluster(&dirs, &["--enable-fault-injection"]);
-    let refs: Vec<&common::Node> = nodes.iter().collect();
-    common::wait_for_ring(&refs, 3).await;
-    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
-    let client = ClusterClient::connect(&urls, Routing::Client)
-        .await
-        .unwrap();
     let keys: Vec<String> = (0..30).map(|i| format!("slow{i}")).collect();
-    load(&client, &keys, 0).await;
+    let client = client_with_keys(&nodes, &keys).await;
     // Enough reads for the client to know its usual latency.
     for _ in 0..4 {
         for k in &keys {

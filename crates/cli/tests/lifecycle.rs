@@ -215,6 +215,25 @@ async fn a_node_that_reached_no_seed_says_it_is_not_joined_and_serves_nothing() 
     assert_eq!(r.status(), 200);
 }
 
+/// Handshakes `node` refused because the peer was of another cluster.
+async fn cluster_refusals(node: &common::Node) -> f64 {
+    let name = "dynamokv_peer_handshakes_refused_total";
+    common::metric(node, name, "reason=\"cluster\"").await
+}
+
+/// Waits until `node` has refused more peers of another cluster than `before`.
+async fn refused_another_cluster(node: &common::Node, before: f64, what: &str) {
+    common::eventually(20, what, || async {
+        let now = cluster_refusals(node).await;
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("{now} refusals"))
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn two_clusters_sharing_a_secret_never_merge_and_a_new_node_takes_its_seeds_cluster() {
     let c = common::http();
@@ -242,18 +261,7 @@ async fn two_clusters_sharing_a_secret_never_merge_and_a_new_node_takes_its_seed
     // b1, a cluster of its own, restarted with a seed of the other cluster: refused, not merged.
     b1.terminate();
     b1.restart_with(&[&secret[..], &["--node-id", "b1", "--seeds", &a1.peer]].concat());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while common::metric(
-        &a1,
-        "dynamokv_peer_handshakes_refused_total",
-        "reason=\"cluster\"",
-    )
-    .await
-        < 1.0
-    {
-        assert!(std::time::Instant::now() < deadline, "a1 never refused b1");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    refused_another_cluster(&a1, 0.0, "a1 refuses b1").await;
     // Past a few gossip rounds, each still sees only itself and serves only its own keys.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     for (node, own, other) in [(&a1, "a1", "b3"), (&b1, "b1", "a3")] {
@@ -296,25 +304,9 @@ async fn two_clusters_sharing_a_secret_never_merge_and_a_new_node_takes_its_seed
     // It keeps it: restarted with b1 as its seed, b1 refuses it.
     let mut c1 = c1;
     c1.terminate();
-    let before = common::metric(
-        &b1,
-        "dynamokv_peer_handshakes_refused_total",
-        "reason=\"cluster\"",
-    )
-    .await;
+    let before = cluster_refusals(&b1).await;
     c1.restart_with(&[&secret[..], &["--node-id", "c1", "--seeds", &b1.peer]].concat());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while common::metric(
-        &b1,
-        "dynamokv_peer_handshakes_refused_total",
-        "reason=\"cluster\"",
-    )
-    .await
-        <= before
-    {
-        assert!(std::time::Instant::now() < deadline, "b1 never refused c1");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    refused_another_cluster(&b1, before, "b1 refuses c1").await;
     let v = common::get_json(format!("{}/admin/members", b1.url)).await;
     assert_eq!(v["members"].as_array().unwrap().len(), 1, "{v}");
 }
@@ -343,20 +335,15 @@ async fn a_leave_that_would_hand_ranges_to_a_down_member_is_refused_naming_it() 
     common::wait_for_ring(&refs, 4).await;
     nodes[3].kill9();
     // n3 sees n4 down (its connection closed).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let v = common::get_json(format!("{}/admin/members", nodes[2].url)).await;
-        let n4_up = v["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["id"] == "n4" && m["up"] == true);
-        if !n4_up {
-            break;
+    common::eventually(20, "n3 sees n4 down", || async {
+        let n4 = common::member_seen_by(&nodes[2], "n4").await;
+        if n4["up"] == false {
+            Ok(())
+        } else {
+            Err(n4.to_string())
         }
-        assert!(std::time::Instant::now() < deadline, "n4 still up: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // With 3 replicas on 4 nodes, n3's leave would give n4 ranges: refused, before any plan.
     let out = common::cli(&["admin", "leave", "--node", &nodes[2].url, "--no-wait"]);
     let (stdout, stderr) = (
@@ -375,15 +362,8 @@ async fn a_leave_that_would_hand_ranges_to_a_down_member_is_refused_naming_it() 
         .await
         .unwrap();
     assert_eq!(r.status(), 409, "the endpoint refuses too");
-    let v = common::get_json(format!("{}/admin/members", nodes[2].url)).await;
-    let n3 = v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == "n3")
-        .unwrap()
-        .clone();
-    assert_eq!(n3["status"], "up", "n3 did not start leaving: {v}");
+    let n3 = common::member_seen_by(&nodes[2], "n3").await;
+    assert_eq!(n3["status"], "up", "n3 did not start leaving: {n3}");
     // Removing n4 first (its gainers are up), then the leave goes through.
     let out = common::cli(&["admin", "remove", "n4", "--node", &nodes[0].url]);
     assert!(
@@ -391,23 +371,16 @@ async fn a_leave_that_would_hand_ranges_to_a_down_member_is_refused_naming_it() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let r = common::http()
-            .post(format!("{}/admin/leave", nodes[2].url))
-            .send()
-            .await
-            .unwrap();
+    common::eventually(20, "n3's leave is accepted", || async {
+        let url = format!("{}/admin/leave", nodes[2].url);
+        let r = common::http().post(url).send().await.unwrap();
         if r.status() == 202 {
-            break;
+            Ok(())
+        } else {
+            Err(r.text().await.unwrap())
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "leave still refused: {}",
-            r.text().await.unwrap()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -348,6 +348,58 @@ pub fn plan<'a>(
     Ok(gained)
 }
 
+/// Refuses taking `id` out of the ring (a leave, or a removal when `removal`) while a member
+/// that would take over some of its ranges is down (`is_up` says no): a leave waits for its
+/// new owners to confirm, so it must not plan ranges onto a member that cannot answer. The
+/// refusal names each such member with the share of the key space it would gain, and what to
+/// do.
+pub fn refuse_onto_down<'a>(
+    members: impl IntoIterator<Item = &'a Member>,
+    id: &str,
+    n: usize,
+    is_up: impl Fn(&str) -> bool,
+    removal: bool,
+) -> Result<(), String> {
+    let before: Vec<Member> = members.into_iter().cloned().collect();
+    let after: Vec<Member> = before
+        .iter()
+        .cloned()
+        .map(|mut m| {
+            if m.id == id {
+                m.status = Status::Left;
+            }
+            m
+        })
+        .collect();
+    let Ok(gained) = plan(&before, &after, n) else {
+        return Ok(());
+    };
+    let down: Vec<(String, f64)> = gained
+        .into_iter()
+        .filter(|(node, share)| node != id && *share > 0.0 && !is_up(node))
+        .collect();
+    let Some((first, _)) = down.first() else {
+        return Ok(());
+    };
+    let names: Vec<String> = down
+        .iter()
+        .map(|(node, share)| format!("{node} ({:.1}% of the key space)", share * 100.0))
+        .collect();
+    let (who, it) = if down.len() == 1 {
+        (format!("{} is", names[0]), "it")
+    } else {
+        (format!("{} are", names.join(", ")), "them")
+    };
+    let force = if removal {
+        "; if both are gone for good, remove this one with --force (the down member rebuilds those ranges if it returns) and then the other"
+    } else {
+        ""
+    };
+    Err(format!(
+        "{who} down and would take over ranges of {id}: start {it} again, or remove {it} first (dynamokv admin remove {first}){force}"
+    ))
+}
+
 /// A heartbeat: the node's generation and a counter it raises every gossip round.
 pub type Heartbeat = (u64, u64);
 

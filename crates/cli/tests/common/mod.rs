@@ -267,6 +267,39 @@ pub async fn metric(node: &Node, metric: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// Calls `check` every 100 ms until it answers `Ok` (returned), for at most `secs` seconds;
+/// then fails the test with `what` and the last `Err` it answered (what it saw).
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(seen) if std::time::Instant::now() >= deadline => {
+                panic!("{what} within {secs} s; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The JSON record of member `id` in `node`'s /admin/members.
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn member_seen_by(node: &Node, id: &str) -> serde_json::Value {
+    let v = get_json(format!("{}/admin/members", node.url)).await;
+    v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["id"] == id)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// The resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

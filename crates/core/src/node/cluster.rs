@@ -355,57 +355,16 @@ impl Cluster {
         out.persist(self.me.clone());
     }
 
-    /// The members that are down and would take over ranges if `id` went out of the ring (left
-    /// or removed), with the share of the key space each would gain. A leave waits for its new
-    /// owners to confirm, so it must not plan ranges onto a member that cannot answer.
-    pub fn down_gainers(&self, id: &str, n: usize) -> Vec<(String, f64)> {
-        let before: Vec<Member> = self.view.members.values().cloned().collect();
-        let after: Vec<Member> = before
-            .iter()
-            .cloned()
-            .map(|mut m| {
-                if m.id == id {
-                    m.status = Status::Left;
-                }
-                m
-            })
-            .collect();
-        let Ok(gained) = crate::membership::plan(&before, &after, n) else {
-            return Vec::new();
-        };
-        gained
-            .into_iter()
-            .filter(|(node, share)| node != id && *share > 0.0 && !self.is_up(node))
-            .collect()
-    }
-
-    /// Why `id` may not go out of the ring now (see [`Self::down_gainers`]): the down members
-    /// that would take its ranges, named, with what to do.
+    /// Why `id` may not go out of the ring now: a member that would take over its ranges is
+    /// down ([`crate::membership::refuse_onto_down`]).
     pub fn refuse_onto_down(&self, id: &str, n: usize, removal: bool) -> Result<(), String> {
-        let down = self.down_gainers(id, n);
-        if down.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<String> = down
-            .iter()
-            .map(|(node, share)| format!("{node} ({:.1}% of the key space)", share * 100.0))
-            .collect();
-        let first = &down[0].0;
-        let force = if removal {
-            "; if both are gone for good, remove this one with --force (the down member rebuilds those ranges if it returns) and then the other"
-        } else {
-            ""
-        };
-        Err(format!(
-            "{} down and would take over ranges of {id}: start {} again, or remove {} first (dynamokv admin remove {first}){force}",
-            if down.len() == 1 {
-                format!("{} is", names[0])
-            } else {
-                format!("{} are", names.join(", "))
-            },
-            if down.len() == 1 { "it" } else { "them" },
-            if down.len() == 1 { "it" } else { "them" },
-        ))
+        crate::membership::refuse_onto_down(
+            self.view.members.values(),
+            id,
+            n,
+            |node| self.is_up(node),
+            removal,
+        )
     }
 
     /// Declares `id` removed (`left`) on its behalf: for a dead node that will not come back.

@@ -326,6 +326,8 @@ async fn run_group(
                 let reply = commands::run_keyed(state.clone(), args).await;
                 append(conn, out, &reply);
             }
+            // RESP2 replies go straight out; RESP3 ones through the rewrite.
+            _ if !conn.resp3 => local::run_local(state, conn, &args, out),
             _ => {
                 let mut reply = Vec::new();
                 local::run_local(state, conn, &args, &mut reply);
