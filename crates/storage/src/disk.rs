@@ -6,14 +6,14 @@
 //! shutdown (drop) always syncs.
 
 use crate::{
-    BatchOp, DiskSpace, Engine, Entry, Result, Space, StorageError, SyncPolicy, WriteBatch,
+    BatchOp, DiskSpace, Engine, Entry, Result, Salvage, Space, StorageError, SyncPolicy, WriteBatch,
 };
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 /// The size at which a keyspace's in-memory table is sealed and written out (fjall's default is
@@ -66,11 +66,32 @@ impl DiskOptions {
     }
 }
 
-fn engine_err(e: fjall::Error) -> StorageError {
+pub(crate) fn engine_err(e: fjall::Error) -> StorageError {
+    space_err(Space::Objects, e)
+}
+
+/// `e`, met in `space`: damaged bytes (a block failing its checksum or not decompressing) are
+/// [`StorageError::Corrupt`], apart from other failures.
+pub(crate) fn space_err(space: Space, e: fjall::Error) -> StorageError {
+    use fjall::LsmError as L;
     match e {
         fjall::Error::Poisoned => StorageError::Engine(
             "the storage engine stopped taking writes after a failed write (a full disk?): free space and restart the node".into(),
         ),
+        fjall::Error::Storage(
+            ref inner @ (L::ChecksumMismatch { .. }
+            | L::Decompress(_)
+            | L::InvalidHeader(_)
+            | L::InvalidTrailer
+            | L::InvalidTag(_)),
+        ) => StorageError::Corrupt {
+            space,
+            reason: format!("unreadable block: {inner:?}"),
+        },
+        fjall::Error::Decompress(_) | fjall::Error::InvalidTag(_) => StorageError::Corrupt {
+            space,
+            reason: e.to_string(),
+        },
         other => StorageError::Engine(other.to_string()),
     }
 }
@@ -100,6 +121,14 @@ fn damaged(path: &Path, e: fjall::Error) -> StorageError {
         "the storage in {dir} is damaged: {which} fail their checksums ({text}). This node's copy cannot be trusted; move {dir} aside (keep it for inspection) and start the node again with --seeds on an empty directory: it joins as a new instance and receives its ranges from the other replicas",
         dir = path.display()
     ))
+}
+
+/// Opens (or creates) the keyspace `name` with the node's options.
+pub(crate) fn open_keyspace(db: &Database, name: &str) -> Result<Keyspace> {
+    db.keyspace(name, || {
+        KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+    })
+    .map_err(engine_err)
 }
 
 /// Free bytes (for an unprivileged process) on the filesystem holding `path`.
@@ -148,9 +177,20 @@ impl FreeSpace {
     }
 }
 
-struct Inner {
-    db: Database,
-    spaces: [Keyspace; 3],
+pub(crate) struct Inner {
+    pub(crate) db: Database,
+    /// Each space's current keyspace (a salvage replaces one).
+    pub(crate) spaces: [RwLock<Keyspace>; 3],
+    /// Each space's generation: 0 is the keyspace named after the space, each salvage adds
+    /// one (kept in the meta space).
+    pub(crate) generations: [AtomicU64; 3],
+    /// Writes to a space being salvaged are refused.
+    pub(crate) salvaging: [AtomicBool; 3],
+    /// Held (shared) by every write while it checks `salvaging` and commits; a salvage takes
+    /// it exclusively to start, so no write slips into the old copy behind its back.
+    pub(crate) gate: RwLock<()>,
+    /// One salvage at a time.
+    pub(crate) salvage_one: Mutex<()>,
     dirty: AtomicBool,
     /// Group commit is on: batches stay in the journal buffer until `commit_group`.
     group: AtomicBool,
@@ -160,8 +200,11 @@ struct Inner {
 }
 
 impl Inner {
-    fn space(&self, space: Space) -> &Keyspace {
-        &self.spaces[space as usize]
+    pub(crate) fn space(&self, space: Space) -> Keyspace {
+        self.spaces[space as usize]
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn sync(&self) -> Result<()> {
@@ -207,19 +250,44 @@ impl DiskEngine {
             })?;
         // Memory: each keyspace's memtable is sealed at MEMTABLE_BYTES and flushed to disk in
         // the background; the block cache is `options.cache_bytes`. See docs/bench.md.
+        let meta = open_keyspace(&db, Space::Meta.name())?;
+        let generation = |s: Space| -> Result<u64> {
+            Ok(
+                match meta
+                    .get(crate::salvage::generation_key(s))
+                    .map_err(engine_err)?
+                {
+                    Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                        StorageError::Corrupt {
+                            space: Space::Meta,
+                            reason: "a keyspace generation is not 8 bytes".into(),
+                        }
+                    })?),
+                    None => 0,
+                },
+            )
+        };
+        let generations = [generation(Space::Objects)?, generation(Space::Hints)?, 0];
+        crate::salvage::drop_leftovers(&db, &generations)?;
         let open = |s: Space| {
-            db.keyspace(s.name(), || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
-            })
+            open_keyspace(
+                &db,
+                &crate::salvage::keyspace_name(s, generations[s as usize]),
+            )
+            .map(RwLock::new)
         };
         let spaces = [
-            open(Space::Objects).map_err(engine_err)?,
-            open(Space::Hints).map_err(engine_err)?,
-            open(Space::Meta).map_err(engine_err)?,
+            open(Space::Objects)?,
+            open(Space::Hints)?,
+            RwLock::new(meta),
         ];
         let inner = Arc::new(Inner {
             db,
             spaces,
+            generations: generations.map(AtomicU64::new),
+            salvaging: Default::default(),
+            gate: RwLock::new(()),
+            salvage_one: Mutex::new(()),
             dirty: AtomicBool::new(false),
             group: AtomicBool::new(false),
             pending: AtomicBool::new(false),
@@ -301,7 +369,7 @@ impl Engine for DiskEngine {
             .inner
             .space(space)
             .get(key)
-            .map_err(engine_err)?
+            .map_err(|e| space_err(space, e))?
             .map(|v| v.to_vec()))
     }
 
@@ -324,6 +392,15 @@ impl Engine for DiskEngine {
                 reserve_bytes: space.reserve,
             });
         }
+        // Shared with other writes; a salvage waits for it before it starts copying.
+        let _gate = self.inner.gate.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(op) = batch.ops.iter().find(|op| {
+            let (BatchOp::Put { space, .. } | BatchOp::Delete { space, .. }) = op;
+            self.inner.salvaging[*space as usize].load(Ordering::Acquire)
+        }) {
+            let (BatchOp::Put { space, .. } | BatchOp::Delete { space, .. }) = op;
+            return Err(StorageError::Salvaging(*space));
+        }
         let group = self.inner.group.load(Ordering::Acquire);
         let mut b = self.inner.db.batch();
         if group {
@@ -334,8 +411,10 @@ impl Engine for DiskEngine {
         }
         for op in batch.ops {
             match op {
-                BatchOp::Put { space, key, value } => b.insert(self.inner.space(space), key, value),
-                BatchOp::Delete { space, key } => b.remove(self.inner.space(space), key),
+                BatchOp::Put { space, key, value } => {
+                    b.insert(&self.inner.space(space), key, value)
+                }
+                BatchOp::Delete { space, key } => b.remove(&self.inner.space(space), key),
             }
         }
         b.commit().map_err(engine_err)?;
@@ -391,7 +470,7 @@ impl Engine for DiskEngine {
             return Ok(out);
         }
         for guard in self.inner.space(space).range::<&[u8], _>((start, end)) {
-            let (k, v) = guard.into_inner().map_err(engine_err)?;
+            let (k, v) = guard.into_inner().map_err(|e| space_err(space, e))?;
             out.push((k.to_vec(), v.to_vec()));
             if out.len() >= limit {
                 break;
@@ -402,6 +481,19 @@ impl Engine for DiskEngine {
 
     fn flush(&self) -> Result<()> {
         self.inner.sync()
+    }
+
+    fn salvage(&self, space: Space, keep: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<Salvage> {
+        crate::salvage::salvage(&self.inner, space, keep)
+    }
+
+    fn lost_data(&self) -> Result<bool> {
+        Ok(self.get(Space::Meta, crate::salvage::LOST_DATA)?.is_some())
+    }
+
+    fn forget_lost_data(&self) -> Result<()> {
+        self.delete(Space::Meta, crate::salvage::LOST_DATA)?;
+        self.flush()
     }
 }
 

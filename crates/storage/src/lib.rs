@@ -12,12 +12,13 @@
 mod disk;
 mod memory;
 mod objects;
+mod salvage;
 #[cfg(test)]
 mod suite;
 
 pub use disk::{DEFAULT_MIN_FREE_BYTES, DiskEngine, DiskOptions};
 pub use memory::MemoryEngine;
-pub use objects::{ObjectStore, decode_storage_key, storage_key, stored_bytes};
+pub use objects::{DamageReport, ObjectStore, decode_storage_key, storage_key, stored_bytes};
 
 use std::ops::Bound;
 use std::time::Duration;
@@ -87,7 +88,13 @@ pub enum StorageError {
         /// The reserve (`--min-free-disk-mb`).
         reserve_bytes: u64,
     },
-    /// Bytes on disk could not be decoded: corruption or a newer format.
+    /// The keyspace is being salvaged ([`Engine::salvage`]): its writes are refused until
+    /// the salvage ends. Reads go on.
+    #[error(
+        "this node is salvaging its damaged storage: writes of {0:?} are refused until it ends (seconds to minutes); the other replicas take them"
+    )]
+    Salvaging(Space),
+    /// Bytes on disk could not be decoded, or failed a checksum: corruption or a newer format.
     #[error("corrupt record in {space:?}: {reason}")]
     Corrupt {
         /// The keyspace holding the record.
@@ -106,6 +113,29 @@ pub struct DiskSpace {
     pub reserve_bytes: u64,
     /// Whether data writes are refused now.
     pub refusing_writes: bool,
+}
+
+/// What a salvage ([`Engine::salvage`]) kept and dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Salvage {
+    /// Records copied into the new generation.
+    pub kept: u64,
+    /// Records read back but refused by the caller (they failed their checksum).
+    pub dropped: u64,
+    /// Stretches of keys that could not be read at all (blocks failing the engine's
+    /// checksums): their records are gone.
+    pub unreadable: u64,
+    /// How long the salvage took, ms.
+    pub took_ms: u64,
+    /// When it ended, ms since the Unix epoch.
+    pub ended_at_ms: u64,
+}
+
+impl Salvage {
+    /// Whether anything was lost (dropped or unreadable).
+    pub fn lost_any(&self) -> bool {
+        self.dropped > 0 || self.unreadable > 0
+    }
 }
 
 /// Shorthand for storage results.
@@ -219,6 +249,23 @@ pub trait Engine: Send + Sync + 'static {
     fn disk_space(&self) -> Option<DiskSpace> {
         None
     }
+
+    /// Rewrites `space` without its damage: every record that can be read and that `keep`
+    /// accepts (given the key and the value) goes into a fresh copy of the keyspace, which then
+    /// replaces it; the rest - records `keep` refuses, and whatever lies in blocks that cannot
+    /// be read - is dropped. Writes to `space` are refused ([`StorageError::Salvaging`]) while
+    /// it runs; reads go on from the old copy. When anything was dropped the engine records
+    /// that data was lost ([`Engine::lost_data`]) in the same step that makes the new copy
+    /// current, so a crash cannot forget it. Safe to crash at any point: the old copy stays
+    /// current until the new one is complete.
+    fn salvage(&self, space: Space, keep: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<Salvage>;
+
+    /// Whether a salvage dropped data that has not been rebuilt since (see
+    /// [`Engine::forget_lost_data`]). Survives restarts.
+    fn lost_data(&self) -> Result<bool>;
+
+    /// Records that what salvages dropped was rebuilt (the node synchronised every range).
+    fn forget_lost_data(&self) -> Result<()>;
 
     /// Sets `key` to `value` (a batch of one).
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<()> {

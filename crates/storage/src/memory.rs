@@ -1,6 +1,6 @@
 //! The in-memory engine: one `BTreeMap` per space behind a mutex. For tests and the simulator.
 
-use crate::{BatchOp, Engine, Entry, Result, Space, WriteBatch};
+use crate::{BatchOp, Engine, Entry, Result, Salvage, Space, WriteBatch};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
@@ -11,6 +11,7 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 #[derive(Debug, Default)]
 pub struct MemoryEngine {
     spaces: Mutex<[Map; 3]>,
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryEngine {
@@ -71,6 +72,33 @@ impl Engine for MemoryEngine {
     }
 
     fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Nothing in memory is unreadable: drops what `keep` refuses, in place.
+    fn salvage(&self, space: Space, keep: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<Salvage> {
+        let mut spaces = self.lock();
+        let map = &mut spaces[space as usize];
+        let before = map.len() as u64;
+        map.retain(|k, v| keep(k, v));
+        let kept = map.len() as u64;
+        let report = Salvage {
+            kept,
+            dropped: before - kept,
+            ..Salvage::default()
+        };
+        if report.lost_any() {
+            self.lost.store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(report)
+    }
+
+    fn lost_data(&self) -> Result<bool> {
+        Ok(self.lost.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    fn forget_lost_data(&self) -> Result<()> {
+        self.lost.store(false, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 }

@@ -2,14 +2,23 @@
 //!
 //! Storage key: the key's ring position ([`dynamokv_core::ring::position`], 8 bytes big-endian)
 //! followed by the key bytes, so the objects of one arc of the ring are one contiguous scan in
-//! ring order. Stored value: a format byte (1) followed by the postcard encoding of the
-//! [`Object`].
+//! ring order. Stored value: a format byte (2), the xxh3-64 checksum of the storage key and the
+//! encoding (8 bytes big-endian), then the postcard encoding of the [`Object`]. Format 1 (no
+//! checksum) is still read.
+//!
+//! A record that fails its checksum or does not decode, and a read the engine refuses because
+//! its own block checksum fails, is corruption: the read fails (never a wrong value), the store
+//! counts and logs it and asks for a salvage ([`ObjectStore::salvage`]), which the node runs.
 
 use crate::{Engine, Result, Space, StorageError};
 use dynamokv_core::{Object, ring};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-const OBJECT_FORMAT: u8 = 1;
+/// Objects written before checksums: a format byte, then the postcard encoding.
+const FORMAT_PLAIN: u8 = 1;
+/// A format byte, an 8-byte checksum of storage key and encoding, then the encoding.
+const FORMAT_CHECKED: u8 = 2;
 const LOCK_STRIPES: usize = 256;
 
 /// The storage key of `key`: its ring position (big-endian) then the key.
@@ -29,31 +38,80 @@ pub fn decode_storage_key(sk: &[u8]) -> Option<(u64, &[u8])> {
 /// The bytes the engine is given for `key`'s object: its storage key and its encoding (before
 /// the engine's own framing and compression).
 pub fn stored_bytes(key: &[u8], obj: &Object) -> usize {
-    8 + key.len() + encode(obj).len()
+    let sk = storage_key(key);
+    sk.len() + encode(&sk, obj).len()
 }
 
-fn encode(obj: &Object) -> Vec<u8> {
-    let mut out = vec![OBJECT_FORMAT];
+/// The checksum of a record: it covers the storage key too, so a record found under another
+/// key (a torn or misplaced write) fails it.
+fn checksum(sk: &[u8], encoding: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(sk);
+    h.update(encoding);
+    h.digest()
+}
+
+fn encode(sk: &[u8], obj: &Object) -> Vec<u8> {
     // Serializing an in-memory Object into a Vec cannot fail.
-    out.extend(postcard::to_allocvec(obj).unwrap_or_default());
+    let encoding = postcard::to_allocvec(obj).unwrap_or_default();
+    let mut out = Vec::with_capacity(9 + encoding.len());
+    out.push(FORMAT_CHECKED);
+    out.extend_from_slice(&checksum(sk, &encoding).to_be_bytes());
+    out.extend_from_slice(&encoding);
     out
 }
 
-fn decode(bytes: &[u8]) -> Result<Object> {
+/// The object stored under storage key `sk` as `bytes`, checked.
+fn decode(sk: &[u8], bytes: &[u8]) -> Result<Object> {
     let corrupt = |reason: String| StorageError::Corrupt {
         space: Space::Objects,
         reason,
     };
-    match bytes.split_first() {
-        Some((&OBJECT_FORMAT, rest)) => {
-            let obj: Object = postcard::from_bytes(rest)
-                .map_err(|e| corrupt(format!("undecodable object: {e}")))?;
-            obj.validate().map_err(|e| corrupt(e.to_string()))?;
-            Ok(obj)
+    let encoding = match bytes.split_first() {
+        Some((&FORMAT_CHECKED, rest)) => {
+            let (sum, encoding) = rest
+                .split_first_chunk::<8>()
+                .ok_or_else(|| corrupt("record shorter than its checksum".into()))?;
+            if u64::from_be_bytes(*sum) != checksum(sk, encoding) {
+                return Err(corrupt("the record fails its checksum".into()));
+            }
+            encoding
         }
-        Some((v, _)) => Err(corrupt(format!("unknown object format {v}"))),
-        None => Err(corrupt("empty record".into())),
-    }
+        Some((&FORMAT_PLAIN, rest)) => rest,
+        Some((v, _)) => return Err(corrupt(format!("unknown object format {v}"))),
+        None => return Err(corrupt("empty record".into())),
+    };
+    let obj: Object =
+        postcard::from_bytes(encoding).map_err(|e| corrupt(format!("undecodable object: {e}")))?;
+    obj.validate().map_err(|e| corrupt(e.to_string()))?;
+    Ok(obj)
+}
+
+/// What this node found wrong in its stored objects, and what it did about it.
+#[derive(Debug, Default)]
+struct Damage {
+    /// Reads that met corruption (a record failing its checksum, an unreadable block).
+    found: AtomicU64,
+    /// Corruption was met since the last salvage began: one is due.
+    salvage_due: AtomicBool,
+    /// Salvages finished.
+    salvages: AtomicU64,
+    /// The last salvage's report.
+    last: Mutex<Option<crate::Salvage>>,
+}
+
+/// Corruption found in a node's objects, and the salvages run (for `/admin/stats`, metrics and
+/// `admin status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DamageReport {
+    /// Reads that met corruption since the node started.
+    pub corrupt_reads: u64,
+    /// Whether a salvage is due (corruption met since the last one began).
+    pub salvage_due: bool,
+    /// Salvages finished since the node started.
+    pub salvages: u64,
+    /// The last salvage's figures.
+    pub last_salvage: Option<crate::Salvage>,
 }
 
 /// Versioned objects stored in the [`Space::Objects`] keyspace of an engine.
@@ -64,7 +122,8 @@ pub struct ObjectStore {
     engine: Arc<dyn Engine>,
     stripes: Vec<Mutex<()>>,
     /// Testing fault: every object read and write of the node waits this long first, ms.
-    fault_delay_ms: std::sync::atomic::AtomicU64,
+    fault_delay_ms: AtomicU64,
+    damage: Damage,
 }
 
 impl ObjectStore {
@@ -73,7 +132,8 @@ impl ObjectStore {
         Self {
             engine,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            fault_delay_ms: std::sync::atomic::AtomicU64::new(0),
+            fault_delay_ms: AtomicU64::new(0),
+            damage: Damage::default(),
         }
     }
 
@@ -81,14 +141,11 @@ impl ObjectStore {
     /// `--enable-fault-injection`): every read and write of an object through the node waits
     /// `ms` first, as on a slow disk; 0 ends it.
     pub fn set_fault_delay(&self, ms: u64) {
-        self.fault_delay_ms
-            .store(ms, std::sync::atomic::Ordering::Relaxed);
+        self.fault_delay_ms.store(ms, Ordering::Relaxed);
     }
 
     fn fault_delay(&self) {
-        let ms = self
-            .fault_delay_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let ms = self.fault_delay_ms.load(Ordering::Relaxed);
         if ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
@@ -100,11 +157,67 @@ impl ObjectStore {
     }
 
     /// This node's copy of `key`, if it has one.
+    /// A record failing its checksum, or a block the engine cannot read, is an error (and
+    /// noted as damage), never a value.
     pub fn get(&self, key: &[u8]) -> Result<Option<Object>> {
-        self.engine
-            .get(Space::Objects, &storage_key(key))?
-            .map(|b| decode(&b))
-            .transpose()
+        let sk = storage_key(key);
+        let read = self
+            .engine
+            .get(Space::Objects, &sk)
+            .and_then(|b| b.map(|b| decode(&sk, &b)).transpose());
+        self.noticed(read, key)
+    }
+
+    /// Notes the corruption `r` met, reading at `key`: counted, logged (the first few, then
+    /// now and then) and a salvage asked for.
+    fn noticed<T>(&self, r: Result<T>, key: &[u8]) -> Result<T> {
+        if let Err(StorageError::Corrupt { reason, .. }) = &r {
+            let n = self.damage.found.fetch_add(1, Ordering::Relaxed) + 1;
+            let first = !self.damage.salvage_due.swap(true, Ordering::AcqRel);
+            if first || n.is_power_of_two() {
+                tracing::error!(
+                    key = %String::from_utf8_lossy(key),
+                    corrupt_reads = n,
+                    reason = %reason,
+                    "stored data is corrupt: the read fails (the other replicas answer) and this node salvages its storage, then rebuilds what it lost from the other replicas"
+                );
+            }
+        }
+        r
+    }
+
+    /// Corruption found and salvages run.
+    pub fn damage(&self) -> DamageReport {
+        DamageReport {
+            corrupt_reads: self.damage.found.load(Ordering::Relaxed),
+            salvage_due: self.damage.salvage_due.load(Ordering::Acquire),
+            salvages: self.damage.salvages.load(Ordering::Relaxed),
+            last_salvage: self
+                .damage
+                .last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Whether corruption was met since the last salvage began.
+    pub fn salvage_due(&self) -> bool {
+        self.damage.salvage_due.load(Ordering::Acquire)
+    }
+
+    /// Salvages the objects: keeps every record that reads back and passes its checksum,
+    /// drops the rest (unreadable blocks included) and replaces the engine's objects with what
+    /// was kept ([`Engine::salvage`]; writes of objects are refused meanwhile). What was
+    /// dropped is gone from this node: the caller rebuilds it from the other replicas, and the
+    /// engine remembers that until told otherwise ([`Engine::lost_data`]).
+    pub fn salvage(&self) -> Result<crate::Salvage> {
+        self.damage.salvage_due.store(false, Ordering::Release);
+        let keep = |sk: &[u8], v: &[u8]| decode(sk, v).is_ok();
+        let report = self.engine.salvage(Space::Objects, &keep)?;
+        self.damage.salvages.fetch_add(1, Ordering::Relaxed);
+        *self.damage.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        Ok(report)
     }
 
     /// Atomically replaces this node's copy of `key` by `f(current)` (current is empty when
@@ -114,8 +227,8 @@ impl ObjectStore {
         let current = self.get(key)?.unwrap_or_default();
         let new = f(current.clone());
         if new != current {
-            self.engine
-                .put(Space::Objects, &storage_key(key), &encode(&new))?;
+            let sk = storage_key(key);
+            self.engine.put(Space::Objects, &sk, &encode(&sk, &new))?;
         }
         Ok(new)
     }
@@ -143,18 +256,21 @@ impl ObjectStore {
             Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
             None => Bound::Unbounded,
         };
-        let mut out = Vec::new();
-        for (sk, v) in self.engine.scan(
+        let page = self.engine.scan(
             Space::Objects,
             start.as_ref().map(Vec::as_slice),
             end.as_ref().map(Vec::as_slice),
             limit,
-        )? {
+        );
+        let page = self.noticed(page, after.unwrap_or_default())?;
+        let mut out = Vec::with_capacity(page.len());
+        for (sk, v) in page {
             let Some((_, key)) = decode_storage_key(&sk) else {
                 tracing::warn!("skipping a malformed object key");
                 continue;
             };
-            out.push((key.to_vec(), decode(&v)?));
+            let object = self.noticed(decode(&sk, &v), key)?;
+            out.push((key.to_vec(), object));
         }
         Ok(out)
     }
@@ -191,8 +307,8 @@ pub fn decode_hint_key(hk: &[u8]) -> Option<(&[u8], &str)> {
     Some((key, owner))
 }
 
-fn decode_hint(bytes: &[u8]) -> Result<Object> {
-    decode(bytes).map_err(|e| match e {
+fn decode_hint(hk: &[u8], bytes: &[u8]) -> Result<Object> {
+    decode(hk, bytes).map_err(|e| match e {
         StorageError::Corrupt { reason, .. } => StorageError::Corrupt {
             space: Space::Hints,
             reason,
@@ -214,11 +330,11 @@ impl ObjectStore {
         let _guard = self.lock(key);
         let hk = hint_key(key, owner);
         let current = match self.engine.get(Space::Hints, &hk)? {
-            Some(b) => decode_hint(&b)?,
+            Some(b) => decode_hint(&hk, &b)?,
             None => Object::new(),
         };
         let merged = current.merge(incoming);
-        self.engine.put(Space::Hints, &hk, &encode(&merged))
+        self.engine.put(Space::Hints, &hk, &encode(&hk, &merged))
     }
 
     /// Hints stored after `after` (exclusive), up to `limit`.
@@ -244,7 +360,7 @@ impl ObjectStore {
             out.push(dynamokv_core::store::Hint {
                 owner: owner.to_owned(),
                 key: key.to_vec(),
-                object: decode_hint(&v)?,
+                object: decode_hint(&hk, &v)?,
             });
         }
         Ok(out)
@@ -275,7 +391,7 @@ impl ObjectStore {
                 out.push(dynamokv_core::store::Hint {
                     owner: owner.to_owned(),
                     key: key.to_vec(),
-                    object: decode_hint(&v)?,
+                    object: decode_hint(&hk, &v)?,
                 });
             }
         }
@@ -289,7 +405,7 @@ impl ObjectStore {
         let Some(b) = self.engine.get(Space::Hints, &hk)? else {
             return Ok(false);
         };
-        let current = decode_hint(&b)?;
+        let current = decode_hint(&hk, &b)?;
         if delivered.contains(&current) {
             self.engine.delete(Space::Hints, &hk)?;
             Ok(true)
@@ -323,10 +439,13 @@ impl ObjectStore {
     }
 }
 
-/// A storage error as the node's core sees it: a full disk apart from other failures.
+/// A storage error as the node's core sees it: writes refused for a while (a full disk, a
+/// salvage under way) apart from other failures.
 fn store_error(e: StorageError) -> dynamokv_core::store::StoreError {
     match e {
-        StorageError::Full { .. } => dynamokv_core::store::StoreError::Full(e.to_string()),
+        StorageError::Full { .. } | StorageError::Salvaging(_) => {
+            dynamokv_core::store::StoreError::Full(e.to_string())
+        }
         other => dynamokv_core::store::StoreError::Failed(other.to_string()),
     }
 }
@@ -495,6 +614,49 @@ mod tests {
         assert!(store.get(b"1").unwrap().is_some());
         assert!(store.remove_if(b"1", &o).unwrap());
         assert_eq!(store.get(b"1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_flipped_byte_fails_the_checksum_and_salvage_drops_the_record() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let store = ObjectStore::new(engine.clone());
+        for k in [b"a", b"b"] {
+            store
+                .modify(k, |cur| {
+                    cur.update(
+                        ActorId(1),
+                        &VersionVector::new(),
+                        Some(b"value".to_vec()),
+                        1,
+                    )
+                })
+                .unwrap();
+        }
+        let sk = storage_key(b"a");
+        let mut bytes = engine.get(Space::Objects, &sk).unwrap().unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x01;
+        engine.put(Space::Objects, &sk, &bytes).unwrap();
+        // The same bytes under another key fail too: the checksum covers the key.
+        let good = engine
+            .get(Space::Objects, &storage_key(b"b"))
+            .unwrap()
+            .unwrap();
+        engine
+            .put(Space::Objects, &storage_key(b"c"), &good)
+            .unwrap();
+        assert!(matches!(store.get(b"a"), Err(StorageError::Corrupt { .. })));
+        assert!(matches!(store.get(b"c"), Err(StorageError::Corrupt { .. })));
+        assert!(store.scan(0, u64::MAX, None, 10).is_err());
+        assert!(store.salvage_due());
+        assert_eq!(store.damage().corrupt_reads, 3);
+        let report = store.salvage().unwrap();
+        assert_eq!((report.kept, report.dropped), (1, 2));
+        assert!(!store.salvage_due());
+        assert!(engine.lost_data().unwrap());
+        assert_eq!(store.get(b"a").unwrap(), None);
+        assert!(store.get(b"b").unwrap().is_some());
+        assert_eq!(store.scan(0, u64::MAX, None, 10).unwrap().len(), 1);
     }
 
     #[test]
