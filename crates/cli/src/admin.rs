@@ -113,6 +113,51 @@ async fn fetch(http: &reqwest::Client, url: &str, what: &str) -> anyhow::Result<
     Ok(r.json().await?)
 }
 
+/// The storage's health: corruption found, salvages, the scrub.
+fn print_storage(storage: &Value) {
+    if !storage.is_object() {
+        return;
+    }
+    let damage = &storage["damage"];
+    let corrupt = damage["corrupt_reads"].as_u64().unwrap_or(0);
+    if corrupt > 0 || storage["lost_data"] == true {
+        let salvage = match &damage["last_salvage"] {
+            Value::Object(l) => format!(
+                "last salvage kept {} records, dropped {} failing their checksum and {} unreadable stretches",
+                l["kept"], l["dropped"], l["unreadable"]
+            ),
+            _ => "salvage pending".to_owned(),
+        };
+        let rebuild = if storage["lost_data"] == true {
+            "; what it dropped is being rebuilt from the other replicas"
+        } else {
+            ""
+        };
+        println!(
+            "  STORAGE DAMAGE FOUND: {corrupt} reads met corrupt data since start; {salvage}{rebuild}"
+        );
+    }
+    let scrub = &storage["scrub"];
+    if scrub.is_object() {
+        let now = if scrub["running"] == true {
+            format!(
+                "pass at {:.0}% ({} objects)",
+                scrub["position"].as_f64().unwrap_or(0.0) * 100.0 / 18_446_744_073_709_551_616.0,
+                scrub["pass_checked"]
+            )
+        } else {
+            format!(
+                "next pass in {:.0} min",
+                scrub["next_pass_in_ms"].as_f64().unwrap_or(0.0) / 60_000.0
+            )
+        };
+        println!(
+            "  scrub: {now}; {} passes, {} objects checked, {} passes stopped by damage",
+            scrub["passes"], scrub["checked"], scrub["damaged_passes"]
+        );
+    }
+}
+
 fn print_view(v: &Value) {
     println!(
         "view of {} - ring version {}",
@@ -139,6 +184,7 @@ fn print_view(v: &Value) {
             st["disk"]["reserve_bytes"].as_u64().unwrap_or(0) >> 20
         );
     }
+    print_storage(&st["storage"]);
     if st.is_object() {
         println!(
             "  hints: {} pending {}, {} stored, {} delivered; read repairs {}; sloppy writes {}",

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod node;
 pub mod resp;
 pub mod runtime;
+pub mod salvage;
 pub mod tls;
 pub mod transport;
 
@@ -219,6 +220,18 @@ async fn start_node(
             dir: config.data_dir.display().to_string(),
             why: e.explain(),
         })?;
+    let mut core = core;
+    let engine = local.engine.clone();
+    if blocking("reading the storage's state", move || {
+        Ok(engine.lost_data()?)
+    })
+    .await?
+    {
+        tracing::warn!(
+            "an earlier salvage of damaged storage dropped data not rebuilt yet: rebuilding it from the other replicas (this node's reads do not count towards quorums until then)"
+        );
+        core.storage_salvaged(true);
+    }
     if core.me().status != dynamokv_core::membership::Status::Up {
         tracing::info!(status = core.me().status.as_str(), "starting");
     }
@@ -359,6 +372,7 @@ pub async fn run(
     let Listeners {
         http, peer, resp, ..
     } = listeners;
+    let salvage = tokio::spawn(salvage::watch(local.store.clone(), handle.clone()));
     let peer_server = tokio::spawn(transport.clone().serve(peer));
     for seed in &config.seeds {
         if *seed != advertise_peer && *seed != peer_addr {
@@ -379,6 +393,7 @@ pub async fn run(
     };
     http::serve::serve(http, http::router(state), limits, tls.clone(), shutdown).await;
     handle.stop();
+    salvage.abort();
     peer_server.abort();
     if let Some(r) = resp_server {
         r.abort();

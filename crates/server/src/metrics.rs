@@ -287,6 +287,36 @@ const DESCRIBED: &[(&str, Kind, Option<Unit>, &str)] = &[
         "Free space on the data directory's filesystem",
     ),
     (
+        "dynamokv_storage_corrupt_reads_total",
+        Kind::Counter,
+        None,
+        "Reads of stored objects that met corruption (a record failing its checksum, a block the engine cannot read); the read failed and a salvage followed",
+    ),
+    (
+        "dynamokv_storage_salvages_total",
+        Kind::Counter,
+        None,
+        "Salvages of damaged storage (every readable record copied, the rest dropped and rebuilt from the other replicas)",
+    ),
+    (
+        "dynamokv_storage_lost_data",
+        Kind::Gauge,
+        None,
+        "1 while data a salvage dropped is not rebuilt yet",
+    ),
+    (
+        "dynamokv_scrub_checked_total",
+        Kind::Counter,
+        None,
+        "Stored objects read and checked by the scrub",
+    ),
+    (
+        "dynamokv_scrub_passes_total",
+        Kind::Counter,
+        None,
+        "Scrub passes finished over every stored object",
+    ),
+    (
         "dynamokv_disk_refusing_writes",
         Kind::Gauge,
         None,
@@ -392,6 +422,12 @@ pub struct Scrape {
     pub hints_pending: BTreeMap<String, u64>,
     /// The data directory's free space, as the storage engine's monitor last saw it.
     pub disk: Option<dynamokv_storage::DiskSpace>,
+    /// Corruption found, salvages run, and whether data they dropped is not rebuilt yet.
+    pub damage: dynamokv_storage::DamageReport,
+    /// Whether a salvage dropped data not rebuilt yet.
+    pub lost_data: bool,
+    /// The scrub's counters.
+    pub scrub: dynamokv_core::node::scrub::ScrubStats,
 }
 
 /// The text of `GET /metrics`: `scrape` and the process's own gauges (read from `/proc` and
@@ -402,6 +438,11 @@ pub fn render(handle: &PrometheusHandle, scrape: &Scrape, data_dir: &Path) -> St
         gauge!("dynamokv_disk_free_bytes").set(d.free_bytes as f64);
         gauge!("dynamokv_disk_refusing_writes").set(f64::from(u8::from(d.refusing_writes)));
     }
+    counter!("dynamokv_storage_corrupt_reads_total").absolute(scrape.damage.corrupt_reads);
+    counter!("dynamokv_storage_salvages_total").absolute(scrape.damage.salvages);
+    gauge!("dynamokv_storage_lost_data").set(f64::from(u8::from(scrape.lost_data)));
+    counter!("dynamokv_scrub_checked_total").absolute(scrape.scrub.checked);
+    counter!("dynamokv_scrub_passes_total").absolute(scrape.scrub.passes);
     node_counters(&scrape.stats);
     member_gauges(&scrape.ring, &scrape.hints_pending);
     background_gauges(scrape);

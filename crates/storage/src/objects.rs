@@ -206,7 +206,12 @@ impl ObjectStore {
         self.damage.salvage_due.load(Ordering::Acquire)
     }
 
-    /// Salvages the objects: keeps every record that reads back and passes its checksum,
+    /// Asks for a salvage again (the last one failed).
+    pub fn mark_salvage_due(&self) {
+        self.damage.salvage_due.store(true, Ordering::Release);
+    }
+
+    /// Salvages the objects, then the hints: keeps every record that reads back and passes its checksum,
     /// drops the rest (unreadable blocks included) and replaces the engine's objects with what
     /// was kept ([`Engine::salvage`]; writes of objects are refused meanwhile). What was
     /// dropped is gone from this node: the caller rebuilds it from the other replicas, and the
@@ -214,7 +219,17 @@ impl ObjectStore {
     pub fn salvage(&self) -> Result<crate::Salvage> {
         self.damage.salvage_due.store(false, Ordering::Release);
         let keep = |sk: &[u8], v: &[u8]| decode(sk, v).is_ok();
-        let report = self.engine.salvage(Space::Objects, &keep)?;
+        let mut report = self.engine.salvage(Space::Objects, &keep)?;
+        // Hints are checked the same way (a lost hint's data comes back by anti-entropy
+        // between its owner and the other replicas).
+        let hints = self.engine.salvage(Space::Hints, &keep)?;
+        report.kept += hints.kept;
+        report.dropped += hints.dropped;
+        report.unreadable += hints.unreadable;
+        report.took_ms += hints.took_ms;
+        report.ended_at_ms = hints.ended_at_ms;
+        // Reads during the copy still met the old copy's damage; that is now gone.
+        self.damage.salvage_due.store(false, Ordering::Release);
         self.damage.salvages.fetch_add(1, Ordering::Relaxed);
         *self.damage.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         Ok(report)
@@ -329,10 +344,11 @@ impl ObjectStore {
     pub fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<()> {
         let _guard = self.lock(key);
         let hk = hint_key(key, owner);
-        let current = match self.engine.get(Space::Hints, &hk)? {
-            Some(b) => decode_hint(&hk, &b)?,
-            None => Object::new(),
-        };
+        let read = self
+            .engine
+            .get(Space::Hints, &hk)
+            .and_then(|b| b.map(|b| decode_hint(&hk, &b)).transpose());
+        let current = self.noticed(read, key)?.unwrap_or_default();
         let merged = current.merge(incoming);
         self.engine.put(Space::Hints, &hk, &encode(&hk, &merged))
     }
@@ -349,10 +365,10 @@ impl ObjectStore {
             None => std::ops::Bound::Unbounded,
         };
         let mut out = Vec::new();
-        for (hk, v) in self
+        let page = self
             .engine
-            .scan(Space::Hints, from, std::ops::Bound::Unbounded, limit)?
-        {
+            .scan(Space::Hints, from, std::ops::Bound::Unbounded, limit);
+        for (hk, v) in self.noticed(page, b"")? {
             let Some((key, owner)) = decode_hint_key(&hk) else {
                 tracing::warn!("skipping a malformed hint key");
                 continue;
@@ -360,7 +376,7 @@ impl ObjectStore {
             out.push(dynamokv_core::store::Hint {
                 owner: owner.to_owned(),
                 key: key.to_vec(),
-                object: decode_hint(&hk, &v)?,
+                object: self.noticed(decode_hint(&hk, &v), key)?,
             });
         }
         Ok(out)
@@ -376,12 +392,13 @@ impl ObjectStore {
         let mut upper = prefix.clone();
         upper.extend_from_slice(&[0xFF; 8]);
         let mut out = Vec::new();
-        for (hk, v) in self.engine.scan(
+        let page = self.engine.scan(
             Space::Hints,
             std::ops::Bound::Included(prefix.as_slice()),
             std::ops::Bound::Excluded(upper.as_slice()),
             1024,
-        )? {
+        );
+        for (hk, v) in self.noticed(page, key)? {
             if !hk.starts_with(&prefix) {
                 break;
             }
@@ -391,7 +408,7 @@ impl ObjectStore {
                 out.push(dynamokv_core::store::Hint {
                     owner: owner.to_owned(),
                     key: key.to_vec(),
-                    object: decode_hint(&hk, &v)?,
+                    object: self.noticed(decode_hint(&hk, &v), key)?,
                 });
             }
         }
@@ -402,10 +419,13 @@ impl ObjectStore {
     pub fn remove_hint(&self, owner: &str, key: &[u8], delivered: &Object) -> Result<bool> {
         let _guard = self.lock(key);
         let hk = hint_key(key, owner);
-        let Some(b) = self.engine.get(Space::Hints, &hk)? else {
+        let read = self
+            .engine
+            .get(Space::Hints, &hk)
+            .and_then(|b| b.map(|b| decode_hint(&hk, &b)).transpose());
+        let Some(current) = self.noticed(read, key)? else {
             return Ok(false);
         };
-        let current = decode_hint(&hk, &b)?;
         if delivered.contains(&current) {
             self.engine.delete(Space::Hints, &hk)?;
             Ok(true)

@@ -10,6 +10,7 @@ use super::exchange::ExchangeConfig;
 use super::handoff::HandoffConfig;
 use super::handover::HandoverConfig;
 use super::scheduler::SchedulerConfig;
+use super::scrub::ScrubConfig;
 use crate::failure_detector::DetectorConfig;
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +119,14 @@ settings! {
     /// Youngest tombstone (deleted key) that may be collected once every replica is proven to
     /// hold it, in milliseconds (wall clock).
     tombstone_min_age_ms: u64 = 300_000, flag "tombstone-min-age-ms", value "MS";
+    /// Most stored objects the scrub reads (and checks) per second; 0 turns it off. The scrub
+    /// reads every object now and then so that damage on disk is found - and salvaged and
+    /// rebuilt from the other replicas - before a client's read needs the object.
+    scrub_keys_per_sec: u64 = 2_000, flag "scrub-keys-per-sec", value "N";
+    /// Pause between the end of one scrub pass and the start of the next, in milliseconds (the
+    /// first starts 10 minutes after the node starts, or this long if shorter).
+    scrub_interval_ms: u64 = 86_400_000, flag "scrub-interval-ms", value "MS",
+        check |v| v >= 1 => "at least 1";
     /// Most background items per second, every worker together (hints delivered, objects
     /// repaired or transferred, collection and handover steps); scaled down while foreground
     /// latency is high.
@@ -186,6 +195,14 @@ impl NodeConfig {
             sessions: self.anti_entropy_sessions,
             timeout_ms: self.request_timeout_ms * 5,
             max_value_bytes: self.max_value_bytes,
+        }
+    }
+
+    /// The scrub's settings.
+    pub fn scrub(&self) -> ScrubConfig {
+        ScrubConfig {
+            keys_per_sec: self.scrub_keys_per_sec,
+            interval_ms: self.scrub_interval_ms,
         }
     }
 

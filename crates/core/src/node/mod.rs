@@ -20,6 +20,8 @@
 //!   - [`exchange`]: anti-entropy's Merkle exchange with the other replicas of each range;
 //!   - [`collector`]: tombstone collection once every replica holds a tombstone;
 //!   - [`handover`]: keys of ranges no longer replicated here, handed to their owners;
+//!   - [`scrub`]: every stored object read now and then, so damage on disk is found (and the
+//!     node salvages its storage and rebuilds what it lost, [`Node::storage_salvaged`]);
 //! - [`proofs`]: what the exchange proved (ranges equal with peers, the end of rebuilding lost
 //!   data) and what the workers tell each other, read by [`rebalance`] and the collector;
 //! - [`rebalance`]: this node's own join or leave, confirmed from the proofs;
@@ -49,6 +51,7 @@ pub mod proofs;
 pub mod rebalance;
 pub mod replica;
 pub mod scheduler;
+pub mod scrub;
 pub mod startup;
 pub mod throttle;
 pub mod tracked;
@@ -79,6 +82,7 @@ use handover::Handover;
 use proofs::Proofs;
 use replica::Replica;
 use scheduler::{Scheduler, SchedulerStats};
+use scrub::Scrub;
 use std::collections::BTreeMap;
 use tracked::Tracked;
 use trees::Trees;
@@ -141,6 +145,7 @@ pub struct Node<S> {
     exchange: Exchange,
     collector: Collector,
     handover: Handover,
+    scrub: Scrub,
     errors: StorageErrors,
     scheduler: Scheduler,
     rebalance: rebalance::Rebalance,
@@ -213,6 +218,7 @@ impl<S: LocalStore> Node<S> {
             exchange,
             collector: Collector::new(config.collector()),
             handover,
+            scrub: Scrub::new(config.scrub()),
             errors: StorageErrors::default(),
             scheduler: Scheduler::new(config.scheduler()),
             rebalance: rebalance::Rebalance::default(),
@@ -299,6 +305,31 @@ impl<S: LocalStore> Node<S> {
             &self.proofs,
             &self.errors,
         )
+    }
+
+    /// The storage was salvaged (the shell rewrote it without its damaged records, see
+    /// `ObjectStore::salvage`). If anything was dropped (`lost`), this node rebuilds it from
+    /// the other replicas as a node that lost its data does: its trees are rebuilt from what
+    /// is left, an anti-entropy round with every other replica of every range starts, and its
+    /// copies do not count towards read quorums until each range has synchronised. Also called
+    /// at start when an earlier run's salvage had not been rebuilt yet.
+    pub fn storage_salvaged(&mut self, lost: bool) {
+        self.scrub.restart();
+        if !lost {
+            return;
+        }
+        self.trees.rebuild_all();
+        let me = self.cluster.id();
+        let others = self.cluster.view().members.keys().any(|id| id != me);
+        if others {
+            self.proofs.start_rebuilding();
+        }
+        self.exchange.force_round();
+    }
+
+    /// The scrub's counters and progress.
+    pub fn scrub_stats(&self) -> scrub::ScrubStats {
+        self.scrub.stats()
     }
 
     /// Storage errors the background workers met, and the last.
@@ -763,10 +794,11 @@ impl<S: LocalStore> Node<S> {
         let mut ctx = ctx!(self, now, is_up);
         let (handoff, exchange) = (&mut self.handoff, &mut self.exchange);
         let (collector, handover) = (&mut self.collector, &mut self.handover);
-        let order: [&mut dyn Worker<S>; 4] = if handoff_first {
-            [handoff, exchange, collector, handover]
+        let scrub = &mut self.scrub;
+        let order: [&mut dyn Worker<S>; 5] = if handoff_first {
+            [handoff, exchange, collector, handover, scrub]
         } else {
-            [exchange, collector, handover, handoff]
+            [exchange, collector, handover, handoff, scrub]
         };
         for worker in order {
             worker.tick(&mut ctx);

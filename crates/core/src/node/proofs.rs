@@ -81,6 +81,14 @@ impl Proofs {
         }
     }
 
+    /// Ends rebuilding if no range has another replica left to synchronise with (the ring
+    /// changed, or the node is alone).
+    pub fn rebuilt_if_nothing_left(&mut self, peers: &BTreeMap<Range, Vec<String>>) {
+        if self.rebuilding.is_some() && self.rebuilding_left(peers) == 0 {
+            self.rebuilding = None;
+        }
+    }
+
     /// A peer said whether it keeps hints or moved keys.
     pub fn peer_hints(&mut self, peer: &str, hints: bool) {
         self.peer_hints.insert(peer.to_owned(), hints);

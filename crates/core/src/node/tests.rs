@@ -1128,3 +1128,45 @@ fn a_leave_or_removal_that_would_hand_ranges_to_a_down_member_is_refused_naming_
     assert_eq!(a.remove("n4", true), Ok(()));
     assert!(!a.ring().nodes().iter().any(|n| n == "n4"));
 }
+
+#[test]
+fn the_scrub_reads_every_object_and_a_salvage_that_lost_data_rebuilds_it() {
+    let mut c = Cluster::new(3);
+    for i in 0..50 {
+        let r = c.put("n0", format!("s{i}").as_bytes(), b"v", None, Some(3));
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let now = c.t();
+    c.tick("n1", now);
+    assert_eq!(
+        c.nodes["n1"].scrub_stats().passes,
+        0,
+        "not before its first pass is due"
+    );
+    c.now += scrub::FIRST_PASS_AFTER_MS + 1;
+    let now = c.t();
+    c.tick("n1", now);
+    let scrub = c.nodes["n1"].scrub_stats();
+    assert_eq!((scrub.passes, scrub.checked), (1, 50), "{scrub:?}");
+    assert!(!scrub.running && scrub.next_pass_in_ms > 0, "{scrub:?}");
+
+    // A salvage that kept everything changes nothing but the scrub's pass.
+    c.nodes.get_mut("n1").unwrap().storage_salvaged(false);
+    assert!(!c.nodes["n1"].anti_entropy_stats().rebuilding);
+    // One that dropped data: n1's copies stop counting until every range synchronised.
+    c.nodes.get_mut("n1").unwrap().storage_salvaged(true);
+    assert!(c.nodes["n1"].anti_entropy_stats().rebuilding);
+    for _ in 0..600 {
+        c.now += 100;
+        let now = c.t();
+        for id in c.ids() {
+            c.tick(&id, now);
+        }
+        c.run();
+        if !c.nodes["n1"].anti_entropy_stats().rebuilding {
+            break;
+        }
+    }
+    let ae = c.nodes["n1"].anti_entropy_stats();
+    assert!(!ae.rebuilding, "rebuilt within a minute: {ae:?}");
+}

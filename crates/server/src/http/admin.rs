@@ -66,17 +66,19 @@ pub(crate) async fn admin_members(State(s): State<AppState>) -> Result<Response,
 }
 
 pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let (stats, anti_entropy, transfer, scheduler, traffic) = query(&s, |n| {
+    let (stats, anti_entropy, transfer, scheduler, traffic, scrub) = query(&s, |n| {
         (
             n.stats(),
             n.anti_entropy_stats(),
             n.transfer().clone(),
             n.scheduler_stats(),
             n.traffic(),
+            n.scrub_stats(),
         )
     })
     .await?;
     let pending = on_store(&s, |store| store.hint_counts()).await?;
+    let lost_data = on_store(&s, |store| store.engine().lost_data()).await?;
     let total: u64 = pending.values().sum();
     Ok(axum::Json(serde_json::json!({
         "node": s.node_id,
@@ -101,6 +103,11 @@ pub(crate) async fn admin_stats(State(s): State<AppState>) -> Result<Response, A
         "refused_writes": stats.refused_writes,
         "anti_entropy": anti_entropy,
         "disk": s.store.engine().disk_space(),
+        "storage": {
+            "damage": s.store.damage(),
+            "lost_data": lost_data,
+            "scrub": scrub,
+        },
         "transfer": transfer,
         "background": scheduler,
         "traffic": traffic,

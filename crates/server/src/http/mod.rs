@@ -256,8 +256,13 @@ async fn metrics_text(State(s): State<AppState>) -> Result<Response, ApiError> {
         latency: n.coordinator_latency().clone(),
         hints_pending: Default::default(),
         disk: None,
+        damage: Default::default(),
+        lost_data: false,
+        scrub: n.scrub_stats(),
     })
     .await?;
+    scrape.damage = s.store.damage();
+    scrape.lost_data = on_store(&s, |store| store.engine().lost_data()).await?;
     scrape.hints_pending = on_store(&s, |store| store.hint_counts()).await?;
     scrape.disk = s.store.engine().disk_space();
     let data_dir = s.data_dir.clone();

@@ -383,6 +383,7 @@ impl Exchange {
         self.round = None;
         self.stats.last_round = id;
         self.next_round_at = ctx.now.mono + self.config.interval_ms;
+        ctx.proofs.rebuilt_if_nothing_left(ctx.trees.peers());
         if ctx.proofs.rebuilding() {
             // Until every range synchronised, try the missing ones again soon.
             self.force = true;
