@@ -30,6 +30,8 @@ fn a_namespaced_cluster_survives_isolate_split_bridge_and_flapping_links() {
         fault_len: (Duration::from_secs(4), Duration::from_secs(5)),
         heal_len: Duration::from_secs(3),
         node_flags: Vec::new(),
+        // The partition-aware path; the command line runs the random-node one by default.
+        partition_aware: true,
     };
     let report = run(&cfg, &mut |line| eprintln!("{line}")).expect("the run completes");
     eprintln!("{}", report.render());

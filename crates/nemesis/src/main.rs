@@ -47,6 +47,10 @@ struct Args {
     /// Extra flags for every node (repeat), e.g. --node-flag=--request-timeout-ms=1000.
     #[arg(long = "node-flag", allow_hyphen_values = true)]
     node_flags: Vec<String>,
+    /// Clients send each request straight to its key's first primary that is not skipped
+    /// (a partition-aware client), instead of to a random node.
+    #[arg(long)]
+    partition_aware: bool,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         ),
         heal_len: secs(args.heal_secs),
         node_flags: args.node_flags,
+        partition_aware: args.partition_aware,
     };
     println!(
         "seed {seed}: {} nodes, {} clients over {} keys, {:.1} minutes of faults",

@@ -97,6 +97,9 @@ pub struct RunConfig {
     pub heal_len: Duration,
     /// Extra flags for every node.
     pub node_flags: Vec<String>,
+    /// Clients send each request to its key's first primary that is not skipped
+    /// (partition-aware, as `Routing::Client` in the client library), instead of a random node.
+    pub partition_aware: bool,
 }
 
 /// What happened, and the verdict.
@@ -250,6 +253,7 @@ pub fn run(cfg: &RunConfig, log: &mut dyn FnMut(&str)) -> Result<Report, String>
         cfg.keys,
         SECRET,
         phase.clone(),
+        cfg.partition_aware,
     );
     let start = Instant::now();
     let mut report = Report::default();

@@ -125,8 +125,57 @@ async fn outcome_of(
     }
 }
 
+/// What a partition-aware client routes by: the ring, N, and each member's URL.
+struct Route {
+    ring: dynamokv_core::ring::Ring,
+    n: usize,
+    urls: BTreeMap<String, String>,
+}
+
+impl Route {
+    /// The ring as the first of `urls` that answers describes it.
+    async fn fetch(http: &reqwest::Client, urls: &[String]) -> Option<Route> {
+        for url in urls {
+            let Ok(resp) = http.get(format!("{url}/admin/ring")).send().await else {
+                continue;
+            };
+            let Ok(info) = resp.json::<dynamokv_core::node::RingInfo>().await else {
+                continue;
+            };
+            let ring = dynamokv_client::cluster::ring_of_info(&info).ok()?;
+            let urls = info
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.member.id.clone(),
+                        format!("http://{}", m.member.http_addr),
+                    )
+                })
+                .collect();
+            return Some(Route {
+                ring,
+                n: usize::from(info.n),
+                urls,
+            });
+        }
+        None
+    }
+
+    /// The primaries of `key`, in preference order, as URLs.
+    fn primaries(&self, key: &str) -> Vec<&String> {
+        dynamokv_core::preference::preference_list(&self.ring, key.as_bytes(), self.n, |_| true)
+            .primaries
+            .iter()
+            .filter_map(|id| self.urls.get(id))
+            .collect()
+    }
+}
+
 /// Starts `clients` closed-loop clients on `rt` against `urls` over `keys` keys; `phase` is
 /// read when each request starts. `secret` is the cluster's (to read the contexts it sends).
+/// `partition_aware`: each request goes to its key's first primary that is not skipped, as the
+/// client library's partition-aware routing does; otherwise to a random node not skipped.
 pub fn start(
     rt: &tokio::runtime::Handle,
     urls: Vec<String>,
@@ -134,6 +183,7 @@ pub fn start(
     keys: usize,
     secret: &str,
     phase: Arc<AtomicUsize>,
+    partition_aware: bool,
 ) -> Workload {
     let writes = Arc::new(Mutex::new(Vec::new()));
     let tallies = Arc::new(Mutex::new(BTreeMap::new()));
@@ -163,6 +213,11 @@ pub fn start(
                 .connect_timeout(Duration::from_secs(1))
                 .build()
                 .expect("an HTTP client");
+            let route = if partition_aware {
+                Route::fetch(&http, &urls).await
+            } else {
+                None
+            };
             let count = |p: usize, ok: bool| {
                 let mut t = tallies.lock().unwrap_or_else(|e| e.into_inner());
                 let t: &mut Tally = t.entry(p).or_default();
@@ -189,7 +244,15 @@ pub fn start(
                 } else {
                     usable
                 };
-                let url = pool[(next() % pool.len() as u64) as usize];
+                let random = pool[(next() % pool.len() as u64) as usize];
+                let url = route
+                    .as_ref()
+                    .and_then(|r| {
+                        r.primaries(&key_name(k))
+                            .into_iter()
+                            .find(|u| !suspects.skip(u))
+                    })
+                    .unwrap_or(random);
                 let target = format!("{url}/kv/{}", key_name(k));
                 let roll = next() % 100;
                 let p = phase.load(Ordering::Relaxed);
