@@ -24,6 +24,7 @@ pub fn start_workload(urls: Vec<String>, clients: usize, keys: usize) -> Workloa
         keys,
         SECRET,
         Arc::new(AtomicUsize::new(0)),
+        false,
     )
 }
 
