@@ -5,20 +5,17 @@
 //! inline for `Always`, from a background thread for `Periodic`, never for `Never`. A clean
 //! shutdown (drop) always syncs.
 
+use crate::keyspaces::{Keyspaces, LOST_DATA, engine_err, space_err};
 use crate::{
     BatchOp, DiskSpace, Engine, Entry, Result, Salvage, Space, StorageError, SyncPolicy, WriteBatch,
 };
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, PersistMode};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-
-/// The size at which a keyspace's in-memory table is sealed and written out (fjall's default is
-/// 64 MiB; smaller keeps a node's memory well inside its budget, and point reads faster).
-pub const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The journal's limit: past it, the memtables holding the oldest journal's writes are flushed
 /// so the journal can go. fjall's default (512 MiB) doubled the disk a million keys took
@@ -66,36 +63,6 @@ impl DiskOptions {
     }
 }
 
-pub(crate) fn engine_err(e: fjall::Error) -> StorageError {
-    space_err(Space::Objects, e)
-}
-
-/// `e`, met in `space`: damaged bytes (a block failing its checksum or not decompressing) are
-/// [`StorageError::Corrupt`], apart from other failures.
-pub(crate) fn space_err(space: Space, e: fjall::Error) -> StorageError {
-    use fjall::LsmError as L;
-    match e {
-        fjall::Error::Poisoned => StorageError::Engine(
-            "the storage engine stopped taking writes after a failed write (a full disk?): free space and restart the node".into(),
-        ),
-        fjall::Error::Storage(
-            ref inner @ (L::ChecksumMismatch { .. }
-            | L::Decompress(_)
-            | L::InvalidHeader(_)
-            | L::InvalidTrailer
-            | L::InvalidTag(_)),
-        ) => StorageError::Corrupt {
-            space,
-            reason: format!("unreadable block: {inner:?}"),
-        },
-        fjall::Error::Decompress(_) | fjall::Error::InvalidTag(_) => StorageError::Corrupt {
-            space,
-            reason: e.to_string(),
-        },
-        other => StorageError::Engine(other.to_string()),
-    }
-}
-
 /// Why the engine in `path` would not open, saying what to do when its files are damaged
 /// (they fail their checksums: a flipped bit on disk, a torn copy).
 fn damaged(path: &Path, e: fjall::Error) -> StorageError {
@@ -121,14 +88,6 @@ fn damaged(path: &Path, e: fjall::Error) -> StorageError {
         "the storage in {dir} is damaged: {which} fail their checksums ({text}). This node's copy cannot be trusted; move {dir} aside (keep it for inspection) and start the node again with --seeds on an empty directory: it joins as a new instance and receives its ranges from the other replicas",
         dir = path.display()
     ))
-}
-
-/// Opens (or creates) the keyspace `name` with the node's options.
-pub(crate) fn open_keyspace(db: &Database, name: &str) -> Result<Keyspace> {
-    db.keyspace(name, || {
-        KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
-    })
-    .map_err(engine_err)
 }
 
 /// Free bytes (for an unprivileged process) on the filesystem holding `path`.
@@ -177,20 +136,9 @@ impl FreeSpace {
     }
 }
 
-pub(crate) struct Inner {
-    pub(crate) db: Database,
-    /// Each space's current keyspace (a salvage replaces one).
-    pub(crate) spaces: [RwLock<Keyspace>; 3],
-    /// Each space's generation: 0 is the keyspace named after the space, each salvage adds
-    /// one (kept in the meta space).
-    pub(crate) generations: [AtomicU64; 3],
-    /// Writes to a space being salvaged are refused.
-    pub(crate) salvaging: [AtomicBool; 3],
-    /// Held (shared) by every write while it checks `salvaging` and commits; a salvage takes
-    /// it exclusively to start, so no write slips into the old copy behind its back.
-    pub(crate) gate: RwLock<()>,
-    /// One salvage at a time.
-    pub(crate) salvage_one: Mutex<()>,
+struct Inner {
+    /// The database and its keyspaces, one current generation per space.
+    ks: Keyspaces,
     dirty: AtomicBool,
     /// Group commit is on: batches stay in the journal buffer until `commit_group`.
     group: AtomicBool,
@@ -200,16 +148,13 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn space(&self, space: Space) -> Keyspace {
-        self.spaces[space as usize]
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn space(&self, space: Space) -> Keyspace {
+        self.ks.get(space)
     }
 
     fn sync(&self) -> Result<()> {
         self.dirty.store(false, Ordering::Release);
-        self.db.persist(PersistMode::SyncAll).map_err(engine_err)
+        self.ks.db.persist(PersistMode::SyncAll).map_err(engine_err)
     }
 }
 
@@ -250,44 +195,8 @@ impl DiskEngine {
             })?;
         // Memory: each keyspace's memtable is sealed at MEMTABLE_BYTES and flushed to disk in
         // the background; the block cache is `options.cache_bytes`. See docs/bench.md.
-        let meta = open_keyspace(&db, Space::Meta.name())?;
-        let generation = |s: Space| -> Result<u64> {
-            Ok(
-                match meta
-                    .get(crate::salvage::generation_key(s))
-                    .map_err(engine_err)?
-                {
-                    Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                        StorageError::Corrupt {
-                            space: Space::Meta,
-                            reason: "a keyspace generation is not 8 bytes".into(),
-                        }
-                    })?),
-                    None => 0,
-                },
-            )
-        };
-        let generations = [generation(Space::Objects)?, generation(Space::Hints)?, 0];
-        crate::salvage::drop_leftovers(&db, &generations)?;
-        let open = |s: Space| {
-            open_keyspace(
-                &db,
-                &crate::salvage::keyspace_name(s, generations[s as usize]),
-            )
-            .map(RwLock::new)
-        };
-        let spaces = [
-            open(Space::Objects)?,
-            open(Space::Hints)?,
-            RwLock::new(meta),
-        ];
         let inner = Arc::new(Inner {
-            db,
-            spaces,
-            generations: generations.map(AtomicU64::new),
-            salvaging: Default::default(),
-            gate: RwLock::new(()),
-            salvage_one: Mutex::new(()),
+            ks: Keyspaces::open(db)?,
             dirty: AtomicBool::new(false),
             group: AtomicBool::new(false),
             pending: AtomicBool::new(false),
@@ -393,16 +302,16 @@ impl Engine for DiskEngine {
             });
         }
         // Shared with other writes; a salvage waits for it before it starts copying.
-        let _gate = self.inner.gate.read().unwrap_or_else(|p| p.into_inner());
+        let _gate = self.inner.ks.gate.read().unwrap_or_else(|p| p.into_inner());
         if let Some(op) = batch.ops.iter().find(|op| {
             let (BatchOp::Put { space, .. } | BatchOp::Delete { space, .. }) = op;
-            self.inner.salvaging[*space as usize].load(Ordering::Acquire)
+            self.inner.ks.salvaging[*space as usize].load(Ordering::Acquire)
         }) {
             let (BatchOp::Put { space, .. } | BatchOp::Delete { space, .. }) = op;
             return Err(StorageError::Salvaging(*space));
         }
         let group = self.inner.group.load(Ordering::Acquire);
-        let mut b = self.inner.db.batch();
+        let mut b = self.inner.ks.db.batch();
         if group {
             // Left in the journal buffer; `commit_group` persists it with the others.
             b = b.durability(None);
@@ -451,7 +360,7 @@ impl Engine for DiskEngine {
         } else {
             PersistMode::Buffer
         };
-        self.inner.db.persist(mode).map_err(engine_err)?;
+        self.inner.ks.db.persist(mode).map_err(engine_err)?;
         if self.policy != SyncPolicy::Always {
             self.inner.dirty.store(true, Ordering::Release);
         }
@@ -484,15 +393,15 @@ impl Engine for DiskEngine {
     }
 
     fn salvage(&self, space: Space, keep: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<Salvage> {
-        crate::salvage::salvage(&self.inner, space, keep)
+        crate::salvage::salvage(&self.inner.ks, space, keep)
     }
 
     fn lost_data(&self) -> Result<bool> {
-        Ok(self.get(Space::Meta, crate::salvage::LOST_DATA)?.is_some())
+        Ok(self.get(Space::Meta, LOST_DATA)?.is_some())
     }
 
     fn forget_lost_data(&self) -> Result<()> {
-        self.delete(Space::Meta, crate::salvage::LOST_DATA)?;
+        self.delete(Space::Meta, LOST_DATA)?;
         self.flush()
     }
 }

@@ -9,16 +9,19 @@
 //! - [`ObjectStore`]: versioned objects over any engine, keyed by ring position then key, so one
 //!   arc of the ring is one contiguous scan.
 
+mod damage;
 mod disk;
+mod keyspaces;
 mod memory;
 mod objects;
 mod salvage;
 #[cfg(test)]
 mod suite;
 
+pub use damage::DamageReport;
 pub use disk::{DEFAULT_MIN_FREE_BYTES, DiskEngine, DiskOptions};
 pub use memory::MemoryEngine;
-pub use objects::{DamageReport, ObjectStore, decode_storage_key, storage_key, stored_bytes};
+pub use objects::{ObjectStore, decode_storage_key, storage_key, stored_bytes};
 
 use std::ops::Bound;
 use std::time::Duration;

@@ -10,9 +10,10 @@
 //! its own block checksum fails, is corruption: the read fails (never a wrong value), the store
 //! counts and logs it and asks for a salvage ([`ObjectStore::salvage`]), which the node runs.
 
+use crate::damage::{Damage, DamageReport};
 use crate::{Engine, Result, Space, StorageError};
 use dynamokv_core::{Object, ring};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Objects written before checksums: a format byte, then the postcard encoding.
@@ -87,33 +88,6 @@ fn decode(sk: &[u8], bytes: &[u8]) -> Result<Object> {
     Ok(obj)
 }
 
-/// What this node found wrong in its stored objects, and what it did about it.
-#[derive(Debug, Default)]
-struct Damage {
-    /// Reads that met corruption (a record failing its checksum, an unreadable block).
-    found: AtomicU64,
-    /// Corruption was met since the last salvage began: one is due.
-    salvage_due: AtomicBool,
-    /// Salvages finished.
-    salvages: AtomicU64,
-    /// The last salvage's report.
-    last: Mutex<Option<crate::Salvage>>,
-}
-
-/// Corruption found in a node's objects, and the salvages run (for `/admin/stats`, metrics and
-/// `admin status`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DamageReport {
-    /// Reads that met corruption since the node started.
-    pub corrupt_reads: u64,
-    /// Whether a salvage is due (corruption met since the last one began).
-    pub salvage_due: bool,
-    /// Salvages finished since the node started.
-    pub salvages: u64,
-    /// The last salvage's figures.
-    pub last_salvage: Option<crate::Salvage>,
-}
-
 /// Versioned objects stored in the [`Space::Objects`] keyspace of an engine.
 ///
 /// Read-modify-write of one key is serialized by a striped lock, so concurrent writers of the
@@ -168,56 +142,36 @@ impl ObjectStore {
         self.noticed(read, key)
     }
 
-    /// Notes the corruption `r` met, reading at `key`: counted, logged (the first few, then
-    /// now and then) and a salvage asked for.
+    /// Notes the corruption `r` met, reading at `key` ([`Damage::note`]).
     fn noticed<T>(&self, r: Result<T>, key: &[u8]) -> Result<T> {
         if let Err(StorageError::Corrupt { reason, .. }) = &r {
-            let n = self.damage.found.fetch_add(1, Ordering::Relaxed) + 1;
-            let first = !self.damage.salvage_due.swap(true, Ordering::AcqRel);
-            if first || n.is_power_of_two() {
-                tracing::error!(
-                    key = %String::from_utf8_lossy(key),
-                    corrupt_reads = n,
-                    reason = %reason,
-                    "stored data is corrupt: the read fails (the other replicas answer) and this node salvages its storage, then rebuilds what it lost from the other replicas"
-                );
-            }
+            self.damage.note(reason, key);
         }
         r
     }
 
     /// Corruption found and salvages run.
     pub fn damage(&self) -> DamageReport {
-        DamageReport {
-            corrupt_reads: self.damage.found.load(Ordering::Relaxed),
-            salvage_due: self.damage.salvage_due.load(Ordering::Acquire),
-            salvages: self.damage.salvages.load(Ordering::Relaxed),
-            last_salvage: self
-                .damage
-                .last
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        }
+        self.damage.report()
     }
 
     /// Whether corruption was met since the last salvage began.
     pub fn salvage_due(&self) -> bool {
-        self.damage.salvage_due.load(Ordering::Acquire)
+        self.damage.due()
     }
 
     /// Asks for a salvage again (the last one failed).
     pub fn mark_salvage_due(&self) {
-        self.damage.salvage_due.store(true, Ordering::Release);
+        self.damage.set_due(true);
     }
 
-    /// Salvages the objects, then the hints: keeps every record that reads back and passes its checksum,
-    /// drops the rest (unreadable blocks included) and replaces the engine's objects with what
-    /// was kept ([`Engine::salvage`]; writes of objects are refused meanwhile). What was
-    /// dropped is gone from this node: the caller rebuilds it from the other replicas, and the
-    /// engine remembers that until told otherwise ([`Engine::lost_data`]).
+    /// Salvages the objects, then the hints: keeps every record that reads back and passes its
+    /// checksum, drops the rest (unreadable blocks included) and replaces the engine's copy with
+    /// what was kept ([`Engine::salvage`]; writes are refused meanwhile). What was dropped is
+    /// gone from this node: the caller rebuilds it from the other replicas, and the engine
+    /// remembers that until told otherwise ([`Engine::lost_data`]).
     pub fn salvage(&self) -> Result<crate::Salvage> {
-        self.damage.salvage_due.store(false, Ordering::Release);
+        self.damage.set_due(false);
         let keep = |sk: &[u8], v: &[u8]| decode(sk, v).is_ok();
         let mut report = self.engine.salvage(Space::Objects, &keep)?;
         // Hints are checked the same way (a lost hint's data comes back by anti-entropy
@@ -228,10 +182,7 @@ impl ObjectStore {
         report.unreadable += hints.unreadable;
         report.took_ms += hints.took_ms;
         report.ended_at_ms = hints.ended_at_ms;
-        // Reads during the copy still met the old copy's damage; that is now gone.
-        self.damage.salvage_due.store(false, Ordering::Release);
-        self.damage.salvages.fetch_add(1, Ordering::Relaxed);
-        *self.damage.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        self.damage.salvaged(&report);
         Ok(report)
     }
 

@@ -18,58 +18,20 @@
 //! - Writes to the space are refused while the copy runs ([`crate::StorageError::Salvaging`]);
 //!   the node's coordinators send them to other replicas meanwhile, as for a full disk.
 
-use crate::disk::{Inner, engine_err, open_keyspace, space_err};
+use crate::keyspaces::{
+    Keyspaces, LOST_DATA, generation_key, keyspace_name, open_keyspace, space_err,
+};
 use crate::{Result, Salvage, Space, StorageError};
-use fjall::{Database, Keyspace, PersistMode};
+use fjall::{Keyspace, PersistMode};
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
-
-/// Meta-space key, present while data dropped by a salvage has not been rebuilt.
-pub(crate) const LOST_DATA: &[u8] = b"\xffengine/lost-data";
 
 /// Records copied per batch.
 const COPY_BATCH: usize = 1000;
 
-/// The meta-space key holding `space`'s generation.
-pub(crate) fn generation_key(space: Space) -> Vec<u8> {
-    let mut k = b"\xffengine/generation/".to_vec();
-    k.extend_from_slice(space.name().as_bytes());
-    k
-}
-
-/// The keyspace name of `space`'s generation `generation`.
-pub(crate) fn keyspace_name(space: Space, generation: u64) -> String {
-    if generation == 0 {
-        space.name().to_owned()
-    } else {
-        format!("{}.{generation}", space.name())
-    }
-}
-
-/// Deletes the keyspaces of generations that are not current: a salvage's partial copy, or the
-/// old generation a salvage could not delete before a crash.
-pub(crate) fn drop_leftovers(db: &Database, generations: &[u64; 3]) -> Result<()> {
-    for space in [Space::Objects, Space::Hints] {
-        let current = keyspace_name(space, generations[space as usize]);
-        let dotted = format!("{}.", space.name());
-        for name in db.list_keyspace_names() {
-            let name: &str = &name;
-            if name != current && (name == space.name() || name.starts_with(&dotted)) {
-                tracing::warn!(
-                    keyspace = name,
-                    "deleting a leftover of an unfinished salvage"
-                );
-                let handle = open_keyspace(db, name)?;
-                db.delete_keyspace(handle).map_err(engine_err)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The salvage of `space` (see the module documentation).
 pub(crate) fn salvage(
-    inner: &Inner,
+    inner: &Keyspaces,
     space: Space,
     keep: &dyn Fn(&[u8], &[u8]) -> bool,
 ) -> Result<Salvage> {
@@ -108,12 +70,12 @@ pub(crate) fn salvage(
 }
 
 fn copy_and_swap(
-    inner: &Inner,
+    inner: &Keyspaces,
     space: Space,
     keep: &dyn Fn(&[u8], &[u8]) -> bool,
 ) -> Result<Salvage> {
     let err = |e| space_err(space, e);
-    let old = inner.space(space);
+    let old = inner.get(space);
     let generation = inner.generations[space as usize].load(Ordering::Acquire) + 1;
     let new = open_keyspace(&inner.db, &keyspace_name(space, generation))?;
     let mut report = Salvage::default();
@@ -161,14 +123,14 @@ fn copy_and_swap(
     batch.commit().map_err(err)?;
     // The copy on disk first; then, in one fsynced batch, the switch to it.
     inner.db.persist(PersistMode::SyncAll).map_err(err)?;
-    let meta = inner.space(Space::Meta);
+    let meta = inner.get(Space::Meta);
     let mut switch = inner.db.batch().durability(Some(PersistMode::SyncAll));
     switch.insert(&meta, generation_key(space), generation.to_be_bytes());
     if report.lost_any() {
         switch.insert(&meta, LOST_DATA, [1u8]);
     }
     switch.commit().map_err(err)?;
-    *inner.spaces[space as usize]
+    *inner.handles[space as usize]
         .write()
         .unwrap_or_else(|p| p.into_inner()) = new;
     inner.generations[space as usize].store(generation, Ordering::Release);
