@@ -200,3 +200,59 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     print_context(&mut err, &read.context)?;
     Ok(code)
 }
+
+/// `dynamokv list [--prefix P]`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only keys starting with this.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Start after this key (the `next` a stopped listing printed).
+    #[arg(long, value_name = "KEY")]
+    after: Option<String>,
+    /// Keys fetched per request (1 to 10 000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    page: u32,
+    /// Stop after this many keys.
+    #[arg(long, value_name = "N")]
+    max: Option<u64>,
+    #[command(flatten)]
+    node: NodeArg,
+}
+
+/// Runs `dynamokv list`: every key holding a live value, one per line in key order; with a
+/// running count on standard error when it is a terminal.
+pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let client = args.node.connect().await?;
+        let mut out = std::io::stdout().lock();
+        let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut after: Option<Vec<u8>> = args.after.map(String::into_bytes);
+        let mut listed = 0u64;
+        loop {
+            let page = client
+                .list(args.prefix.as_bytes(), after.as_deref(), args.page)
+                .await
+                .with_context(|| format!("listing after {listed} keys"))?;
+            for key in &page.keys {
+                out.write_all(key)?;
+                out.write_all(b"\n")?;
+                listed += 1;
+                if args.max.is_some_and(|m| listed >= m) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            if progress {
+                eprint!("\r{listed} keys");
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        if progress {
+            eprintln!("\r{listed} keys");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

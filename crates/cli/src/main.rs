@@ -73,6 +73,8 @@ enum Command {
     Get(kv::GetArgs),
     /// Delete a key (with a context, exactly the versions it covers).
     Delete(kv::DeleteArgs),
+    /// List the keys holding a live value, one per line in key order (every page of them).
+    List(kv::ListArgs),
     /// Operator commands: `admin status` shows members as a node (or every node) sees them.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -120,6 +122,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Put(args) => kv::put(args),
         Command::Get(args) => kv::get(args),
+        Command::List(args) => kv::list(args),
         Command::Delete(args) => kv::delete(args),
         Command::Admin(cmd) => admin::run(cmd),
         Command::Bench(args) => bench::run(args),

@@ -597,6 +597,12 @@ p = r.pipeline(transaction=False)
 p.set("py-p", "c"); p.get("py-p")
 assert p.execute() == [True, b"c"]
 assert r.delete("py", "py-tx", "py-p") == 3
+# SCAN with MATCH and COUNT through scan_iter (cursors parsed as integers), and KEYS.
+r.mset({f"py-scan:{i:02}": i for i in range(25)})
+assert sorted(r.scan_iter(match="py-scan:*", count=7)) == [f"py-scan:{i:02}".encode() for i in range(25)]
+assert sorted(r.keys("py-scan:1?")) == [f"py-scan:1{i}".encode() for i in range(10)]
+assert r.delete(*[f"py-scan:{i:02}" for i in range(25)]) == 25
+assert list(r.scan_iter(match="py-scan:*")) == []
 # RESP2 when asked.
 r2 = redis.Redis(port=port, protocol=2)
 assert r2.get("py-missing") is None and r2.config_get("save") == {"save": ""}

@@ -1,7 +1,7 @@
 //! A client for a whole cluster, routing each request itself.
 
 use crate::suspects::Suspects;
-use crate::{Client, ClientError, ReadResult, WriteResult, http_client};
+use crate::{Client, ClientError, KeyPage, ReadResult, WriteResult, http_client};
 use dynamokv_core::membership::ring_of;
 use dynamokv_core::node::RingInfo;
 use dynamokv_core::preference::preference_list;
@@ -423,6 +423,20 @@ impl ClusterClient {
         let mut nodes = vec![second];
         nodes.extend(rest);
         self.in_order(nodes, last, op).await
+    }
+
+    /// A page of the cluster's keys holding a live value (see [`Client::list`]), from the
+    /// first node that answers.
+    pub async fn list(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<KeyPage, ClientError> {
+        self.in_order(self.candidates(prefix), None, |c| async move {
+            c.list(prefix, after, limit).await
+        })
+        .await
     }
 
     /// Reads `key` (quorum `r`, default the cluster's R).

@@ -147,6 +147,15 @@ struct ErrorJson {
     message: String,
 }
 
+/// A page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    /// The keys, in key order.
+    pub keys: Vec<Vec<u8>>,
+    /// Pass as `after` for the next page (`None`: the listing is complete).
+    pub next: Option<Vec<u8>>,
+}
+
 /// A client for one node's HTTP API.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -204,6 +213,57 @@ impl Client {
         resp.json()
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// A page of the cluster's keys holding a live value, in key order: up to `limit` keys
+    /// starting with `prefix`, after `after`; and where the next page starts (`None`: done).
+    pub async fn list(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<KeyPage, ClientError> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut query = vec![
+            ("encoding", "base64".to_owned()),
+            ("limit", limit.to_string()),
+            ("prefix", b64.encode(prefix)),
+        ];
+        if let Some(a) = after {
+            query.push(("after", b64.encode(a)));
+        }
+        let resp = self
+            .http
+            .get(format!("{}/kv", self.base))
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(Self::api_error(resp).await);
+        }
+        #[derive(serde::Deserialize)]
+        struct Page {
+            keys: Vec<String>,
+            next: Option<String>,
+        }
+        let page: Page = resp
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let decode = |k: &str| {
+            b64.decode(k)
+                .map_err(|e| ClientError::Protocol(format!("a listed key is not base64: {e}")))
+        };
+        Ok(KeyPage {
+            keys: page
+                .keys
+                .iter()
+                .map(|k| decode(k))
+                .collect::<Result<_, _>>()?,
+            next: page.next.as_deref().map(decode).transpose()?,
+        })
     }
 
     /// The node's base URL.

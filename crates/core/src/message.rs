@@ -44,13 +44,25 @@ pub enum ClientRequest {
         /// siblings, so nothing acknowledged is dropped silently.
         overwrite: bool,
     },
+    /// List the keys holding a live value, in key order: up to `limit` keys starting with
+    /// `prefix`, after `after`. Coordinated by the node that receives it, over a coverage plan
+    /// (one replica per range); never forwarded.
+    List {
+        /// Only keys starting with these bytes.
+        prefix: Vec<u8>,
+        /// Only keys after this one (exclusive): the `next` of the previous page.
+        after: Option<Vec<u8>>,
+        /// Most keys in the page.
+        limit: u32,
+    },
 }
 
 impl ClientRequest {
-    /// The key the request is about.
+    /// The key the request is about (a listing's prefix).
     pub fn key(&self) -> &[u8] {
         match self {
             ClientRequest::Get { key, .. } | ClientRequest::Put { key, .. } => key,
+            ClientRequest::List { prefix, .. } => prefix,
         }
     }
 }
@@ -66,6 +78,14 @@ pub enum Reply {
         object: Object,
         /// The dot the coordinator gave this write.
         dot: Dot,
+    },
+    /// A page of a listing: keys in key order, and where the next page starts (`None`: the
+    /// listing is complete).
+    Keys {
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+        /// Pass as `after` for the next page.
+        next: Option<Vec<u8>>,
     },
 }
 
@@ -170,6 +190,13 @@ pub enum OpError {
         node: String,
         /// What.
         message: String,
+    },
+    /// A listing could not hear from a replica of every range (down, silent, or its storage
+    /// failed); retry.
+    #[error("the listing is incomplete: {reason}; retry")]
+    ListingIncomplete {
+        /// What was missing.
+        reason: String,
     },
     /// The coordinator's disk is short of space: it refuses writes until space returns (reads
     /// go on); another node can take the write.
@@ -284,6 +311,49 @@ pub enum Message {
     Collect(CollectMessage),
     /// Moved data: a key of a range no longer replicated here goes to its current owners.
     Handover(HandoverMessage),
+    /// Listing: a coordinator asks the replicas of a coverage plan for their keys.
+    List(ListMessage),
+}
+
+/// The `List` family: a listing's coordinator asks each node of its coverage plan for its keys
+/// in the ranges assigned to it; each answers with a part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListMessage {
+    /// Coordinator: "your keys starting with `prefix`, after `after`, in these ranges".
+    Ask {
+        /// The listing's id at the coordinator.
+        id: u64,
+        /// Only keys starting with these bytes.
+        prefix: Vec<u8>,
+        /// Only keys after this one.
+        after: Option<Vec<u8>>,
+        /// Most keys wanted.
+        limit: u32,
+        /// Ranges `(start exclusive, end inclusive)` of ring positions assigned to this node.
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Replica: its part, or why it has none.
+    Answer {
+        /// The listing's id.
+        id: u64,
+        /// The part, or the storage error.
+        result: Result<ListPart, String>,
+    },
+}
+
+/// One node's part of a listing page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPart {
+    /// Its keys, in key order.
+    pub keys: Vec<Vec<u8>>,
+    /// It looked at every key up to this one (inclusive) and no further (`None`: to the end).
+    pub upto: Option<Vec<u8>>,
+}
+
+impl From<ListMessage> for Message {
+    fn from(m: ListMessage) -> Self {
+        Message::List(m)
+    }
 }
 
 impl Message {
@@ -301,6 +371,7 @@ impl Message {
                 SyncMessage::Root { .. } | SyncMessage::Leaves { .. } | SyncMessage::Push { .. }
             ),
             Message::Handover(m) => matches!(m, HandoverMessage::Offer { .. }),
+            Message::List(m) => matches!(m, ListMessage::Ask { .. }),
             Message::Collect(_) => false,
         }
     }

@@ -57,6 +57,15 @@ pub trait LocalStore {
     /// (tombstone collection).
     fn remove_if(&self, key: &[u8], expected: &Object) -> Result<bool, StoreError>;
 
+    /// Up to `limit` keys holding a live value here (tombstones left out), in key order,
+    /// starting with `prefix`, after `after` (exclusive) when given. Listing reads it.
+    fn list_keys(
+        &self,
+        after: Option<&[u8]>,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
+
     /// Durably merges `incoming` into the hint kept for `owner` under `key`.
     fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<(), StoreError>;
 
@@ -100,6 +109,15 @@ impl<T: LocalStore + ?Sized> LocalStore for std::sync::Arc<T> {
 
     fn remove_if(&self, key: &[u8], expected: &Object) -> Result<bool, StoreError> {
         (**self).remove_if(key, expected)
+    }
+
+    fn list_keys(
+        &self,
+        after: Option<&[u8]>,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        (**self).list_keys(after, prefix, limit)
     }
 
     fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<(), StoreError> {

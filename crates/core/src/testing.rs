@@ -76,6 +76,27 @@ impl LocalStore for MemoryStore {
         Ok(false)
     }
 
+    fn list_keys(
+        &self,
+        after: Option<&[u8]>,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let start = match after {
+            Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_vec()),
+            _ => std::ops::Bound::Included(prefix.to_vec()),
+        };
+        Ok(self
+            .objects
+            .borrow()
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, o)| o.live().next().is_some())
+            .take(limit)
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
     fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<(), StoreError> {
         let mut hints = self.hints.borrow_mut();
         let e = hints.entry((key.to_vec(), owner.to_owned())).or_default();

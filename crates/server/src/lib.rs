@@ -300,6 +300,7 @@ fn resp_state(
         idle_timeout: (config.resp_idle_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(config.resp_idle_timeout_secs)),
         command_timeout: std::time::Duration::from_millis(config.resp_command_timeout_ms),
+        cursors: Default::default(),
     })
 }
 

@@ -73,8 +73,18 @@ impl LocalState {
             Some(s) => ContextCodec::from_passphrase(s),
             None => ContextCodec::new(Identity::generated_secret(engine.as_ref())?),
         };
+        let store = Arc::new(ObjectStore::new(engine.clone()));
+        let started = std::time::Instant::now();
+        let indexed = store.ensure_index()?;
+        if indexed > 0 {
+            tracing::info!(
+                keys = indexed,
+                took_ms = started.elapsed().as_millis() as u64,
+                "built the key index (listing) of a data directory made before it"
+            );
+        }
         Ok(LocalState {
-            store: Arc::new(ObjectStore::new(engine.clone())),
+            store,
             engine,
             identity,
             node_id,

@@ -42,6 +42,7 @@ fn message_kind(m: &Message) -> (u8, &[u8]) {
         Message::Collect(CollectMessage::Reap { .. }) => (19, &[]),
         Message::Handover(HandoverMessage::Offer { .. }) => (20, &[]),
         Message::Handover(HandoverMessage::Ack { .. }) => (21, &[]),
+        Message::List(_) => (22, &[]),
     }
 }
 

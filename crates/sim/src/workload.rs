@@ -39,7 +39,8 @@ impl Sim {
                     .insert(key.clone(), object.context());
                 self.check_ack(op, dot);
             }
-            Err(_) => {}
+            // The workload does not list.
+            Ok(Reply::Keys { .. }) | Err(_) => {}
         }
         self.log(|| {
             format!(

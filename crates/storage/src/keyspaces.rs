@@ -15,12 +15,12 @@ pub const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 pub(crate) struct Keyspaces {
     pub(crate) db: Database,
     /// Each space's current keyspace (a salvage replaces one).
-    pub(crate) handles: [RwLock<Keyspace>; 3],
+    pub(crate) handles: [RwLock<Keyspace>; 4],
     /// Each space's generation: 0 is the keyspace named after the space, each salvage adds
     /// one (kept in the meta space).
-    pub(crate) generations: [AtomicU64; 3],
+    pub(crate) generations: [AtomicU64; 4],
     /// Writes to a space being salvaged are refused.
-    pub(crate) salvaging: [AtomicBool; 3],
+    pub(crate) salvaging: [AtomicBool; 4],
     /// Held (shared) by every write while it checks `salvaging` and commits; a salvage takes
     /// it exclusively to start, so no write slips into the old copy behind its back.
     pub(crate) gate: RwLock<()>,
@@ -44,7 +44,12 @@ impl Keyspaces {
                 None => 0,
             })
         };
-        let generations = [generation(Space::Objects)?, generation(Space::Hints)?, 0];
+        let generations = [
+            generation(Space::Objects)?,
+            generation(Space::Hints)?,
+            0,
+            generation(Space::Index)?,
+        ];
         drop_leftovers(&db, &generations)?;
         let open = |s: Space| {
             open_keyspace(&db, &keyspace_name(s, generations[s as usize])).map(RwLock::new)
@@ -53,6 +58,7 @@ impl Keyspaces {
             open(Space::Objects)?,
             open(Space::Hints)?,
             RwLock::new(meta),
+            open(Space::Index)?,
         ];
         Ok(Keyspaces {
             db,
@@ -133,8 +139,8 @@ pub(crate) fn keyspace_name(space: Space, generation: u64) -> String {
 
 /// Deletes the keyspaces of generations that are not current: a salvage's partial copy, or the
 /// old generation a salvage could not delete before a crash.
-pub(crate) fn drop_leftovers(db: &Database, generations: &[u64; 3]) -> Result<()> {
-    for space in [Space::Objects, Space::Hints] {
+pub(crate) fn drop_leftovers(db: &Database, generations: &[u64; 4]) -> Result<()> {
+    for space in [Space::Objects, Space::Hints, Space::Index] {
         let current = keyspace_name(space, generations[space as usize]);
         let dotted = format!("{}.", space.name());
         for name in db.list_keyspace_names() {

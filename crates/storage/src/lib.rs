@@ -35,11 +35,14 @@ pub enum Space {
     Hints,
     /// Node metadata: identity, membership history, secrets.
     Meta,
+    /// The keys holding a live value, in key order (listing): one empty record per key, kept
+    /// with its object in the same batch.
+    Index,
 }
 
 impl Space {
     /// Every space, in a fixed order.
-    pub const ALL: [Space; 3] = [Space::Objects, Space::Hints, Space::Meta];
+    pub const ALL: [Space; 4] = [Space::Objects, Space::Hints, Space::Meta, Space::Index];
 
     /// The space's name on disk.
     pub fn name(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Space {
             Space::Objects => "objects",
             Space::Hints => "hints",
             Space::Meta => "meta",
+            Space::Index => "index",
         }
     }
 }
@@ -257,7 +261,7 @@ pub trait Engine: Send + Sync + 'static {
     /// accepts (given the key and the value) goes into a fresh copy of the keyspace, which then
     /// replaces it; the rest - records `keep` refuses, and whatever lies in blocks that cannot
     /// be read - is dropped. Writes to `space` are refused ([`StorageError::Salvaging`]) while
-    /// it runs; reads go on from the old copy. When anything was dropped the engine records
+    /// it runs; reads go on from the old copy. When objects were dropped the engine records
     /// that data was lost ([`Engine::lost_data`]) in the same step that makes the new copy
     /// current, so a crash cannot forget it. Safe to crash at any point: the old copy stays
     /// current until the new one is complete.

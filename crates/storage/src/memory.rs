@@ -10,7 +10,7 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 /// An engine that keeps everything in memory and loses it when dropped.
 #[derive(Debug, Default)]
 pub struct MemoryEngine {
-    spaces: Mutex<[Map; 3]>,
+    spaces: Mutex<[Map; 4]>,
     lost: std::sync::atomic::AtomicBool,
 }
 
@@ -20,7 +20,7 @@ impl MemoryEngine {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, [Map; 3]> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Map; 4]> {
         // A panic while holding the lock cannot leave a map half-written (each op is one
         // BTreeMap call), so a poisoned lock is safe to keep using.
         self.spaces.lock().unwrap_or_else(|p| p.into_inner())
@@ -87,7 +87,7 @@ impl Engine for MemoryEngine {
             dropped: before - kept,
             ..Salvage::default()
         };
-        if report.lost_any() {
+        if space == Space::Objects && report.lost_any() {
             self.lost.store(true, std::sync::atomic::Ordering::Release);
         }
         Ok(report)

@@ -11,7 +11,7 @@
 //! counts and logs it and asks for a salvage ([`ObjectStore::salvage`]), which the node runs.
 
 use crate::damage::{Damage, DamageReport};
-use crate::{Engine, Result, Space, StorageError};
+use crate::{Engine, Result, Space, StorageError, WriteBatch};
 use dynamokv_core::{Object, ring};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -181,7 +181,12 @@ impl ObjectStore {
         report.dropped += hints.dropped;
         report.unreadable += hints.unreadable;
         report.took_ms += hints.took_ms;
-        report.ended_at_ms = hints.ended_at_ms;
+        // The index is made again from the objects kept.
+        let index = self.engine.salvage(Space::Index, &|_, _| false)?;
+        self.engine.delete(Space::Meta, INDEX_BUILT)?;
+        self.ensure_index()?;
+        report.took_ms += index.took_ms;
+        report.ended_at_ms = index.ended_at_ms;
         self.damage.salvaged(&report);
         Ok(report)
     }
@@ -194,9 +199,65 @@ impl ObjectStore {
         let new = f(current.clone());
         if new != current {
             let sk = storage_key(key);
-            self.engine.put(Space::Objects, &sk, &encode(&sk, &new))?;
+            let mut batch = WriteBatch::new();
+            batch.put(Space::Objects, sk.clone(), encode(&sk, &new));
+            // The index lists the keys holding a live value.
+            match (live(&current), live(&new)) {
+                (false, true) => batch.put(Space::Index, key, Vec::new()),
+                (true, false) => batch.delete(Space::Index, key),
+                _ => {}
+            }
+            self.engine.write(batch)?;
         }
         Ok(new)
+    }
+
+    /// Up to `limit` keys holding a live value here, in key order, that start with `prefix`,
+    /// after `after` (exclusive) when given.
+    pub fn list_keys(
+        &self,
+        after: Option<&[u8]>,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let upper = prefix_end(prefix);
+        let end = upper.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let page = self.engine.scan(Space::Index, start, end, limit);
+        Ok(self
+            .noticed(page, after.unwrap_or_default())?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Builds the key index from the objects if this data directory has none yet (one made
+    /// before listing existed); returns how many keys it indexed (0 when it had one).
+    pub fn ensure_index(&self) -> Result<u64> {
+        if self.engine.get(Space::Meta, INDEX_BUILT)?.is_some() {
+            return Ok(0);
+        }
+        let mut indexed = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan(0, u64::MAX, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            let mut batch = WriteBatch::new();
+            for (key, object) in &page {
+                if live(object) {
+                    batch.put(Space::Index, key.clone(), Vec::new());
+                    indexed += 1;
+                }
+            }
+            self.engine.write(batch)?;
+        }
+        self.engine.put(Space::Meta, INDEX_BUILT, b"1")?;
+        Ok(indexed)
     }
 
     /// Merges `incoming` into this node's copy of `key` (replication, repair, handoff) and
@@ -247,9 +308,33 @@ impl ObjectStore {
         if self.get(key)?.as_ref() != Some(expected) {
             return Ok(false);
         }
-        self.engine.delete(Space::Objects, &storage_key(key))?;
+        let mut batch = WriteBatch::new();
+        batch.delete(Space::Objects, storage_key(key));
+        batch.delete(Space::Index, key);
+        self.engine.write(batch)?;
         Ok(true)
     }
+}
+
+/// Meta-space key, present once the key index covers every object.
+const INDEX_BUILT: &[u8] = b"\xffobjects/index-built";
+
+/// Whether `o` holds a value (a sibling that is not a tombstone): listed.
+fn live(o: &Object) -> bool {
+    o.live().next().is_some()
+}
+
+/// The first key after every key starting with `prefix` (`None`: no such key, the prefix is
+/// empty or all 0xFF).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// The hints-space key of the hint for `owner` under `key`: the key's ring position (8 bytes
@@ -457,6 +542,15 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         ObjectStore::remove_if(self, key, expected).map_err(store_error)
     }
 
+    fn list_keys(
+        &self,
+        after: Option<&[u8]>,
+        prefix: &[u8],
+        limit: usize,
+    ) -> std::result::Result<Vec<Vec<u8>>, dynamokv_core::store::StoreError> {
+        ObjectStore::list_keys(self, after, prefix, limit).map_err(store_error)
+    }
+
     fn put_hint(
         &self,
         owner: &str,
@@ -628,6 +722,50 @@ mod tests {
         assert_eq!(store.get(b"a").unwrap(), None);
         assert!(store.get(b"b").unwrap().is_some());
         assert_eq!(store.scan(0, u64::MAX, None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_index_lists_live_keys_in_key_order_by_prefix() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let store = ObjectStore::new(engine.clone());
+        assert_eq!(store.ensure_index().unwrap(), 0);
+        let put = |k: &[u8], v: Option<&[u8]>| {
+            store
+                .modify(k, |cur| {
+                    let ctx = cur.clock().clone();
+                    cur.update(ActorId(1), &ctx, v.map(<[u8]>::to_vec), 1)
+                })
+                .unwrap();
+        };
+        for k in ["b/2", "a/1", "b/1", "c", "b/3"] {
+            put(k.as_bytes(), Some(b"v"));
+        }
+        put(b"b/2", None);
+        let list = |after: Option<&[u8]>, prefix: &[u8], limit| {
+            store
+                .list_keys(after, prefix, limit)
+                .unwrap()
+                .into_iter()
+                .map(|k| String::from_utf8(k).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(list(None, b"", 10), ["a/1", "b/1", "b/3", "c"]);
+        assert_eq!(list(None, b"b/", 10), ["b/1", "b/3"]);
+        assert_eq!(list(Some(b"b/1"), b"b/", 10), ["b/3"]);
+        assert_eq!(list(Some(b"a"), b"b/", 1), ["b/1"]);
+        assert_eq!(list(None, b"", 2), ["a/1", "b/1"]);
+        put(b"b/2", Some(b"back"));
+        assert_eq!(list(None, b"b/", 10), ["b/1", "b/2", "b/3"]);
+        // A directory from before the index: built once from the objects.
+        for k in ["a/1", "b/1", "b/2", "b/3", "c"] {
+            engine.delete(Space::Index, k.as_bytes()).unwrap();
+        }
+        engine.delete(Space::Meta, INDEX_BUILT).unwrap();
+        assert_eq!(store.ensure_index().unwrap(), 5);
+        assert_eq!(list(None, b"", 10), ["a/1", "b/1", "b/2", "b/3", "c"]);
+        assert_eq!(store.ensure_index().unwrap(), 0);
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
     }
 
     #[test]

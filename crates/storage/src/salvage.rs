@@ -126,7 +126,7 @@ fn copy_and_swap(
     let meta = inner.get(Space::Meta);
     let mut switch = inner.db.batch().durability(Some(PersistMode::SyncAll));
     switch.insert(&meta, generation_key(space), generation.to_be_bytes());
-    if report.lost_any() {
+    if space == Space::Objects && report.lost_any() {
         switch.insert(&meta, LOST_DATA, [1u8]);
     }
     switch.commit().map_err(err)?;

@@ -164,7 +164,7 @@ pub fn unreachable(pref: &PreferenceList, request: &ClientRequest) -> OpError {
 
 fn kind_of(request: &ClientRequest) -> QuorumKind {
     match request {
-        ClientRequest::Get { .. } => QuorumKind::Read,
+        ClientRequest::Get { .. } | ClientRequest::List { .. } => QuorumKind::Read,
         ClientRequest::Put { .. } => QuorumKind::Write,
     }
 }
@@ -185,6 +185,10 @@ fn admit(
     let (name, pname, asked_q, asked_p, default) = match request {
         ClientRequest::Get { r, pr, .. } => ("r", "pr", *r, *pr, config.r),
         ClientRequest::Put { w, pw, .. } => ("w", "pw", *w, *pw, config.w),
+        ClientRequest::List { .. } => {
+            let why = "a listing has no quorum: it is coordinated by listing".to_owned();
+            return Err(OpError::BadRequest(why));
+        }
     };
     let replicas = pref.primaries.len();
     let needed = quorum(config.n, name, asked_q, default, replicas)?;
@@ -278,6 +282,8 @@ impl Coordinator {
                 tally.succeed(local.id);
                 self.start_write(local, id, key, object, &pref, out)
             }
+            // Refused by `admit` before it gets here.
+            ClientRequest::List { .. } => return,
         };
         self.ops.insert(
             id,

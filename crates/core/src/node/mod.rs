@@ -26,6 +26,7 @@
 //!   data) and what the workers tell each other, read by [`rebalance`] and the collector;
 //! - [`rebalance`]: this node's own join or leave, confirmed from the proofs;
 //! - [`info`]: counters and the ring as operators and clients see it;
+//! - [`listing`]: listing keys over a coverage plan (one replica per range), the `List` family;
 //! - [`startup`]: how a node starts from its data directory (the server and the simulator);
 //! - [`config`]: the settings ([`NodeConfig`]) and their defaults.
 //!
@@ -46,6 +47,7 @@ pub mod forward;
 pub mod handoff;
 pub mod handover;
 pub mod info;
+pub mod listing;
 pub mod outbox;
 pub mod proofs;
 pub mod rebalance;
@@ -79,6 +81,7 @@ use exchange::Exchange;
 use forward::{Forwarder, Route};
 use handoff::Handoff;
 use handover::Handover;
+use listing::Listing;
 use proofs::Proofs;
 use replica::Replica;
 use scheduler::{Scheduler, SchedulerStats};
@@ -146,6 +149,7 @@ pub struct Node<S> {
     collector: Collector,
     handover: Handover,
     scrub: Scrub,
+    listing: Listing,
     errors: StorageErrors,
     scheduler: Scheduler,
     rebalance: rebalance::Rebalance,
@@ -219,6 +223,7 @@ impl<S: LocalStore> Node<S> {
             collector: Collector::new(config.collector()),
             handover,
             scrub: Scrub::new(config.scrub()),
+            listing: Listing::default(),
             errors: StorageErrors::default(),
             scheduler: Scheduler::new(config.scheduler()),
             rebalance: rebalance::Rebalance::default(),
@@ -549,11 +554,40 @@ impl<S: LocalStore> Node<S> {
             let err = OpError::NotAMember(e.explain());
             return self.out.respond(Origin::Client(client), Err(err));
         }
+        if let ClientRequest::List {
+            prefix,
+            after,
+            limit,
+        } = request
+        {
+            let plan = listing::Plan {
+                me: self.cluster.id(),
+                ring: &self.cluster.rings().current,
+                n: usize::from(self.config.n),
+                deadline: now.mono + self.config.request_timeout_ms,
+            };
+            let cluster = &self.cluster;
+            let origin = Origin::Client(client);
+            return self.listing.start(
+                &self.store,
+                &plan,
+                |id| cluster.is_up(id),
+                origin,
+                prefix,
+                after,
+                limit,
+                &mut self.out,
+            );
+        }
         self.route(now, Origin::Client(client), request, 0);
         self.follow_writes();
     }
 
     fn route(&mut self, now: Now, origin: Origin, request: ClientRequest, hops: u8) {
+        if matches!(request, ClientRequest::List { .. }) {
+            let why = "a listing is coordinated where it arrives, never forwarded".to_owned();
+            return self.out.respond(origin, Err(OpError::BadRequest(why)));
+        }
         if let Err(e) = limits::check_key(request.key()) {
             return self
                 .out
@@ -637,6 +671,7 @@ impl<S: LocalStore> Node<S> {
                 self.collector.on_message(&mut ctx, from, m);
                 self.exchange.schedule(&mut ctx);
             }
+            Message::List(m) => self.listing.on_message(&self.store, from, m, &mut self.out),
             Message::Handover(m) => {
                 let cluster = &self.cluster;
                 let is_up = |n: &str| cluster.is_up(n);
@@ -752,6 +787,7 @@ impl<S: LocalStore> Node<S> {
                     .suspected(mono, attempt, &node, &mut self.out);
             }
         }
+        self.listing.expire(mono, &mut self.out);
         let mut silent = self.forwarder.expire(mono, attempt, &mut self.out);
         let local = local!(self);
         silent.extend(self.coordinator.expire(&local, mono, &mut self.out));

@@ -114,6 +114,15 @@ impl<S: LocalStore> LocalStore for Tracked<S> {
         self.inner.put_hint(owner, key, incoming)
     }
 
+    fn list_keys(
+        &self,
+        after: Option<&[u8]>,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.list_keys(after, prefix, limit)
+    }
+
     fn hints_for_key(&self, key: &[u8]) -> Result<Vec<Hint>, StoreError> {
         self.inner.hints_for_key(key)
     }

@@ -112,6 +112,11 @@ impl From<OpError> for ApiError {
                 })),
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             },
+            OpError::ListingIncomplete { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "listing_incomplete",
+                message,
+            ),
             OpError::CoordinatorUnreachable { .. } | OpError::NoRing => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "coordinator_unreachable",

@@ -217,10 +217,10 @@ async fn write(
             }
             Ok(with_headers(resp, s, &key, &object, ring))
         }
-        (Reply::Read(_), _) => Err(ApiError::new(
+        (Reply::Read(_) | Reply::Keys { .. }, _) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
-            "the coordinator answered a write with a read; retry",
+            "the coordinator answered a write with something else; retry",
         )),
     }
 }
@@ -377,11 +377,11 @@ async fn get(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiE
     .await?
     {
         (Reply::Read(obj), ring) => (obj, ring),
-        (Reply::Written { .. }, _) => {
+        (Reply::Written { .. } | Reply::Keys { .. }, _) => {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
-                "the coordinator answered a read with a write; retry",
+                "the coordinator answered a read with something else; retry",
             ));
         }
     };

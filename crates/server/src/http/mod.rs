@@ -28,6 +28,7 @@ pub mod errors;
 pub mod faults;
 pub mod hyper_errors;
 pub mod kv;
+pub mod list;
 pub mod render;
 pub mod serve;
 pub mod ui;
@@ -99,7 +100,7 @@ pub fn router(state: AppState) -> Router {
             "/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
-        .route("/kv", any(missing_key))
+        .route("/kv", get(list::list).fallback(missing_key))
         .route("/kv/", any(missing_key))
         .route("/admin/ring", get(admin::admin_ring))
         .route("/admin/members", get(admin::admin_members))

@@ -40,6 +40,8 @@ pub struct RespState {
     /// A command begun must be complete within this long (a client trickling a command in is
     /// told so and disconnected).
     pub command_timeout: std::time::Duration,
+    /// The `SCAN` cursors this node gave.
+    pub cursors: super::cursors::Cursors,
 }
 
 /// One connection's own settings.
@@ -65,7 +67,7 @@ pub fn permitted(state: &RespState, conn: &Conn, args: &[Vec<u8>]) -> Result<(),
         return Ok(());
     }
     let needed = match access(args) {
-        Access::Reads(_) => Scope::Read,
+        Access::Reads(_) | Access::Scan => Scope::Read,
         Access::Writes(_) => Scope::Write,
         Access::Quit => return Ok(()),
         Access::None => match name(args).as_slice() {
@@ -96,6 +98,8 @@ pub enum Access<'a> {
     Reads(Vec<&'a [u8]>),
     /// Writes these keys.
     Writes(Vec<&'a [u8]>),
+    /// Lists keys (`SCAN`, `KEYS`): runs after the writes before it in a pipeline.
+    Scan,
     /// Ends the connection after its reply.
     Quit,
 }
@@ -122,6 +126,7 @@ pub fn access(args: &[Vec<u8>]) -> Access<'_> {
         b"DEL" => Access::Writes(keys(1)),
         b"MSET" => Access::Writes(keys(2)),
         b"SET" | b"DKV.PUT" | b"DKV.DEL" => Access::Writes(keys(usize::MAX)),
+        b"SCAN" | b"KEYS" => Access::Scan,
         b"QUIT" => Access::Quit,
         _ => Access::None,
     }
@@ -230,9 +235,10 @@ impl RespError {
 /// The code of a failed cluster operation's error line.
 fn op_code(e: &OpError) -> &'static str {
     match e {
-        OpError::Unavailable { .. } | OpError::CoordinatorUnreachable { .. } | OpError::NoRing => {
-            "UNAVAILABLE"
-        }
+        OpError::Unavailable { .. }
+        | OpError::CoordinatorUnreachable { .. }
+        | OpError::NoRing
+        | OpError::ListingIncomplete { .. } => "UNAVAILABLE",
         OpError::ObjectTooLarge { .. } => "TOOLARGE",
         OpError::TooManySiblings { .. } => "SIBLINGS",
         OpError::Storage { .. } => "STORAGE",
@@ -242,7 +248,7 @@ fn op_code(e: &OpError) -> &'static str {
     }
 }
 
-async fn call(
+pub(super) async fn call(
     state: &RespState,
     what: &'static str,
     request: ClientRequest,
@@ -281,6 +287,7 @@ async fn read(
     match call(state, "read", ClientRequest::Get { key, r, pr }).await? {
         Reply::Read(o) => Ok(o),
         Reply::Written { .. } => Err(RespError::WrongReply("read", "write")),
+        Reply::Keys { .. } => Err(RespError::WrongReply("read", "listing")),
     }
 }
 
@@ -309,6 +316,7 @@ async fn write(
     match call(state, "write", request).await? {
         Reply::Written { object, .. } => Ok(object),
         Reply::Read(_) => Err(RespError::WrongReply("write", "read")),
+        Reply::Keys { .. } => Err(RespError::WrongReply("write", "listing")),
     }
 }
 

@@ -12,8 +12,10 @@
 
 pub mod codec;
 pub mod commands;
+pub mod cursors;
 pub mod local;
 pub mod multi;
+pub mod scan;
 
 use crate::tls::BoxedIo;
 use codec::Limits;
@@ -281,6 +283,15 @@ async fn run_pipeline(
             Access::Writes(keys) => (owned(keys), true, false),
             Access::None => (Vec::new(), false, false),
             Access::Quit => (Vec::new(), false, true),
+            Access::Scan => {
+                // A listing sees the writes sent before it.
+                if !written.is_empty() {
+                    run_group(state, conn, std::mem::take(&mut group), out).await;
+                    read.clear();
+                    written.clear();
+                }
+                (Vec::new(), false, false)
+            }
         };
         if keys
             .iter()
@@ -322,6 +333,10 @@ async fn run_group(
             return codec::error(out, &e.to_string());
         }
         match commands::access(&args) {
+            Access::Scan => {
+                let reply = scan::run(state.clone(), args).await;
+                append(conn, out, &reply);
+            }
             Access::Reads(_) | Access::Writes(_) => {
                 let reply = commands::run_keyed(state.clone(), args).await;
                 append(conn, out, &reply);
@@ -344,9 +359,16 @@ async fn run_group(
             continue;
         }
         match commands::access(&args) {
-            Access::Reads(_) | Access::Writes(_) => {
-                let state = state.clone();
-                pending.push(async move { (i, commands::run_keyed(state, args).await) });
+            access @ (Access::Reads(_) | Access::Writes(_) | Access::Scan) => {
+                let (state, listing) = (state.clone(), matches!(access, Access::Scan));
+                pending.push(async move {
+                    let reply = if listing {
+                        scan::run(state, args).await
+                    } else {
+                        commands::run_keyed(state, args).await
+                    };
+                    (i, reply)
+                });
             }
             _ => local::run_local(state, conn, &args, &mut replies[i]),
         }

@@ -17,8 +17,8 @@ pub type PeerConn = Framed<BoxedIo, LengthDelimitedCodec>;
 /// carries typed errors; version 4 adds the overwrite flag of a forwarded put; version 5 the
 /// challenge-response handshake; version 6 endings (the `Ended` frame, epochs in member records,
 /// endings in gossip); version 7 the `Collect` and `Handover` families (out of `Sync`); version 8
-/// cluster ids in the hello and the challenge.
-pub const PROTOCOL_VERSION: u16 = 8;
+/// cluster ids in the hello and the challenge; version 9 the `List` family.
+pub const PROTOCOL_VERSION: u16 = 9;
 /// Largest frame accepted before the handshake completed (a member record with the most tokens
 /// fits).
 pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
@@ -137,7 +137,9 @@ pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
 }
 
 /// The message families, as metric labels.
-pub const FAMILIES: [&str; 6] = ["kv", "handoff", "gossip", "sync", "collect", "handover"];
+pub const FAMILIES: [&str; 7] = [
+    "kv", "handoff", "gossip", "sync", "collect", "handover", "list",
+];
 
 /// The family of `m`, as an index into [`FAMILIES`].
 pub fn family_index(m: &Message) -> usize {
@@ -148,5 +150,6 @@ pub fn family_index(m: &Message) -> usize {
         Message::Sync(_) => 3,
         Message::Collect(_) => 4,
         Message::Handover(_) => 5,
+        Message::List(_) => 6,
     }
 }

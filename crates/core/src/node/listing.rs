@@ -1,0 +1,397 @@
+//! Listing keys: a coverage query (Riak's coverage plans) over the node's key index, with its
+//! own message family ([`ListMessage`]).
+//!
+//! The node that receives a listing coordinates it (it is never forwarded):
+//! - **Coverage plan** ([`coverage`]): every range of the current ring goes to its first
+//!   replica that is up, so each key is asked of exactly one node; a range with no replica up
+//!   fails the page ([`OpError::ListingIncomplete`]).
+//! - **Parts** ([`part`]): each node of the plan walks its key index (keys holding a live value,
+//!   in key order) from `after`, keeps the keys of its assigned ranges, and stops at `limit` keys,
+//!   at [`PART_BYTES`] of keys, or after [`SCAN_PER_KEY`] index entries per key asked for; it says
+//!   how far it looked (`upto`).
+//! - **Merge** ([`merge`]): the keys up to the nearest `upto` are complete; the first `limit` of
+//!   them, in key order, are the page, and `next` is where the next page starts.
+//!
+//! A page costs in proportion to its size (times N at most, the index entries of ranges assigned
+//! to other nodes), not to the store. Consistency: a key is listed when the replica covering its
+//! range holds a live value for it; a key written at W below N may be missed until anti-entropy
+//! or read repair reaches that replica, and a deleted key may show until its tombstone does.
+
+use super::outbox::{Origin, Outbox};
+use crate::merkle::Range;
+use crate::message::{ListMessage, ListPart, OpError, Reply};
+use crate::ring::{Ring, position};
+use crate::store::{LocalStore, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most keys a page may ask for.
+pub const MAX_LIMIT: u32 = 10_000;
+/// Most bytes of keys in one node's part (a part stops early beyond it).
+pub const PART_BYTES: usize = 4 << 20;
+/// Index entries a node reads per key asked for, at most (with N replicas, about N per key
+/// are read on average: the others belong to ranges assigned elsewhere).
+pub const SCAN_PER_KEY: usize = 16;
+
+/// The ranges of a coverage plan assigned to one node, for fast membership tests.
+#[derive(Debug, Clone, Default)]
+pub struct Assigned {
+    /// Non-wrapping ranges by end: `end -> start` (start exclusive, end inclusive).
+    by_end: BTreeMap<u64, u64>,
+    /// The range that wraps past the top of the ring, if assigned.
+    wrap: Option<Range>,
+    /// Every position (a ring of one token).
+    all: bool,
+}
+
+impl Assigned {
+    /// The ranges `(start exclusive, end inclusive)`.
+    pub fn new(ranges: &[(u64, u64)]) -> Assigned {
+        let mut a = Assigned::default();
+        for &(start, end) in ranges {
+            if start == end {
+                a.all = true;
+            } else if start > end {
+                a.wrap = Some(Range { start, end });
+            } else {
+                a.by_end.insert(end, start);
+            }
+        }
+        a
+    }
+
+    /// Whether ring position `pos` lies in one of the ranges.
+    pub fn contains(&self, pos: u64) -> bool {
+        if self.all {
+            return true;
+        }
+        if let Some((&end, &start)) = self.by_end.range(pos..).next()
+            && start < pos
+            && pos <= end
+        {
+            return true;
+        }
+        self.wrap.is_some_and(|r| pos > r.start || pos <= r.end)
+    }
+}
+
+/// Every range of `ring` assigned to its first replica (of `n`) that `is_up`: node -> ranges.
+/// `Err` with a range no replica of which is up.
+pub fn coverage(
+    ring: &Ring,
+    n: usize,
+    is_up: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Vec<(u64, u64)>>, Range> {
+    let mut plan: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for range in ring.ranges() {
+        let Some(node) = ring.walk(range.end, n).into_iter().find(|id| is_up(id)) else {
+            return Err(range);
+        };
+        plan.entry(node.to_owned())
+            .or_default()
+            .push((range.start, range.end));
+    }
+    Ok(plan)
+}
+
+/// This node's part: up to `limit` of its keys in `ranges` starting with `prefix`, after
+/// `after`, and how far it looked.
+pub fn part<S: LocalStore>(
+    store: &S,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+    ranges: &Assigned,
+) -> Result<ListPart, StoreError> {
+    let budget = limit.saturating_mul(SCAN_PER_KEY).max(256);
+    let (mut keys, mut bytes, mut scanned) = (Vec::new(), 0usize, 0usize);
+    let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
+    loop {
+        let want = (budget - scanned).min(1024);
+        let page = store.list_keys(cursor.as_deref(), prefix, want)?;
+        let full = page.len() == want;
+        for key in page {
+            scanned += 1;
+            if ranges.contains(position(&key)) {
+                bytes += key.len();
+                keys.push(key.clone());
+                if keys.len() >= limit || bytes >= PART_BYTES {
+                    return Ok(ListPart {
+                        keys,
+                        upto: Some(key),
+                    });
+                }
+            }
+            cursor = Some(key);
+        }
+        if !full {
+            return Ok(ListPart { keys, upto: None });
+        }
+        if scanned >= budget {
+            return Ok(ListPart { keys, upto: cursor });
+        }
+    }
+}
+
+/// The page made of every node's part: the keys up to the nearest `upto` (complete there), the
+/// first `limit` of them in key order, and where the next page starts (`None`: done).
+pub fn merge(parts: Vec<ListPart>, limit: usize) -> (Vec<Vec<u8>>, Option<Vec<u8>>) {
+    let bound = parts.iter().filter_map(|p| p.upto.clone()).min();
+    let mut keys: Vec<Vec<u8>> = parts
+        .into_iter()
+        .flat_map(|p| p.keys)
+        .filter(|k| bound.as_ref().is_none_or(|b| k <= b))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.len() > limit {
+        keys.truncate(limit);
+        let next = keys.last().cloned();
+        return (keys, next);
+    }
+    (keys, bound)
+}
+
+/// A page being gathered.
+#[derive(Debug)]
+struct Pending {
+    origin: Origin,
+    limit: usize,
+    /// Nodes not heard from yet.
+    waiting: BTreeSet<String>,
+    parts: Vec<ListPart>,
+    deadline: u64,
+}
+
+/// The listings coordinated here.
+#[derive(Debug, Default)]
+pub struct Listing {
+    next_id: u64,
+    pending: BTreeMap<u64, Pending>,
+}
+
+/// What a listing coordinator needs of its node.
+pub struct Plan<'a> {
+    /// This node's id.
+    pub me: &'a str,
+    /// The current ring.
+    pub ring: &'a Ring,
+    /// Replicas per key.
+    pub n: usize,
+    /// When the page gives up on silent nodes (monotonic ms).
+    pub deadline: u64,
+}
+
+impl Listing {
+    /// Starts a page for `origin`: asks every node of the coverage plan for its part (this node
+    /// answers its own at once).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start<S: LocalStore>(
+        &mut self,
+        store: &S,
+        plan: &Plan<'_>,
+        is_up: impl Fn(&str) -> bool,
+        origin: Origin,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        out: &mut Outbox,
+    ) {
+        if limit == 0 || limit > MAX_LIMIT {
+            let why = format!("limit={limit} is not allowed: use 1 to {MAX_LIMIT}");
+            return out.respond(origin, Err(OpError::BadRequest(why)));
+        }
+        if plan.ring.is_empty() {
+            return out.respond(origin, Err(OpError::NoRing));
+        }
+        let assigned = match coverage(plan.ring, plan.n, |id| id == plan.me || is_up(id)) {
+            Ok(a) => a,
+            Err(range) => {
+                let reason = format!(
+                    "no replica of the range ({}, {}] is up",
+                    range.start, range.end
+                );
+                return out.respond(origin, Err(OpError::ListingIncomplete { reason }));
+            }
+        };
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut pending = Pending {
+            origin,
+            limit: limit as usize,
+            waiting: BTreeSet::new(),
+            parts: Vec::new(),
+            deadline: plan.deadline,
+        };
+        for (node, ranges) in assigned {
+            if node == plan.me {
+                let mine = part(
+                    store,
+                    &prefix,
+                    after.as_deref(),
+                    limit as usize,
+                    &Assigned::new(&ranges),
+                );
+                match mine {
+                    Ok(p) => pending.parts.push(p),
+                    Err(e) => {
+                        let reason = format!("{}: {e}", plan.me);
+                        let err = OpError::ListingIncomplete { reason };
+                        return out.respond(pending.origin, Err(err));
+                    }
+                }
+            } else {
+                out.send(
+                    &node,
+                    ListMessage::Ask {
+                        id,
+                        prefix: prefix.clone(),
+                        after: after.clone(),
+                        limit,
+                        ranges,
+                    },
+                );
+                pending.waiting.insert(node);
+            }
+        }
+        self.pending.insert(id, pending);
+        self.finish_if_done(id, out);
+    }
+
+    /// A message of the `List` family from `from`.
+    pub fn on_message<S: LocalStore>(
+        &mut self,
+        store: &S,
+        from: &str,
+        message: ListMessage,
+        out: &mut Outbox,
+    ) {
+        match message {
+            ListMessage::Ask {
+                id,
+                prefix,
+                after,
+                limit,
+                ranges,
+            } => {
+                let limit = limit.clamp(1, MAX_LIMIT) as usize;
+                // At most one range per token of the ring: a peer cannot make this node build
+                // more than the ring has.
+                let ranges = &ranges[..ranges.len().min(1 << 16)];
+                let result = part(
+                    store,
+                    &prefix,
+                    after.as_deref(),
+                    limit,
+                    &Assigned::new(ranges),
+                )
+                .map_err(|e| e.to_string());
+                out.send(from, ListMessage::Answer { id, result });
+            }
+            ListMessage::Answer { id, result } => {
+                let Some(p) = self.pending.get_mut(&id) else {
+                    return;
+                };
+                if !p.waiting.remove(from) {
+                    return;
+                }
+                match result {
+                    Ok(part) => p.parts.push(part),
+                    Err(e) => {
+                        if let Some(p) = self.pending.remove(&id) {
+                            let reason = format!("{from}: {e}");
+                            out.respond(p.origin, Err(OpError::ListingIncomplete { reason }));
+                        }
+                        return;
+                    }
+                }
+                self.finish_if_done(id, out);
+            }
+        }
+    }
+
+    /// Gives up on the pages whose nodes stayed silent past their deadline.
+    pub fn expire(&mut self, now: u64, out: &mut Outbox) {
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(p) = self.pending.remove(&id) {
+                let silent: Vec<String> = p.waiting.into_iter().collect();
+                let reason = format!("{} did not answer in time", silent.join(", "));
+                out.respond(p.origin, Err(OpError::ListingIncomplete { reason }));
+            }
+        }
+    }
+
+    fn finish_if_done(&mut self, id: u64, out: &mut Outbox) {
+        if self.pending.get(&id).is_some_and(|p| p.waiting.is_empty())
+            && let Some(p) = self.pending.remove(&id)
+        {
+            let (keys, next) = merge(p.parts, p.limit);
+            out.respond(p.origin, Ok(Reply::Keys { keys, next }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::hashed_tokens;
+
+    fn part_of(keys: &[&str], upto: Option<&str>) -> ListPart {
+        ListPart {
+            keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            upto: upto.map(|u| u.as_bytes().to_vec()),
+        }
+    }
+
+    fn strings(keys: Vec<Vec<u8>>) -> Vec<String> {
+        keys.into_iter()
+            .map(|k| String::from_utf8(k).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn merge_keeps_only_what_every_part_covers() {
+        // One part stopped at "c": keys past it may be missing from it, so they wait.
+        let (keys, next) = merge(
+            vec![part_of(&["a", "c"], Some("c")), part_of(&["b", "d"], None)],
+            10,
+        );
+        assert_eq!(strings(keys), ["a", "b", "c"]);
+        assert_eq!(next.as_deref(), Some(&b"c"[..]));
+        // Everything complete: no next page.
+        let (keys, next) = merge(vec![part_of(&["b"], None), part_of(&["a"], None)], 10);
+        assert_eq!(strings(keys), ["a", "b"]);
+        assert_eq!(next, None);
+        // More than the limit: the page ends at its last key.
+        let (keys, next) = merge(vec![part_of(&["a", "b", "c"], None)], 2);
+        assert_eq!(strings(keys), ["a", "b"]);
+        assert_eq!(next.as_deref(), Some(&b"b"[..]));
+    }
+
+    #[test]
+    fn a_coverage_plan_covers_every_position_once_and_skips_down_nodes() {
+        let members: BTreeMap<String, Vec<u64>> = (0..4)
+            .map(|i| (format!("n{i}"), hashed_tokens(&format!("n{i}"), 8)))
+            .collect();
+        let ring = Ring::new(&members).unwrap();
+        for down in [None, Some("n2")] {
+            let plan = coverage(&ring, 3, |id| Some(id) != down).unwrap();
+            assert!(down.is_none_or(|d| !plan.contains_key(d)));
+            let assigned: Vec<Assigned> = plan.values().map(|r| Assigned::new(r)).collect();
+            for i in 0..2_000u64 {
+                let pos = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let covering = assigned.iter().filter(|a| a.contains(pos)).count();
+                assert_eq!(covering, 1, "position {pos} with {down:?} down");
+            }
+        }
+        assert!(
+            coverage(&ring, 2, |id| id == "n0").is_err(),
+            "a range with no replica up"
+        );
+    }
+}
