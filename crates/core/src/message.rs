@@ -54,6 +54,19 @@ pub enum ClientRequest {
         after: Option<Vec<u8>>,
         /// Most keys in the page.
         limit: u32,
+        /// Also each key's object, as its covering replica holds it (backup).
+        objects: bool,
+    },
+    /// Merge `object` into the key's replicas through the one merge, answering after W
+    /// acknowledged (restore): idempotent, and never over a newer write (a newer version
+    /// stays, a concurrent one becomes a sibling).
+    Restore {
+        /// The key.
+        key: Vec<u8>,
+        /// The object to merge in.
+        object: Object,
+        /// Write quorum override.
+        w: Option<u8>,
     },
 }
 
@@ -61,7 +74,9 @@ impl ClientRequest {
     /// The key the request is about (a listing's prefix).
     pub fn key(&self) -> &[u8] {
         match self {
-            ClientRequest::Get { key, .. } | ClientRequest::Put { key, .. } => key,
+            ClientRequest::Get { key, .. }
+            | ClientRequest::Put { key, .. }
+            | ClientRequest::Restore { key, .. } => key,
             ClientRequest::List { prefix, .. } => prefix,
         }
     }
@@ -84,6 +99,8 @@ pub enum Reply {
     Keys {
         /// The keys.
         keys: Vec<Vec<u8>>,
+        /// Each key's object, when asked for (else empty).
+        objects: Vec<Object>,
         /// Pass as `after` for the next page.
         next: Option<Vec<u8>>,
     },
@@ -331,6 +348,8 @@ pub enum ListMessage {
         limit: u32,
         /// Ranges `(start exclusive, end inclusive)` of ring positions assigned to this node.
         ranges: Vec<(u64, u64)>,
+        /// Also each key's object.
+        objects: bool,
     },
     /// Replica: its part, or why it has none.
     Answer {
@@ -346,6 +365,8 @@ pub enum ListMessage {
 pub struct ListPart {
     /// Its keys, in key order.
     pub keys: Vec<Vec<u8>>,
+    /// Each key's object, when asked for (else empty).
+    pub objects: Vec<Object>,
     /// It looked at every key up to this one (inclusive) and no further (`None`: to the end).
     pub upto: Option<Vec<u8>>,
 }

@@ -165,7 +165,7 @@ pub fn unreachable(pref: &PreferenceList, request: &ClientRequest) -> OpError {
 fn kind_of(request: &ClientRequest) -> QuorumKind {
     match request {
         ClientRequest::Get { .. } | ClientRequest::List { .. } => QuorumKind::Read,
-        ClientRequest::Put { .. } => QuorumKind::Write,
+        ClientRequest::Put { .. } | ClientRequest::Restore { .. } => QuorumKind::Write,
     }
 }
 
@@ -185,6 +185,7 @@ fn admit(
     let (name, pname, asked_q, asked_p, default) = match request {
         ClientRequest::Get { r, pr, .. } => ("r", "pr", *r, *pr, config.r),
         ClientRequest::Put { w, pw, .. } => ("w", "pw", *w, *pw, config.w),
+        ClientRequest::Restore { w, .. } => ("w", "pw", *w, None, config.w),
         ClientRequest::List { .. } => {
             let why = "a listing has no quorum: it is coordinated by listing".to_owned();
             return Err(OpError::BadRequest(why));
@@ -281,6 +282,15 @@ impl Coordinator {
                 };
                 tally.succeed(local.id);
                 self.start_write(local, id, key, object, &pref, out)
+            }
+            ClientRequest::Restore { key, object, .. } => {
+                self.counters.writes += 1;
+                let merged = match self.restore(local, &key, &object) {
+                    Ok(object) => object,
+                    Err(e) => return out.respond(origin, Err(e)),
+                };
+                tally.succeed(local.id);
+                self.start_write(local, id, key, merged, &pref, out)
             }
             // Refused by `admit` before it gets here.
             ClientRequest::List { .. } => return,
@@ -403,6 +413,39 @@ impl Coordinator {
             self.counters.sibling_warnings += 1;
         }
         Ok(object)
+    }
+
+    /// A restore: `object` merged into this node's copy of `key` (the one merge: a newer
+    /// version here stays, a concurrent one becomes a sibling), within the object limits.
+    fn restore<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        key: &[u8],
+        object: &Object,
+    ) -> Result<Object, OpError> {
+        let config = local.config;
+        let mut refused = None;
+        let merged = local.store.modify(key, &mut |current| {
+            let candidate = current.merge(object);
+            if let Some(e) = over_limits(config, key, &current, &candidate) {
+                refused = Some(e);
+                return current;
+            }
+            candidate
+        });
+        if let Some(e) = refused {
+            self.counters.refused_writes += 1;
+            return Err(e);
+        }
+        merged.map_err(|e| {
+            let node = local.id.to_owned();
+            match e {
+                crate::store::StoreError::Full(message) => {
+                    OpError::InsufficientStorage { node, message }
+                }
+                crate::store::StoreError::Failed(message) => OpError::Storage { node, message },
+            }
+        })
     }
 
     /// The write of operation `id`, stored here: a `Replicate` to every other target (with a

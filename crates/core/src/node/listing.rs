@@ -22,6 +22,7 @@ use crate::merkle::Range;
 use crate::message::{ListMessage, ListPart, OpError, Reply};
 use crate::ring::{Ring, position};
 use crate::store::{LocalStore, StoreError};
+use crate::version::Object;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Most keys a page may ask for.
@@ -93,18 +94,30 @@ pub fn coverage(
     Ok(plan)
 }
 
+/// What a page asks of each node.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// Only keys starting with these bytes.
+    pub prefix: Vec<u8>,
+    /// Only keys after this one.
+    pub after: Option<Vec<u8>>,
+    /// Most keys.
+    pub limit: usize,
+    /// Also each key's object.
+    pub objects: bool,
+}
+
 /// This node's part: up to `limit` of its keys in `ranges` starting with `prefix`, after
-/// `after`, and how far it looked.
+/// `after` (with their objects when asked), and how far it looked.
 pub fn part<S: LocalStore>(
     store: &S,
-    prefix: &[u8],
-    after: Option<&[u8]>,
-    limit: usize,
+    ask: &Ask,
     ranges: &Assigned,
 ) -> Result<ListPart, StoreError> {
+    let (prefix, limit) = (&ask.prefix[..], ask.limit);
     let budget = limit.saturating_mul(SCAN_PER_KEY).max(256);
-    let (mut keys, mut bytes, mut scanned) = (Vec::new(), 0usize, 0usize);
-    let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
+    let (mut keys, mut objects, mut bytes, mut scanned) = (Vec::new(), Vec::new(), 0usize, 0usize);
+    let mut cursor: Option<Vec<u8>> = ask.after.clone();
     loop {
         let want = (budget - scanned).min(1024);
         let page = store.list_keys(cursor.as_deref(), prefix, want)?;
@@ -113,10 +126,21 @@ pub fn part<S: LocalStore>(
             scanned += 1;
             if ranges.contains(position(&key)) {
                 bytes += key.len();
+                if ask.objects {
+                    // The index may hold a key a moment longer than its value.
+                    let Some(object) = store.get(&key)?.filter(|o| o.live().next().is_some())
+                    else {
+                        cursor = Some(key);
+                        continue;
+                    };
+                    bytes += object.size_bytes();
+                    objects.push(object);
+                }
                 keys.push(key.clone());
                 if keys.len() >= limit || bytes >= PART_BYTES {
                     return Ok(ListPart {
                         keys,
+                        objects,
                         upto: Some(key),
                     });
                 }
@@ -124,31 +148,48 @@ pub fn part<S: LocalStore>(
             cursor = Some(key);
         }
         if !full {
-            return Ok(ListPart { keys, upto: None });
+            return Ok(ListPart {
+                keys,
+                objects,
+                upto: None,
+            });
         }
         if scanned >= budget {
-            return Ok(ListPart { keys, upto: cursor });
+            return Ok(ListPart {
+                keys,
+                objects,
+                upto: cursor,
+            });
         }
     }
 }
 
 /// The page made of every node's part: the keys up to the nearest `upto` (complete there), the
-/// first `limit` of them in key order, and where the next page starts (`None`: done).
-pub fn merge(parts: Vec<ListPart>, limit: usize) -> (Vec<Vec<u8>>, Option<Vec<u8>>) {
+/// first `limit` of them in key order (with their objects, when the parts have them), and where
+/// the next page starts (`None`: done).
+pub fn merge(parts: Vec<ListPart>, limit: usize) -> (Vec<Vec<u8>>, Vec<Object>, Option<Vec<u8>>) {
     let bound = parts.iter().filter_map(|p| p.upto.clone()).min();
-    let mut keys: Vec<Vec<u8>> = parts
-        .into_iter()
-        .flat_map(|p| p.keys)
-        .filter(|k| bound.as_ref().is_none_or(|b| k <= b))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    if keys.len() > limit {
-        keys.truncate(limit);
-        let next = keys.last().cloned();
-        return (keys, next);
+    let mut entries: Vec<(Vec<u8>, Option<Object>)> = Vec::new();
+    for p in parts {
+        let mut objects = p.objects.into_iter();
+        for key in p.keys {
+            let object = objects.next();
+            if bound.as_ref().is_none_or(|b| &key <= b) {
+                entries.push((key, object));
+            }
+        }
     }
-    (keys, bound)
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|a, b| a.0 == b.0);
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let next = if more {
+        entries.last().map(|(k, _)| k.clone())
+    } else {
+        bound
+    };
+    let (keys, objects): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+    (keys, objects.into_iter().flatten().collect(), next)
 }
 
 /// A page being gathered.
@@ -184,19 +225,17 @@ pub struct Plan<'a> {
 impl Listing {
     /// Starts a page for `origin`: asks every node of the coverage plan for its part (this node
     /// answers its own at once).
-    #[allow(clippy::too_many_arguments)]
     pub fn start<S: LocalStore>(
         &mut self,
         store: &S,
         plan: &Plan<'_>,
         is_up: impl Fn(&str) -> bool,
         origin: Origin,
-        prefix: Vec<u8>,
-        after: Option<Vec<u8>>,
-        limit: u32,
+        ask: Ask,
         out: &mut Outbox,
     ) {
-        if limit == 0 || limit > MAX_LIMIT {
+        let limit = ask.limit;
+        if limit == 0 || limit > MAX_LIMIT as usize {
             let why = format!("limit={limit} is not allowed: use 1 to {MAX_LIMIT}");
             return out.respond(origin, Err(OpError::BadRequest(why)));
         }
@@ -217,20 +256,14 @@ impl Listing {
         let id = self.next_id;
         let mut pending = Pending {
             origin,
-            limit: limit as usize,
+            limit,
             waiting: BTreeSet::new(),
             parts: Vec::new(),
             deadline: plan.deadline,
         };
         for (node, ranges) in assigned {
             if node == plan.me {
-                let mine = part(
-                    store,
-                    &prefix,
-                    after.as_deref(),
-                    limit as usize,
-                    &Assigned::new(&ranges),
-                );
+                let mine = part(store, &ask, &Assigned::new(&ranges));
                 match mine {
                     Ok(p) => pending.parts.push(p),
                     Err(e) => {
@@ -244,10 +277,11 @@ impl Listing {
                     &node,
                     ListMessage::Ask {
                         id,
-                        prefix: prefix.clone(),
-                        after: after.clone(),
-                        limit,
+                        prefix: ask.prefix.clone(),
+                        after: ask.after.clone(),
+                        limit: limit as u32,
                         ranges,
+                        objects: ask.objects,
                     },
                 );
                 pending.waiting.insert(node);
@@ -272,19 +306,18 @@ impl Listing {
                 after,
                 limit,
                 ranges,
+                objects,
             } => {
-                let limit = limit.clamp(1, MAX_LIMIT) as usize;
+                let ask = Ask {
+                    prefix,
+                    after,
+                    limit: limit.clamp(1, MAX_LIMIT) as usize,
+                    objects,
+                };
                 // At most one range per token of the ring: a peer cannot make this node build
                 // more than the ring has.
                 let ranges = &ranges[..ranges.len().min(1 << 16)];
-                let result = part(
-                    store,
-                    &prefix,
-                    after.as_deref(),
-                    limit,
-                    &Assigned::new(ranges),
-                )
-                .map_err(|e| e.to_string());
+                let result = part(store, &ask, &Assigned::new(ranges)).map_err(|e| e.to_string());
                 out.send(from, ListMessage::Answer { id, result });
             }
             ListMessage::Answer { id, result } => {
@@ -330,8 +363,15 @@ impl Listing {
         if self.pending.get(&id).is_some_and(|p| p.waiting.is_empty())
             && let Some(p) = self.pending.remove(&id)
         {
-            let (keys, next) = merge(p.parts, p.limit);
-            out.respond(p.origin, Ok(Reply::Keys { keys, next }));
+            let (keys, objects, next) = merge(p.parts, p.limit);
+            out.respond(
+                p.origin,
+                Ok(Reply::Keys {
+                    keys,
+                    objects,
+                    next,
+                }),
+            );
         }
     }
 }
@@ -344,6 +384,7 @@ mod tests {
     fn part_of(keys: &[&str], upto: Option<&str>) -> ListPart {
         ListPart {
             keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            objects: Vec::new(),
             upto: upto.map(|u| u.as_bytes().to_vec()),
         }
     }
@@ -357,18 +398,18 @@ mod tests {
     #[test]
     fn merge_keeps_only_what_every_part_covers() {
         // One part stopped at "c": keys past it may be missing from it, so they wait.
-        let (keys, next) = merge(
+        let (keys, _, next) = merge(
             vec![part_of(&["a", "c"], Some("c")), part_of(&["b", "d"], None)],
             10,
         );
         assert_eq!(strings(keys), ["a", "b", "c"]);
         assert_eq!(next.as_deref(), Some(&b"c"[..]));
         // Everything complete: no next page.
-        let (keys, next) = merge(vec![part_of(&["b"], None), part_of(&["a"], None)], 10);
+        let (keys, _, next) = merge(vec![part_of(&["b"], None), part_of(&["a"], None)], 10);
         assert_eq!(strings(keys), ["a", "b"]);
         assert_eq!(next, None);
         // More than the limit: the page ends at its last key.
-        let (keys, next) = merge(vec![part_of(&["a", "b", "c"], None)], 2);
+        let (keys, _, next) = merge(vec![part_of(&["a", "b", "c"], None)], 2);
         assert_eq!(strings(keys), ["a", "b"]);
         assert_eq!(next.as_deref(), Some(&b"b"[..]));
     }

@@ -558,8 +558,15 @@ impl<S: LocalStore> Node<S> {
             prefix,
             after,
             limit,
+            objects,
         } = request
         {
+            let ask = listing::Ask {
+                prefix,
+                after,
+                limit: limit as usize,
+                objects,
+            };
             let plan = listing::Plan {
                 me: self.cluster.id(),
                 ring: &self.cluster.rings().current,
@@ -573,9 +580,7 @@ impl<S: LocalStore> Node<S> {
                 &plan,
                 |id| cluster.is_up(id),
                 origin,
-                prefix,
-                after,
-                limit,
+                ask,
                 &mut self.out,
             );
         }
@@ -603,7 +608,16 @@ impl<S: LocalStore> Node<S> {
             );
             return self.out.respond(origin, Err(OpError::BadRequest(why)));
         }
-        let pref = if matches!(request, ClientRequest::Put { .. }) {
+        if let ClientRequest::Restore { object, .. } = &request
+            && let Err(e) = object.validate()
+        {
+            let why = format!("the object to restore is not valid: {e}");
+            return self.out.respond(origin, Err(OpError::BadRequest(why)));
+        }
+        let pref = if matches!(
+            request,
+            ClientRequest::Put { .. } | ClientRequest::Restore { .. }
+        ) {
             self.write_preference(request.key(), now.mono)
         } else {
             self.preference(request.key())

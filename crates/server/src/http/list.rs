@@ -119,6 +119,7 @@ async fn page(s: &AppState, uri: &Uri) -> Result<Response, ApiError> {
         prefix: q.prefix,
         after: q.after,
         limit: q.limit,
+        objects: false,
     };
     let (response, _ring) = s.node.call(request).await.map_err(|e| {
         ApiError::new(
@@ -128,7 +129,7 @@ async fn page(s: &AppState, uri: &Uri) -> Result<Response, ApiError> {
         )
     })?;
     let (keys, next) = match response.map_err(ApiError::from)? {
-        Reply::Keys { keys, next } => (keys, next),
+        Reply::Keys { keys, next, .. } => (keys, next),
         _ => {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -135,9 +135,10 @@ async fn page(
         prefix: prefix.to_vec(),
         after,
         limit,
+        objects: false,
     };
     match call(state, "listing", request).await? {
-        Reply::Keys { keys, next } => Ok((keys, next)),
+        Reply::Keys { keys, next, .. } => Ok((keys, next)),
         _ => Err(RespError::WrongReply("listing", "other reply")),
     }
 }
