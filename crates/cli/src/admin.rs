@@ -26,6 +26,12 @@ pub enum AdminCommand {
     /// Declares a dead node removed: the new owners of its ranges rebuild them from the
     /// surviving replicas. Shows the plan first.
     Remove(RemoveArgs),
+    /// Writes every live object of a running cluster (every sibling, with its version vector)
+    /// to one file: checksummed, compressed chunks, or JSON lines with --format jsonl.
+    Backup(crate::backup::BackupArgs),
+    /// Merges a backup into a cluster (any size, any N) through the one merge: safe to run
+    /// twice, after a stop halfway, or over newer writes (they stay).
+    Restore(crate::backup::RestoreArgs),
     /// Creates a cluster CA (or reuses the one in --out) and issues node and client
     /// certificates for TLS (--tls-cert, --tls-key, --tls-ca; see docs/security.md).
     Certs(crate::certs::CertsArgs),
@@ -68,6 +74,13 @@ pub struct NodeUrl {
         value_name = "URL"
     )]
     url: String,
+}
+
+impl NodeUrl {
+    /// The base URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
 }
 
 /// Flags of `dynamokv admin repair`.
@@ -316,16 +329,23 @@ pub fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
         AdminCommand::Leave(args) => change(args, true),
         AdminCommand::Remove(args) => remove(args),
         AdminCommand::Certs(args) => crate::certs::run(args),
+        AdminCommand::Backup(args) => crate::backup::backup(args),
+        AdminCommand::Restore(args) => crate::backup::restore(args),
     }
 }
 
 fn runtime() -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {
+    runtime_with_timeout(std::time::Duration::from_secs(5))
+}
+
+/// A runtime and an HTTP client whose requests give up after `timeout`.
+pub(crate) fn runtime_with_timeout(
+    timeout: std::time::Duration,
+) -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let http = dynamokv_client::tls::builder()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()?;
+    let http = dynamokv_client::tls::builder().timeout(timeout).build()?;
     Ok((rt, http))
 }
 

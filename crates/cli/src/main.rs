@@ -1,6 +1,7 @@
 //! `dynamokv`: the one binary - run a node, talk to one, measure the storage engine.
 
 mod admin;
+mod backup;
 mod bench;
 mod bench_storage;
 mod certs;

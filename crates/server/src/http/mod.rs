@@ -24,6 +24,7 @@
 //! error answers), [`render`] (siblings as multipart or JSON) and [`ui`] (the cluster page).
 
 pub mod admin;
+pub mod backup;
 pub mod errors;
 pub mod faults;
 pub mod hyper_errors;
@@ -105,6 +106,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/ring", get(admin::admin_ring))
         .route("/admin/members", get(admin::admin_members))
         .route("/admin/stats", get(admin::admin_stats))
+        .route("/admin/backup", get(backup::backup_page))
+        .route("/admin/restore", post(backup::restore_batch))
         .route("/admin/leave", post(admin::leave))
         .route("/admin/remove/{*id}", post(admin::remove))
         .route("/admin/plan", get(admin::plan))
