@@ -1,6 +1,7 @@
 //! `dynamokv admin status`: the cluster as one node (or every node) sees it; `dynamokv admin
 //! repair`: an anti-entropy round on demand, with its progress.
 
+use crate::connect::NodeUrl;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -61,26 +62,6 @@ pub struct RemoveArgs {
     /// rebuilds those ranges if it comes back). For two dead nodes that block each other.
     #[arg(long)]
     force: bool,
-}
-
-/// The node a command talks to.
-#[derive(Args, Debug)]
-pub struct NodeUrl {
-    /// Base URL of a node's HTTP API (for join and leave: the node that joins or leaves).
-    #[arg(
-        long = "node",
-        env = "DYNAMOKV_NODE",
-        default_value = "http://127.0.0.1:8080",
-        value_name = "URL"
-    )]
-    url: String,
-}
-
-impl NodeUrl {
-    /// The base URL.
-    pub(crate) fn url(&self) -> &str {
-        &self.url
-    }
 }
 
 /// Flags of `dynamokv admin repair`.
@@ -335,18 +316,7 @@ pub fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {
-    runtime_with_timeout(std::time::Duration::from_secs(5))
-}
-
-/// A runtime and an HTTP client whose requests give up after `timeout`.
-pub(crate) fn runtime_with_timeout(
-    timeout: std::time::Duration,
-) -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let http = dynamokv_client::tls::builder().timeout(timeout).build()?;
-    Ok((rt, http))
+    crate::connect::runtime_with_timeout(std::time::Duration::from_secs(5))
 }
 
 async fn post(http: &reqwest::Client, url: &str, path: &str) -> anyhow::Result<Value> {

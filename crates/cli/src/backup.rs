@@ -50,7 +50,7 @@ pub enum Format {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     #[command(flatten)]
-    node: crate::admin::NodeUrl,
+    node: crate::connect::NodeUrl,
     /// The file to write (`-` for standard output).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -70,7 +70,7 @@ pub struct BackupArgs {
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     #[command(flatten)]
-    node: crate::admin::NodeUrl,
+    node: crate::connect::NodeUrl,
     /// The file to read (`-` for standard input).
     file: PathBuf,
     /// The file's format.
@@ -368,7 +368,7 @@ fn bar(len: Option<u64>, what: &str) -> indicatif::ProgressBar {
 
 /// Runs `dynamokv admin backup`.
 pub fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let (rt, http) = crate::admin::runtime_with_timeout(Duration::from_secs(60))?;
+    let (rt, http) = crate::connect::runtime_with_timeout(Duration::from_secs(60))?;
     let url = args.node.url().trim_end_matches('/').to_owned();
     let out: Box<dyn Write> = if args.out.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
@@ -445,7 +445,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `dynamokv admin restore`. Exit code 1 when some objects were not restored.
 pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let (rt, http) = crate::admin::runtime_with_timeout(Duration::from_secs(120))?;
+    let (rt, http) = crate::connect::runtime_with_timeout(Duration::from_secs(120))?;
     let url = args.node.url().trim_end_matches('/').to_owned();
     let stdin = args.file.as_os_str() == "-";
     if !stdin {

@@ -5,6 +5,7 @@ mod backup;
 mod bench;
 mod bench_storage;
 mod certs;
+mod connect;
 mod dev;
 mod kv;
 mod ring_balance;
