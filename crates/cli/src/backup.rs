@@ -62,7 +62,7 @@ pub struct BackupArgs {
     page: u32,
     /// Most objects read per second, so that clients keep their latency; 0: as fast as the
     /// cluster answers.
-    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    #[arg(long, default_value_t = 5_000, value_name = "N")]
     rate: u64,
 }
 

@@ -120,12 +120,30 @@ async fn pages_list_every_live_key_once_in_order_with_a_node_down_and_one_joinin
             .is_empty()
     );
 
+    // Read through quorum: each listed key checked at R=2.
+    let page: serde_json::Value = c
+        .get(format!("{}/kv?prefix=user:&limit=1000&r=2", nodes[0].url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let through: Vec<String> = page["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    assert_exact(&through, &users, "prefix with r=2");
+
     // Bad input is refused, naming what is allowed.
     for (query, what) in [
         ("limit=0", "limit=0"),
         ("limit=10001", "1 to 10000"),
         ("encoding=hex", "base64"),
         ("colour=red", "unknown query parameter"),
+        ("r=x", "number of replicas"),
     ] {
         let r = c
             .get(format!("{}/kv?{query}", nodes[0].url))

@@ -4,7 +4,9 @@
 //! Keys are bytes; the answer gives them as UTF-8 strings (a key that is not valid UTF-8 is
 //! shown with replacement characters and `"lossy": true`), or, with `encoding=base64`, as
 //! base64 - then `prefix` and `after` are base64 too. `next` is the `after` of the next page;
-//! `null` when the listing is complete.
+//! `null` when the listing is complete. With `r=N`, each key of the page is read at quorum N
+//! and kept only if that read finds a live value (a key deleted on other replicas, not yet on
+//! the covering one, is left out; `next` is unchanged, so a page may hold fewer keys).
 
 use super::errors::ApiError;
 use super::{AppState, percent_decode_strict};
@@ -31,6 +33,8 @@ struct Query {
     after: Option<Vec<u8>>,
     limit: u32,
     encoding: Encoding,
+    /// Check each key with a read at this quorum, and keep it only if the read finds a value.
+    r: Option<u8>,
 }
 
 fn bad_query(message: impl Into<String>) -> ApiError {
@@ -75,6 +79,7 @@ fn parse(uri: &Uri) -> Result<Query, ApiError> {
         after: None,
         limit: DEFAULT_LIMIT,
         encoding,
+        r: None,
     };
     for (k, v) in &raw {
         match k.as_str() {
@@ -93,15 +98,57 @@ fn parse(uri: &Uri) -> Result<Query, ApiError> {
                         ))
                     })?;
             }
+            "r" => {
+                q.r = Some(text(v).parse().map_err(|_| {
+                    bad_query(format!("r={} is not a number of replicas", text(v)))
+                })?);
+            }
             "encoding" => {}
             other => {
                 return Err(bad_query(format!(
-                    "unknown query parameter {other:?}: a listing takes prefix, after, limit and encoding"
+                    "unknown query parameter {other:?}: a listing takes prefix, after, limit, r and encoding"
                 )));
             }
         }
     }
     Ok(q)
+}
+
+/// Keeps the keys whose read at quorum `r` finds a live value (side by side, 64 at a time); a
+/// read that fails fails the page.
+async fn read_through(s: &AppState, keys: Vec<Vec<u8>>, r: u8) -> Result<Vec<Vec<u8>>, ApiError> {
+    use futures_util::StreamExt as _;
+    let reads = futures_util::stream::iter(keys)
+        .map(|key| {
+            let node = s.node.clone();
+            async move {
+                let request = ClientRequest::Get {
+                    key: key.clone(),
+                    r: Some(r),
+                    pr: None,
+                };
+                match node.call(request).await {
+                    Ok((Ok(Reply::Read(o)), _)) => Ok(o.live().next().is_some().then_some(key)),
+                    Ok((Ok(_), _)) => Ok(None),
+                    Ok((Err(e), _)) => Err(ApiError::from(e)),
+                    Err(e) => Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "shutting_down",
+                        e.to_string(),
+                    )),
+                }
+            }
+        })
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let mut kept = Vec::new();
+    for read in reads {
+        if let Some(key) = read? {
+            kept.push(key);
+        }
+    }
+    Ok(kept)
 }
 
 /// `GET /kv`: a page of keys.
@@ -137,6 +184,10 @@ async fn page(s: &AppState, uri: &Uri) -> Result<Response, ApiError> {
                 "the node answered a listing with something else; retry",
             ));
         }
+    };
+    let keys = match q.r {
+        Some(r) => read_through(s, keys, r).await?,
+        None => keys,
     };
     let mut lossy = false;
     let mut show = |k: &[u8]| match q.encoding {
