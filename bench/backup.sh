@@ -21,45 +21,25 @@ if [ -n "${PACED_FLAGS:-}" ]; then IFS=';' read -r -a PACED <<<"$PACED_FLAGS"; e
 HTTP_BASE=${HTTP_BASE:-27600}
 PEER_BASE=$((HTTP_BASE + 100))
 RESP_BASE=$((HTTP_BASE + 200))
-if ! command -v redis-benchmark >/dev/null; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-tools >/dev/null
-fi
 cargo build --release -q -p dynamokv
 BIN=${BIN:-$PWD/target/release/dynamokv}
 # shellcheck source=lib.sh
 source bench/lib.sh
+need redis-benchmark redis-tools
 
 port() { echo $((RESP_BASE + $1)); }
-wait_up() { # first node, count
-    local up=0
-    for _ in $(seq 150); do
-        up=$(curl -s "$(url "$1")/admin/members" | field "sum(1 for m in d['members'] if m['status']=='up')" 2>/dev/null || echo 0)
-        [ "$up" = "$2" ] && return 0
-        sleep 0.2
-    done
-    echo "the cluster did not come up" >&2
-    exit 1
-}
 start 1 --resp "127.0.0.1:$(port 1)"
 sleep 0.3
 start 2 --resp "127.0.0.1:$(port 2)" --seeds "127.0.0.1:$((PEER_BASE + 1))"
 start 3 --resp "127.0.0.1:$(port 3)" --seeds "127.0.0.1:$((PEER_BASE + 1))"
 wait_up 1 3
 
-od -An -v -tx1 -N $((4096 * 50)) /dev/urandom | tr -d ' \n' | fold -w 100 >"$DIR/values"
-load() { # port shard shards
-    awk -v e="$KEYS" -v n="$2" -v m="$3" 'NR == FNR { v[FNR - 1] = $0; next } END {
-        for (k = n; k < e; k += m)
-            printf "*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$100\r\n%s\r\n", k, v[(k * 7919) % 4096]
-    }' "$DIR/values" /dev/null | redis-cli -p "$1" --pipe --pipe-timeout 0 >/dev/null
-}
+make_values
 echo "$(date -u +%Y-%m-%d) on $(nproc) cores: bench/backup.sh KEYS=$KEYS ($("$BIN" --version))"
 T0=$SECONDS
 LOADERS=()
 for i in 0 1 2; do
-    load "$(port $((i + 1)))" "$i" 3 &
+    load_keys "$(port $((i + 1)))" "$i" "$KEYS" 3 >/dev/null &
     LOADERS+=($!)
 done
 wait "${LOADERS[@]}"

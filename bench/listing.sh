@@ -20,17 +20,13 @@ HTTP_BASE=${HTTP_BASE:-27700}
 PEER_BASE=$((HTTP_BASE + 100))
 RESP_BASE=$((HTTP_BASE + 200))
 REDIS_PORT=$((HTTP_BASE + 299))
-for pkg in redis-tools:redis-cli redis-server:redis-server time:/usr/bin/time; do
-    if ! command -v "${pkg#*:}" >/dev/null; then
-        sudo=""
-        if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${pkg%%:*}" >/dev/null
-    fi
-done
 cargo build --release -q -p dynamokv
 BIN=${BIN:-$PWD/target/release/dynamokv}
 # shellcheck source=lib.sh
 source bench/lib.sh
+need redis-cli redis-tools
+need redis-server redis-server
+need /usr/bin/time time
 
 port() { echo $((RESP_BASE + $1)); }
 hwm() { awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/${PIDS[$1]}/status"; }
@@ -40,34 +36,22 @@ for i in 1 2 3; do
     start "$i" --resp "127.0.0.1:$(port "$i")" "${seeds[@]}"
     [ "$i" = 1 ] && sleep 0.3
 done
-for _ in $(seq 150); do
-    up=$(curl -s "$(url 1)/admin/members" | field "sum(1 for m in d['members'] if m['status']=='up')" 2>/dev/null || echo 0)
-    [ "$up" = 3 ] && break
-    sleep 0.2
-done
-[ "$up" = 3 ] || { echo "the cluster did not come up" >&2; exit 1; }
+wait_up 1 3
 redis-server --port "$REDIS_PORT" --save "" --appendonly no --dir "$DIR" >"$DIR/redis.log" 2>&1 &
 PIDS[9]=$!
 sleep 1
 
-od -An -v -tx1 -N $((4096 * 50)) /dev/urandom | tr -d ' \n' | fold -w 100 >"$DIR/values"
-# load PORT SHARD SHARDS: SET key:<12 digits> for every KEYS key with k % SHARDS == SHARD.
-load() {
-    awk -v e="$KEYS" -v n="$2" -v m="$3" 'NR == FNR { v[FNR - 1] = $0; next } END {
-        for (k = n; k < e; k += m)
-            printf "*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$100\r\n%s\r\n", k, v[(k * 7919) % 4096]
-    }' "$DIR/values" /dev/null | redis-cli -p "$1" --pipe --pipe-timeout 0 | grep -o 'errors: [0-9]*, replies: [0-9]*'
-}
+make_values
 echo "$(date -u +%Y-%m-%d) on $(nproc) cores: bench/listing.sh KEYS=$KEYS PAGE=$PAGE ($("$BIN" --version))"
 T0=$SECONDS
 LOADERS=()
 for i in 0 1 2; do
-    load "$(port $((i + 1)))" "$i" 3 &
+    load_keys "$(port $((i + 1)))" "$i" "$KEYS" 3 | grep -o 'errors: [0-9]*, replies: [0-9]*' &
     LOADERS+=($!)
 done
 wait "${LOADERS[@]}"
 echo "loaded $KEYS keys into dynamokv in $((SECONDS - T0)) s"
-load "$REDIS_PORT" 0 1 >/dev/null
+load_keys "$REDIS_PORT" 0 "$KEYS" 1 >/dev/null
 echo "RSS peak before listing, MiB: n1 $(hwm 1)  n2 $(hwm 2)  n3 $(hwm 3)"
 
 # Every key, in pages.

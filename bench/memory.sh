@@ -25,15 +25,11 @@ NODE_FLAGS=${NODE_FLAGS:-}
 HTTP_BASE=${HTTP_BASE:-27500}
 PEER_BASE=$((HTTP_BASE + 100))
 RESP_BASE=$((HTTP_BASE + 200))
-if ! command -v redis-benchmark >/dev/null; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-tools >/dev/null
-fi
 cargo build --release -q -p dynamokv
 BIN=${BIN:-$PWD/target/release/dynamokv}
 # shellcheck source=lib.sh
 source bench/lib.sh
+need redis-benchmark redis-tools
 
 port() { echo $((RESP_BASE + $1)); }
 rss() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/${PIDS[$1]}/status"; }
@@ -49,26 +45,17 @@ for i in 1 2 3; do
     start "$i" --resp "127.0.0.1:$(port "$i")" "${seeds[@]}" $NODE_FLAGS
     [ "$i" = 1 ] && sleep 0.3
 done
-for _ in $(seq 150); do
-    up=$(curl -s "$(url 1)/admin/members" | field "sum(1 for m in d['members'] if m['status']=='up')" 2>/dev/null || echo 0)
-    [ "$up" = 3 ] && break
-    sleep 0.2
-done
-[ "$up" = 3 ] || { echo "the cluster did not come up" >&2; exit 1; }
+wait_up 1 3
 sleep 3
 
-# 4 096 random 100-byte values (hex), for the loader.
-od -An -v -tx1 -N $((4096 * 50)) /dev/urandom | tr -d ' \n' | fold -w 100 >"$DIR/values"
+make_values
 
 # load FROM TO: SET key:<12 digits> for every key in [FROM, TO), one redis-cli --pipe per node.
 LOAD_ERRORS=0
 load() {
     local from=$1 to=$2 pids=() i
     for i in 0 1 2; do
-        awk -v s="$from" -v e="$to" -v n="$i" 'NR == FNR { v[FNR - 1] = $0; next } END {
-            for (k = s + n; k < e; k += 3)
-                printf "*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$100\r\n%s\r\n", k, v[(k * 7919) % 4096]
-        }' "$DIR/values" /dev/null | redis-cli -p "$(port $((i + 1)))" --pipe --pipe-timeout 0 >"$DIR/load$i.out" 2>&1 &
+        load_keys "$(port $((i + 1)))" $((from + i)) "$to" 3 >"$DIR/load$i.out" 2>&1 &
         pids+=($!)
     done
     wait "${pids[@]}"

@@ -349,6 +349,20 @@ impl<R: Read> Reader<R> {
     }
 }
 
+/// `r` if it is a success; otherwise an error naming `url`, the status, `when`, and the body.
+async fn answered(
+    r: reqwest::Response,
+    url: &str,
+    when: &str,
+) -> anyhow::Result<reqwest::Response> {
+    if r.status().is_success() {
+        return Ok(r);
+    }
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    bail!("{url} answered {status} {when}: {body}")
+}
+
 fn bar(len: Option<u64>, what: &str) -> indicatif::ProgressBar {
     let bar = match len {
         Some(n) => indicatif::ProgressBar::new(n),
@@ -395,14 +409,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
                 .send()
                 .await
                 .with_context(|| format!("cannot reach {url}"))?;
-            if !r.status().is_success() {
-                let status = r.status();
-                let body = r.text().await.unwrap_or_default();
-                bail!(
-                    "{url} answered {status} after {} objects: {body}",
-                    writer.count
-                );
-            }
+            let r = answered(r, &url, &format!("after {} objects", writer.count)).await?;
             let page: BackupPage = postcard::from_bytes(&r.bytes().await?)
                 .context("the node's backup page does not decode (another dynamokv version?)")?;
             let n = page.entries.len() as u64;
@@ -487,14 +494,11 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
                     .send()
                     .await
                     .with_context(|| format!("cannot reach {url}"))?;
-                if !r.status().is_success() {
-                    let status = r.status();
-                    let body = r.text().await.unwrap_or_default();
-                    bail!(
-                        "{url} answered {status} after {} objects restored: {body}; run the restore again (it changes nothing already restored)",
-                        total.restored
-                    );
-                }
+                let when = format!(
+                    "after {} objects restored (run the restore again: it changes nothing already restored)",
+                    total.restored
+                );
+                let r = answered(r, &url, &when).await?;
                 let outcome: RestoreOutcome = r.json().await?;
                 total.restored += outcome.restored;
                 total.failed += outcome.failed;

@@ -348,25 +348,7 @@ async fn flipped_bytes_in_a_stopped_nodes_files_are_salvaged_and_rebuilt() {
     common::wait_for_ring(&refs, 3).await;
     // Every key on every node (W=3).
     let keys: Vec<String> = (0..10_000).map(|i| format!("c{i}")).collect();
-    let mut tasks = Vec::new();
-    for chunk in keys.chunks(keys.len() / 8) {
-        let (url, chunk) = (nodes[0].url.clone(), chunk.to_vec());
-        tasks.push(tokio::spawn(async move {
-            let c = common::http();
-            for k in chunk {
-                let r = c
-                    .put(format!("{url}/kv/{k}?w=3"))
-                    .body(big_value(&k))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), reqwest::StatusCode::NO_CONTENT, "{k}");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    common::write_all_values(&nodes[0], &keys, "?w=3", big_value).await;
 
     // Bits flip in n2's largest table file while it is stopped.
     nodes[1].terminate();

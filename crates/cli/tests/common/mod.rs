@@ -313,6 +313,18 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// Writes `keys` (value `v-KEY`) through `node` with `query` (`?w=3`, say), 8 at a time; every
 /// write must succeed.
 pub async fn write_all(node: &Node, keys: &[String], query: &str) {
+    write_all_values(node, keys, query, |k| format!("v-{k}")).await;
+}
+
+/// Writes `value(key)` under every key of `keys` through `node` (8 at a time), `query` added to
+/// each URL; every write must succeed.
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn write_all_values(
+    node: &Node,
+    keys: &[String],
+    query: &str,
+    value: fn(&str) -> String,
+) {
     let mut tasks = Vec::new();
     for chunk in keys.chunks(keys.len().div_ceil(8)) {
         let (url, chunk, query) = (node.url.clone(), chunk.to_vec(), query.to_owned());
@@ -321,7 +333,7 @@ pub async fn write_all(node: &Node, keys: &[String], query: &str) {
             for k in chunk {
                 let r = c
                     .put(format!("{url}/kv/{k}{query}"))
-                    .body(format!("v-{k}"))
+                    .body(value(&k))
                     .send()
                     .await
                     .unwrap();

@@ -5,7 +5,7 @@
 //! `restore` speak them and own the file format.
 
 use super::errors::ApiError;
-use super::{AppState, percent_decode_strict};
+use super::{AppState, bad_query, query_pairs};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
@@ -35,22 +35,11 @@ pub const MAX_RESTORE_BYTES: usize = 64 << 20;
 /// Restores run side by side per batch.
 const RESTORE_CONCURRENCY: usize = 64;
 
-fn bad_query(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message)
-}
-
 /// `GET /admin/backup?after=B64&limit=N`: one page, postcard [`BackupPage`].
 pub(crate) async fn backup_page(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let (mut after, mut limit) = (None, 1000u32);
-    for pair in uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode_strict(v).map_err(|e| bad_query(format!("{k} {e}")))?;
-        match k {
+    for (k, v) in query_pairs(&uri)? {
+        match k.as_str() {
             "after" => {
                 after = Some(
                     STANDARD

@@ -17,26 +17,14 @@ use dynamokv_core::{ContextCodec, Object, Sibling, VersionVector};
 /// Reads the quorum parameters `names` (e.g. `r` and `pr`) from the query, each 0..=255, names
 /// and values percent-decoded; any other parameter, or one given twice, is refused.
 pub fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiError> {
-    let bad_query = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message);
+    use super::bad_query;
     let mut values = [None, None];
-    for pair in uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            super::percent_decode_strict(s)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    bad_query(format!(
-                        "the query parameter {pair:?} is not valid percent-encoded UTF-8"
-                    ))
-                })
-        };
-        let (k, v) = (decode(k)?, decode(v)?);
+    for (k, v) in super::query_pairs(uri)? {
+        let v = String::from_utf8(v).map_err(|_| {
+            bad_query(format!(
+                "the query parameter {k:?} is not valid percent-encoded UTF-8"
+            ))
+        })?;
         let (k, v) = (k.as_str(), v.as_str());
         let Some(i) = names.iter().position(|n| *n == k) else {
             return Err(ApiError::new(

@@ -9,7 +9,7 @@
 //! the covering one, is left out; `next` is unchanged, so a page may hold fewer keys).
 
 use super::errors::ApiError;
-use super::{AppState, percent_decode_strict};
+use super::{AppState, bad_query, query_pairs};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -37,23 +37,8 @@ struct Query {
     r: Option<u8>,
 }
 
-fn bad_query(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message)
-}
-
 fn parse(uri: &Uri) -> Result<Query, ApiError> {
-    let mut raw: Vec<(String, Vec<u8>)> = Vec::new();
-    for pair in uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode_strict(v)
-            .map_err(|e| bad_query(format!("the query parameter {k:?} {e}")))?;
-        raw.push((k.to_owned(), value));
-    }
+    let raw = query_pairs(uri)?;
     let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
     let encoding = match raw.iter().find(|(k, _)| k == "encoding") {
         None => Encoding::Utf8,

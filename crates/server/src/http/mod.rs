@@ -313,6 +313,36 @@ async fn missing_key() -> ApiError {
     ApiError::bad_key("the key is empty; use /kv/{key} with a key of 1 to 1024 bytes")
 }
 
+/// 400 `bad_query` with `message`.
+pub(crate) fn bad_query(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message)
+}
+
+/// The query's parameters in order: names percent-decoded as UTF-8, values as bytes.
+pub(crate) fn query_pairs(uri: &Uri) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    let mut pairs = Vec::new();
+    for pair in uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let invalid = || {
+            bad_query(format!(
+                "the query parameter {pair:?} is not valid percent-encoding"
+            ))
+        };
+        let name = percent_decode_strict(k)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(invalid)?;
+        let value = percent_decode_strict(v).map_err(|_| invalid())?;
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
 /// The key: the percent-decoded path segment after `prefix`.
 pub fn key_after(uri: &Uri, prefix: &str) -> Result<Vec<u8>, ApiError> {
     let raw = uri
