@@ -149,10 +149,20 @@ async fn every_command_answers_as_documented() {
             .is_error_with("EX is not supported")
     );
     assert!(
-        a.cmd(&["SET", "k", "v2", "NX"])
-            .is_error_with("NX is not supported")
+        a.cmd(&["SET", "k", "v2", "NX", "XX"])
+            .is_error_with("syntax error")
     );
     assert_eq!(b.cmd(&["GET", "k"]), V::bulk("v1"));
+    // Conditional: NX only when the key has no value, XX only when it has one; nil otherwise.
+    assert_eq!(a.cmd(&["SET", "cond", "v1"]), V::ok());
+    assert_eq!(a.cmd(&["SET", "cond", "v2", "NX"]), V::Bulk(None));
+    assert_eq!(b.cmd(&["GET", "cond"]), V::bulk("v1"));
+    assert_eq!(a.cmd(&["SET", "cond", "v3", "xx"]), V::ok());
+    assert_eq!(b.cmd(&["GET", "cond"]), V::bulk("v3"));
+    assert_eq!(a.cmd(&["SET", "fresh", "f", "XX"]), V::Bulk(None));
+    assert_eq!(b.cmd(&["GET", "fresh"]), V::Bulk(None));
+    assert_eq!(a.cmd(&["SET", "fresh", "f", "NX"]), V::ok());
+    assert_eq!(b.cmd(&["GET", "fresh"]), V::bulk("f"));
     assert!(
         a.cmd(&["GET"])
             .is_error_with("wrong number of arguments for 'get'")

@@ -45,6 +45,12 @@ impl ApiError {
         }
     }
 
+    /// The same error, answered with `X-Context: ctx` (the key's current version).
+    pub fn with_context(mut self, ctx: Option<String>) -> Self {
+        self.context = ctx;
+        self
+    }
+
     /// A 400 `bad_key`.
     pub fn bad_key(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_key", message)

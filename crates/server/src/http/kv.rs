@@ -169,15 +169,23 @@ pub(crate) async fn get_key(
 async fn put(s: AppState, uri: Uri, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
     let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
-    let context = context_from(&s.codec, &key, &headers)?;
+    let condition = super::conditions::condition(&s.codec, &key, &headers)?;
+    let mut context = context_from(&s.codec, &key, &headers)?;
     let value = read_body(body, &headers, s.max_value_bytes).await?;
+    if let Some(c) = &condition {
+        context = Some(super::conditions::check(&s, &key, c).await?);
+    }
     write(&s, key, Some(value), context, w, pw).await
 }
 
 async fn delete(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
     let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
-    let context = context_from(&s.codec, &key, &headers)?;
+    let condition = super::conditions::condition(&s.codec, &key, &headers)?;
+    let mut context = context_from(&s.codec, &key, &headers)?;
+    if let Some(c) = &condition {
+        context = Some(super::conditions::check(&s, &key, c).await?);
+    }
     write(&s, key, None, context, w, pw).await
 }
 

@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod conditions;
 pub mod errors;
 pub mod faults;
 pub mod hyper_errors;

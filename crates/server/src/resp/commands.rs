@@ -386,12 +386,7 @@ async fn keyed(
             write(state, key, Some(value), None, true, None, None).await?;
             simple(out, "OK");
         }
-        b"SET" if n > 3 => {
-            let option = String::from_utf8_lossy(&args[3]).to_uppercase();
-            return Err(RespError::Syntax(format!(
-                "SET option {option} is not supported: dynamokv has no expiry and no conditional writes; use plain SET key value"
-            )));
-        }
+        b"SET" if n > 3 => set_if(state, args, out).await?,
         b"MGET" if n >= 2 => mget(state, args.split_off(1), out).await?,
         b"MSET" if n >= 3 && !n.is_multiple_of(2) => mset(state, args.split_off(1), out).await?,
         b"DEL" | b"EXISTS" if n >= 2 => {
@@ -404,6 +399,59 @@ async fn keyed(
         b"DKV.PUT" | b"DKV.DEL" => dkv_write(state, args, out).await?,
         _ => unknown(&args, out),
     }
+    Ok(())
+}
+
+/// `SET key value NX|XX`: written (`+OK`) only if the key has no live value (`NX`) or has one
+/// (`XX`), as a read at R finds it, with that read's context; nil otherwise. Not linearizable:
+/// two `SET NX` through different nodes at once can both write (their values become siblings).
+/// The other options (expiry, `GET`) are refused by name.
+async fn set_if(
+    state: &RespState,
+    mut args: Vec<Vec<u8>>,
+    out: &mut Vec<u8>,
+) -> Result<(), RespError> {
+    let options: Vec<String> = args
+        .split_off(3)
+        .iter()
+        .map(|o| String::from_utf8_lossy(o).to_uppercase())
+        .collect();
+    let absent = match options.as_slice() {
+        [o] if o == "NX" => true,
+        [o] if o == "XX" => false,
+        [_, _, ..] if options.iter().all(|o| o == "NX" || o == "XX") => {
+            return Err(RespError::Syntax("syntax error".into()));
+        }
+        _ => {
+            let option = options
+                .iter()
+                .find(|o| *o != "NX" && *o != "XX")
+                .cloned()
+                .unwrap_or_default();
+            return Err(RespError::Syntax(format!(
+                "SET option {option} is not supported: dynamokv has no expiry yet; SET takes NX or XX"
+            )));
+        }
+    };
+    let value = args.pop().unwrap_or_default();
+    let key = args.pop().unwrap_or_default();
+    check_value(state, &value)?;
+    let object = read(state, key.clone(), None, None).await?;
+    if object.live().next().is_some() == absent {
+        bulk(out, None);
+        return Ok(());
+    }
+    write(
+        state,
+        key,
+        Some(value),
+        Some(object.context()),
+        false,
+        None,
+        None,
+    )
+    .await?;
+    simple(out, "OK");
     Ok(())
 }
 

@@ -1,0 +1,128 @@
+//! Conditional writes over HTTP: `If-None-Match: *` (write only if the key has no live value),
+//! `If-Match: *` (only if it has one) and `If-Match: <context>` (only if the key's version is
+//! still the one that context names). The node that takes the write checks the condition
+//! against a read at R, then writes with that read's context; a failed condition answers `412
+//! precondition_failed` with the current `X-Context`.
+//!
+//! Not linearizable: in a leaderless store two writers whose conditions both pass through
+//! different nodes (or at the same moment) both write, and their values become siblings, which
+//! the next read shows and a write with its context reconciles. `If-Modified-Since`,
+//! `If-Unmodified-Since` and `If-Range` are refused by name (there are no modification times;
+//! a context names a version exactly).
+
+use super::errors::ApiError;
+use super::{AppState, CONTEXT_HEADER};
+use axum::http::{HeaderMap, StatusCode};
+use dynamokv_core::message::{ClientRequest, Reply};
+use dynamokv_core::{ContextCodec, VersionVector};
+
+/// What a conditional write requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// `If-None-Match: *`: no live value.
+    Absent,
+    /// `If-Match: *`: a live value.
+    Present,
+    /// `If-Match: <context>`: the version that context names.
+    Version(VersionVector),
+}
+
+fn refused(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "unsupported_condition", message)
+}
+
+/// The condition `headers` put on a write of `key`, if any; unsupported conditional headers,
+/// and a condition beside an `X-Context`, are refused.
+pub fn condition(
+    codec: &ContextCodec,
+    key: &[u8],
+    headers: &HeaderMap,
+) -> Result<Option<Condition>, ApiError> {
+    for name in ["if-modified-since", "if-unmodified-since", "if-range"] {
+        if headers.contains_key(name) {
+            return Err(refused(format!(
+                "{name} is not supported: dynamokv keeps no modification times; use If-Match with the X-Context of a read (or If-None-Match: *)"
+            )));
+        }
+    }
+    let text = |name: &str| -> Result<Option<String>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(|s| s.trim().to_owned())
+                    .map_err(|_| refused(format!("{name} is not ASCII")))
+            })
+            .transpose()
+    };
+    let cond = match (text("if-none-match")?, text("if-match")?) {
+        (Some(_), Some(_)) => {
+            return Err(refused("give If-Match or If-None-Match, not both"));
+        }
+        (Some(v), None) if v == "*" => Condition::Absent,
+        (Some(v), None) => {
+            return Err(refused(format!(
+                "If-None-Match: {v} is not supported: only If-None-Match: * (write only if the key has no value)"
+            )));
+        }
+        (None, Some(v)) if v == "*" => Condition::Present,
+        (None, Some(v)) => {
+            let token = v.trim_matches('"');
+            Condition::Version(codec.decode(key, token).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_context",
+                    format!("If-Match: {e}"),
+                )
+            })?)
+        }
+        (None, None) => return Ok(None),
+    };
+    if headers.contains_key(CONTEXT_HEADER) {
+        return Err(refused(
+            "a conditional write takes its context from the condition: drop X-Context (If-Match carries it)",
+        ));
+    }
+    Ok(Some(cond))
+}
+
+/// Checks `cond` against a read of `key` at R; the context to write with when it holds.
+pub async fn check(s: &AppState, key: &[u8], cond: &Condition) -> Result<VersionVector, ApiError> {
+    let request = ClientRequest::Get {
+        key: key.to_vec(),
+        r: None,
+        pr: None,
+    };
+    let (response, _) = s.node.call(request).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            e.to_string(),
+        )
+    })?;
+    let Reply::Read(object) = response.map_err(ApiError::from)? else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the coordinator answered a read with something else; retry",
+        ));
+    };
+    let live = object.live().next().is_some();
+    let failed = match cond {
+        Condition::Absent if live => Some("the key has a value (If-None-Match: *)"),
+        Condition::Present if !live => Some("the key has no value (If-Match: *)"),
+        Condition::Version(v) if *v != object.context() => {
+            Some("the key was written since that context was read (If-Match)")
+        }
+        _ => None,
+    };
+    match failed {
+        None => Ok(object.context()),
+        Some(why) => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            why,
+        )
+        .with_context((!object.clock().is_empty()).then(|| s.codec.encode(key, object.clock())))),
+    }
+}
