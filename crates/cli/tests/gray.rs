@@ -298,10 +298,15 @@ async fn a_node_whose_journal_is_damaged_says_which_files_and_what_to_do() {
         .map(|f| f.path())
         .find(|p| p.extension().is_some_and(|x| x == "jnl"))
         .expect("a journal file");
+    // Inside values (so inside a batch's checksummed payload): a flip in a batch's framing may
+    // instead read as the journal's end, which fjall truncates silently (a torn write).
     let mut bytes = std::fs::read(&journal).unwrap();
-    let used = bytes.iter().rposition(|b| *b != 0).unwrap();
-    for at in [used / 3, used / 2, 2 * used / 3] {
-        bytes[at] ^= 0xff;
+    for value in ["v-j100", "v-j250", "v-j400"] {
+        let at = bytes
+            .windows(value.len())
+            .position(|w| w == value.as_bytes())
+            .unwrap_or_else(|| panic!("{value} is in the journal"));
+        bytes[at + 3] ^= 0xff;
     }
     std::fs::write(&journal, bytes).unwrap();
     let err = common::refused_start(dir.path(), &["--cluster-secret", common::SECRET]);

@@ -1,6 +1,9 @@
 //! What nodes and clients say to a node: client requests and answers, and the peer messages of
 //! the coordination protocol. All of it is serde data; the server encodes peer messages with
 //! postcard in length-prefixed frames.
+//!
+//! Over 700 lines on purpose: every message family is here, so the whole wire vocabulary (what
+//! a peer can send, and what a protocol version bump changes) reads in one file.
 
 use crate::membership::{Delta, DigestEntry};
 use crate::merkle::{Digest, Hash, Range};

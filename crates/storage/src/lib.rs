@@ -11,6 +11,7 @@
 
 mod damage;
 mod disk;
+mod hints;
 mod keyspaces;
 mod memory;
 mod objects;
