@@ -199,6 +199,55 @@ async fn pages_list_every_live_key_once_in_order_with_a_node_down_and_one_joinin
         .into();
     assert_exact(&keys, &matching, "KEYS user:01?1");
 
+    // KEYS stops at 10 000 keys and names SCAN; SCAN pages through them all.
+    let mut pipe = String::new();
+    for i in 0..10_001 {
+        let k = format!("cap:{i:05}");
+        pipe.push_str(&format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n$1\r\nv\r\n",
+            k.len()
+        ));
+    }
+    let mut load = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port, "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    load.stdin
+        .take()
+        .unwrap()
+        .write_all(pipe.as_bytes())
+        .unwrap();
+    let loaded = load.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&loaded.stdout);
+    assert!(report.contains("errors: 0, replies: 10001"), "{report}");
+    let refused = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port, "KEYS", "cap:*"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        said.contains("10000 keys") && said.contains("SCAN"),
+        "{said}"
+    );
+    let scanned = redis_cli(&["--scan", "--pattern", "cap:*"]);
+    assert_eq!(scanned.lines().count(), 10_001);
+    let r = c
+        .get(format!("{}/kv?prefix=cap:&limit=10000", nodes[1].url))
+        .send()
+        .await
+        .unwrap();
+    let page: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        page["count"].as_u64().unwrap() > 0 && page["next"].is_string(),
+        "{page:.200}"
+    );
+    for i in 0..10_001 {
+        expected.insert(format!("cap:{i:05}"));
+    }
+
     // A node down: the others cover its ranges (once they see it down).
     nodes[2].kill9();
     let listed = eventually(30, "a full listing with n3 down", || async {
