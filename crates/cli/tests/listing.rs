@@ -121,14 +121,7 @@ async fn pages_list_every_live_key_once_in_order_with_a_node_down_and_one_joinin
     );
 
     // Read through quorum: each listed key checked at R=2.
-    let page: serde_json::Value = c
-        .get(format!("{}/kv?prefix=user:&limit=1000&r=2", nodes[0].url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = common::get_json(format!("{}/kv?prefix=user:&limit=1000&r=2", nodes[0].url)).await;
     let through: Vec<String> = page["keys"]
         .as_array()
         .unwrap()
@@ -234,12 +227,7 @@ async fn pages_list_every_live_key_once_in_order_with_a_node_down_and_one_joinin
     );
     let scanned = redis_cli(&["--scan", "--pattern", "cap:*"]);
     assert_eq!(scanned.lines().count(), 10_001);
-    let r = c
-        .get(format!("{}/kv?prefix=cap:&limit=10000", nodes[1].url))
-        .send()
-        .await
-        .unwrap();
-    let page: serde_json::Value = r.json().await.unwrap();
+    let page = common::get_json(format!("{}/kv?prefix=cap:&limit=10000", nodes[1].url)).await;
     assert!(
         page["count"].as_u64().unwrap() > 0 && page["next"].is_string(),
         "{page:.200}"

@@ -5,7 +5,7 @@
 //! `restore` speak them and own the file format.
 
 use super::errors::ApiError;
-use super::{AppState, bad_query, query_pairs};
+use super::{AppState, bad_query, call, query_pairs, wrong_reply};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
@@ -67,29 +67,19 @@ pub(crate) async fn backup_page(State(s): State<AppState>, uri: Uri) -> Result<R
         limit,
         objects: true,
     };
-    let (response, _) = s.node.call(request).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            e.to_string(),
-        )
-    })?;
-    let page = match response.map_err(ApiError::from)? {
-        Reply::Keys {
-            keys,
-            objects,
-            next,
-        } if keys.len() == objects.len() => BackupPage {
+    let page = match call(&s, request).await? {
+        (
+            Reply::Keys {
+                keys,
+                objects,
+                next,
+            },
+            _,
+        ) if keys.len() == objects.len() => BackupPage {
             entries: keys.into_iter().zip(objects).collect(),
             next,
         },
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the node answered a backup page with something else; retry",
-            ));
-        }
+        _ => return Err(wrong_reply("a backup page")),
     };
     let body = postcard::to_allocvec(&page).map_err(|e| {
         ApiError::new(
@@ -136,7 +126,7 @@ pub(crate) async fn restore_batch(
     })?;
     let results = futures_util::stream::iter(batch)
         .map(|(key, object)| {
-            let node = s.node.clone();
+            let s = &s;
             async move {
                 let shown = String::from_utf8_lossy(&key).into_owned();
                 if let Err(e) = dynamokv_core::limits::check_key(&key) {
@@ -147,11 +137,10 @@ pub(crate) async fn restore_batch(
                     object,
                     w: None,
                 };
-                match node.call(request).await {
-                    Ok((Ok(_), _)) => Ok(()),
-                    Ok((Err(e), _)) => Err((shown, e.to_string())),
-                    Err(e) => Err((shown, e.to_string())),
-                }
+                call(s, request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (shown, e.message().to_owned()))
             }
         })
         .buffer_unordered(RESTORE_CONCURRENCY)

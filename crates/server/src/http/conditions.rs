@@ -93,19 +93,8 @@ pub async fn check(s: &AppState, key: &[u8], cond: &Condition) -> Result<Version
         r: None,
         pr: None,
     };
-    let (response, _) = s.node.call(request).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            e.to_string(),
-        )
-    })?;
-    let Reply::Read(object) = response.map_err(ApiError::from)? else {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "the coordinator answered a read with something else; retry",
-        ));
+    let (Reply::Read(object), _) = super::call(s, request).await? else {
+        return Err(super::wrong_reply("a read"));
     };
     let live = object.live().next().is_some();
     let failed = match cond {

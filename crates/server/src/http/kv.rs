@@ -91,33 +91,6 @@ fn with_headers(mut resp: Response, s: &AppState, key: &[u8], obj: &Object, ring
     resp
 }
 
-/// Sends a request to the node thread and waits for its answer.
-async fn call(s: &AppState, request: ClientRequest) -> Result<(Reply, u64), ApiError> {
-    let (response, ring) = s.node.call(request).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            format!("{e}; retry on another node"),
-        )
-    })?;
-    match response {
-        Ok(reply) => Ok((reply, ring)),
-        Err(e) => {
-            crate::metrics::op_failed(&e);
-            let mut err = ApiError::from(e);
-            if let Ok(v) = HeaderValue::from_str(&format!("{ring:016x}")) {
-                err.detail
-                    .get_or_insert_with(|| serde_json::json!({}))
-                    .as_object_mut()
-                    .map(|o| {
-                        o.insert("ring_version".into(), v.to_str().unwrap_or_default().into())
-                    });
-            }
-            Err(err)
-        }
-    }
-}
-
 /// Records a request's latency and outcome.
 fn timed(
     op: &'static str,
@@ -205,7 +178,7 @@ async fn write(
         pw,
         overwrite: false,
     };
-    match call(s, request).await? {
+    match super::call(s, request).await? {
         (Reply::Written { object, dot }, ring) => {
             let mut resp = StatusCode::NO_CONTENT.into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("{}:{}", dot.actor, dot.counter)) {
@@ -213,11 +186,7 @@ async fn write(
             }
             Ok(with_headers(resp, s, &key, &object, ring))
         }
-        (Reply::Read(_) | Reply::Keys { .. }, _) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "the coordinator answered a write with something else; retry",
-        )),
+        _ => Err(super::wrong_reply("a write")),
     }
 }
 
@@ -362,7 +331,7 @@ fn read_response(
 async fn get(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
     let [r, pr] = quorum_params(&uri, ["r", "pr"])?;
-    let (obj, ring) = match call(
+    let (obj, ring) = match super::call(
         &s,
         ClientRequest::Get {
             key: key.clone(),
@@ -373,13 +342,7 @@ async fn get(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiE
     .await?
     {
         (Reply::Read(obj), ring) => (obj, ring),
-        (Reply::Written { .. } | Reply::Keys { .. }, _) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the coordinator answered a read with something else; retry",
-            ));
-        }
+        _ => return Err(super::wrong_reply("a read")),
     };
     let live: Vec<_> = obj.live().collect();
     let tombstones = obj.siblings().len() - live.len();

@@ -9,9 +9,9 @@
 //! the covering one, is left out; `next` is unchanged, so a page may hold fewer keys).
 
 use super::errors::ApiError;
-use super::{AppState, bad_query, query_pairs};
+use super::{AppState, bad_query, call, query_pairs, wrong_reply};
 use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -104,24 +104,15 @@ fn parse(uri: &Uri) -> Result<Query, ApiError> {
 async fn read_through(s: &AppState, keys: Vec<Vec<u8>>, r: u8) -> Result<Vec<Vec<u8>>, ApiError> {
     use futures_util::StreamExt as _;
     let reads = futures_util::stream::iter(keys)
-        .map(|key| {
-            let node = s.node.clone();
-            async move {
-                let request = ClientRequest::Get {
-                    key: key.clone(),
-                    r: Some(r),
-                    pr: None,
-                };
-                match node.call(request).await {
-                    Ok((Ok(Reply::Read(o)), _)) => Ok(o.live().next().is_some().then_some(key)),
-                    Ok((Ok(_), _)) => Ok(None),
-                    Ok((Err(e), _)) => Err(ApiError::from(e)),
-                    Err(e) => Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "shutting_down",
-                        e.to_string(),
-                    )),
-                }
+        .map(|key| async move {
+            let request = ClientRequest::Get {
+                key: key.clone(),
+                r: Some(r),
+                pr: None,
+            };
+            match call(s, request).await? {
+                (Reply::Read(o), _) => Ok(o.live().next().is_some().then_some(key)),
+                _ => Err(wrong_reply("a read")),
             }
         })
         .buffered(64)
@@ -153,22 +144,9 @@ async fn page(s: &AppState, uri: &Uri) -> Result<Response, ApiError> {
         limit: q.limit,
         objects: false,
     };
-    let (response, _ring) = s.node.call(request).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            format!("{e}; retry on another node"),
-        )
-    })?;
-    let (keys, next) = match response.map_err(ApiError::from)? {
-        Reply::Keys { keys, next, .. } => (keys, next),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the node answered a listing with something else; retry",
-            ));
-        }
+    let (keys, next) = match call(s, request).await? {
+        (Reply::Keys { keys, next, .. }, _) => (keys, next),
+        _ => return Err(wrong_reply("a listing")),
     };
     let keys = match q.r {
         Some(r) => read_through(s, keys, r).await?,

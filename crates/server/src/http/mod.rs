@@ -416,6 +416,45 @@ pub(crate) async fn on_store<T: Send + 'static>(
         })
 }
 
+/// Sends a client request to the node thread and waits for its answer (and the ring version);
+/// a failed operation is counted and answered with its status.
+pub(crate) async fn call(
+    s: &AppState,
+    request: dynamokv_core::message::ClientRequest,
+) -> Result<(dynamokv_core::message::Reply, u64), ApiError> {
+    let (response, ring) = s.node.call(request).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            format!("{e}; retry on another node"),
+        )
+    })?;
+    match response {
+        Ok(reply) => Ok((reply, ring)),
+        Err(e) => {
+            crate::metrics::op_failed(&e);
+            let mut err = ApiError::from(e);
+            if let Some(o) = err
+                .detail
+                .get_or_insert_with(|| serde_json::json!({}))
+                .as_object_mut()
+            {
+                o.insert("ring_version".into(), format!("{ring:016x}").into());
+            }
+            Err(err)
+        }
+    }
+}
+
+/// 500 for an answer of the wrong kind to `what` (a read, a write, a listing).
+pub(crate) fn wrong_reply(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        format!("the node answered {what} with another kind of answer; retry"),
+    )
+}
+
 /// Runs an operator's command on the node thread.
 pub(crate) async fn command<T: Send + 'static>(
     s: &AppState,
