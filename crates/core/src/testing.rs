@@ -27,6 +27,12 @@ impl MemoryStore {
     pub fn hint_count(&self) -> usize {
         self.hints.borrow().len()
     }
+
+    /// Forgets the copy of `key` behind the node's back, as a salvage drops an unreadable
+    /// record.
+    pub fn lose(&self, key: &[u8]) {
+        self.objects.borrow_mut().remove(key);
+    }
 }
 
 impl LocalStore for MemoryStore {

@@ -26,10 +26,16 @@ pub async fn watch(store: Arc<ObjectStore>, node: NodeHandle) {
     loop {
         tick.tick().await;
         if store.salvage_due() {
+            // Until the node hears how it went, its copies do not count towards reads: the
+            // salvage may drop a record the moment after a read found it missing.
+            if node.command(|n| n.storage_salvage_begins()).await.is_err() {
+                return;
+            }
             let s = store.clone();
             match tokio::task::spawn_blocking(move || s.salvage()).await {
                 Ok(Ok(report)) => {
-                    let lost = report.lost_any();
+                    // An earlier salvage that failed half-way may have dropped records too.
+                    let lost = report.lost_any() || matches!(store.engine().lost_data(), Ok(true));
                     if lost {
                         tracing::error!(
                             kept = report.kept,
@@ -49,13 +55,30 @@ pub async fn watch(store: Arc<ObjectStore>, node: NodeHandle) {
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "salvaging the damaged storage failed; trying again in 30 s");
                     store.mark_salvage_due();
+                    if !salvage_ended(&store, &node).await {
+                        return;
+                    }
                     tokio::time::sleep(AFTER_FAILURE).await;
                 }
-                Err(e) => tracing::error!(error = %e, "the salvage task failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "the salvage task failed");
+                    if !salvage_ended(&store, &node).await {
+                        return;
+                    }
+                }
             }
         }
         forget_when_rebuilt(&store, &node).await;
     }
+}
+
+/// Tells the node a salvage ended without a report: it rebuilds if the engine says data was
+/// lost. False once the node thread has stopped.
+async fn salvage_ended(store: &Arc<ObjectStore>, node: &NodeHandle) -> bool {
+    let lost = matches!(store.engine().lost_data(), Ok(true));
+    node.command(move |n| n.storage_salvaged(lost))
+        .await
+        .is_ok()
 }
 
 /// Clears the engine's mark of lost data once the node has rebuilt it.

@@ -318,18 +318,32 @@ impl<S: LocalStore> Node<S> {
     /// is left, an anti-entropy round with every other replica of every range starts, and its
     /// copies do not count towards read quorums until each range has synchronised. Also called
     /// at start when an earlier run's salvage had not been rebuilt yet.
+    ///
+    /// Sessions in flight compared trees of the storage as it was before: they are abandoned,
+    /// so none of them counts as a range synchronised.
     pub fn storage_salvaged(&mut self, lost: bool) {
         self.scrub.restart();
         if !lost {
+            self.proofs.salvage_ended();
             return;
         }
         self.trees.rebuild_all();
+        self.exchange.abandon_sessions();
         let me = self.cluster.id();
         let others = self.cluster.view().members.keys().any(|id| id != me);
         if others {
             self.proofs.start_rebuilding();
+        } else {
+            self.proofs.salvage_ended();
         }
         self.exchange.force_round();
+    }
+
+    /// The shell begins salvaging the storage ([`Node::storage_salvaged`] follows): until
+    /// then this node's copies do not count towards read quorums, for the salvage may drop a
+    /// record between a read and the news of it.
+    pub fn storage_salvage_begins(&mut self) {
+        self.proofs.salvage_begins();
     }
 
     /// The scrub's counters and progress.

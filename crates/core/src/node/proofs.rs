@@ -21,6 +21,8 @@ pub struct Proofs {
     synced: BTreeMap<(Range, String), Synced>,
     /// While rebuilding lost data: the ranges synchronised since it began.
     rebuilding: Option<BTreeSet<Range>>,
+    /// Whether the shell is salvaging this node's storage (it may drop records any moment).
+    salvaging: bool,
     /// Whether each peer kept hints or moved keys, as it last said.
     peer_hints: BTreeMap<String, bool>,
     /// Whether this node keeps hints, as last checked.
@@ -50,14 +52,28 @@ impl Proofs {
     }
 
     /// This node lost its data: its copies do not count until each range it replicates
-    /// finished a session with another replica.
+    /// finished a session with another replica. What was proven equal before is void.
     pub fn start_rebuilding(&mut self) {
         self.rebuilding = Some(BTreeSet::new());
+        self.salvaging = false;
+        self.synced.clear();
     }
 
-    /// Whether this node is rebuilding lost data.
+    /// The shell begins salvaging the storage: until it ends, this node's copies do not count
+    /// (a record may vanish between a read and the news that it was dropped).
+    pub fn salvage_begins(&mut self) {
+        self.salvaging = true;
+    }
+
+    /// The salvage ended without losing anything.
+    pub fn salvage_ended(&mut self) {
+        self.salvaging = false;
+    }
+
+    /// Whether this node is rebuilding lost data (or salvaging its storage): its own copies do
+    /// not count towards read quorums.
     pub fn rebuilding(&self) -> bool {
-        self.rebuilding.is_some()
+        self.rebuilding.is_some() || self.salvaging
     }
 
     /// Ranges with another replica, among `peers`, not yet synchronised since rebuilding began.

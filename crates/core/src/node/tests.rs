@@ -1150,7 +1150,10 @@ fn the_scrub_reads_every_object_and_a_salvage_that_lost_data_rebuilds_it() {
     assert_eq!((scrub.passes, scrub.checked), (1, 50), "{scrub:?}");
     assert!(!scrub.running && scrub.next_pass_in_ms > 0, "{scrub:?}");
 
-    // A salvage that kept everything changes nothing but the scrub's pass.
+    // While a salvage runs, n1's copies do not count; one that kept everything changes
+    // nothing else but the scrub's pass.
+    c.nodes.get_mut("n1").unwrap().storage_salvage_begins();
+    assert!(c.nodes["n1"].anti_entropy_stats().rebuilding);
     c.nodes.get_mut("n1").unwrap().storage_salvaged(false);
     assert!(!c.nodes["n1"].anti_entropy_stats().rebuilding);
     // One that dropped data: n1's copies stop counting until every range synchronised.

@@ -223,6 +223,21 @@ impl Exchange {
         self.next_round_id
     }
 
+    /// Drops every session in flight, counted as postponed (this node's storage changed under
+    /// them); late answers to them are ignored. Their round ends as it would have.
+    pub fn abandon_sessions(&mut self) {
+        let n = self.sessions.len() as u64;
+        self.stats.postponed += n;
+        if let Some(round) = self.round.as_mut() {
+            let ids = self
+                .sessions
+                .values()
+                .filter(|s| s.round == Some(round.progress.id));
+            round.progress.done += ids.count();
+        }
+        self.sessions.clear();
+    }
+
     /// The counters.
     pub fn stats(&self) -> ExchangeStats {
         self.stats
