@@ -1,8 +1,9 @@
 //! `dynamokv admin backup` and `admin restore`: every live object of a running cluster to one
 //! file, and back into any cluster.
 //!
-//! The file (format 1, docs/operations.md "Backup and restore"):
-//! - 8 bytes of magic, `DKVBACK1`, then chunks;
+//! The file (format 2, docs/operations.md "Backup and restore"):
+//! - 8 bytes of magic, `DKVBACK2`, then chunks (format 1, `DKVBACK1`, is read too: its objects
+//!   have no deadlines or kinds);
 //! - a chunk: its compressed length (u32, big-endian), its raw length (u32), the xxh3-64 of the
 //!   raw bytes (u64), then the raw bytes compressed with LZ4 (block format). The raw bytes are
 //!   the postcard encoding of `Vec<(key, Object)>`: keys in key order, every sibling of each
@@ -13,7 +14,8 @@
 //!
 //! `--format jsonl` writes one JSON object per line instead: `key` (text, or `key_base64` when
 //! not UTF-8), `values` (each live sibling's value, as text or `values_base64`) for other tools,
-//! and `object`, the base64 postcard of the whole object, which `restore` reads.
+//! `object`, the base64 postcard of the whole object, which `restore` reads, and `v`: 2 (a line
+//! without it holds an object as format 1 encoded it).
 //!
 //! A restore merges each object into its key's replicas through the one merge (W
 //! acknowledgements): running it twice, or after a stop halfway, or over newer writes, changes
@@ -24,6 +26,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Args, ValueEnum};
 use dynamokv_core::Object;
+use dynamokv_core::version::LegacyObject;
 use dynamokv_server::http::backup::{BackupPage, RestoreBatch, RestoreOutcome};
 use std::io::{BufRead as _, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -31,7 +34,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// The file's first bytes: the format and its version.
-pub const MAGIC: &[u8; 8] = b"DKVBACK1";
+pub const MAGIC: &[u8; 8] = b"DKVBACK2";
+/// The magic of format 1: objects encoded before deadlines and kinds.
+const MAGIC_1: &[u8; 8] = b"DKVBACK1";
 /// Largest raw chunk a reader accepts (a writer makes them about 1 MiB).
 const MAX_CHUNK: usize = 256 << 20;
 /// Raw bytes a writer gathers before it closes a chunk.
@@ -180,6 +185,7 @@ fn jsonl_line(key: &[u8], object: &Object) -> anyhow::Result<String> {
         "object".into(),
         STANDARD.encode(postcard::to_allocvec(object)?).into(),
     );
+    line.insert("v".into(), 2.into());
     Ok(serde_json::Value::Object(line).to_string())
 }
 
@@ -193,22 +199,24 @@ pub struct Reader<R: Read> {
     /// Objects read so far.
     pub count: u64,
     done: bool,
+    /// A format 1 file: objects encoded before deadlines and kinds.
+    legacy: bool,
 }
 
 impl<R: Read> Reader<R> {
     /// A reader of `format` over `input`; refuses a native file without the magic.
     pub fn new(input: R, format: Format) -> anyhow::Result<Self> {
         let mut input = BufReader::new(input);
-        let mut offset = 0;
+        let (mut offset, mut legacy) = (0, false);
         if format == Format::Native {
             let mut magic = [0u8; 8];
             input
                 .read_exact(&mut magic)
                 .context("the file is shorter than a backup's header")?;
-            if &magic != MAGIC {
+            if &magic != MAGIC && &magic != MAGIC_1 {
                 if magic.starts_with(b"DKVBACK") {
                     bail!(
-                        "this backup is format {}, which this dynamokv does not read (it reads {})",
+                        "this backup is format {}, which this dynamokv does not read (it reads 1 and {})",
                         magic[7] as char,
                         MAGIC[7] as char
                     );
@@ -219,6 +227,7 @@ impl<R: Read> Reader<R> {
                 );
             }
             offset = 8;
+            legacy = &magic == MAGIC_1;
         }
         Ok(Reader {
             input,
@@ -227,6 +236,7 @@ impl<R: Read> Reader<R> {
             chunks: 0,
             count: 0,
             done: false,
+            legacy,
         })
     }
 
@@ -291,8 +301,13 @@ impl<R: Read> Reader<R> {
         if xxhash_rust::xxh3::xxh3_64(&raw) != sum {
             return Err(damaged("it fails its checksum".into()));
         }
-        let batch: RestoreBatch =
-            postcard::from_bytes(&raw).map_err(|e| damaged(format!("undecodable: {e}")))?;
+        let batch: RestoreBatch = if self.legacy {
+            postcard::from_bytes::<Vec<(Vec<u8>, LegacyObject)>>(&raw)
+                .map(|b| b.into_iter().map(|(k, o)| (k, o.into_object())).collect())
+        } else {
+            postcard::from_bytes(&raw)
+        }
+        .map_err(|e| damaged(format!("undecodable: {e}")))?;
         for (key, object) in &batch {
             object.validate().map_err(|e| {
                 damaged(format!(
@@ -337,8 +352,16 @@ impl<R: Read> Reader<R> {
             let bytes = STANDARD
                 .decode(object)
                 .map_err(|e| bad(&format!("object is not base64: {e}")))?;
-            let object: Object = postcard::from_bytes(&bytes)
-                .map_err(|e| bad(&format!("undecodable object: {e}")))?;
+            let object = match v["v"].as_u64() {
+                None => dynamokv_core::version::decode_legacy(&bytes),
+                Some(2) => postcard::from_bytes::<Object>(&bytes),
+                Some(n) => {
+                    return Err(bad(&format!(
+                        "object format {n} is not one this dynamokv reads"
+                    )));
+                }
+            }
+            .map_err(|e| bad(&format!("undecodable object: {e}")))?;
             object
                 .validate()
                 .map_err(|e| bad(&format!("the object is not valid: {e}")))?;
@@ -607,5 +630,41 @@ mod tests {
             read_all(Format::Jsonl, b"{\"key\":\"a\"}\n").unwrap_err()
         );
         assert!(err.contains("line 1") && err.contains("object"), "{err}");
+    }
+
+    #[test]
+    fn a_format_1_backup_and_an_old_jsonl_line_still_restore() {
+        #[derive(serde::Serialize)]
+        struct OldObject {
+            clock: VersionVector,
+            siblings: Vec<(dynamokv_core::Dot, u64, Option<Vec<u8>>)>,
+        }
+        let (key, object) = objects(1).remove(0);
+        let old = OldObject {
+            clock: object.clock().clone(),
+            siblings: object
+                .siblings()
+                .iter()
+                .map(|s| (s.dot, s.timestamp, s.value.clone()))
+                .collect(),
+        };
+        let raw = postcard::to_allocvec(&vec![(key.clone(), &old)]).unwrap();
+        let packed = lz4_flex::block::compress(&raw);
+        let mut file = b"DKVBACK1".to_vec();
+        file.extend((packed.len() as u32).to_be_bytes());
+        file.extend((raw.len() as u32).to_be_bytes());
+        file.extend(xxhash_rust::xxh3::xxh3_64(&raw).to_be_bytes());
+        file.extend(&packed);
+        file.extend([0u8; 8]);
+        file.extend(1u64.to_be_bytes());
+        let want = vec![(key, object)];
+        assert_eq!(read_all(Format::Native, &file).unwrap(), want);
+        let line = format!(
+            "{{\"key\":\"k00000\",\"object\":\"{}\"}}\n",
+            STANDARD.encode(postcard::to_allocvec(&old).unwrap())
+        );
+        assert_eq!(read_all(Format::Jsonl, line.as_bytes()).unwrap(), want);
+        // Today's files carry deadlines and kinds.
+        assert_eq!(&write(Format::Native, &want)[..8], b"DKVBACK2");
     }
 }

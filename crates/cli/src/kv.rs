@@ -51,6 +51,21 @@ pub struct PutArgs {
     /// Without it the value is kept beside any existing version (a sibling).
     #[arg(long, short = 'x', value_name = "CONTEXT")]
     context: Option<String>,
+    /// The value expires after this many seconds: from then on no read or listing returns it.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    ttl: Option<u64>,
+    #[command(flatten)]
+    node: NodeArg,
+}
+
+/// `dynamokv incr KEY [--by N]`.
+#[derive(Args, Debug)]
+pub struct IncrArgs {
+    /// The counter's key.
+    key: String,
+    /// How much to add (negative to subtract).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    by: i64,
     #[command(flatten)]
     node: NodeArg,
 }
@@ -110,14 +125,30 @@ pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
     };
     let ctx = runtime()?.block_on(async {
         let client = args.node.connect().await?;
-        let w = client
-            .put(args.key.as_bytes(), value, args.context.as_deref())
-            .await?;
-        anyhow::Ok(w.context)
+        let key = args.key.as_bytes();
+        let context = args.context.as_deref();
+        let ctx = match args.ttl {
+            Some(s) => {
+                let ttl = std::time::Duration::from_secs(s);
+                client.put_expiring(key, value, context, ttl).await?
+            }
+            None => client.put(key, value, context).await?.context,
+        };
+        anyhow::Ok(ctx)
     })?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "ok")?;
     print_context(&mut out, &ctx)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `dynamokv incr`: prints the counter's new value.
+pub fn incr(args: IncrArgs) -> anyhow::Result<ExitCode> {
+    let value = runtime()?.block_on(async {
+        let client = args.node.connect().await?;
+        anyhow::Ok(client.increment(args.key.as_bytes(), args.by).await?)
+    })?;
+    writeln!(std::io::stdout().lock(), "{value}")?;
     Ok(ExitCode::SUCCESS)
 }
 

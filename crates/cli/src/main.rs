@@ -73,6 +73,9 @@ enum Command {
     /// Read a key: its value alone on standard output, the context on standard error; exit 1
     /// when not found, 3 when concurrent writes left siblings (listed on standard error).
     Get(kv::GetArgs),
+    /// Add to a counter (`--by N`, default 1; negative subtracts) and print its new value.
+    /// Increments through any node, concurrent or not, all count.
+    Incr(kv::IncrArgs),
     /// Delete a key (with a context, exactly the versions it covers).
     Delete(kv::DeleteArgs),
     /// List the keys holding a live value, one per line in key order (every page of them).
@@ -126,6 +129,7 @@ fn main() -> std::process::ExitCode {
         Command::Get(args) => kv::get(args),
         Command::List(args) => kv::list(args),
         Command::Delete(args) => kv::delete(args),
+        Command::Incr(args) => kv::incr(args),
         Command::Admin(cmd) => admin::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::BenchStorage(args) => bench_storage::run(args),

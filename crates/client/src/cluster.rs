@@ -476,6 +476,43 @@ impl ClusterClient {
         self.write(key, Some(value), context, None).await
     }
 
+    /// Writes `value` under `key`, expiring after `ttl` (see [`Client::put_expiring`]);
+    /// returns the new context.
+    pub async fn put_expiring(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        context: Option<&str>,
+        ttl: std::time::Duration,
+    ) -> Result<Option<String>, ClientError> {
+        self.with_fallback(key, |c| {
+            let value = value.clone();
+            async move { c.put_expiring(key, value, context, ttl).await }
+        })
+        .await
+    }
+
+    /// Adds `by` to the counter at `key` (see [`Client::increment`]); its new value. Only a
+    /// node that could not be reached is passed over for the next: an increment that timed
+    /// out may have counted, so it is not sent again.
+    pub async fn increment(&self, key: &[u8], by: i64) -> Result<i64, ClientError> {
+        self.refresh_if_stale().await;
+        let mut last = None;
+        for c in self.candidates(key) {
+            match c.increment(key, by).await {
+                Err(e @ ClientError::Unreachable { .. }) => last = Some(e),
+                answer => return answer,
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Protocol("no node to send to".into())))
+    }
+
+    /// The value of the counter at `key` (`None`: nothing stored there).
+    pub async fn counter(&self, key: &[u8]) -> Result<Option<i64>, ClientError> {
+        self.with_fallback(key, |c| async move { c.counter(key).await })
+            .await
+    }
+
     /// Deletes `key`; returns the context of the delete.
     pub async fn delete(
         &self,

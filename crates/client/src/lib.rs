@@ -100,6 +100,8 @@ pub struct Sibling {
     pub value: Vec<u8>,
     /// Write time at the coordinator, ms since the Unix epoch.
     pub timestamp: u64,
+    /// When the value expires, ms since the Unix epoch (`None`: never).
+    pub expires: Option<u64>,
 }
 
 /// The result of a read.
@@ -139,6 +141,8 @@ struct SiblingsJson {
 struct SiblingJson {
     value: String,
     timestamp: u64,
+    #[serde(default)]
+    expires: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -174,7 +178,16 @@ pub fn http_client() -> Result<reqwest::Client, ClientError> {
 
 /// The URL path of `key`: `/kv/` and the percent-encoded key bytes.
 pub fn key_path(key: &[u8]) -> String {
-    let mut path = String::from("/kv/");
+    path_under("/kv/", key)
+}
+
+/// The URL path of the counter at `key`: `/counters/` and the key, escaped as [`key_path`].
+pub fn counter_path(key: &[u8]) -> String {
+    path_under("/counters/", key)
+}
+
+fn path_under(prefix: &str, key: &[u8]) -> String {
+    let mut path = String::from(prefix);
     for chunk in key.utf8_chunks() {
         path.extend(utf8_percent_encode(chunk.valid(), KEY_SET));
         for b in chunk.invalid() {
@@ -338,6 +351,7 @@ impl Client {
                                 .decode(s.value)
                                 .map_err(|e| ClientError::Protocol(e.to_string()))?,
                             timestamp: s.timestamp,
+                            expires: s.expires,
                         })
                     })
                     .collect::<Result<_, ClientError>>()?;
@@ -414,6 +428,63 @@ impl Client {
             .write_with(key, Some(value), context, None)
             .await?
             .context)
+    }
+
+    /// [`Client::put`], the value expiring after `ttl` (whole seconds, at least 1): from its
+    /// deadline on, reads and listings no longer return it.
+    pub async fn put_expiring(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        context: Option<&str>,
+        ttl: std::time::Duration,
+    ) -> Result<Option<String>, ClientError> {
+        let req = self
+            .http
+            .put(self.url(key, None))
+            .header("x-ttl", ttl.as_secs().max(1))
+            .body(value);
+        Ok(self.write(req, context).await?.context)
+    }
+
+    /// Adds `by` (negative: subtracts) to the counter at `key`; its new value.
+    pub async fn increment(&self, key: &[u8], by: i64) -> Result<i64, ClientError> {
+        let url = format!("{}{}?by={by}", self.base, counter_path(key));
+        let resp = self
+            .http
+            .post(url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Self::counter_value(resp).await
+    }
+
+    /// The value of the counter at `key` (`None`: nothing stored there).
+    pub async fn counter(&self, key: &[u8]) -> Result<Option<i64>, ClientError> {
+        let url = format!("{}{}", self.base, counter_path(key));
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::counter_value(resp).await.map(Some)
+    }
+
+    async fn counter_value(resp: reqwest::Response) -> Result<i64, ClientError> {
+        if !resp.status().is_success() {
+            return Err(Self::api_error(resp).await);
+        }
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        body["value"]
+            .as_i64()
+            .ok_or_else(|| ClientError::Protocol("a counter answer without a value".into()))
     }
 
     /// Deletes `key`: with a context, the versions it covers; without, every version the

@@ -5,6 +5,7 @@
 //!
 //! Modules are named after the Dynamo concept they hold:
 //! - [`version`]: dotted version vector sets - vector clocks, siblings, the one merge;
+//! - [`counter`]: the convergent counter (PN-counter) a counter key's siblings hold;
 //! - [`context`]: the opaque, authenticated context token handed to clients;
 //! - [`clock`]: the two clocks - monotonic for timers, wall for version timestamps;
 //! - [`ring`]: where a key lives on the hash ring, tokens;
@@ -23,6 +24,7 @@
 
 pub mod clock;
 pub mod context;
+pub mod counter;
 pub mod failure_detector;
 pub mod gossip;
 pub mod limits;

@@ -46,6 +46,21 @@ pub enum ClientRequest {
         /// coordinator has not seen (a concurrent write through another node) still become
         /// siblings, so nothing acknowledged is dropped silently.
         overwrite: bool,
+        /// The value's time to live, ms: its deadline is the coordinator's clock plus this.
+        expires_in_ms: Option<u64>,
+    },
+    /// Add `by` (negative: subtract) to the counter at `key`, answering after `w` replicas
+    /// acknowledged ([`crate::counter`]). Refused when the key holds a value that is not a
+    /// counter, or when the counter would leave the 64-bit range.
+    Increment {
+        /// The key.
+        key: Vec<u8>,
+        /// How much to add.
+        by: i64,
+        /// Write quorum override.
+        w: Option<u8>,
+        /// How many of the W acknowledgements must come from primaries.
+        pw: Option<u8>,
     },
     /// List the keys holding a live value, in key order: up to `limit` keys starting with
     /// `prefix`, after `after`. Coordinated by the node that receives it, over a coverage plan
@@ -79,6 +94,7 @@ impl ClientRequest {
         match self {
             ClientRequest::Get { key, .. }
             | ClientRequest::Put { key, .. }
+            | ClientRequest::Increment { key, .. }
             | ClientRequest::Restore { key, .. } => key,
             ClientRequest::List { prefix, .. } => prefix,
         }
@@ -218,6 +234,13 @@ pub enum OpError {
         /// What was missing.
         reason: String,
     },
+    /// A counter operation on a key holding another kind of value, or a plain write or read of
+    /// a value on a counter key.
+    #[error("{0}")]
+    WrongType(String),
+    /// The counter would leave the range of a signed 64-bit integer; nothing changed.
+    #[error("increment or decrement would overflow")]
+    Overflow,
     /// The coordinator's disk is short of space: it refuses writes until space returns (reads
     /// go on); another node can take the write.
     #[error("{node} refuses writes: {message}; send the write to another node")]

@@ -5,6 +5,9 @@
 
 use crate::version::Object;
 
+/// A key the index lists, with the deadline after which it holds no value (if any).
+pub type Listed = (Vec<u8>, Option<u64>);
+
 /// A storage failure, as text (the core only reports it), and whether it is a full disk.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -57,14 +60,15 @@ pub trait LocalStore {
     /// (tombstone collection).
     fn remove_if(&self, key: &[u8], expected: &Object) -> Result<bool, StoreError>;
 
-    /// Up to `limit` keys holding a live value here (tombstones left out), in key order,
-    /// starting with `prefix`, after `after` (exclusive) when given. Listing reads it.
+    /// Up to `limit` keys holding a value here (tombstones left out), in key order, starting
+    /// with `prefix`, after `after` (exclusive) when given, each with the deadline after which
+    /// it holds none ([`Object::expires`]; the caller leaves out the expired). Listing reads it.
     fn list_keys(
         &self,
         after: Option<&[u8]>,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>, StoreError>;
+    ) -> Result<Vec<Listed>, StoreError>;
 
     /// Durably merges `incoming` into the hint kept for `owner` under `key`.
     fn put_hint(&self, owner: &str, key: &[u8], incoming: &Object) -> Result<(), StoreError>;
@@ -116,7 +120,7 @@ impl<T: LocalStore + ?Sized> LocalStore for std::sync::Arc<T> {
         after: Option<&[u8]>,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
+    ) -> Result<Vec<Listed>, StoreError> {
         (**self).list_keys(after, prefix, limit)
     }
 

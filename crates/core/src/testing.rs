@@ -87,7 +87,7 @@ impl LocalStore for MemoryStore {
         after: Option<&[u8]>,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
+    ) -> Result<Vec<crate::store::Listed>, StoreError> {
         let start = match after {
             Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_vec()),
             _ => std::ops::Bound::Included(prefix.to_vec()),
@@ -99,7 +99,7 @@ impl LocalStore for MemoryStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, o)| o.live().next().is_some())
             .take(limit)
-            .map(|(k, _)| k.clone())
+            .map(|(k, o)| (k.clone(), o.expires()))
             .collect())
     }
 

@@ -161,6 +161,16 @@ impl VersionVector {
     }
 }
 
+/// What a sibling's value is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ValueKind {
+    /// Bytes the client wrote.
+    #[default]
+    Bytes,
+    /// The state of a convergent counter ([`crate::counter::PnCounter`], encoded).
+    Counter,
+}
+
 /// One version of a value: a value or a tombstone, with the dot that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sibling {
@@ -170,6 +180,12 @@ pub struct Sibling {
     pub timestamp: u64,
     /// The value, or `None` for a tombstone (a delete).
     pub value: Option<Vec<u8>>,
+    /// When the value expires, ms since the Unix epoch (the write's coordinator's clock plus
+    /// its time to live): from then on it reads as a tombstone. Set once by the write; every
+    /// replica holds the same deadline, so no copy can bring the value back.
+    pub expires: Option<u64>,
+    /// What the value is.
+    pub kind: ValueKind,
 }
 
 impl Sibling {
@@ -177,6 +193,21 @@ impl Sibling {
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
     }
+
+    /// True when this sibling holds a value at wall-clock time `now` (ms since the Unix
+    /// epoch): not a tombstone, and not past its deadline.
+    pub fn live_at(&self, now: u64) -> bool {
+        self.value.is_some() && self.expires.is_none_or(|d| now < d)
+    }
+}
+
+/// What a write stamps besides its value: its deadline and its kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// When the new value expires (ms since the Unix epoch), if it does.
+    pub expires: Option<u64>,
+    /// What the value is.
+    pub kind: ValueKind,
 }
 
 /// Why an object received from storage or a peer was refused.
@@ -231,9 +262,46 @@ impl Object {
         &self.siblings
     }
 
-    /// The siblings that hold a value (tombstones left out).
+    /// The siblings that hold a value (tombstones left out; expired values kept - see
+    /// [`Object::live_at`]).
     pub fn live(&self) -> impl Iterator<Item = &Sibling> {
         self.siblings.iter().filter(|s| !s.is_tombstone())
+    }
+
+    /// The siblings that hold a value at wall-clock time `now` (tombstones and expired values
+    /// left out).
+    pub fn live_at(&self, now: u64) -> impl Iterator<Item = &Sibling> {
+        self.siblings.iter().filter(move |s| s.live_at(now))
+    }
+
+    /// This object as a client may see it at wall-clock time `now`: every sibling past its
+    /// deadline reads as a tombstone (same dot, so a write with this object's context still
+    /// supersedes it). What a coordinator answers; never stored.
+    pub fn visible_at(&self, now: u64) -> Object {
+        let mut o = self.clone();
+        for s in &mut o.siblings {
+            if s.expires.is_some_and(|d| now >= d) {
+                s.value = None;
+            }
+        }
+        o
+    }
+
+    /// When this object stops holding any value by expiry alone: the latest deadline of its
+    /// values, if every value has one (`None`: some value never expires, or none is left).
+    pub fn expires(&self) -> Option<u64> {
+        let mut latest = None;
+        for s in self.live() {
+            let d = s.expires?;
+            latest = Some(latest.map_or(d, |l: u64| l.max(d)));
+        }
+        latest
+    }
+
+    /// True when something was written and nothing holds a value at `now` (only tombstones
+    /// and expired values).
+    pub fn dead_at(&self, now: u64) -> bool {
+        !self.is_empty() && self.live_at(now).next().is_none()
     }
 
     /// True when nothing was ever written (no clock and no siblings).
@@ -285,6 +353,19 @@ impl Object {
         now: u64,
         floor: u64,
     ) -> Object {
+        self.update_stamped(actor, context, value, now, floor, Stamp::default())
+    }
+
+    /// [`Object::update_from`], the new value stamped with a deadline and a kind.
+    pub fn update_stamped(
+        &self,
+        actor: ActorId,
+        context: &VersionVector,
+        value: Option<Vec<u8>>,
+        now: u64,
+        floor: u64,
+        stamp: Stamp,
+    ) -> Object {
         let counter = (self.clock.counter(actor).max(context.counter(actor)) + 1).max(floor);
         let dot = Dot { actor, counter };
         let mut clock = self.clock.clone();
@@ -302,10 +383,18 @@ impl Object {
             .filter(|s| !context.covers(s.dot))
             .cloned()
             .collect();
+        // A tombstone has nothing to expire and no kind.
+        let stamp = if value.is_some() {
+            stamp
+        } else {
+            Stamp::default()
+        };
         siblings.push(Sibling {
             dot,
             timestamp: now,
             value,
+            expires: stamp.expires,
+            kind: stamp.kind,
         });
         siblings.sort_by_key(|s| s.dot);
         Object { clock, siblings }
@@ -377,6 +466,47 @@ impl Object {
             previous = Some(s.dot);
         }
         Ok(())
+    }
+}
+
+/// An object as storage format 2 (and older), backups of format 1 and JSON lines without a
+/// `"v"` carried it, postcard-encoded: siblings without a deadline or a kind. Decodes it into
+/// today's [`Object`] (no deadline, bytes), unchecked.
+pub fn decode_legacy(bytes: &[u8]) -> Result<Object, postcard::Error> {
+    Ok(postcard::from_bytes::<LegacyObject>(bytes)?.into_object())
+}
+
+/// An object encoded as before siblings had a deadline and a kind (see [`decode_legacy`]).
+#[derive(Debug, Deserialize)]
+pub struct LegacyObject {
+    clock: VersionVector,
+    siblings: Vec<LegacySibling>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LegacySibling {
+    dot: Dot,
+    timestamp: u64,
+    value: Option<Vec<u8>>,
+}
+
+impl LegacyObject {
+    /// Today's object: no deadline, bytes (unchecked).
+    pub fn into_object(self) -> Object {
+        Object {
+            clock: self.clock,
+            siblings: self
+                .siblings
+                .into_iter()
+                .map(|s| Sibling {
+                    dot: s.dot,
+                    timestamp: s.timestamp,
+                    value: s.value,
+                    expires: None,
+                    kind: ValueKind::Bytes,
+                })
+                .collect(),
+        }
     }
 }
 

@@ -129,6 +129,7 @@ fn request(u: &mut Unstructured<'_>) -> Result<ClientRequest> {
             w: u.arbitrary()?,
             pw: u.arbitrary()?,
             overwrite: u.arbitrary()?,
+            expires_in_ms: None,
         }
     })
 }

@@ -186,6 +186,11 @@ pub fn parse_object(v: &Value) -> Option<Object> {
                     None => None,
                     Some(b) => Some(base64::engine::general_purpose::STANDARD.decode(b).ok()?),
                 },
+                expires: s["expires"].as_u64(),
+                kind: match s["kind"].as_str() {
+                    Some("counter") => dynamokv_core::version::ValueKind::Counter,
+                    _ => dynamokv_core::version::ValueKind::Bytes,
+                },
             })
         })
         .collect::<Option<Vec<_>>>()?;

@@ -2,9 +2,9 @@
 //!
 //! Storage key: the key's ring position ([`dynamokv_core::ring::position`], 8 bytes big-endian)
 //! followed by the key bytes, so the objects of one arc of the ring are one contiguous scan in
-//! ring order. Stored value: a format byte (2), the xxh3-64 checksum of the storage key and the
-//! encoding (8 bytes big-endian), then the postcard encoding of the [`Object`]. Format 1 (no
-//! checksum) is still read.
+//! ring order. Stored value: a format byte (3), the xxh3-64 checksum of the storage key and the
+//! encoding (8 bytes big-endian), then the postcard encoding of the [`Object`]. Formats 1 (no
+//! checksum) and 2 (siblings without deadline or kind) are still read.
 //!
 //! A record that fails its checksum or does not decode, and a read the engine refuses because
 //! its own block checksum fails, is corruption: the read fails (never a wrong value), the store
@@ -18,8 +18,11 @@ use std::sync::{Arc, Mutex};
 
 /// Objects written before checksums: a format byte, then the postcard encoding.
 const FORMAT_PLAIN: u8 = 1;
-/// A format byte, an 8-byte checksum of storage key and encoding, then the encoding.
+/// A format byte, an 8-byte checksum of storage key and encoding, then the encoding of
+/// siblings without a deadline or a kind.
 const FORMAT_CHECKED: u8 = 2;
+/// As format 2, each sibling with its deadline and kind.
+const FORMAT_STAMPED: u8 = 3;
 const LOCK_STRIPES: usize = 256;
 
 /// The storage key of `key`: its ring position (big-endian) then the key.
@@ -56,10 +59,21 @@ pub(crate) fn encode(sk: &[u8], obj: &Object) -> Vec<u8> {
     // Serializing an in-memory Object into a Vec cannot fail.
     let encoding = postcard::to_allocvec(obj).unwrap_or_default();
     let mut out = Vec::with_capacity(9 + encoding.len());
-    out.push(FORMAT_CHECKED);
+    out.push(FORMAT_STAMPED);
     out.extend_from_slice(&checksum(sk, &encoding).to_be_bytes());
     out.extend_from_slice(&encoding);
     out
+}
+
+/// The encoding after a record's checksum, if the checksum holds.
+fn checked<'a>(sk: &[u8], rest: &'a [u8]) -> std::result::Result<&'a [u8], String> {
+    let (sum, encoding) = rest
+        .split_first_chunk::<8>()
+        .ok_or_else(|| "record shorter than its checksum".to_owned())?;
+    if u64::from_be_bytes(*sum) != checksum(sk, encoding) {
+        return Err("the record fails its checksum".into());
+    }
+    Ok(encoding)
 }
 
 /// The object stored under storage key `sk` as `bytes`, checked.
@@ -68,22 +82,15 @@ pub(crate) fn decode(sk: &[u8], bytes: &[u8]) -> Result<Object> {
         space: Space::Objects,
         reason,
     };
-    let encoding = match bytes.split_first() {
-        Some((&FORMAT_CHECKED, rest)) => {
-            let (sum, encoding) = rest
-                .split_first_chunk::<8>()
-                .ok_or_else(|| corrupt("record shorter than its checksum".into()))?;
-            if u64::from_be_bytes(*sum) != checksum(sk, encoding) {
-                return Err(corrupt("the record fails its checksum".into()));
-            }
-            encoding
-        }
-        Some((&FORMAT_PLAIN, rest)) => rest,
+    let checked = |rest| checked(sk, rest).map_err(corrupt);
+    let obj = match bytes.split_first() {
+        Some((&FORMAT_STAMPED, rest)) => postcard::from_bytes::<Object>(checked(rest)?),
+        Some((&FORMAT_CHECKED, rest)) => dynamokv_core::version::decode_legacy(checked(rest)?),
+        Some((&FORMAT_PLAIN, rest)) => dynamokv_core::version::decode_legacy(rest),
         Some((v, _)) => return Err(corrupt(format!("unknown object format {v}"))),
         None => return Err(corrupt("empty record".into())),
-    };
-    let obj: Object =
-        postcard::from_bytes(encoding).map_err(|e| corrupt(format!("undecodable object: {e}")))?;
+    }
+    .map_err(|e| corrupt(format!("undecodable object: {e}")))?;
     obj.validate().map_err(|e| corrupt(e.to_string()))?;
     Ok(obj)
 }
@@ -209,25 +216,27 @@ impl ObjectStore {
             let sk = storage_key(key);
             let mut batch = WriteBatch::new();
             batch.put(Space::Objects, sk.clone(), encode(&sk, &new));
-            // The index lists the keys holding a live value.
-            match (live(&current), live(&new)) {
-                (false, true) => batch.put(Space::Index, key, Vec::new()),
-                (true, false) => batch.delete(Space::Index, key),
-                _ => {}
+            // The index lists the keys holding a value, each with its deadline.
+            let entry = index_entry(&new);
+            if index_entry(&current) != entry {
+                match entry {
+                    Some(value) => batch.put(Space::Index, key, value),
+                    None => batch.delete(Space::Index, key),
+                }
             }
             self.engine.write(batch)?;
         }
         Ok(new)
     }
 
-    /// Up to `limit` keys holding a live value here, in key order, that start with `prefix`,
-    /// after `after` (exclusive) when given.
+    /// Up to `limit` keys holding a value here, in key order, that start with `prefix`, after
+    /// `after` (exclusive) when given, each with the deadline after which it holds none.
     pub fn list_keys(
         &self,
         after: Option<&[u8]>,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<Vec<dynamokv_core::store::Listed>> {
         use std::ops::Bound;
         let start = match after {
             Some(a) if a >= prefix => Bound::Excluded(a),
@@ -239,7 +248,10 @@ impl ObjectStore {
         Ok(self
             .noticed(page, after.unwrap_or_default())?
             .into_iter()
-            .map(|(k, _)| k)
+            .map(|(k, v)| {
+                let deadline = v.as_slice().try_into().ok().map(u64::from_be_bytes);
+                (k, deadline)
+            })
             .collect())
     }
 
@@ -257,8 +269,8 @@ impl ObjectStore {
             after = Some(last.clone());
             let mut batch = WriteBatch::new();
             for (key, object) in &page {
-                if live(object) {
-                    batch.put(Space::Index, key.clone(), Vec::new());
+                if let Some(value) = index_entry(object) {
+                    batch.put(Space::Index, key.clone(), value);
                     indexed += 1;
                 }
             }
@@ -327,9 +339,12 @@ impl ObjectStore {
 /// Meta-space key, present once the key index covers every object.
 const INDEX_BUILT: &[u8] = b"\xffobjects/index-built";
 
-/// Whether `o` holds a value (a sibling that is not a tombstone): listed.
-fn live(o: &Object) -> bool {
-    o.live().next().is_some()
+/// The key index's record for `o`: none when it holds no value (a tombstone only), else the
+/// deadline after which it holds none (8 bytes big-endian), or nothing when some value never
+/// expires.
+fn index_entry(o: &Object) -> Option<Vec<u8>> {
+    o.live().next()?;
+    Some(o.expires().map_or(Vec::new(), |d| d.to_be_bytes().to_vec()))
 }
 
 /// The first key after every key starting with `prefix` (`None`: no such key, the prefix is
@@ -397,7 +412,8 @@ impl dynamokv_core::store::LocalStore for ObjectStore {
         after: Option<&[u8]>,
         prefix: &[u8],
         limit: usize,
-    ) -> std::result::Result<Vec<Vec<u8>>, dynamokv_core::store::StoreError> {
+    ) -> std::result::Result<Vec<dynamokv_core::store::Listed>, dynamokv_core::store::StoreError>
+    {
         ObjectStore::list_keys(self, after, prefix, limit).map_err(store_error)
     }
 
@@ -442,6 +458,36 @@ mod tests {
     use super::*;
     use crate::MemoryEngine;
     use dynamokv_core::{ActorId, VersionVector};
+
+    #[test]
+    fn records_of_formats_1_and_2_still_read() {
+        #[derive(serde::Serialize)]
+        struct Old {
+            clock: VersionVector,
+            siblings: Vec<(dynamokv_core::Dot, u64, Option<Vec<u8>>)>,
+        }
+        let o = Object::new().update(ActorId(1), &VersionVector::new(), Some(b"v".to_vec()), 5);
+        let old = Old {
+            clock: o.clock().clone(),
+            siblings: o
+                .siblings()
+                .iter()
+                .map(|s| (s.dot, s.timestamp, s.value.clone()))
+                .collect(),
+        };
+        let encoding = postcard::to_allocvec(&old).unwrap();
+        let sk = storage_key(b"k");
+        let mut two = vec![FORMAT_CHECKED];
+        two.extend(checksum(&sk, &encoding).to_be_bytes());
+        two.extend(&encoding);
+        assert_eq!(decode(&sk, &two).unwrap(), o);
+        let mut one = vec![FORMAT_PLAIN];
+        one.extend(&encoding);
+        assert_eq!(decode(&sk, &one).unwrap(), o);
+        let now = encode(&sk, &o);
+        assert_eq!(now[0], FORMAT_STAMPED);
+        assert_eq!(decode(&sk, &now).unwrap(), o);
+    }
 
     #[test]
     fn storage_key_orders_by_ring_position() {
@@ -559,7 +605,7 @@ mod tests {
                 .list_keys(after, prefix, limit)
                 .unwrap()
                 .into_iter()
-                .map(|k| String::from_utf8(k).unwrap())
+                .map(|(k, _)| String::from_utf8(k).unwrap())
                 .collect::<Vec<_>>()
         };
         assert_eq!(list(None, b"", 10), ["a/1", "b/1", "b/3", "c"]);

@@ -14,6 +14,12 @@
 //!   `tombstone_min_age_ms` (on its own monotonic clock: a coordinator's skewed wall clock
 //!   cannot make a fresh tombstone look old).
 //!
+//! Values that expired count as tombstones here (each sibling carries its deadline, the same on
+//! every replica, so no copy can bring one back): a range is swept when it holds a tombstone
+//! or once the earliest deadline its tree has seen passed (on this node's wall clock), and an
+//! object whose values all expired is collected like a deleted key. Expiry thus costs a sweep
+//! of the ranges where something expired, under the shared background budget.
+//!
 //! It then sends the other primaries [`CollectMessage::Reap`] with the keys and the digests of
 //! their versions and removes its own copies; a replica removes a key only if its copy is still
 //! that version and it keeps no hint for it. A replica that missed the reap pushes its
@@ -29,7 +35,6 @@ use super::trees::BUILD_KEYS_PER_TICK;
 use super::worker::{Ctx, Worker};
 use crate::merkle::{Digest, Hash, Range, digest};
 use crate::message::CollectMessage;
-use crate::node::tracked::dead;
 use crate::ring::position;
 use crate::store::LocalStore;
 use crate::version::Object;
@@ -57,6 +62,9 @@ struct Sweep {
     found: Vec<(Vec<u8>, Object)>,
     /// Every tombstone-only key of the range this sweep saw: its version and since when.
     seen: BTreeMap<Vec<u8>, (Digest, u64)>,
+    /// The earliest deadline of a key the sweep saw still holding a value that expires (the
+    /// range's next expiry once the sweep is complete).
+    next_expiry: Option<u64>,
 }
 
 /// The collector of one node.
@@ -155,14 +163,21 @@ impl Collector {
             .peers()
             .keys()
             .filter(|r| ctx.trees.owns(r))
-            .filter(|r| ctx.trees.get(r).is_some_and(|t| t.dead > 0))
+            .filter(|r| {
+                ctx.trees
+                    .get(r)
+                    .is_some_and(|t| t.dead > 0 || t.next_expiry.is_some_and(|d| ctx.now.wall >= d))
+            })
             .filter(|r| self.last_sweep.get(*r).is_none_or(|at| now >= at + pause))
             .copied()
             .collect();
         let range = due.into_iter().find(|r| Self::proven(ctx, *r))?;
         // Sweep even while hints are kept somewhere: the sweep records since when each
         // tombstone is unchanged; only the reap waits for no hints anywhere.
-        let root = ctx.trees.get_mut(&range)?.tree.root();
+        let t = ctx.trees.get_mut(&range)?;
+        let root = t.tree.root();
+        // What the sweep finds replaces it; writes meanwhile lower it again.
+        t.next_expiry = None;
         self.last_sweep.insert(range, now);
         Some(Sweep {
             range,
@@ -171,6 +186,7 @@ impl Collector {
             after: None,
             found: Vec::new(),
             seen: BTreeMap::new(),
+            next_expiry: None,
         })
     }
 
@@ -197,8 +213,16 @@ impl Collector {
             sweep.after = page.last().map(|(k, _)| k.clone());
             let before = self.seen.get(&sweep.range);
             for (key, object) in page {
-                if !dead(&object) {
+                if !object.dead_at(ctx.now.wall) {
+                    if let Some(d) = object.expires() {
+                        sweep.next_expiry = Some(sweep.next_expiry.map_or(d, |n| n.min(d)));
+                    }
                     continue;
+                }
+                if object.live().next().is_some() {
+                    // Expired, not deleted: the tombstone count does not bring the range
+                    // back, so it stays due until the key is gone.
+                    sweep.next_expiry = Some(ctx.now.wall);
                 }
                 let version = digest(&object);
                 let since = before
@@ -215,7 +239,12 @@ impl Collector {
                 sweep.after = None;
             }
         }
-        sweep.span >= spans.len() || sweep.found.len() >= MAX_REAP
+        if sweep.span < spans.len() && sweep.found.len() >= MAX_REAP {
+            // Stopped early: what it has not looked at may have expired too.
+            sweep.next_expiry = Some(ctx.now.wall);
+            return true;
+        }
+        sweep.span >= spans.len()
     }
 
     /// A finished sweep: reap what it found, if nothing changed here since it began, the proof
@@ -223,6 +252,9 @@ impl Collector {
     fn reap<S: LocalStore>(&mut self, ctx: &mut Ctx<'_, S>, mut sweep: Sweep) {
         let seen = std::mem::take(&mut sweep.seen);
         self.seen.insert(sweep.range, seen);
+        if let Some(t) = ctx.trees.get_mut(&sweep.range) {
+            t.expiring(sweep.next_expiry);
+        }
         let unchanged = ctx
             .trees
             .get_mut(&sweep.range)
@@ -305,7 +337,7 @@ impl Collector {
             let Ok(Some(current)) = ctx.store.get(&key) else {
                 continue;
             };
-            if dead(&current) && digest(&current) == version {
+            if current.dead_at(ctx.now.wall) && digest(&current) == version {
                 self.remove(ctx, &key, &current);
             }
         }

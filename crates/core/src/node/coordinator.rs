@@ -19,11 +19,12 @@ use super::outbox::{Origin, Outbox};
 use super::replica::local_read;
 use super::scheduler::LatencyWindow;
 use crate::clock::Now;
+use crate::counter::PnCounter;
 use crate::message::{ClientRequest, KvMessage, OpError, QuorumKind, Reply, RequestId, WireError};
 use crate::preference::PreferenceList;
 use crate::quorum::{Reachability, Tally, Verdict};
 use crate::store::LocalStore;
-use crate::version::{ActorId, Dot, Object, VersionVector};
+use crate::version::{ActorId, Dot, Object, Stamp, ValueKind, VersionVector};
 use std::collections::BTreeMap;
 
 /// What each target returned to a read.
@@ -36,6 +37,39 @@ struct DeleteAfter {
     w: Option<u8>,
     pw: Option<u8>,
     pref: PreferenceList,
+}
+
+/// What a write stamps over the coordinator's copy.
+#[derive(Debug)]
+enum Write {
+    /// A put: a value (or a tombstone) with the client's context.
+    Put {
+        value: Option<Vec<u8>>,
+        context: Option<VersionVector>,
+        overwrite: bool,
+        stamp: Stamp,
+    },
+    /// An increment of the counter (negative: a decrement).
+    Increment(i64),
+}
+
+/// The counter state `current` holds at `now` with `by` added by `actor` (a new entry, if it
+/// holds none of its own, keyed by `dot`, the counter of the write's dot), encoded.
+fn increment(
+    current: &Object,
+    now: u64,
+    actor: ActorId,
+    dot: u64,
+    by: i64,
+) -> Result<Vec<u8>, OpError> {
+    let wrong = |_| {
+        OpError::WrongType(
+            "the key holds a value that is not a counter (delete it first)".to_owned(),
+        )
+    };
+    let mut state = PnCounter::of(current, now).map_err(wrong)?;
+    state.add(actor, dot, by).map_err(|_| OpError::Overflow)?;
+    Ok(state.encode())
 }
 
 /// Siblings per key at which writes are counted as warnings.
@@ -66,6 +100,9 @@ struct Operation {
     deadline: u64,
     /// When the request arrived here (monotonic, ms).
     started: u64,
+    /// The wall clock then (ms since the Unix epoch): with `started`, the wall clock at any
+    /// later monotonic time, for the deadlines of the values answered.
+    wall: u64,
     kind: Kind,
 }
 
@@ -165,7 +202,9 @@ pub fn unreachable(pref: &PreferenceList, request: &ClientRequest) -> OpError {
 fn kind_of(request: &ClientRequest) -> QuorumKind {
     match request {
         ClientRequest::Get { .. } | ClientRequest::List { .. } => QuorumKind::Read,
-        ClientRequest::Put { .. } | ClientRequest::Restore { .. } => QuorumKind::Write,
+        ClientRequest::Put { .. }
+        | ClientRequest::Restore { .. }
+        | ClientRequest::Increment { .. } => QuorumKind::Write,
     }
 }
 
@@ -184,7 +223,9 @@ fn admit(
     let kind = kind_of(request);
     let (name, pname, asked_q, asked_p, default) = match request {
         ClientRequest::Get { r, pr, .. } => ("r", "pr", *r, *pr, config.r),
-        ClientRequest::Put { w, pw, .. } => ("w", "pw", *w, *pw, config.w),
+        ClientRequest::Put { w, pw, .. } | ClientRequest::Increment { w, pw, .. } => {
+            ("w", "pw", *w, *pw, config.w)
+        }
         ClientRequest::Restore { w, .. } => ("w", "pw", *w, None, config.w),
         ClientRequest::List { .. } => {
             let why = "a listing has no quorum: it is coordinated by listing".to_owned();
@@ -273,10 +314,30 @@ impl Coordinator {
                 value,
                 context,
                 overwrite,
+                expires_in_ms,
                 ..
             } => {
                 self.counters.writes += 1;
-                let object = match self.stamp(local, now, &key, value, context, overwrite) {
+                let stamp = Stamp {
+                    expires: expires_in_ms.map(|ttl| now.wall.saturating_add(ttl)),
+                    kind: ValueKind::Bytes,
+                };
+                let write = Write::Put {
+                    value,
+                    context,
+                    overwrite,
+                    stamp,
+                };
+                let object = match self.stamp(local, now, &key, write) {
+                    Ok(object) => object,
+                    Err(e) => return out.respond(origin, Err(e)),
+                };
+                tally.succeed(local.id);
+                self.start_write(local, id, key, object, &pref, out)
+            }
+            ClientRequest::Increment { key, by, .. } => {
+                self.counters.writes += 1;
+                let object = match self.stamp(local, now, &key, Write::Increment(by)) {
                     Ok(object) => object,
                     Err(e) => return out.respond(origin, Err(e)),
                 };
@@ -302,6 +363,7 @@ impl Coordinator {
                 tally,
                 deadline: now.mono + local.config.request_timeout_ms,
                 started: now.mono,
+                wall: now.wall,
                 kind,
             },
         );
@@ -355,22 +417,32 @@ impl Coordinator {
 
     /// Stamps the new version of `key` against this node's copy and stores it: the write of a
     /// put (`value`, or a tombstone) with `context` - over everything this coordinator holds
-    /// when `overwrite`. Refused, and nothing stored, past the object or sibling limits.
+    /// when `overwrite` - or an increment of the counter this copy holds, over all of it.
+    /// Refused, and nothing stored, past the object or sibling limits, or for an increment of
+    /// a key that is not a counter or that would overflow.
     fn stamp<S: LocalStore>(
         &mut self,
         local: &Local<'_, S>,
         now: Now,
         key: &[u8],
-        value: Option<Vec<u8>>,
-        context: Option<VersionVector>,
-        overwrite: bool,
+        write: Write,
     ) -> Result<Object, OpError> {
         let (actor, config) = (local.actor, local.config);
         let next_counter = self.counter_floor + 1;
-        let mut value = Some(value);
+        let mut write = Some(write);
         let mut refused = None;
         let stamped = local.store.modify(key, &mut |current| {
-            let mut ctx = context.clone().unwrap_or_default();
+            let Some(w) = write.take() else {
+                return current;
+            };
+            let (context, overwrite) = match &w {
+                Write::Put {
+                    context, overwrite, ..
+                } => (context.clone(), *overwrite),
+                // An increment supersedes every version it joined.
+                Write::Increment(_) => (None, true),
+            };
+            let mut ctx = context.unwrap_or_default();
             if overwrite {
                 // Over everything this coordinator holds (RESP `SET`); versions it has not seen
                 // yet still become siblings.
@@ -383,9 +455,40 @@ impl Coordinator {
                 Some(_) => 0,
                 None => next_counter,
             };
-            // The wall clock: only for the timestamp the version carries.
-            let candidate =
-                current.update_from(actor, &ctx, value.take().flatten(), now.wall, floor);
+            let (value, stamp) = match w {
+                Write::Put { value, .. }
+                    if value.is_some()
+                        && current
+                            .live_at(now.wall)
+                            .any(|s| s.kind == ValueKind::Counter) =>
+                {
+                    refused = Some(OpError::WrongType(
+                        "the key holds a counter: change it with an increment, or delete it first"
+                            .to_owned(),
+                    ));
+                    return current;
+                }
+                Write::Put { value, stamp, .. } => (value, stamp),
+                Write::Increment(by) => {
+                    let dot =
+                        (current.clock().counter(actor).max(ctx.counter(actor)) + 1).max(floor);
+                    match increment(&current, now.wall, actor, dot, by) {
+                        Ok(value) => (
+                            Some(value),
+                            Stamp {
+                                expires: None,
+                                kind: ValueKind::Counter,
+                            },
+                        ),
+                        Err(e) => {
+                            refused = Some(e);
+                            return current;
+                        }
+                    }
+                }
+            };
+            // The wall clock: for the timestamp the version carries, and its deadline.
+            let candidate = current.update_stamped(actor, &ctx, value, now.wall, floor, stamp);
             refused = over_limits(config, key, &current, &candidate);
             if refused.is_some() {
                 return current;
@@ -615,12 +718,14 @@ impl Coordinator {
                 Kind::Read { .. } => (QuorumKind::Read, false),
                 Kind::Write { .. } => (QuorumKind::Write, true),
             };
+            // Values past their deadline read as tombstones.
+            let wall = op.wall + now.saturating_sub(op.started);
             let response = match op.tally.verdict(expired) {
                 Verdict::Waiting => None,
                 Verdict::Failed => Some(Err(op.tally.unavailable(kind, written))),
                 Verdict::Reached => Some(Ok(match &op.kind {
                     Kind::Read { replies, .. } => {
-                        let merged = merge_all(replies.values());
+                        let merged = merge_all(replies.values()).visible_at(wall);
                         let live = merged.live().count();
                         if live > 0 {
                             self.counters.reads_by_versions[live.min(4) - 1] += 1;
@@ -628,7 +733,7 @@ impl Coordinator {
                         Reply::Read(merged)
                     }
                     Kind::Write { object, dot } => Reply::Written {
-                        object: object.clone(),
+                        object: object.visible_at(wall),
                         dot: *dot,
                     },
                 })),
@@ -706,6 +811,7 @@ impl Coordinator {
             w: then.w,
             pw: then.pw,
             overwrite: false,
+            expires_in_ms: None,
         };
         // The read stays until its replies are in, for read repair.
         let now = Now {

@@ -113,6 +113,9 @@ pub struct Ask {
     pub limit: usize,
     /// Also each key's object.
     pub objects: bool,
+    /// This node's wall clock, ms since the Unix epoch: keys whose values all expired by then
+    /// are left out.
+    pub now: u64,
 }
 
 /// This node's part: up to `limit` of its keys in `ranges` starting with `prefix`, after
@@ -135,14 +138,14 @@ pub fn part<S: LocalStore>(
         let want = (budget - scanned).min(1024);
         let page = store.list_keys(cursor.as_deref(), prefix, want)?;
         let full = page.len() == want;
-        for key in page {
+        for (key, expires) in page {
             scanned += 1;
-            if ranges.contains(position(&key)) {
+            let expired = expires.is_some_and(|d| ask.now >= d);
+            if !expired && ranges.contains(position(&key)) {
                 bytes += key.len();
                 if ask.objects {
                     // The index may hold a key a moment longer than its value.
-                    let Some(object) = store.get(&key)?.filter(|o| o.live().next().is_some())
-                    else {
+                    let Some(object) = store.get(&key)?.filter(|o| !o.dead_at(ask.now)) else {
                         cursor = Some(key);
                         continue;
                     };
@@ -308,6 +311,7 @@ impl Listing {
     pub fn on_message<S: LocalStore>(
         &mut self,
         store: &S,
+        now: u64,
         from: &str,
         message: ListMessage,
         out: &mut Outbox,
@@ -326,6 +330,7 @@ impl Listing {
                     after,
                     limit: limit.clamp(1, MAX_LIMIT) as usize,
                     objects,
+                    now,
                 };
                 // At most one range per token of the ring: a peer cannot make this node build
                 // more than the ring has.

@@ -580,6 +580,7 @@ impl<S: LocalStore> Node<S> {
                 after,
                 limit: limit as usize,
                 objects,
+                now: now.wall,
             };
             let plan = listing::Plan {
                 me: self.cluster.id(),
@@ -622,6 +623,14 @@ impl<S: LocalStore> Node<S> {
             );
             return self.out.respond(origin, Err(OpError::BadRequest(why)));
         }
+        if let ClientRequest::Put {
+            expires_in_ms: Some(0),
+            ..
+        } = &request
+        {
+            let why = "a time to live must be at least 1 ms".to_owned();
+            return self.out.respond(origin, Err(OpError::BadRequest(why)));
+        }
         if let ClientRequest::Restore { object, .. } = &request
             && let Err(e) = object.validate()
         {
@@ -630,7 +639,9 @@ impl<S: LocalStore> Node<S> {
         }
         let pref = if matches!(
             request,
-            ClientRequest::Put { .. } | ClientRequest::Restore { .. }
+            ClientRequest::Put { .. }
+                | ClientRequest::Restore { .. }
+                | ClientRequest::Increment { .. }
         ) {
             self.write_preference(request.key(), now.mono)
         } else {
@@ -699,7 +710,11 @@ impl<S: LocalStore> Node<S> {
                 self.collector.on_message(&mut ctx, from, m);
                 self.exchange.schedule(&mut ctx);
             }
-            Message::List(m) => self.listing.on_message(&self.store, from, m, &mut self.out),
+            Message::List(m) => {
+                let wall = now.wall;
+                self.listing
+                    .on_message(&self.store, wall, from, m, &mut self.out)
+            }
             Message::Handover(m) => {
                 let cluster = &self.cluster;
                 let is_up = |n: &str| cluster.is_up(n);

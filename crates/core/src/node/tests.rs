@@ -153,6 +153,7 @@ impl Cluster {
                 w,
                 pw: None,
                 overwrite: false,
+                expires_in_ms: None,
             },
         )
     }
@@ -190,6 +191,7 @@ fn put_request(key: &[u8], value: &[u8], w: Option<u8>) -> ClientRequest {
         w,
         pw: None,
         overwrite: false,
+        expires_in_ms: None,
     }
 }
 
@@ -261,6 +263,7 @@ fn writes_with_one_primary_down_and_w3_failure() {
             w: Some(3),
             pw: Some(3),
             overwrite: false,
+            expires_in_ms: None,
         },
     ) {
         Err(OpError::Unavailable {
@@ -350,6 +353,7 @@ fn concurrent_writes_through_different_coordinators_become_siblings() {
             w: Some(3),
             pw: None,
             overwrite: false,
+            expires_in_ms: None,
         };
         c.net.send(
             c.now,
@@ -503,6 +507,7 @@ fn sloppy_quorum_hints_and_handoff() {
             w: Some(2),
             pw: Some(3),
             overwrite: false,
+            expires_in_ms: None,
         },
     ) {
         Err(OpError::Unavailable {
@@ -816,6 +821,7 @@ fn an_overwrite_supersedes_what_its_coordinator_holds_but_not_unseen_writes() {
         w: Some(1),
         pw: None,
         overwrite: true,
+        expires_in_ms: None,
     };
     // Blind overwrites through one coordinator replace each other.
     c.request(&p[0], 1, overwrite(b"a")).unwrap();
@@ -881,6 +887,7 @@ fn a_failure_after_a_retried_forward_never_says_not_written() {
         w: Some(3),
         pw: Some(3),
         overwrite: false,
+        expires_in_ms: None,
     };
     c.submit(&other, t, 11, strict);
     c.now += 1000;
@@ -1172,4 +1179,100 @@ fn the_scrub_reads_every_object_and_a_salvage_that_lost_data_rebuilds_it() {
     }
     let ae = c.nodes["n1"].anti_entropy_stats();
     assert!(!ae.rebuilding, "rebuilt within a minute: {ae:?}");
+}
+
+#[test]
+fn a_value_reads_as_absent_from_its_deadline_and_a_rewrite_keeps_no_deadline() {
+    let mut c = Cluster::new(3);
+    let put = |key: &[u8], value: &[u8], ttl: Option<u64>| ClientRequest::Put {
+        key: key.to_vec(),
+        value: Some(value.to_vec()),
+        context: None,
+        w: None,
+        pw: None,
+        overwrite: true,
+        expires_in_ms: ttl,
+    };
+    assert!(c.request("n0", 1, put(b"e", b"v", Some(1_000))).is_ok());
+    assert_eq!(values(&c.get("n1", b"e")), vec![b"v".to_vec()]);
+    let stored = c.local(&c.primaries(b"e")[0], b"e").unwrap();
+    assert_eq!(stored.expires(), Some(c.now + 1_000), "{stored:?}");
+    // One ms before the deadline it is there; at the deadline it is gone, everywhere.
+    c.now += 999;
+    assert_eq!(values(&c.get("n2", b"e")), vec![b"v".to_vec()]);
+    c.now += 1;
+    for id in c.ids() {
+        let o = c.get(&id, b"e");
+        assert!(o.live().next().is_none(), "{id}: {o:?}");
+        assert!(
+            !o.clock().is_empty(),
+            "its context still covers the expired value"
+        );
+    }
+    // A time to live of 0 is refused; a write without one keeps its value for good.
+    assert!(matches!(
+        c.request("n0", 1, put(b"e", b"w", Some(0))),
+        Err(OpError::BadRequest(_))
+    ));
+    assert!(c.request("n0", 1, put(b"e", b"w", None)).is_ok());
+    c.now += 5_000;
+    assert_eq!(values(&c.get("n1", b"e")), vec![b"w".to_vec()]);
+}
+
+#[test]
+fn counters_add_up_through_every_coordinator_and_refuse_other_kinds() {
+    use crate::counter::PnCounter;
+    let mut c = Cluster::new(3);
+    let incr_at = |key: &[u8], by: i64, w: Option<u8>| ClientRequest::Increment {
+        key: key.to_vec(),
+        by,
+        w,
+        pw: None,
+    };
+    let incr = |by: i64| incr_at(b"hits", by, None);
+    // Concurrent increments: n2 is cut off, so its increments become a sibling.
+    c.cut("n2");
+    let mut sum = 0;
+    for (i, id) in ["n0", "n1", "n2", "n0"].into_iter().enumerate() {
+        let by = (i as i64 + 1) * 10 - 25;
+        let w = if id == "n2" { Some(1) } else { None };
+        let r = c.request(id, 1, incr_at(b"hits", by, w));
+        assert!(r.is_ok(), "{id}: {r:?}");
+        sum += by;
+    }
+    c.net.heal_all();
+    // Anti-entropy's work, done by hand: n2's copy merged into the others by a read repair.
+    let o = c.get("n2", b"hits");
+    assert!(o.live().count() >= 1);
+    let r = c.request(
+        "n0",
+        2,
+        ClientRequest::Get {
+            key: b"hits".to_vec(),
+            r: Some(3),
+            pr: None,
+        },
+    );
+    let Ok(Reply::Read(o)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(PnCounter::of(&o, c.now).unwrap().value(), sum, "{o:?}");
+    // A later increment supersedes the siblings it joined and keeps the sum.
+    assert!(c.request("n1", 1, incr(1)).is_ok());
+    let o = c.get("n0", b"hits");
+    assert_eq!(PnCounter::of(&o, c.now).unwrap().value(), sum + 1);
+    // A plain write to the counter is refused, and so is an increment of a plain value or
+    // past the 64-bit range; none changes anything.
+    let r = c.put("n0", b"hits", b"text", None, None);
+    assert!(matches!(r, Err(OpError::WrongType(_))), "{r:?}");
+    assert!(c.put("n0", b"plain", b"text", None, None).is_ok());
+    let r = c.request("n0", 1, incr_at(b"plain", 1, None));
+    assert!(matches!(r, Err(OpError::WrongType(_))), "{r:?}");
+    assert!(matches!(
+        c.request("n0", 1, incr(i64::MAX)),
+        Err(OpError::Overflow)
+    ));
+    let o = c.get("n0", b"hits");
+    assert_eq!(PnCounter::of(&o, c.now).unwrap().value(), sum + 1);
+    assert_eq!(values(&c.get("n0", b"plain")), vec![b"text".to_vec()]);
 }

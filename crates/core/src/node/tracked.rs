@@ -21,6 +21,8 @@ pub struct Change {
     pub old_dead: bool,
     /// Whether it holds only tombstones after.
     pub new_dead: bool,
+    /// When it holds no value after, by expiry alone ([`Object::expires`]).
+    pub new_expires: Option<u64>,
 }
 
 /// Whether an object holds only tombstones (a deleted key).
@@ -67,6 +69,7 @@ impl<S: LocalStore> Tracked<S> {
                 new: new_digest,
                 old_dead,
                 new_dead: dead(new),
+                new_expires: new.expires(),
             });
         }
     }
@@ -119,7 +122,7 @@ impl<S: LocalStore> LocalStore for Tracked<S> {
         after: Option<&[u8]>,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
+    ) -> Result<Vec<crate::store::Listed>, StoreError> {
         self.inner.list_keys(after, prefix, limit)
     }
 

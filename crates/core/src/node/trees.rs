@@ -44,6 +44,10 @@ pub struct RangeTree {
     pub tree: Tree,
     /// Keys of the range holding only tombstones (what tombstone collection looks for).
     pub dead: u64,
+    /// The earliest deadline after which a key of the range holds no value by expiry alone
+    /// (its values all expire), as far as writes and the last sweep told: tombstone
+    /// collection sweeps the range once it passed.
+    pub next_expiry: Option<u64>,
     build: Build,
     spans: Vec<(u64, u64)>,
 }
@@ -53,11 +57,19 @@ impl RangeTree {
         Self {
             tree: Tree::new(range),
             dead: 0,
+            next_expiry: None,
             build: Build::Scanning {
                 span: 0,
                 after: None,
             },
             spans: range.spans(),
+        }
+    }
+
+    /// A key of the range holds no value from `deadline` on (if any).
+    pub fn expiring(&mut self, deadline: Option<u64>) {
+        if let Some(d) = deadline {
+            self.next_expiry = Some(self.next_expiry.map_or(d, |n| n.min(d)));
         }
     }
 
@@ -220,6 +232,7 @@ impl Trees {
                 (true, false) => t.dead = t.dead.saturating_sub(1),
                 _ => {}
             }
+            t.expiring(c.new_expires);
         }
     }
 
@@ -248,6 +261,7 @@ impl Trees {
                     if dead(object) {
                         t.dead += 1;
                     }
+                    t.expiring(object.expires());
                 }
                 t.build = match (full, last) {
                     (true, last) => Build::Scanning { span, after: last },

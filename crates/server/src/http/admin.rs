@@ -203,6 +203,11 @@ pub(crate) async fn admin_local(State(s): State<AppState>, uri: Uri) -> Result<R
             "timestamp": sib.timestamp,
             "tombstone": sib.is_tombstone(),
             "value": sib.value.as_ref().map(|v| STANDARD.encode(v)),
+            "expires": sib.expires,
+            "kind": match sib.kind {
+                dynamokv_core::version::ValueKind::Bytes => "bytes",
+                dynamokv_core::version::ValueKind::Counter => "counter",
+            },
         })).collect::<Vec<_>>(),
         "context": context_token(&s.codec, &key, &obj),
         "stored_bytes": dynamokv_storage::stored_bytes(&key, &obj),

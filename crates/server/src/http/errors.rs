@@ -134,6 +134,8 @@ impl From<OpError> for ApiError {
             OpError::TooManySiblings { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message)
             }
+            OpError::WrongType(_) => ApiError::new(StatusCode::CONFLICT, "wrong_type", message),
+            OpError::Overflow => ApiError::new(StatusCode::CONFLICT, "overflow", message),
             OpError::NotAMember(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_a_member", message)
             }

@@ -12,14 +12,23 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use dynamokv_core::message::{ClientRequest, Reply};
+use dynamokv_core::version::ValueKind;
 use dynamokv_core::{ContextCodec, Object, Sibling, VersionVector};
 
 /// Reads the quorum parameters `names` (e.g. `r` and `pr`) from the query, each 0..=255, names
 /// and values percent-decoded; any other parameter, or one given twice, is refused.
 pub fn quorum_params(uri: &Uri, names: [&str; 2]) -> Result<[Option<u8>; 2], ApiError> {
+    quorum_from(super::query_pairs(uri)?, names)
+}
+
+/// [`quorum_params`] over query pairs already read.
+pub fn quorum_from(
+    pairs: Vec<(String, Vec<u8>)>,
+    names: [&str; 2],
+) -> Result<[Option<u8>; 2], ApiError> {
     use super::bad_query;
     let mut values = [None, None];
-    for (k, v) in super::query_pairs(uri)? {
+    for (k, v) in pairs {
         let v = String::from_utf8(v).map_err(|_| {
             bad_query(format!(
                 "the query parameter {k:?} is not valid percent-encoded UTF-8"
@@ -139,16 +148,59 @@ pub(crate) async fn get_key(
     timed("get", started, get(s, uri, headers).await)
 }
 
+/// The header giving a write's time to live, in seconds (as `?ttl=`).
+pub const TTL_HEADER: &str = "x-ttl";
+/// The header carrying the deadline of the value answered, ms since the Unix epoch.
+pub const EXPIRES_HEADER: &str = "x-expires";
+
+/// A write's time to live in ms, from `?ttl=SECONDS` (taken out of `pairs`) or the `X-TTL`
+/// header: a whole number of seconds from 1 on; both at once, or anything else, is refused.
+fn ttl_from(
+    pairs: &mut Vec<(String, Vec<u8>)>,
+    headers: &HeaderMap,
+) -> Result<Option<u64>, ApiError> {
+    let mut given: Vec<Vec<u8>> = Vec::new();
+    pairs.retain(|(k, v)| {
+        let ttl = k == "ttl";
+        if ttl {
+            given.push(v.clone());
+        }
+        !ttl
+    });
+    given.extend(
+        headers
+            .get_all(TTL_HEADER)
+            .iter()
+            .map(|v| v.as_bytes().to_vec()),
+    );
+    let bad = |why: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_ttl", why.to_owned());
+    match given.as_slice() {
+        [] => Ok(None),
+        [one] => std::str::from_utf8(one)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .filter(|t| *t > 0)
+            .and_then(|t| t.checked_mul(1000))
+            .map(Some)
+            .ok_or_else(|| bad("the time to live is a whole number of seconds from 1 on (ttl=60)")),
+        _ => Err(bad(
+            "the time to live is given twice; give ?ttl= or X-TTL, once",
+        )),
+    }
+}
+
 async fn put(s: AppState, uri: Uri, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
-    let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
+    let mut pairs = super::query_pairs(&uri)?;
+    let ttl = ttl_from(&mut pairs, &headers)?;
+    let [w, pw] = quorum_from(pairs, ["w", "pw"])?;
     let condition = super::conditions::condition(&s.codec, &key, &headers)?;
     let mut context = context_from(&s.codec, &key, &headers)?;
     let value = read_body(body, &headers, s.max_value_bytes).await?;
     if let Some(c) = &condition {
         context = Some(super::conditions::check(&s, &key, c).await?);
     }
-    write(&s, key, Some(value), context, w, pw).await
+    write(&s, key, Some(value), context, ttl, w, pw).await
 }
 
 async fn delete(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -159,7 +211,7 @@ async fn delete(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, A
     if let Some(c) = &condition {
         context = Some(super::conditions::check(&s, &key, c).await?);
     }
-    write(&s, key, None, context, w, pw).await
+    write(&s, key, None, context, None, w, pw).await
 }
 
 async fn write(
@@ -167,6 +219,7 @@ async fn write(
     key: Vec<u8>,
     value: Option<Vec<u8>>,
     context: Option<VersionVector>,
+    expires_in_ms: Option<u64>,
     w: Option<u8>,
     pw: Option<u8>,
 ) -> Result<Response, ApiError> {
@@ -177,6 +230,7 @@ async fn write(
         w,
         pw,
         overwrite: false,
+        expires_in_ms,
     };
     match super::call(s, request).await? {
         (Reply::Written { object, dot }, ring) => {
@@ -270,6 +324,7 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8
 fn read_response(
     live: &[&Sibling],
     tombstones: usize,
+    expired: bool,
     context: Option<String>,
     json: bool,
 ) -> Response {
@@ -277,7 +332,9 @@ fn read_response(
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            if tombstones > 0 {
+            if expired {
+                "the value expired; X-Context covers it"
+            } else if tombstones > 0 {
                 "the key was deleted; X-Context covers the delete"
             } else {
                 "no value is stored under this key"
@@ -296,6 +353,7 @@ fn read_response(
                 .map(|sib| SiblingJson {
                     value: STANDARD.encode(sib.value.as_deref().unwrap_or_default()),
                     timestamp: sib.timestamp,
+                    expires: sib.expires,
                 })
                 .collect(),
             context,
@@ -345,9 +403,27 @@ async fn get(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiE
         _ => return Err(super::wrong_reply("a read")),
     };
     let live: Vec<_> = obj.live().collect();
+    if live.iter().any(|s| s.kind == ValueKind::Counter) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_type",
+            "the key holds a counter: read it with GET /counters/{key}",
+        ));
+    }
     let tombstones = obj.siblings().len() - live.len();
     let context = context_token(&s.codec, &key, &obj);
-    let mut resp = read_response(&live, tombstones, context, wants_json(&headers));
+    // Expired values read as tombstones that still carry their deadline.
+    let expired = obj
+        .siblings()
+        .iter()
+        .any(|s| s.is_tombstone() && s.expires.is_some());
+    let mut resp = read_response(&live, tombstones, expired, context, wants_json(&headers));
+    if let [only] = live.as_slice()
+        && let Some(d) = only.expires
+    {
+        resp.headers_mut()
+            .insert(EXPIRES_HEADER, HeaderValue::from(d));
+    }
     if tombstones > 0 && !live.is_empty() {
         resp.headers_mut()
             .insert(TOMBSTONES_HEADER, HeaderValue::from(tombstones));

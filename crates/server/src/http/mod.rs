@@ -5,6 +5,8 @@
 //!   with base64 values for `Accept: application/json`), 404 when no live value; `X-Context`
 //!   covers everything returned.
 //! - `DELETE /kv/{key}` - optional `X-Context`; writes a tombstone; 204 with `X-Context`.
+//! - `POST /counters/{key}?by=N`, `GET /counters/{key}` - convergent counters (see
+//!   [`counters`]).
 //! - `GET /health` - 200 while the node serves requests; 503 with the reason once its instance
 //!   ended (it left, was removed, or runs on a stale copy of its data directory).
 //! - `GET /` (or `/ui`) - the cluster page (see [`ui`]).
@@ -26,6 +28,7 @@
 pub mod admin;
 pub mod backup;
 pub mod conditions;
+pub mod counters;
 pub mod errors;
 pub mod faults;
 pub mod hyper_errors;
@@ -102,6 +105,10 @@ pub fn router(state: AppState) -> Router {
             "/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
+        .route(
+            "/counters/{*key}",
+            get(counters::read).post(counters::increment),
+        )
         .route("/kv", get(list::list).fallback(missing_key))
         .route("/kv/", any(missing_key))
         .route("/admin/ring", get(admin::admin_ring))
@@ -141,7 +148,7 @@ fn needed_scope(method: &axum::http::Method, path: &str) -> Option<crate::auth::
     use crate::auth::Scope;
     match path {
         "/health" | "/" | "/ui" | "/ui/" | "/ui/app.js" | "/ui/style.css" => None,
-        p if p == "/kv" || p.starts_with("/kv/") => Some(
+        p if p == "/kv" || p.starts_with("/kv/") || p.starts_with("/counters/") => Some(
             if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
                 Scope::Read
             } else {

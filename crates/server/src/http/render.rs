@@ -17,6 +17,9 @@ pub(crate) struct SiblingJson {
     pub value: String,
     /// Write time at the coordinator, ms since the Unix epoch.
     pub timestamp: u64,
+    /// When the value expires, ms since the Unix epoch (absent: never).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub expires: Option<u64>,
 }
 
 pub(crate) fn wants_json(headers: &HeaderMap) -> bool {

@@ -6,11 +6,14 @@
 //! what it read. The `DKV.*` commands give the full Dynamo interface: every sibling, the
 //! context, and per-request quorums.
 
-use super::codec::{array, bulk, error, integer, simple};
+use super::codec::{array, bulk, error, simple};
 use crate::runtime::NodeHandle;
+use dynamokv_core::counter::PnCounter;
 use dynamokv_core::limits::KeyError;
 use dynamokv_core::message::{ClientRequest, OpError, Reply};
-use dynamokv_core::{ContextCodec, Object, VersionVector};
+use dynamokv_core::version::ValueKind;
+use dynamokv_core::{ContextCodec, Object, Sibling, VersionVector};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
@@ -121,11 +124,12 @@ pub fn access(args: &[Vec<u8>]) -> Access<'_> {
             .collect()
     };
     match name(args).as_slice() {
-        b"GET" | b"EXISTS" | b"MGET" => Access::Reads(keys(1)),
+        b"GET" | b"EXISTS" | b"MGET" | b"TTL" | b"PTTL" => Access::Reads(keys(1)),
         b"DKV.GET" => Access::Reads(keys(usize::MAX)),
         b"DEL" => Access::Writes(keys(1)),
         b"MSET" => Access::Writes(keys(2)),
-        b"SET" | b"DKV.PUT" | b"DKV.DEL" => Access::Writes(keys(usize::MAX)),
+        b"SET" | b"DKV.PUT" | b"DKV.DEL" | b"EXPIRE" | b"PEXPIRE" | b"PERSIST" | b"INCR"
+        | b"INCRBY" | b"DECR" | b"DECRBY" => Access::Writes(keys(usize::MAX)),
         b"SCAN" | b"KEYS" => Access::Scan,
         b"QUIT" => Access::Quit,
         _ => Access::None,
@@ -244,7 +248,8 @@ fn op_code(e: &OpError) -> &'static str {
         OpError::Storage { .. } => "STORAGE",
         OpError::InsufficientStorage { .. } => "FULL",
         OpError::NotAMember(_) => "NOTMEMBER",
-        OpError::InvalidQuorum { .. } | OpError::BadRequest(_) => "ERR",
+        OpError::WrongType(_) => "WRONGTYPE",
+        OpError::InvalidQuorum { .. } | OpError::BadRequest(_) | OpError::Overflow => "ERR",
     }
 }
 
@@ -263,11 +268,11 @@ pub(super) async fn call(
     }
 }
 
-fn check_key(key: &[u8]) -> Result<(), RespError> {
+pub(super) fn check_key(key: &[u8]) -> Result<(), RespError> {
     Ok(dynamokv_core::limits::check_key(key)?)
 }
 
-fn check_value(state: &RespState, value: &[u8]) -> Result<(), RespError> {
+pub(super) fn check_value(state: &RespState, value: &[u8]) -> Result<(), RespError> {
     if value.len() > state.max_value_bytes {
         return Err(RespError::ValueTooLarge {
             len: value.len(),
@@ -277,7 +282,7 @@ fn check_value(state: &RespState, value: &[u8]) -> Result<(), RespError> {
     Ok(())
 }
 
-async fn read(
+pub(super) async fn read(
     state: &RespState,
     key: Vec<u8>,
     r: Option<u8>,
@@ -291,13 +296,16 @@ async fn read(
     }
 }
 
+/// A put of `value` (`None`: a delete) with `context`, over what the coordinator holds when
+/// `overwrite`, expiring in `expires_in_ms` when given; the object the coordinator stamped.
 #[allow(clippy::too_many_arguments)]
-async fn write(
+pub(super) async fn write(
     state: &RespState,
     key: Vec<u8>,
     value: Option<Vec<u8>>,
     context: Option<VersionVector>,
     overwrite: bool,
+    expires_in_ms: Option<u64>,
     w: Option<u8>,
     pw: Option<u8>,
 ) -> Result<Object, RespError> {
@@ -312,6 +320,7 @@ async fn write(
         w,
         pw,
         overwrite,
+        expires_in_ms,
     };
     match call(state, "write", request).await? {
         Reply::Written { object, .. } => Ok(object),
@@ -320,12 +329,21 @@ async fn write(
     }
 }
 
-/// The newest live sibling by timestamp (ties: the higher dot), as `GET` answers it.
-pub fn newest(object: &Object) -> Option<&[u8]> {
-    object
-        .live()
-        .max_by_key(|s| (s.timestamp, s.dot))
+/// The newest live sibling by timestamp (ties: the higher dot).
+pub(super) fn newest_sibling(object: &Object) -> Option<&Sibling> {
+    object.live().max_by_key(|s| (s.timestamp, s.dot))
+}
+
+/// What `GET` answers: the newest live value, or a counter's value in decimal.
+pub(super) fn newest(object: &Object) -> Option<Cow<'_, [u8]>> {
+    if object.live().any(|s| s.kind == ValueKind::Counter) {
+        let now = super::expiry::now_ms();
+        let value = PnCounter::of(object, now).map_or(0, |c| c.value());
+        return Some(Cow::Owned(value.to_string().into_bytes()));
+    }
+    newest_sibling(object)
         .and_then(|s| s.value.as_deref())
+        .map(Cow::Borrowed)
 }
 
 /// Deletes `key` if it has a live value; whether it had one.
@@ -334,141 +352,42 @@ async fn delete_if_live(state: &RespState, key: Vec<u8>) -> Result<bool, RespErr
     if object.live().next().is_none() {
         return Ok(false);
     }
-    write(state, key, None, Some(object.context()), false, None, None).await?;
-    Ok(true)
-}
-
-/// Runs a command that reads or writes keys; its reply.
-pub async fn run_keyed(state: Arc<RespState>, args: Vec<Vec<u8>>) -> Vec<u8> {
-    let started = std::time::Instant::now();
-    let op = match name(&args).as_slice() {
-        b"SET" | b"MSET" | b"DKV.PUT" => "put",
-        b"DEL" | b"DKV.DEL" => "delete",
-        _ => "get",
-    };
-    let mut out = Vec::new();
-    let outcome = match keyed(&state, args, &mut out).await {
-        Err(e) => {
-            out.clear();
-            error(&mut out, &e.to_string());
-            if e.code() == "UNAVAILABLE" {
-                "unavailable"
-            } else {
-                "error"
-            }
-        }
-        Ok(()) if out == b"$-1\r\n" => "not_found",
-        Ok(()) => "ok",
-    };
-    crate::metrics::record("resp", op, outcome, started.elapsed());
-    out
-}
-
-async fn keyed(
-    state: &RespState,
-    mut args: Vec<Vec<u8>>,
-    out: &mut Vec<u8>,
-) -> Result<(), RespError> {
-    let n = args.len();
-    let command = name(&args);
-    let arity = || {
-        let shown = String::from_utf8_lossy(&args[0]).to_lowercase();
-        Err(RespError::WrongArity(shown))
-    };
-    match command.as_slice() {
-        b"GET" if n == 2 => {
-            let object = read(state, args.swap_remove(1), None, None).await?;
-            bulk(out, newest(&object));
-        }
-        b"SET" if n == 3 => {
-            let value = args.pop().unwrap_or_default();
-            let key = args.pop().unwrap_or_default();
-            write(state, key, Some(value), None, true, None, None).await?;
-            simple(out, "OK");
-        }
-        b"SET" if n > 3 => set_if(state, args, out).await?,
-        b"MGET" if n >= 2 => mget(state, args.split_off(1), out).await?,
-        b"MSET" if n >= 3 && !n.is_multiple_of(2) => mset(state, args.split_off(1), out).await?,
-        b"DEL" | b"EXISTS" if n >= 2 => {
-            let keys = args.split_off(1);
-            let count = count_live(state, keys, command == b"DEL").await?;
-            integer(out, count);
-        }
-        b"GET" | b"SET" | b"MGET" | b"MSET" | b"DEL" | b"EXISTS" => return arity(),
-        b"DKV.GET" => dkv_get(state, args, out).await?,
-        b"DKV.PUT" | b"DKV.DEL" => dkv_write(state, args, out).await?,
-        _ => unknown(&args, out),
-    }
-    Ok(())
-}
-
-/// `SET key value NX|XX`: written (`+OK`) only if the key has no live value (`NX`) or has one
-/// (`XX`), as a read at R finds it, with that read's context; nil otherwise. Not linearizable:
-/// two `SET NX` through different nodes at once can both write (their values become siblings).
-/// The other options (expiry, `GET`) are refused by name.
-async fn set_if(
-    state: &RespState,
-    mut args: Vec<Vec<u8>>,
-    out: &mut Vec<u8>,
-) -> Result<(), RespError> {
-    let options: Vec<String> = args
-        .split_off(3)
-        .iter()
-        .map(|o| String::from_utf8_lossy(o).to_uppercase())
-        .collect();
-    let absent = match options.as_slice() {
-        [o] if o == "NX" => true,
-        [o] if o == "XX" => false,
-        [_, _, ..] if options.iter().all(|o| o == "NX" || o == "XX") => {
-            return Err(RespError::Syntax("syntax error".into()));
-        }
-        _ => {
-            let option = options
-                .iter()
-                .find(|o| *o != "NX" && *o != "XX")
-                .cloned()
-                .unwrap_or_default();
-            return Err(RespError::Syntax(format!(
-                "SET option {option} is not supported: dynamokv has no expiry yet; SET takes NX or XX"
-            )));
-        }
-    };
-    let value = args.pop().unwrap_or_default();
-    let key = args.pop().unwrap_or_default();
-    check_value(state, &value)?;
-    let object = read(state, key.clone(), None, None).await?;
-    if object.live().next().is_some() == absent {
-        bulk(out, None);
-        return Ok(());
-    }
     write(
         state,
         key,
-        Some(value),
+        None,
         Some(object.context()),
         false,
         None,
         None,
+        None,
     )
     .await?;
-    simple(out, "OK");
-    Ok(())
+    Ok(true)
 }
 
 /// `MGET key...`: the newest live value of each key, or nil.
-async fn mget(state: &RespState, keys: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Result<(), RespError> {
+pub(super) async fn mget(
+    state: &RespState,
+    keys: Vec<Vec<u8>>,
+    out: &mut Vec<u8>,
+) -> Result<(), RespError> {
     let reads = keys.into_iter().map(|key| read(state, key, None, None));
     let objects = futures_util::future::join_all(reads).await;
     array(out, objects.len());
     for o in objects {
-        bulk(out, newest(&o?));
+        bulk(out, newest(&o?).as_deref());
     }
     Ok(())
 }
 
 /// `MSET key value...`: every pair checked first, then written side by side; not atomic, and
 /// the error names each key that failed.
-async fn mset(state: &RespState, words: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Result<(), RespError> {
+pub(super) async fn mset(
+    state: &RespState,
+    words: Vec<Vec<u8>>,
+    out: &mut Vec<u8>,
+) -> Result<(), RespError> {
     let mut pairs = Vec::with_capacity(words.len() / 2);
     let mut it = words.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -481,7 +400,7 @@ async fn mset(state: &RespState, words: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Resu
     let total = pairs.len();
     let writes = pairs.into_iter().map(|(k, v)| async move {
         let shown = String::from_utf8_lossy(&k[..k.len().min(64)]).into_owned();
-        write(state, k, Some(v), None, true, None, None)
+        write(state, k, Some(v), None, true, None, None, None)
             .await
             .map_err(|e| format!("{shown} ({e})"))
     });
@@ -499,7 +418,11 @@ async fn mset(state: &RespState, words: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Resu
 }
 
 /// `DEL` (`delete` true) or `EXISTS`: how many of `keys` had a live value (and are deleted).
-async fn count_live(state: &RespState, keys: Vec<Vec<u8>>, delete: bool) -> Result<i64, RespError> {
+pub(super) async fn count_live(
+    state: &RespState,
+    keys: Vec<Vec<u8>>,
+    delete: bool,
+) -> Result<i64, RespError> {
     let results = futures_util::future::join_all(keys.into_iter().map(|k| async move {
         if delete {
             delete_if_live(state, k).await
@@ -548,7 +471,7 @@ fn context_bulk(state: &RespState, key: &[u8], object: &Object, out: &mut Vec<u8
 
 /// `DKV.GET key [R n] [PR n]`: `[context, [value, ...]]` (context null when the key never
 /// existed; the value list empty when it holds no live value).
-async fn dkv_get(
+pub(super) async fn dkv_get(
     state: &RespState,
     mut args: Vec<Vec<u8>>,
     out: &mut Vec<u8>,
@@ -572,7 +495,7 @@ async fn dkv_get(
 
 /// `DKV.PUT key value [context] [W n] [PW n]` and `DKV.DEL key [context] [W n] [PW n]`: the
 /// new context. An empty context is a blind write (a new sibling of whatever is there).
-async fn dkv_write(
+pub(super) async fn dkv_write(
     state: &RespState,
     mut args: Vec<Vec<u8>>,
     out: &mut Vec<u8>,
@@ -607,7 +530,7 @@ async fn dkv_write(
     };
     // A DKV.DEL without a context deletes what the replicas hold (the coordinator reads at R
     // first).
-    let object = write(state, key.clone(), value, context, false, w, pw).await?;
+    let object = write(state, key.clone(), value, context, false, None, w, pw).await?;
     context_bulk(state, &key, &object, out);
     Ok(())
 }

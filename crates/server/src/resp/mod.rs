@@ -12,7 +12,10 @@
 
 pub mod codec;
 pub mod commands;
+pub mod counters;
 pub mod cursors;
+pub mod expiry;
+pub mod keyed;
 pub mod local;
 pub mod multi;
 pub mod scan;
@@ -338,7 +341,7 @@ async fn run_group(
                 append(conn, out, &reply);
             }
             Access::Reads(_) | Access::Writes(_) => {
-                let reply = commands::run_keyed(state.clone(), args).await;
+                let reply = keyed::run_keyed(state.clone(), args).await;
                 append(conn, out, &reply);
             }
             // RESP2 replies go straight out; RESP3 ones through the rewrite.
@@ -365,7 +368,7 @@ async fn run_group(
                     let reply = if listing {
                         scan::run(state, args).await
                     } else {
-                        commands::run_keyed(state, args).await
+                        keyed::run_keyed(state, args).await
                     };
                     (i, reply)
                 });

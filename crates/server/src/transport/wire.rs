@@ -17,8 +17,9 @@ pub type PeerConn = Framed<BoxedIo, LengthDelimitedCodec>;
 /// carries typed errors; version 4 adds the overwrite flag of a forwarded put; version 5 the
 /// challenge-response handshake; version 6 endings (the `Ended` frame, epochs in member records,
 /// endings in gossip); version 7 the `Collect` and `Handover` families (out of `Sync`); version 8
-/// cluster ids in the hello and the challenge; version 9 the `List` family.
-pub const PROTOCOL_VERSION: u16 = 9;
+/// cluster ids in the hello and the challenge; version 9 the `List` family; version 10 each
+/// sibling's deadline and kind, and the `Increment` request.
+pub const PROTOCOL_VERSION: u16 = 10;
 /// Largest frame accepted before the handshake completed (a member record with the most tokens
 /// fits).
 pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;

@@ -535,6 +535,57 @@ fn tombstones_are_collected_once_every_replica_holds_them() {
     assert!(lab.nodes.values().all(|r| r.stats().tombstones == 0));
 }
 
+/// `value` written by actor 1, expiring at `deadline`.
+fn expiring(value: &str, deadline: u64) -> Object {
+    let stamp = crate::version::Stamp {
+        expires: Some(deadline),
+        kind: crate::version::ValueKind::Bytes,
+    };
+    Object::new().update_stamped(
+        ActorId(1),
+        &VersionVector::new(),
+        Some(value.as_bytes().to_vec()),
+        1,
+        0,
+        stamp,
+    )
+}
+
+#[test]
+fn expired_values_are_collected_like_tombstones_and_never_earlier() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    // Some keys expire 25 s in, others only in an hour.
+    let soon = lab.now + 25_000;
+    let ks = keys(30);
+    for (i, k) in ks.iter().enumerate() {
+        let deadline = if i % 3 == 0 { soon + 3_600_000 } else { soon };
+        for id in ["a", "b", "c"] {
+            lab.write(id, k, &expiring("v", deadline));
+        }
+    }
+    // Long after collection could run (see above), nothing went before its deadline.
+    lab.run(20_000);
+    for k in &ks {
+        assert!(
+            lab.object("a", k).is_some(),
+            "{k:?} went before its deadline"
+        );
+    }
+    // Past the deadline and the minimum age, the expired keys go from every replica.
+    lab.run(20_000);
+    for (i, k) in ks.iter().enumerate() {
+        for id in ["a", "b", "c"] {
+            assert_eq!(lab.object(id, k).is_some(), i % 3 == 0, "{id} {k:?}");
+        }
+    }
+    let collected: u64 = lab
+        .nodes
+        .values()
+        .map(|r| r.stats().tombstones_collected)
+        .sum();
+    assert_eq!(collected, 60);
+}
+
 #[test]
 fn collection_waits_for_a_down_replica_and_the_delete_wins_when_it_returns() {
     let mut lab = Lab::new(&["a", "b", "c"]);
