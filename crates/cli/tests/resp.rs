@@ -145,8 +145,16 @@ async fn every_command_answers_as_documented() {
     assert_eq!(b.cmd(&["GET", "missing"]), V::Bulk(None));
     // Unsupported options are refused, and change nothing.
     assert!(
-        a.cmd(&["SET", "k", "v2", "EX", "10"])
-            .is_error_with("EX is not supported")
+        a.cmd(&["SET", "k", "v2", "GET"])
+            .is_error_with("GET is not supported")
+    );
+    assert!(
+        a.cmd(&["SET", "k", "v2", "EX", "0"])
+            .is_error_with("invalid expire time")
+    );
+    assert!(
+        a.cmd(&["SET", "k", "v2", "EX", "10", "PX", "5"])
+            .is_error_with("syntax error")
     );
     assert!(
         a.cmd(&["SET", "k", "v2", "NX", "XX"])
@@ -163,6 +171,76 @@ async fn every_command_answers_as_documented() {
     assert_eq!(b.cmd(&["GET", "fresh"]), V::Bulk(None));
     assert_eq!(a.cmd(&["SET", "fresh", "f", "NX"]), V::ok());
     assert_eq!(b.cmd(&["GET", "fresh"]), V::bulk("f"));
+
+    // Expiry: a deadline with SET, EXPIRE, PEXPIRE; TTL and PTTL; PERSIST; gone at the deadline.
+    assert_eq!(b.cmd(&["TTL", "fresh"]), V::Int(-1));
+    assert_eq!(b.cmd(&["TTL", "nothing"]), V::Int(-2));
+    assert_eq!(a.cmd(&["SET", "ex", "v", "EX", "100"]), V::ok());
+    let ttl = b.cmd(&["TTL", "ex"]);
+    assert!(matches!(ttl, V::Int(99 | 100)), "{ttl:?}");
+    assert_eq!(a.cmd(&["PERSIST", "ex"]), V::Int(1));
+    assert_eq!(a.cmd(&["PERSIST", "ex"]), V::Int(0));
+    assert_eq!(b.cmd(&["TTL", "ex"]), V::Int(-1));
+    assert_eq!(a.cmd(&["EXPIRE", "ex", "50", "XX"]), V::Int(0));
+    assert_eq!(a.cmd(&["EXPIRE", "ex", "50", "NX"]), V::Int(1));
+    assert_eq!(a.cmd(&["EXPIRE", "ex", "40", "GT"]), V::Int(0));
+    assert_eq!(a.cmd(&["EXPIRE", "ex", "40", "LT"]), V::Int(1));
+    assert_eq!(a.cmd(&["EXPIRE", "nothing", "40"]), V::Int(0));
+    assert!(
+        a.cmd(&["EXPIRE", "ex", "x"])
+            .is_error_with("not an integer")
+    );
+    assert!(
+        a.cmd(&["EXPIRE", "ex", "9", "ZZ"])
+            .is_error_with("unsupported option ZZ")
+    );
+    assert_eq!(a.cmd(&["SET", "ex", "w", "XX", "KEEPTTL"]), V::ok());
+    let pttl = b.cmd(&["PTTL", "ex"]);
+    assert!(matches!(pttl, V::Int(30_000..=40_000)), "{pttl:?}");
+    assert_eq!(b.cmd(&["GET", "ex"]), V::bulk("w"));
+    assert_eq!(a.cmd(&["PEXPIRE", "ex", "300"]), V::Int(1));
+    assert_eq!(a.cmd(&["SET", "px", "v", "PX", "300"]), V::ok());
+    assert_eq!(b.cmd(&["EXISTS", "ex", "px"]), V::Int(2));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(b.cmd(&["GET", "ex"]), V::Bulk(None));
+    assert_eq!(b.cmd(&["EXISTS", "ex", "px"]), V::Int(0));
+    assert_eq!(b.cmd(&["TTL", "px"]), V::Int(-2));
+    assert_eq!(
+        a.cmd(&["SET", "px", "again", "NX"]),
+        V::ok(),
+        "expired: absent"
+    );
+    assert_eq!(a.cmd(&["EXPIRE", "px", "0"]), V::Int(1), "0 deletes");
+    assert_eq!(b.cmd(&["GET", "px"]), V::Bulk(None));
+
+    // Counters: INCR and friends through any node; GET answers the number; types kept apart.
+    assert_eq!(a.cmd(&["INCR", "hits"]), V::Int(1));
+    assert_eq!(b.cmd(&["INCRBY", "hits", "41"]), V::Int(42));
+    assert_eq!(a.cmd(&["DECR", "hits"]), V::Int(41));
+    assert_eq!(b.cmd(&["DECRBY", "hits", "-9"]), V::Int(50));
+    assert_eq!(a.cmd(&["GET", "hits"]), V::bulk("50"));
+    assert!(a.cmd(&["SET", "hits", "x"]).is_error_with("WRONGTYPE"));
+    assert!(a.cmd(&["INCR", "fresh"]).is_error_with("WRONGTYPE"));
+    assert!(
+        a.cmd(&["INCRBY", "hits", "x"])
+            .is_error_with("not an integer")
+    );
+    assert!(
+        a.cmd(&["INCRBY", "hits", &i64::MAX.to_string()])
+            .is_error_with("overflow")
+    );
+    assert!(
+        a.cmd(&["EXPIRE", "hits", "10"])
+            .is_error_with("do not expire")
+    );
+    assert_eq!(b.cmd(&["GET", "hits"]), V::bulk("50"));
+    assert_eq!(b.cmd(&["GET", "fresh"]), V::bulk("f"));
+    assert_eq!(a.cmd(&["DEL", "hits"]), V::Int(1));
+    assert_eq!(
+        b.cmd(&["INCR", "hits"]),
+        V::Int(1),
+        "a new counter after DEL"
+    );
     assert!(
         a.cmd(&["GET"])
             .is_error_with("wrong number of arguments for 'get'")
@@ -613,6 +691,16 @@ assert sorted(r.scan_iter(match="py-scan:*", count=7)) == [f"py-scan:{i:02}".enc
 assert sorted(r.keys("py-scan:1?")) == [f"py-scan:1{i}".encode() for i in range(10)]
 assert r.delete(*[f"py-scan:{i:02}" for i in range(25)]) == 25
 assert list(r.scan_iter(match="py-scan:*")) == []
+# Expiry, conditional SET and counters as redis-py sends them.
+assert r.set("py-ex", "v", ex=100) is True
+assert r.ttl("py-ex") in (99, 100) and 0 < r.pttl("py-ex") <= 100000
+assert r.expire("py-ex", 50) is True and r.persist("py-ex") is True and r.ttl("py-ex") == -1
+assert r.set("py-nx", "a", nx=True) is True
+assert r.set("py-nx", "b", nx=True) is None
+assert r.set("py-nx", "c", xx=True, px=60000) is True and r.get("py-nx") == b"c"
+assert r.incr("py-c") == 1 and r.incrby("py-c", 9) == 10 and r.decr("py-c", 3) == 7
+assert r.get("py-c") == b"7"
+assert r.delete("py-ex", "py-nx", "py-c") == 3
 # RESP2 when asked.
 r2 = redis.Redis(port=port, protocol=2)
 assert r2.get("py-missing") is None and r2.config_get("save") == {"save": ""}

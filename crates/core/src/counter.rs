@@ -5,9 +5,9 @@
 //! entry's maximum, so the join is commutative, associative and idempotent and a state seen
 //! twice counts once. The value is every increment minus every decrement.
 //!
-//! An increment is applied by its coordinator to its own copy of the key, under the key's lock
-//! ([`PnCounter::of`] joins the copy's siblings, [`PnCounter::add`] bumps this actor's
-//! entry), then replicated like any write; concurrent increments through other coordinators
+//! An increment is applied by its coordinator to its own copy of the key merged with what a
+//! read at R found, under the key's lock ([`PnCounter::of`] joins the siblings,
+//! [`PnCounter::add`] bumps this actor's entry), then replicated like any write; concurrent increments through other coordinators
 //! become siblings, which every read joins. An actor continues its newest entry only while
 //! its own copy holds one: a copy it no longer holds (collected, handed over, lost) may come
 //! back older than what it had written, so it then starts a new entry, keyed by the dot of the

@@ -30,13 +30,16 @@ use std::collections::BTreeMap;
 /// What each target returned to a read.
 type Replies = BTreeMap<String, Option<Object>>;
 
-/// A delete without a context, waiting for the read of what it deletes.
+/// A write that reads first, waiting for its read: a delete without a context (of what the
+/// read found) or an increment (over what the read found).
 #[derive(Debug)]
 struct DeleteAfter {
     now: Now,
     w: Option<u8>,
     pw: Option<u8>,
     pref: PreferenceList,
+    /// `None`: a delete; else the increment's amount.
+    increment: Option<i64>,
 }
 
 /// What a write stamps over the coordinator's copy.
@@ -49,8 +52,10 @@ enum Write {
         overwrite: bool,
         stamp: Stamp,
     },
-    /// An increment of the counter (negative: a decrement).
-    Increment(i64),
+    /// An increment of the counter (negative: a decrement), over the coordinator's copy
+    /// merged with what a read at R found (`seen`): every increment acknowledged before is in
+    /// the new state, and in the answer.
+    Increment { by: i64, seen: Object },
 }
 
 /// The counter state `current` holds at `now` with `by` added by `actor` (a new entry, if it
@@ -268,25 +273,52 @@ impl Coordinator {
         pref: PreferenceList,
         out: &mut Outbox,
     ) {
+        self.begin(local, now, origin, request, pref, None, out)
+    }
+
+    /// [`Coordinator::start`]; `seen`: what the read of a read-first write found.
+    #[allow(clippy::too_many_arguments)] // start's arguments, and the read
+    fn begin<S: LocalStore>(
+        &mut self,
+        local: &Local<'_, S>,
+        now: Now,
+        origin: Origin,
+        request: ClientRequest,
+        pref: PreferenceList,
+        seen: Option<Object>,
+        out: &mut Outbox,
+    ) {
         let mut tally = match admit(local.config, &request, &pref) {
             Ok(tally) => tally,
             Err(e) => return out.respond(origin, Err(e)),
         };
         self.next_id += 1;
         let id = self.next_id;
-        let (request, then_delete) = match request {
-            // A delete without a context deletes what the replicas hold: read it first (at R),
-            // then delete exactly that.
+        // A delete without a context deletes what the replicas hold, and an increment counts
+        // over what they hold: read it first (at R), then write.
+        let read_first = match &request {
             ClientRequest::Put {
-                key,
                 value: None,
                 context: None,
                 w,
                 pw,
                 ..
-            } => {
+            } => Some((*w, *pw, None)),
+            ClientRequest::Increment { by, w, pw, .. } if seen.is_none() => {
+                Some((*w, *pw, Some(*by)))
+            }
+            _ => None,
+        };
+        let (request, then_delete) = match read_first {
+            Some((w, pw, increment)) => {
                 let replicas = pref.primaries.len();
-                let read_quorum = usize::from(local.config.r).min(replicas).max(1);
+                // An increment asked to wait for one replica reads only this one: it still
+                // counts, its answer may lag increments through other nodes.
+                let r = match (increment, w) {
+                    (Some(_), Some(1)) => 1,
+                    _ => local.config.r,
+                };
+                let read_quorum = usize::from(r).min(replicas).max(1);
                 let targets = pref.targets.iter().map(|t| t.node.clone()).collect();
                 tally = Tally::new(targets, read_quorum);
                 let then = DeleteAfter {
@@ -294,15 +326,16 @@ impl Coordinator {
                     w,
                     pw,
                     pref: pref.clone(),
+                    increment,
                 };
                 let read = ClientRequest::Get {
-                    key,
+                    key: request.key().to_vec(),
                     r: None,
                     pr: None,
                 };
                 (read, Some(then))
             }
-            other => (other, None),
+            None => (request, None),
         };
         let kind = match request {
             ClientRequest::Get { key, .. } => {
@@ -337,7 +370,8 @@ impl Coordinator {
             }
             ClientRequest::Increment { key, by, .. } => {
                 self.counters.writes += 1;
-                let object = match self.stamp(local, now, &key, Write::Increment(by)) {
+                let seen = seen.unwrap_or_default();
+                let object = match self.stamp(local, now, &key, Write::Increment { by, seen }) {
                     Ok(object) => object,
                     Err(e) => return out.respond(origin, Err(e)),
                 };
@@ -440,7 +474,7 @@ impl Coordinator {
                     context, overwrite, ..
                 } => (context.clone(), *overwrite),
                 // An increment supersedes every version it joined.
-                Write::Increment(_) => (None, true),
+                Write::Increment { .. } => (None, true),
             };
             let mut ctx = context.unwrap_or_default();
             if overwrite {
@@ -469,10 +503,15 @@ impl Coordinator {
                     return current;
                 }
                 Write::Put { value, stamp, .. } => (value, stamp),
-                Write::Increment(by) => {
+                Write::Increment { by, seen } => {
+                    // Over what the read found too (the one merge), so the new state holds
+                    // every increment acknowledged before this one; the new version supersedes
+                    // all of it.
+                    let joined = current.merge(&seen);
+                    ctx.merge(seen.clock());
                     let dot =
                         (current.clock().counter(actor).max(ctx.counter(actor)) + 1).max(floor);
-                    match increment(&current, now.wall, actor, dot, by) {
+                    match increment(&joined, now.wall, actor, dot, by) {
                         Ok(value) => (
                             Some(value),
                             Stamp {
@@ -711,7 +750,7 @@ impl Coordinator {
             && op.origin.is_some()
             && op.tally.verdict(expired) == Verdict::Reached
         {
-            return self.delete_what_was_read(local, id, now, out);
+            return self.write_what_was_read(local, id, now, out);
         }
         if op.origin.is_some() {
             let (kind, written) = match &op.kind {
@@ -776,9 +815,9 @@ impl Coordinator {
         silent
     }
 
-    /// The read of a delete without a context reached R: delete exactly what it found, under
-    /// the same origin, as a put with the merged context.
-    fn delete_what_was_read<S: LocalStore>(
+    /// The read of a read-first write reached R: delete exactly what it found (a put with the
+    /// merged context), or increment over it, under the same origin.
+    fn write_what_was_read<S: LocalStore>(
         &mut self,
         local: &Local<'_, S>,
         id: RequestId,
@@ -803,22 +842,30 @@ impl Coordinator {
         let Some(then) = then_delete.take() else {
             return Vec::new();
         };
-        let context = merge_all(replies.values()).context();
-        let request = ClientRequest::Put {
-            key: key.clone(),
-            value: None,
-            context: Some(context),
-            w: then.w,
-            pw: then.pw,
-            overwrite: false,
-            expires_in_ms: None,
+        let seen = merge_all(replies.values());
+        let request = match then.increment {
+            Some(by) => ClientRequest::Increment {
+                key: key.clone(),
+                by,
+                w: then.w,
+                pw: then.pw,
+            },
+            None => ClientRequest::Put {
+                key: key.clone(),
+                value: None,
+                context: Some(seen.context()),
+                w: then.w,
+                pw: then.pw,
+                overwrite: false,
+                expires_in_ms: None,
+            },
         };
         // The read stays until its replies are in, for read repair.
         let now = Now {
             mono: now,
             wall: then.now.wall,
         };
-        self.start(local, now, origin, request, then.pref, out);
+        self.begin(local, now, origin, request, then.pref, Some(seen), out);
         Vec::new()
     }
 

@@ -1257,8 +1257,19 @@ fn counters_add_up_through_every_coordinator_and_refuse_other_kinds() {
         panic!("{r:?}")
     };
     assert_eq!(PnCounter::of(&o, c.now).unwrap().value(), sum, "{o:?}");
-    // A later increment supersedes the siblings it joined and keeps the sum.
-    assert!(c.request("n1", 1, incr(1)).is_ok());
+    // A later increment supersedes the siblings it joined, keeps the sum and answers it,
+    // through any coordinator (it reads at R first).
+    for (i, id) in ["n1", "n2", "n0"].into_iter().enumerate() {
+        let Ok(Reply::Written { object, .. }) = c.request(id, 1, incr(1)) else {
+            panic!("increment at {id}")
+        };
+        assert_eq!(
+            PnCounter::of(&object, c.now).unwrap().value(),
+            sum + 1 + i as i64,
+            "the answer of {id}"
+        );
+    }
+    sum += 2;
     let o = c.get("n0", b"hits");
     assert_eq!(PnCounter::of(&o, c.now).unwrap().value(), sum + 1);
     // A plain write to the counter is refused, and so is an increment of a plain value or
