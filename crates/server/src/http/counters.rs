@@ -11,16 +11,10 @@ use super::{AppState, RING_VERSION_HEADER, bad_query, key_after};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use crate::node::now_ms;
 use dynamokv_core::Object;
 use dynamokv_core::counter::PnCounter;
 use dynamokv_core::message::{ClientRequest, Reply};
-
-/// Wall-clock time on this node, ms since the Unix epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The answer: the key and the counter's value, with the ring version.
 fn answer(key: &[u8], object: &Object, ring: u64) -> Result<Response, ApiError> {

@@ -337,7 +337,7 @@ pub(super) fn newest_sibling(object: &Object) -> Option<&Sibling> {
 /// What `GET` answers: the newest live value, or a counter's value in decimal.
 pub(super) fn newest(object: &Object) -> Option<Cow<'_, [u8]>> {
     if object.live().any(|s| s.kind == ValueKind::Counter) {
-        let now = super::expiry::now_ms();
+        let now = crate::node::now_ms();
         let value = PnCounter::of(object, now).map_or(0, |c| c.value());
         return Some(Cow::Owned(value.to_string().into_bytes()));
     }

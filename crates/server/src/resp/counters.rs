@@ -6,7 +6,7 @@
 
 use super::codec::integer;
 use super::commands::{RespError, RespState, call, check_key};
-use super::expiry::now_ms;
+use crate::node::now_ms;
 use dynamokv_core::counter::PnCounter;
 use dynamokv_core::message::{ClientRequest, Reply};
 

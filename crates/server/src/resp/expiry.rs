@@ -11,14 +11,8 @@
 use super::codec::{bulk, integer, simple};
 use super::commands::{RespError, RespState, check_value, read, write};
 use dynamokv_core::version::ValueKind;
+use crate::node::now_ms;
 use dynamokv_core::{Object, Sibling};
-
-/// Wall-clock time on this node, ms since the Unix epoch.
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The only live value of `object`, if it has exactly one; `Err` when it has several.
 fn single(object: &Object) -> Result<Option<&Sibling>, RespError> {
