@@ -110,6 +110,26 @@ pub enum Violation {
         /// What disagreed.
         what: String,
     },
+    /// A read returned a value after its deadline plus the clock-skew bound.
+    ExpiredRead {
+        /// The key.
+        key: Vec<u8>,
+        /// The value returned.
+        value: Vec<u8>,
+        /// How long after the latest moment it could still be returned the read was issued.
+        late_by_ms: u64,
+    },
+    /// A counter's final value is below its acknowledged increments or above all attempted.
+    CounterOutOfRange {
+        /// The key.
+        key: Vec<u8>,
+        /// Its value.
+        value: i64,
+        /// Sum of the acknowledged increments.
+        acked: i64,
+        /// Sum of the increments that may have been applied.
+        attempted: i64,
+    },
     /// A write was acknowledged while fewer than W replicas held it.
     UnderReplicatedAck {
         /// The key.
@@ -133,6 +153,26 @@ fn show(v: &Option<Vec<u8>>) -> String {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Violation::ExpiredRead {
+                key,
+                value,
+                late_by_ms,
+            } => write!(
+                f,
+                "expired value read: key {:?} value {:?}, {late_by_ms} ms past its deadline and the skew bound",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(value)
+            ),
+            Violation::CounterOutOfRange {
+                key,
+                value,
+                acked,
+                attempted,
+            } => write!(
+                f,
+                "counter {:?} is {value}, outside {acked}..={attempted} (acknowledged..=attempted)",
+                String::from_utf8_lossy(key)
+            ),
             Violation::LostWrite { key, value, dot } => write!(
                 f,
                 "lost acknowledged write: key {:?} value {} dot {:?}",

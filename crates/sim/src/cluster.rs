@@ -98,6 +98,11 @@ impl Sim {
                 copy: None,
             });
         }
+        let max_skew = nodes
+            .iter()
+            .map(|n| n.skew.unsigned_abs())
+            .max()
+            .unwrap_or(0);
         let clients = (0..cfg.clients)
             .map(|_| Client {
                 busy: None,
@@ -127,6 +132,9 @@ impl Sim {
             trace: Vec::new(),
             violations: Vec::new(),
             stop_issuing: false,
+            expiring: BTreeMap::new(),
+            max_skew,
+            creates_refused: 0,
             crashed_hint_stats: (0, 0),
             cfg,
         }

@@ -9,7 +9,8 @@
 //!   clocks: timers follow the simulated monotonic time, version timestamps the skewed wall).
 //!
 //! Clients issue gets, puts with the context of their last read, blind puts and deletes, with
-//! random valid R/W. Every operation is recorded with its outcome. Anti-entropy runs throughout
+//! random valid R/W; and, on keys of their own, values with a time to live, conditional creates
+//! and counter increments (see `lifecycle` for what the checker asks of them). Every operation is recorded with its outcome. Anti-entropy runs throughout
 //! (every 2 s) and collects tombstones seen unchanged for 1 s. When the fault window ends, every fault
 //! heals and the cluster settles; then anti-entropy alone (no client reads) must bring every
 //! key's primaries to the same copy. Finally the [`checker`] compares the history with every
@@ -29,11 +30,13 @@ pub mod checker;
 mod cluster;
 mod faults;
 pub mod gossip_lab;
+mod lifecycle;
 mod run;
 mod workload;
 mod world;
 
 pub use faults::Faults;
+pub use lifecycle::LifecycleStats;
 pub use world::Sim;
 
 use checker::Violation;
@@ -119,6 +122,8 @@ pub struct Report {
     pub ae_keys_repaired: u64,
     /// Tombstones collected (by the incarnations alive at the end).
     pub tombstones_collected: u64,
+    /// Expiry, conditional creates and counters: how they went.
+    pub lifecycle: LifecycleStats,
     /// Invariant violations found.
     pub violations: Vec<Violation>,
     /// The event log, when asked for.

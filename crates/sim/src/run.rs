@@ -7,7 +7,7 @@
 
 use crate::EPOCH;
 use crate::checker::{Outcome, Violation, WriteRecord};
-use crate::world::{Ev, Sim, key_name};
+use crate::world::{Ev, OpKind, Sim, key_name};
 use crate::{Report, TICK_MS};
 use dynamokv_core::membership::Member;
 use dynamokv_core::message::{
@@ -368,6 +368,7 @@ impl Sim {
                 self.hash(&[time, 13, i as u64, delta as u64], &[]);
                 self.log(|| format!("n{i:03} wall clock steps by {delta} ms"));
                 self.nodes[i].skew += delta;
+                self.max_skew = self.max_skew.max(self.nodes[i].skew.unsigned_abs());
             }
         }
     }
@@ -537,8 +538,8 @@ impl Sim {
 
     /// Whether every key's primaries hold the same copy, and no other live node a copy.
     pub(crate) fn converged(&self) -> bool {
-        (0..self.cfg.keys).all(|k| {
-            let key = key_name(k);
+        let keys = (0..self.cfg.keys).map(key_name);
+        keys.chain(self.lifecycle_keys()).all(|key| {
             let primaries = self.primaries(&key);
             let mut copies = primaries
                 .iter()
@@ -715,8 +716,11 @@ impl Sim {
             self.returns_from_the_past();
         }
         // Every key on exactly its N owners: none left behind on a node that lost its range.
-        for k in 0..self.cfg.keys {
-            let key = key_name(k);
+        let keys: Vec<Vec<u8>> = (0..self.cfg.keys)
+            .map(key_name)
+            .chain(self.lifecycle_keys())
+            .collect();
+        for key in keys {
             let primaries = self.primaries(&key);
             for i in self.misplaced(&key, &primaries) {
                 self.violations.push(Violation::Misplaced {
@@ -741,6 +745,20 @@ impl Sim {
                 .collect();
             replicas.insert(key, copies);
         }
+        for key in self.create_keys() {
+            let copies = self
+                .primaries(&key)
+                .into_iter()
+                .map(|p| {
+                    (
+                        self.nodes[p].member.id.clone(),
+                        self.nodes[p].store.get(&key).ok().flatten(),
+                    )
+                })
+                .collect();
+            replicas.insert(key, copies);
+        }
+        let lifecycle = self.check_lifecycle();
         let writes: Vec<WriteRecord> = self
             .ops
             .iter()
@@ -770,16 +788,17 @@ impl Sim {
         self.check_membership();
         let mut violations = std::mem::take(&mut self.violations);
         violations.extend(crate::checker::check(&writes, &replicas));
+        // A conditional create is one operation: its read, and the write that may follow.
+        let issued = || self.ops.iter().filter(|o| o.kind != OpKind::Create);
         let count = |f: &dyn Fn(&Outcome) -> bool| {
-            self.ops
-                .iter()
+            issued()
                 .filter(|o| o.outcome.as_ref().is_some_and(f))
                 .count()
         };
         let _ = self.ops.iter().map(|o| o.client).max();
         Report {
             seed: self.cfg.seed,
-            ops: self.ops.len(),
+            ops: issued().count(),
             ok: count(&|o| *o == Outcome::Ok),
             failed: count(&|o| matches!(o, Outcome::Failed { .. })),
             unknown: count(&|o| *o == Outcome::Unknown),
@@ -814,6 +833,7 @@ impl Sim {
                 .filter_map(|n| n.core.as_ref())
                 .map(|c| c.anti_entropy_stats().tombstones_collected)
                 .sum(),
+            lifecycle,
             violations,
             trace: std::mem::take(&mut self.trace),
         }

@@ -3,7 +3,7 @@
 
 use crate::CLIENT_TIMEOUT_MS;
 use crate::checker::{Outcome, Violation};
-use crate::world::{Ev, OpRecord, Sim, SimNode, key_name};
+use crate::world::{Ev, OpKind, OpRecord, Sim, SimNode, key_name};
 use dynamokv_core::VersionVector;
 use dynamokv_core::message::{ClientId, ClientRequest, ClientResponse, OpError, Reply};
 use dynamokv_core::store::LocalStore;
@@ -28,6 +28,12 @@ impl Sim {
                 maybe_written: false,
             },
         };
+        self.ops[op].answered_at = Some(self.now);
+        if self.ops[op].kind != OpKind::Plain {
+            self.ops[op].done = true;
+            self.ops[op].outcome = Some(outcome);
+            return self.lifecycle_answer(c, op, response);
+        }
         match response {
             Ok(Reply::Read(obj)) => {
                 self.clients[c].contexts.insert(key.clone(), obj.context());
@@ -154,6 +160,11 @@ impl Sim {
             return;
         }
         self.issued += 1;
+        // Now and then an operation of the data lifecycle: expiry, a conditional create, a
+        // counter (see `lifecycle`).
+        if self.rng.chance(0.2) {
+            return self.lifecycle_op(c);
+        }
         let k = key_name(self.rng.below(self.cfg.keys as u64) as usize);
         let n = self.cfg.node.n;
         let quorum = if self.rng.chance(0.3) {
@@ -233,9 +244,23 @@ impl Sim {
                 Some((None, VersionVector::new(), quorum)),
             ),
         };
+        self.send(c, k, request, write, OpKind::Plain);
+    }
+
+    /// Client `c` sends `request` (about `key`) to a random node, recording it as an operation
+    /// of `kind` (`write`: what it writes, for the checker).
+    pub(crate) fn send(
+        &mut self,
+        c: usize,
+        key: Vec<u8>,
+        request: ClientRequest,
+        write: Option<(Option<Vec<u8>>, VersionVector, Option<u8>)>,
+        kind: OpKind,
+    ) {
+        let op = self.ops.len();
         self.ops.push(OpRecord {
             client: c,
-            key: k,
+            key,
             write,
             done: false,
             outcome: None,
@@ -243,6 +268,8 @@ impl Sim {
             holders: Vec::new(),
             issued_at: self.now,
             excused: false,
+            kind,
+            answered_at: None,
         });
         let to = self.rng.below(self.nodes.len() as u64) as usize;
         self.clients[c].busy = Some(op);

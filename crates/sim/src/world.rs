@@ -97,6 +97,12 @@ pub struct Sim {
     pub(crate) trace: Vec<String>,
     pub(crate) violations: Vec<Violation>,
     pub(crate) stop_issuing: bool,
+    /// Each value written with a time to live, and its operation.
+    pub(crate) expiring: BTreeMap<Vec<u8>, usize>,
+    /// The largest wall-clock offset any node had so far, ms.
+    pub(crate) max_skew: u64,
+    /// Conditional creates refused because their read found a value.
+    pub(crate) creates_refused: usize,
     /// Hint counters of node incarnations that crashed (stored, delivered).
     pub(crate) crashed_hint_stats: (u64, u64),
 }
@@ -159,6 +165,27 @@ pub(crate) struct OpRecord {
     /// Every copy of it was, at some point after it was acknowledged, on disks that no longer
     /// count (see [`Sim::disks_lost`]): it may be gone.
     pub(crate) excused: bool,
+    /// What kind of operation it is.
+    pub(crate) kind: OpKind,
+    /// When the client heard its answer (none: no answer).
+    pub(crate) answered_at: Option<u64>,
+}
+
+/// The kinds of operation the clients send (see `workload` and `lifecycle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    /// A get, put or delete of the main keys.
+    Plain,
+    /// A put with a time to live (ms).
+    Expiring { ttl: u64 },
+    /// A read of an expiring key.
+    ExpiryRead,
+    /// The read of a conditional create (`If-None-Match: *`, as the HTTP door does it).
+    CreateRead,
+    /// The write of a conditional create, after its read found no live value.
+    Create,
+    /// An increment of a counter.
+    Increment { by: i64 },
 }
 
 pub(crate) struct Client {

@@ -9,7 +9,9 @@
 //! [`MAX_HOPS`] times, so nodes with different views never bounce it back and forth.
 //!
 //! After a retry, a failure answer says the write may exist (`written`), since a primary asked
-//! before may have stored it.
+//! before may have stored it. An increment is never sent on: the silent primary may have
+//! applied it, and a second would count it twice (the client hears the coordinator was
+//! unreachable, and decides).
 //!
 //! History: coordination by any primary was tried once before and taken back when the
 //! simulator found a deleted value back after its tombstone was collected (one seed of
@@ -109,6 +111,9 @@ impl Forwarder {
             return;
         }
         let first = primaries.remove(0);
+        if matches!(request, ClientRequest::Increment { .. }) {
+            primaries.clear();
+        }
         self.forwarded += 1;
         self.next_id += 1;
         let id = self.next_id;

@@ -869,6 +869,36 @@ fn a_silent_coordinator_is_skipped_for_the_next_primary_before_the_client_hears(
 }
 
 #[test]
+fn an_increment_forwarded_to_a_silent_coordinator_is_never_sent_on() {
+    let mut c = Cluster::new(5);
+    let key = b"fwd-ctr".to_vec();
+    let p = c.primaries(&key);
+    let other = c.ids().into_iter().find(|n| !p.contains(n)).unwrap();
+    c.cut(&p[0]);
+    let t = c.t();
+    let incr = ClientRequest::Increment {
+        key: key.clone(),
+        by: 1,
+        w: None,
+        pw: None,
+    };
+    c.submit(&other, t, 9, incr);
+    // The silent primary may have counted it: a second primary would count it again.
+    for _ in 0..5 {
+        c.now += 1000;
+        let t = c.t();
+        c.tick(&other, t);
+        c.run();
+    }
+    assert_eq!(c.nodes[&other].stats().forward_retries, 0);
+    let answer = c.answers.remove(&9);
+    assert!(matches!(answer, Some(Err(_))), "{answer:?}");
+    for id in &p[1..] {
+        assert!(c.local(id, &key).is_none(), "{id} counted it");
+    }
+}
+
+#[test]
 fn a_failure_after_a_retried_forward_never_says_not_written() {
     let mut c = Cluster::new(5);
     let key = b"fwd-w".to_vec();

@@ -8,10 +8,10 @@
 use super::errors::ApiError;
 use super::kv::quorum_from;
 use super::{AppState, RING_VERSION_HEADER, bad_query, key_after};
+use crate::node::now_ms;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use crate::node::now_ms;
 use dynamokv_core::Object;
 use dynamokv_core::counter::PnCounter;
 use dynamokv_core::message::{ClientRequest, Reply};

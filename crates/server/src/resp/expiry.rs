@@ -10,8 +10,8 @@
 
 use super::codec::{bulk, integer, simple};
 use super::commands::{RespError, RespState, check_value, read, write};
-use dynamokv_core::version::ValueKind;
 use crate::node::now_ms;
+use dynamokv_core::version::ValueKind;
 use dynamokv_core::{Object, Sibling};
 
 /// The only live value of `object`, if it has exactly one; `Err` when it has several.

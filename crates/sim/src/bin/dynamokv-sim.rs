@@ -208,9 +208,17 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let mut bad = 0u64;
     let mut messages = 0u64;
+    let mut lifecycle = dynamokv_sim::LifecycleStats::default();
     for seed in args.seed..args.seed.saturating_add(args.seeds) {
         let r = run_seed(&cfg, seed);
         messages += r.delivered + r.dropped;
+        let l = r.lifecycle;
+        lifecycle.creates_ok += l.creates_ok;
+        lifecycle.creates_refused += l.creates_refused;
+        lifecycle.create_keys += l.create_keys;
+        lifecycle.create_keys_raced += l.create_keys_raced;
+        lifecycle.expiry_reads += l.expiry_reads;
+        lifecycle.increments_ok += l.increments_ok;
         if args.trace {
             for line in &r.trace {
                 println!("{line}");
@@ -252,6 +260,17 @@ fn main() -> ExitCode {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let l = lifecycle;
+    println!(
+        "lifecycle: {} expiring reads checked; {} increments acknowledged; conditional creates: {} acknowledged, {} refused (found a value); {} of {} created keys ({:.1}%) had more than one create acknowledged (a race: they became siblings)",
+        l.expiry_reads,
+        l.increments_ok,
+        l.creates_ok,
+        l.creates_refused,
+        l.create_keys_raced,
+        l.create_keys,
+        100.0 * l.create_keys_raced as f64 / l.create_keys.max(1) as f64
+    );
     println!(
         "{} seeds in {secs:.2} s: {:.1} seeds/s, {:.0} simulated messages/s; {bad} with violations",
         args.seeds,
