@@ -5,28 +5,13 @@
 mod common;
 
 use common::{dirs, start_cluster, wait_for_ring};
-use std::process::Command;
 
 /// `curl -s -i ARGS URL`: the status code, the X-Context header and the body.
 fn curl(args: &[&str], url: &str) -> (u16, Option<String>, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-i"])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let ctx = text.lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("x-context:")
-            .then(|| l[10..].trim().to_owned())
-    });
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    let (status, head, body) = common::curl(args, url);
+    let ctx = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-context:").map(|v| v.trim().to_owned()));
     (status, ctx, body)
 }
 

@@ -7,30 +7,12 @@
 
 mod common;
 
-use common::{dirs, get_json, http, start_cluster, wait_for_ring, write_all};
+use common::{curl, dirs, get_json, http, start_cluster, wait_for_ring, write_all};
 use reqwest::StatusCode;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// `curl -s -i ARGS URL`: the status code, the headers (lower-case names) and the body.
-fn curl(args: &[&str], url: &str) -> (u16, String, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-i"])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_owned())
-}
 
 /// `redis-cli -h HOST -p PORT ARGS`: its output, trimmed.
 fn redis_cli(resp: &str, args: &[&str]) -> String {
@@ -94,6 +76,19 @@ async fn expired_values_are_gone_everywhere_never_come_back_and_are_collected() 
         "OK"
     );
     assert_eq!(redis_cli(&nodes[2].resp, &["TTL", "rbrief"]), "1");
+    // EXPIRE, PEXPIRE, PTTL, PERSIST, SET XX PX and NX on a third key.
+    let r = |i: usize, args: &[&str]| redis_cli(&nodes[i].resp, args);
+    assert_eq!(r(0, &["SET", "kept", "v"]), "OK");
+    assert_eq!(r(1, &["EXPIRE", "kept", "100"]), "1");
+    assert_eq!(r(2, &["TTL", "kept"]), "100");
+    assert_eq!(r(0, &["PEXPIRE", "kept", "50000"]), "1");
+    let pttl: u64 = r(1, &["PTTL", "kept"]).parse().unwrap();
+    assert!((45_000..=50_000).contains(&pttl), "{pttl}");
+    assert_eq!(r(2, &["PERSIST", "kept"]), "1");
+    assert_eq!(r(0, &["TTL", "kept"]), "-1");
+    assert_eq!(r(1, &["SET", "kept", "w", "XX", "PX", "100000"]), "OK");
+    assert_eq!(r(2, &["SET", "kept", "x", "NX"]), "");
+    assert_eq!(r(0, &["GET", "kept"]), "w");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for n in &nodes {
         let (s, _, body) = curl(&[], &format!("{}/kv/brief?r=1", n.url));

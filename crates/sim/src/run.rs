@@ -731,21 +731,8 @@ impl Sim {
         }
         // Final state of every key on its primaries.
         let mut replicas: BTreeMap<Vec<u8>, Vec<(String, Option<Object>)>> = BTreeMap::new();
-        for k in 0..self.cfg.keys {
-            let key = key_name(k);
-            let copies = self
-                .primaries(&key)
-                .into_iter()
-                .map(|p| {
-                    (
-                        self.nodes[p].member.id.clone(),
-                        self.nodes[p].store.get(&key).ok().flatten(),
-                    )
-                })
-                .collect();
-            replicas.insert(key, copies);
-        }
-        for key in self.create_keys() {
+        let keys = (0..self.cfg.keys).map(key_name).chain(self.create_keys());
+        for key in keys {
             let copies = self
                 .primaries(&key)
                 .into_iter()

@@ -379,3 +379,30 @@ pub fn refused_start(dir: &Path, extra: &[&str]) -> String {
     assert!(!status.success(), "exit status {status}: {err}");
     err
 }
+
+/// `curl -s -i ARGS URL`: the status code, the headers (names lower-cased) and the body.
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn curl(args: &[&str], url: &str) -> (u16, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-i"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let head = head
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((name, value)) => format!("{}:{value}", name.to_ascii_lowercase()),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (status, head, body.to_owned())
+}

@@ -21,7 +21,8 @@
 //! of the ranges where something expired, under the shared background budget.
 //!
 //! It then sends the other primaries [`CollectMessage::Reap`] with the keys and the digests of
-//! their versions and removes its own copies; a replica removes a key only if its copy is still
+//! their versions and removes its own copies, a chunk of keys per tick under the shared
+//! background budget (so a million keys expiring at once never hold the node thread long); a replica removes a key only if its copy is still
 //! that version and it keeps no hint for it. A replica that missed the reap pushes its
 //! tombstone back in the next exchange and the key is collected again later: only tombstones
 //! ever travel back, never a value.
@@ -38,10 +39,15 @@ use crate::message::CollectMessage;
 use crate::ring::position;
 use crate::store::LocalStore;
 use crate::version::Object;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Tombstone-only keys collected per sweep of one range at most.
 const MAX_REAP: usize = 10_000;
+
+/// Keys reaped per tick at most (and per `Reap` message): a sweep's keys go a chunk at a time,
+/// under the shared background budget, so that removing them never holds the node thread
+/// long.
+const REAP_PER_TICK: usize = 256;
 
 /// The collector's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +57,9 @@ pub struct CollectorConfig {
     /// Youngest tombstone that may be collected, ms.
     pub tombstone_min_age_ms: u64,
 }
+
+/// A key a sweep found collectable, with the version it saw.
+type Found = (Vec<u8>, Object);
 
 /// A sweep of one range for collectable tombstones, paged across ticks.
 #[derive(Debug)]
@@ -72,6 +81,9 @@ struct Sweep {
 pub struct Collector {
     config: CollectorConfig,
     sweep: Option<Sweep>,
+    /// What a finished sweep found that is still to be reaped: its range and the keys with
+    /// the versions seen.
+    reaping: Option<(Range, VecDeque<Found>)>,
     /// When each range was last swept (monotonic ms).
     last_sweep: BTreeMap<Range, u64>,
     /// When this node last checked whether it keeps hints (monotonic ms).
@@ -89,6 +101,7 @@ impl Collector {
         Self {
             config,
             sweep: None,
+            reaping: None,
             last_sweep: BTreeMap::new(),
             hints_checked: None,
             seen: BTreeMap::new(),
@@ -266,23 +279,38 @@ impl Collector {
         {
             return;
         }
-        let keys: Vec<(Vec<u8>, Digest)> = sweep
-            .found
-            .iter()
-            .map(|(k, o)| (k.clone(), digest(o)))
-            .collect();
-        if let Some(peers) = ctx.trees.peers().get(&sweep.range) {
+        self.reaping = Some((sweep.range, sweep.found.into()));
+        self.reap_some(ctx);
+    }
+
+    /// Reaps the next chunk of what a sweep found, within the budget: the other primaries are
+    /// told the keys and versions, and this node removes its own copies (each only if still
+    /// that version, with no hint for it).
+    fn reap_some<S: LocalStore>(&mut self, ctx: &mut Ctx<'_, S>) {
+        let Some((range, pending)) = self.reaping.as_mut() else {
+            return;
+        };
+        let range = *range;
+        let n = REAP_PER_TICK.min(ctx.budget.budget(0)).max(1);
+        let chunk: Vec<Found> = pending.drain(..n.min(pending.len())).collect();
+        if pending.is_empty() {
+            self.reaping = None;
+        }
+        ctx.budget.spend_many(chunk.len());
+        let keys: Vec<(Vec<u8>, Digest)> =
+            chunk.iter().map(|(k, o)| (k.clone(), digest(o))).collect();
+        if let Some(peers) = ctx.trees.peers().get(&range) {
             for p in peers {
                 ctx.out.send(
                     p,
                     CollectMessage::Reap {
-                        range: sweep.range,
+                        range,
                         keys: keys.clone(),
                     },
                 );
             }
         }
-        for (key, object) in &sweep.found {
+        for (key, object) in &chunk {
             self.remove(ctx, key, object);
         }
     }
@@ -351,6 +379,11 @@ impl<S: LocalStore> Worker<S> for Collector {
         self.check_hints(ctx);
         let trees = &*ctx.trees;
         self.seen.retain(|r, _| trees.get(r).is_some());
+        if self.reaping.is_some() {
+            self.reap_some(ctx);
+            ctx.follow_writes();
+            return;
+        }
         let sweep = match self.sweep.take() {
             Some(sweep) => Some(sweep),
             None => self.next_sweep(ctx),

@@ -361,22 +361,24 @@ impl Coordinator {
                     overwrite,
                     stamp,
                 };
-                let object = match self.stamp(local, now, &key, write) {
-                    Ok(object) => object,
+                match self.stamp(local, now, &key, write) {
+                    Ok(object) => {
+                        tally.succeed(local.id);
+                        self.start_write(local, id, key, object, &pref, out)
+                    }
                     Err(e) => return out.respond(origin, Err(e)),
-                };
-                tally.succeed(local.id);
-                self.start_write(local, id, key, object, &pref, out)
+                }
             }
             ClientRequest::Increment { key, by, .. } => {
                 self.counters.writes += 1;
                 let seen = seen.unwrap_or_default();
-                let object = match self.stamp(local, now, &key, Write::Increment { by, seen }) {
-                    Ok(object) => object,
+                match self.stamp(local, now, &key, Write::Increment { by, seen }) {
+                    Ok(object) => {
+                        tally.succeed(local.id);
+                        self.start_write(local, id, key, object, &pref, out)
+                    }
                     Err(e) => return out.respond(origin, Err(e)),
-                };
-                tally.succeed(local.id);
-                self.start_write(local, id, key, object, &pref, out)
+                }
             }
             ClientRequest::Restore { key, object, .. } => {
                 self.counters.writes += 1;
