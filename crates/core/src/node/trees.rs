@@ -279,6 +279,11 @@ impl Trees {
         Ok(scanned)
     }
 
+    /// The version of the ring the trees were last shaped for.
+    pub fn ring_version(&self) -> Option<u64> {
+        self.ring_version
+    }
+
     /// Throws a tree away and builds it again from storage (it disagreed with the keys).
     pub fn rebuild(&mut self, range: Range) {
         if let Some(t) = self.trees.get_mut(&range) {

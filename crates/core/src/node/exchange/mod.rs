@@ -118,6 +118,9 @@ struct Session {
     push: VecDeque<Vec<u8>>,
     want: VecDeque<Vec<u8>>,
     round: Option<u64>,
+    /// The ring version it began under: one that times out after the ring changed was caught
+    /// between two views (its peer may have dropped it), and is postponed, not failed.
+    ring: Option<u64>,
 }
 
 /// How a session ended.
@@ -337,6 +340,7 @@ impl Exchange {
                     push: VecDeque::new(),
                     want: VecDeque::new(),
                     round: Some(round_id),
+                    ring: ctx.trees.ring_version(),
                 },
             );
             self.stats.bytes_sent += 64;
@@ -454,7 +458,13 @@ impl<S: LocalStore> Worker<S> for Exchange {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            self.end(ctx, id, End::Failed(Failure::TimedOut));
+            let ring = ctx.trees.ring_version();
+            let how = if self.sessions.get(&id).is_some_and(|s| s.ring != ring) {
+                End::Postponed
+            } else {
+                End::Failed(Failure::TimedOut)
+            };
+            self.end(ctx, id, how);
         }
         let pushing: Vec<u64> = self
             .sessions
