@@ -1,5 +1,8 @@
 //! End-to-end: the RESP endpoint (`--resp`) with a raw protocol client, the real `redis-cli`
 //! and `redis-benchmark`, pipelining, and hostile input.
+//!
+//! Over 700 lines: the whole file is tests of one door, sharing one raw client; the command
+//! table test walks every documented command, expiry and counters included, in one place.
 
 mod common;
 

@@ -26,6 +26,12 @@
 //! Merge is commutative, associative and idempotent (a join-semilattice), so replicas converge
 //! whatever order they exchange objects in; the property tests at the bottom check this and the
 //! other laws against a reference model of causal histories (sets of dots).
+//!
+//! Each sibling also carries its deadline (expiry) and its kind (bytes or a counter's state);
+//! both are set once by the write and never change, so the merge needs no rule for them.
+//!
+//! Over 700 lines: the code is under 520; the rest is the property tests against the model,
+//! which belong next to what they check.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
