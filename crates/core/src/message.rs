@@ -48,6 +48,11 @@ pub enum ClientRequest {
         overwrite: bool,
         /// The value's time to live, ms: its deadline is the coordinator's clock plus this.
         expires_in_ms: Option<u64>,
+        /// Write only if this holds, as a read at R by the coordinator finds the key (then with
+        /// that read's context, in place of `context`); otherwise
+        /// [`OpError::PreconditionFailed`]. Not linearizable: two conditional writers whose
+        /// reads both pass both write, and become siblings.
+        condition: Option<Condition>,
     },
     /// Add `by` (negative: subtract) to the counter at `key`, answering after `w` replicas
     /// acknowledged ([`crate::counter`]). Refused when the key holds a value that is not a
@@ -86,6 +91,33 @@ pub enum ClientRequest {
         /// Write quorum override.
         w: Option<u8>,
     },
+}
+
+/// What a conditional write requires of the key, as a read at R finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Condition {
+    /// No live value (HTTP `If-None-Match: *`, RESP `SET ... NX`).
+    Absent,
+    /// A live value (`If-Match: *`, `SET ... XX`).
+    Present,
+    /// The version the context names: the read's context is exactly it (`If-Match: <context>`).
+    Version(VersionVector),
+}
+
+impl Condition {
+    /// Why `found` (the key as a read at R found it, expired values as tombstones) fails the
+    /// condition, if it does.
+    pub fn fails(&self, found: &Object) -> Option<&'static str> {
+        let live = found.live().next().is_some();
+        match self {
+            Condition::Absent if live => Some("the key has a value (If-None-Match: *, NX)"),
+            Condition::Present if !live => Some("the key has no value (If-Match: *, XX)"),
+            Condition::Version(v) if *v != found.context() => {
+                Some("the key was written since that context was read (If-Match)")
+            }
+            _ => None,
+        }
+    }
 }
 
 impl ClientRequest {
@@ -233,6 +265,15 @@ pub enum OpError {
     ListingIncomplete {
         /// What was missing.
         reason: String,
+    },
+    /// A conditional write's condition did not hold; nothing was written. `context` covers what
+    /// the read found (a client can read or write with it).
+    #[error("precondition failed: {reason}")]
+    PreconditionFailed {
+        /// Why.
+        reason: String,
+        /// The context of what the read found.
+        context: VersionVector,
     },
     /// A counter operation on a key holding another kind of value, or a plain write or read of
     /// a value on a counter key.

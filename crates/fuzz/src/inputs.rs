@@ -130,6 +130,7 @@ fn request(u: &mut Unstructured<'_>) -> Result<ClientRequest> {
             pw: u.arbitrary()?,
             overwrite: u.arbitrary()?,
             expires_in_ms: None,
+            condition: None,
         }
     })
 }

@@ -167,7 +167,12 @@ mod tests {
         cfg.faults = Faults::default();
         let r = run_seed(&cfg, 1);
         assert_eq!(r.ops, cfg.ops);
-        assert_eq!(r.ok, cfg.ops, "no faults, no failures: {r:?}");
+        // No faults, no failures: only conditional creates refused because a value was there.
+        assert_eq!(
+            r.ok + r.lifecycle.creates_refused,
+            cfg.ops,
+            "no faults, no failures: {r:?}"
+        );
         assert!(r.violations.is_empty(), "{:?}", r.violations);
     }
 

@@ -7,21 +7,21 @@
 //!   offset any node's wall clock had so far), and a coordinator whose clock is at most s behind
 //!   stops returning it by t + T + 2s: a read issued later that returns it is an
 //!   `ExpiredRead`.
-//! - **Conditional creates** (`If-None-Match: *`, as the HTTP door does it): a read at R, then,
-//!   when it found no live value, a write with that read's context. The create keys are in the
-//!   lost-write check (an acknowledged create is never lost: concurrent ones are siblings), and
-//!   the run counts the keys more than one create was acknowledged for - the race rate, since
-//!   the check is not linearizable.
+//! - **Conditional creates** (`If-None-Match: *`, `SET NX`): a put with `Condition::Absent`,
+//!   which the key's coordinator checks against a read at R before it writes with that read's
+//!   context. The create keys are in the lost-write check (an acknowledged create is never
+//!   lost: concurrent ones are siblings), and the run counts the keys more than one create was
+//!   acknowledged for - the race rate, since the check is not linearizable.
 //! - **Counters**: after the run settles, each counter's value lies between the sum of the
 //!   acknowledged increments and the sum of those that may have been applied
 //!   (`CounterOutOfRange`).
 
 use crate::checker::{Outcome, Violation};
 use crate::world::{OpKind, Sim};
-use dynamokv_core::Object;
 use dynamokv_core::counter::PnCounter;
-use dynamokv_core::message::{ClientRequest, ClientResponse, Reply};
+use dynamokv_core::message::{ClientRequest, ClientResponse, Condition, OpError, Reply};
 use dynamokv_core::store::LocalStore;
+use dynamokv_core::{Object, VersionVector};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Keys written with a time to live.
@@ -68,6 +68,7 @@ impl Sim {
                     pw: None,
                     overwrite: false,
                     expires_in_ms: Some(ttl),
+                    condition: None,
                 };
                 self.send(c, key, request, None, OpKind::Expiring { ttl });
             }
@@ -82,12 +83,21 @@ impl Sim {
             }
             55..75 => {
                 let key = format!("new{:06}", self.now / CREATE_WINDOW_MS).into_bytes();
-                let request = ClientRequest::Get {
+                let value = format!("c{c}-op{op}-new").into_bytes();
+                let request = ClientRequest::Put {
                     key: key.clone(),
-                    r: None,
-                    pr: None,
+                    value: Some(value.clone()),
+                    context: None,
+                    w: None,
+                    pw: None,
+                    overwrite: false,
+                    expires_in_ms: None,
+                    condition: Some(Condition::Absent),
                 };
-                self.send(c, key, request, None, OpKind::CreateRead);
+                // The context the coordinator writes with is its read's: it covers no live
+                // value (else the create is refused), so the checker is told none.
+                let write = Some((Some(value), VersionVector::new(), None));
+                self.send(c, key, request, write, OpKind::Create);
             }
             _ => {
                 let key = format!("ctr{}", self.rng.below(COUNTER_KEYS)).into_bytes();
@@ -115,25 +125,8 @@ impl Sim {
                 self.clients[c].contexts.insert(key, object.context());
                 self.ops[op].dot = Some(dot);
             }
-            (OpKind::CreateRead, Ok(Reply::Read(obj))) => {
-                if obj.live().next().is_some() {
-                    self.creates_refused += 1;
-                } else {
-                    // Absent at R: create with the read's context; the client stays busy.
-                    let value = format!("c{c}-op{}-new", self.ops.len()).into_bytes();
-                    let context = obj.context();
-                    let request = ClientRequest::Put {
-                        key: key.clone(),
-                        value: Some(value.clone()),
-                        context: Some(context.clone()),
-                        w: None,
-                        pw: None,
-                        overwrite: false,
-                        expires_in_ms: None,
-                    };
-                    let write = Some((Some(value), context, None));
-                    return self.send(c, key, request, write, OpKind::Create);
-                }
+            (OpKind::Create, Err(OpError::PreconditionFailed { .. })) => {
+                self.creates_refused += 1;
             }
             (OpKind::Create | OpKind::Increment { .. }, Ok(Reply::Written { dot, .. })) => {
                 self.ops[op].dot = Some(dot);

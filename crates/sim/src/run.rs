@@ -7,7 +7,7 @@
 
 use crate::EPOCH;
 use crate::checker::{Outcome, Violation, WriteRecord};
-use crate::world::{Ev, OpKind, Sim, key_name};
+use crate::world::{Ev, Sim, key_name};
 use crate::{Report, TICK_MS};
 use dynamokv_core::membership::Member;
 use dynamokv_core::message::{
@@ -775,17 +775,16 @@ impl Sim {
         self.check_membership();
         let mut violations = std::mem::take(&mut self.violations);
         violations.extend(crate::checker::check(&writes, &replicas));
-        // A conditional create is one operation: its read, and the write that may follow.
-        let issued = || self.ops.iter().filter(|o| o.kind != OpKind::Create);
         let count = |f: &dyn Fn(&Outcome) -> bool| {
-            issued()
+            self.ops
+                .iter()
                 .filter(|o| o.outcome.as_ref().is_some_and(f))
                 .count()
         };
         let _ = self.ops.iter().map(|o| o.client).max();
         Report {
             seed: self.cfg.seed,
-            ops: issued().count(),
+            ops: self.ops.len(),
             ok: count(&|o| *o == Outcome::Ok),
             failed: count(&|o| matches!(o, Outcome::Failed { .. })),
             unknown: count(&|o| *o == Outcome::Unknown),

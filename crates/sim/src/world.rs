@@ -180,9 +180,8 @@ pub(crate) enum OpKind {
     Expiring { ttl: u64 },
     /// A read of an expiring key.
     ExpiryRead,
-    /// The read of a conditional create (`If-None-Match: *`, as the HTTP door does it).
-    CreateRead,
-    /// The write of a conditional create, after its read found no live value.
+    /// A conditional create (`If-None-Match: *`): a put that only writes if the key's
+    /// coordinator finds no live value at R.
     Create,
     /// An increment of a counter.
     Increment { by: i64 },

@@ -31,15 +31,14 @@ use std::collections::BTreeMap;
 type Replies = BTreeMap<String, Option<Object>>;
 
 /// A write that reads first, waiting for its read: a delete without a context (of what the
-/// read found) or an increment (over what the read found).
+/// read found), an increment (over what the read found) or a conditional put (if what the
+/// read found meets its condition).
 #[derive(Debug)]
 struct DeleteAfter {
     now: Now,
-    w: Option<u8>,
-    pw: Option<u8>,
     pref: PreferenceList,
-    /// `None`: a delete; else the increment's amount.
-    increment: Option<i64>,
+    /// The write, as the client sent it.
+    request: ClientRequest,
 }
 
 /// What a write stamps over the coordinator's copy.
@@ -88,7 +87,7 @@ enum Kind {
         /// Nodes whose copy read repair may fix: the primaries.
         primaries: Vec<String>,
         /// Set when this read is the first half of a delete without a context.
-        then_delete: Option<DeleteAfter>,
+        then_delete: Option<Box<DeleteAfter>>,
     },
     Write {
         object: Object,
@@ -294,48 +293,45 @@ impl Coordinator {
         };
         self.next_id += 1;
         let id = self.next_id;
-        // A delete without a context deletes what the replicas hold, and an increment counts
-        // over what they hold: read it first (at R), then write.
-        let read_first = match &request {
-            ClientRequest::Put {
-                value: None,
-                context: None,
-                w,
-                pw,
-                ..
-            } => Some((*w, *pw, None)),
-            ClientRequest::Increment { by, w, pw, .. } if seen.is_none() => {
-                Some((*w, *pw, Some(*by)))
-            }
-            _ => None,
-        };
-        let (request, then_delete) = match read_first {
-            Some((w, pw, increment)) => {
-                let replicas = pref.primaries.len();
-                // An increment asked to wait for one replica reads only this one: it still
-                // counts, its answer may lag increments through other nodes.
-                let r = match (increment, w) {
-                    (Some(_), Some(1)) => 1,
-                    _ => local.config.r,
-                };
-                let read_quorum = usize::from(r).min(replicas).max(1);
-                let targets = pref.targets.iter().map(|t| t.node.clone()).collect();
-                tally = Tally::new(targets, read_quorum);
-                let then = DeleteAfter {
-                    now,
-                    w,
-                    pw,
-                    pref: pref.clone(),
-                    increment,
-                };
-                let read = ClientRequest::Get {
-                    key: request.key().to_vec(),
-                    r: None,
-                    pr: None,
-                };
-                (read, Some(then))
-            }
-            None => (request, None),
+        // A delete without a context deletes what the replicas hold, an increment counts over
+        // what they hold, and a conditional put checks what they hold: read it first (at R),
+        // then write.
+        let read_first = seen.is_none()
+            && matches!(
+                &request,
+                ClientRequest::Put {
+                    value: None,
+                    context: None,
+                    ..
+                } | ClientRequest::Put {
+                    condition: Some(_),
+                    ..
+                } | ClientRequest::Increment { .. }
+            );
+        let (request, then_delete) = if read_first {
+            let replicas = pref.primaries.len();
+            // An increment asked to wait for one replica reads only this one: it still counts,
+            // its answer may lag increments through other nodes.
+            let r = match &request {
+                ClientRequest::Increment { w: Some(1), .. } => 1,
+                _ => local.config.r,
+            };
+            let read_quorum = usize::from(r).min(replicas).max(1);
+            let targets = pref.targets.iter().map(|t| t.node.clone()).collect();
+            tally = Tally::new(targets, read_quorum);
+            let read = ClientRequest::Get {
+                key: request.key().to_vec(),
+                r: None,
+                pr: None,
+            };
+            let then = Box::new(DeleteAfter {
+                now,
+                pref: pref.clone(),
+                request,
+            });
+            (read, Some(then))
+        } else {
+            (request, None)
         };
         let kind = match request {
             ClientRequest::Get { key, .. } => {
@@ -348,6 +344,8 @@ impl Coordinator {
                 context,
                 overwrite,
                 expires_in_ms,
+                // Checked by the read first (a conditional put arrives here without it).
+                condition: _,
                 ..
             } => {
                 self.counters.writes += 1;
@@ -415,7 +413,7 @@ impl Coordinator {
         id: RequestId,
         key: Vec<u8>,
         pref: PreferenceList,
-        then_delete: Option<DeleteAfter>,
+        then_delete: Option<Box<DeleteAfter>>,
         tally: &mut Tally,
         out: &mut Outbox,
     ) -> Kind {
@@ -818,7 +816,8 @@ impl Coordinator {
     }
 
     /// The read of a read-first write reached R: delete exactly what it found (a put with the
-    /// merged context), or increment over it, under the same origin.
+    /// merged context), increment over it, or - if it meets the condition - put with its
+    /// context, under the same origin.
     fn write_what_was_read<S: LocalStore>(
         &mut self,
         local: &Local<'_, S>,
@@ -832,7 +831,6 @@ impl Coordinator {
         let (
             Some(origin),
             Kind::Read {
-                key,
                 replies,
                 then_delete,
                 ..
@@ -845,22 +843,56 @@ impl Coordinator {
             return Vec::new();
         };
         let seen = merge_all(replies.values());
-        let request = match then.increment {
-            Some(by) => ClientRequest::Increment {
-                key: key.clone(),
-                by,
-                w: then.w,
-                pw: then.pw,
-            },
-            None => ClientRequest::Put {
-                key: key.clone(),
+        let request = match then.request {
+            ClientRequest::Put {
+                condition: Some(condition),
+                key,
+                value,
+                w,
+                pw,
+                expires_in_ms,
+                ..
+            } => {
+                // The condition, against what the read found as a client would see it.
+                let wall = then.now.wall + now.saturating_sub(then.now.mono);
+                if let Some(reason) = condition.fails(&seen.visible_at(wall)) {
+                    let err = OpError::PreconditionFailed {
+                        reason: reason.to_owned(),
+                        context: seen.context(),
+                    };
+                    out.respond(origin, Err(err));
+                    return Vec::new();
+                }
+                ClientRequest::Put {
+                    key,
+                    value,
+                    context: Some(seen.context()),
+                    w,
+                    pw,
+                    overwrite: false,
+                    expires_in_ms,
+                    condition: None,
+                }
+            }
+            // A delete without a context: of exactly what the read found.
+            ClientRequest::Put {
+                key,
+                value: None,
+                w,
+                pw,
+                ..
+            } => ClientRequest::Put {
+                key,
                 value: None,
                 context: Some(seen.context()),
-                w: then.w,
-                pw: then.pw,
+                w,
+                pw,
                 overwrite: false,
                 expires_in_ms: None,
+                condition: None,
             },
+            // An increment (over what the read found: `seen`).
+            other => other,
         };
         // The read stays until its replies are in, for read repair.
         let now = Now {

@@ -625,6 +625,7 @@ impl<S: LocalStore> Node<S> {
         }
         if let ClientRequest::Put {
             expires_in_ms: Some(0),
+            condition: None,
             ..
         } = &request
         {

@@ -154,6 +154,7 @@ impl Cluster {
                 pw: None,
                 overwrite: false,
                 expires_in_ms: None,
+                condition: None,
             },
         )
     }
@@ -192,6 +193,7 @@ fn put_request(key: &[u8], value: &[u8], w: Option<u8>) -> ClientRequest {
         pw: None,
         overwrite: false,
         expires_in_ms: None,
+        condition: None,
     }
 }
 
@@ -264,6 +266,7 @@ fn writes_with_one_primary_down_and_w3_failure() {
             pw: Some(3),
             overwrite: false,
             expires_in_ms: None,
+            condition: None,
         },
     ) {
         Err(OpError::Unavailable {
@@ -354,6 +357,7 @@ fn concurrent_writes_through_different_coordinators_become_siblings() {
             pw: None,
             overwrite: false,
             expires_in_ms: None,
+            condition: None,
         };
         c.net.send(
             c.now,
@@ -508,6 +512,7 @@ fn sloppy_quorum_hints_and_handoff() {
             pw: Some(3),
             overwrite: false,
             expires_in_ms: None,
+            condition: None,
         },
     ) {
         Err(OpError::Unavailable {
@@ -822,6 +827,7 @@ fn an_overwrite_supersedes_what_its_coordinator_holds_but_not_unseen_writes() {
         pw: None,
         overwrite: true,
         expires_in_ms: None,
+        condition: None,
     };
     // Blind overwrites through one coordinator replace each other.
     c.request(&p[0], 1, overwrite(b"a")).unwrap();
@@ -918,6 +924,7 @@ fn a_failure_after_a_retried_forward_never_says_not_written() {
         pw: Some(3),
         overwrite: false,
         expires_in_ms: None,
+        condition: None,
     };
     c.submit(&other, t, 11, strict);
     c.now += 1000;
@@ -1222,6 +1229,7 @@ fn a_value_reads_as_absent_from_its_deadline_and_a_rewrite_keeps_no_deadline() {
         pw: None,
         overwrite: true,
         expires_in_ms: ttl,
+        condition: None,
     };
     assert!(c.request("n0", 1, put(b"e", b"v", Some(1_000))).is_ok());
     assert_eq!(values(&c.get("n1", b"e")), vec![b"v".to_vec()]);
@@ -1316,4 +1324,60 @@ fn counters_add_up_through_every_coordinator_and_refuse_other_kinds() {
     let o = c.get("n0", b"hits");
     assert_eq!(PnCounter::of(&o, c.now).unwrap().value(), sum + 1);
     assert_eq!(values(&c.get("n0", b"plain")), vec![b"text".to_vec()]);
+}
+
+#[test]
+fn a_conditional_put_is_checked_by_the_coordinator_against_a_read_at_r() {
+    use crate::message::Condition;
+    let mut c = Cluster::new(3);
+    let put = |value: &[u8], condition: Condition, ttl: Option<u64>| ClientRequest::Put {
+        key: b"cond".to_vec(),
+        value: Some(value.to_vec()),
+        context: None,
+        w: None,
+        pw: None,
+        overwrite: false,
+        expires_in_ms: ttl,
+        condition: Some(condition),
+    };
+    // Present on a missing key fails; Absent writes, once.
+    let r = c.request("n0", 1, put(b"x", Condition::Present, None));
+    assert!(
+        matches!(r, Err(OpError::PreconditionFailed { .. })),
+        "{r:?}"
+    );
+    assert!(
+        c.request("n1", 1, put(b"a", Condition::Absent, Some(1_000)))
+            .is_ok()
+    );
+    let r = c.request("n2", 1, put(b"b", Condition::Absent, None));
+    let Err(OpError::PreconditionFailed { context, .. }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(values(&c.get("n0", b"cond")), vec![b"a".to_vec()]);
+    // The context the failure carries is the current version: If-Match with it writes, and
+    // replaces (no sibling); with it again, now stale, it fails.
+    assert!(
+        c.request(
+            "n0",
+            1,
+            put(b"c", Condition::Version(context.clone()), Some(1_000))
+        )
+        .is_ok()
+    );
+    assert_eq!(values(&c.get("n1", b"cond")), vec![b"c".to_vec()]);
+    let r = c.request("n1", 1, put(b"d", Condition::Version(context), None));
+    assert!(
+        matches!(r, Err(OpError::PreconditionFailed { .. })),
+        "{r:?}"
+    );
+    // An expired value counts as absent: Absent writes over it, without a sibling.
+    c.now += 1_000;
+    assert!(
+        c.request("n2", 1, put(b"e", Condition::Absent, None))
+            .is_ok()
+    );
+    let o = c.get("n0", b"cond");
+    assert_eq!(values(&o), vec![b"e".to_vec()]);
+    assert_eq!(o.siblings().len(), 1, "{o:?}");
 }

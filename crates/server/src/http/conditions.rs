@@ -10,22 +10,11 @@
 //! `If-Unmodified-Since` and `If-Range` are refused by name (there are no modification times;
 //! a context names a version exactly).
 
+use super::CONTEXT_HEADER;
 use super::errors::ApiError;
-use super::{AppState, CONTEXT_HEADER};
 use axum::http::{HeaderMap, StatusCode};
-use dynamokv_core::message::{ClientRequest, Reply};
-use dynamokv_core::{ContextCodec, VersionVector};
-
-/// What a conditional write requires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Condition {
-    /// `If-None-Match: *`: no live value.
-    Absent,
-    /// `If-Match: *`: a live value.
-    Present,
-    /// `If-Match: <context>`: the version that context names.
-    Version(VersionVector),
-}
+use dynamokv_core::ContextCodec;
+use dynamokv_core::message::Condition;
 
 fn refused(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "unsupported_condition", message)
@@ -84,34 +73,4 @@ pub fn condition(
         ));
     }
     Ok(Some(cond))
-}
-
-/// Checks `cond` against a read of `key` at R; the context to write with when it holds.
-pub async fn check(s: &AppState, key: &[u8], cond: &Condition) -> Result<VersionVector, ApiError> {
-    let request = ClientRequest::Get {
-        key: key.to_vec(),
-        r: None,
-        pr: None,
-    };
-    let (Reply::Read(object), _) = super::call(s, request).await? else {
-        return Err(super::wrong_reply("a read"));
-    };
-    let live = object.live().next().is_some();
-    let failed = match cond {
-        Condition::Absent if live => Some("the key has a value (If-None-Match: *)"),
-        Condition::Present if !live => Some("the key has no value (If-Match: *)"),
-        Condition::Version(v) if *v != object.context() => {
-            Some("the key was written since that context was read (If-Match)")
-        }
-        _ => None,
-    };
-    match failed {
-        None => Ok(object.context()),
-        Some(why) => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
-            why,
-        )
-        .with_context((!object.clock().is_empty()).then(|| s.codec.encode(key, object.clock())))),
-    }
 }

@@ -135,6 +135,12 @@ impl From<OpError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message)
             }
             OpError::WrongType(_) => ApiError::new(StatusCode::CONFLICT, "wrong_type", message),
+            // `http::call` adds the X-Context of what the read found.
+            OpError::PreconditionFailed { .. } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                message,
+            ),
             OpError::Overflow => ApiError::new(StatusCode::CONFLICT, "overflow", message),
             OpError::NotAMember(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_a_member", message)

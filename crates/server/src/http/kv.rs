@@ -195,43 +195,42 @@ async fn put(s: AppState, uri: Uri, headers: HeaderMap, body: Body) -> Result<Re
     let ttl = ttl_from(&mut pairs, &headers)?;
     let [w, pw] = quorum_from(pairs, ["w", "pw"])?;
     let condition = super::conditions::condition(&s.codec, &key, &headers)?;
-    let mut context = context_from(&s.codec, &key, &headers)?;
+    let context = context_from(&s.codec, &key, &headers)?;
     let value = read_body(body, &headers, s.max_value_bytes).await?;
-    if let Some(c) = &condition {
-        context = Some(super::conditions::check(&s, &key, c).await?);
-    }
-    write(&s, key, Some(value), context, ttl, w, pw).await
+    let request = ClientRequest::Put {
+        key,
+        value: Some(value),
+        context,
+        w,
+        pw,
+        overwrite: false,
+        expires_in_ms: ttl,
+        condition,
+    };
+    write(&s, request).await
 }
 
 async fn delete(s: AppState, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
     let key = key_from(&uri)?;
     let [w, pw] = quorum_params(&uri, ["w", "pw"])?;
     let condition = super::conditions::condition(&s.codec, &key, &headers)?;
-    let mut context = context_from(&s.codec, &key, &headers)?;
-    if let Some(c) = &condition {
-        context = Some(super::conditions::check(&s, &key, c).await?);
-    }
-    write(&s, key, None, context, None, w, pw).await
-}
-
-async fn write(
-    s: &AppState,
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
-    context: Option<VersionVector>,
-    expires_in_ms: Option<u64>,
-    w: Option<u8>,
-    pw: Option<u8>,
-) -> Result<Response, ApiError> {
+    let context = context_from(&s.codec, &key, &headers)?;
     let request = ClientRequest::Put {
-        key: key.clone(),
-        value,
+        key,
+        value: None,
         context,
         w,
         pw,
         overwrite: false,
-        expires_in_ms,
+        expires_in_ms: None,
+        condition,
     };
+    write(&s, request).await
+}
+
+/// A put or delete: 204 with the new version's context and dot.
+async fn write(s: &AppState, request: ClientRequest) -> Result<Response, ApiError> {
+    let key = request.key().to_vec();
     match super::call(s, request).await? {
         (Reply::Written { object, dot }, ring) => {
             let mut resp = StatusCode::NO_CONTENT.into_response();

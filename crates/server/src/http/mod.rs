@@ -429,6 +429,7 @@ pub(crate) async fn call(
     s: &AppState,
     request: dynamokv_core::message::ClientRequest,
 ) -> Result<(dynamokv_core::message::Reply, u64), ApiError> {
+    let key = request.key().to_vec();
     let (response, ring) = s.node.call(request).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -440,7 +441,16 @@ pub(crate) async fn call(
         Ok(reply) => Ok((reply, ring)),
         Err(e) => {
             crate::metrics::op_failed(&e);
-            let mut err = ApiError::from(e);
+            // A failed condition answers with the context of what the read found.
+            let context = match &e {
+                dynamokv_core::message::OpError::PreconditionFailed { context, .. }
+                    if !context.is_empty() =>
+                {
+                    Some(s.codec.encode(&key, context))
+                }
+                _ => None,
+            };
+            let mut err = ApiError::from(e).with_context(context);
             if let Some(o) = err
                 .detail
                 .get_or_insert_with(|| serde_json::json!({}))

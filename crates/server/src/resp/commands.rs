@@ -249,6 +249,7 @@ fn op_code(e: &OpError) -> &'static str {
         OpError::InsufficientStorage { .. } => "FULL",
         OpError::NotAMember(_) => "NOTMEMBER",
         OpError::WrongType(_) => "WRONGTYPE",
+        OpError::PreconditionFailed { .. } => "PRECONDITION",
         OpError::InvalidQuorum { .. } | OpError::BadRequest(_) | OpError::Overflow => "ERR",
     }
 }
@@ -321,7 +322,14 @@ pub(super) async fn write(
         pw,
         overwrite,
         expires_in_ms,
+        condition: None,
     };
+    put(state, request).await
+}
+
+/// Runs a put (any `ClientRequest::Put`, conditional ones included); the object the
+/// coordinator stamped.
+pub(super) async fn put(state: &RespState, request: ClientRequest) -> Result<Object, RespError> {
     match call(state, "write", request).await? {
         Reply::Written { object, .. } => Ok(object),
         Reply::Read(_) => Err(RespError::WrongReply("write", "read")),

@@ -5,12 +5,14 @@
 //! sibling and the same on every replica (docs/api.md, "Expiry"). `EXPIRE` and `PERSIST` read
 //! the key at R and write its value again with the new deadline and the read's context; a key
 //! with concurrent values is refused (write one first), and so is a counter (counters do not
-//! expire). `NX`/`XX` are checked against that read: not linearizable, so two `SET NX` through
-//! different nodes at once can both write (their values become siblings).
+//! expire). `NX`/`XX` are checked by the key's coordinator against a read at R: not
+//! linearizable, so two `SET NX` through different nodes at once can both write (their values
+//! become siblings).
 
 use super::codec::{bulk, integer, simple};
-use super::commands::{RespError, RespState, check_value, read, write};
+use super::commands::{RespError, RespState, check_key, check_value, put, read, write};
 use crate::node::now_ms;
+use dynamokv_core::message::{ClientRequest, Condition, OpError};
 use dynamokv_core::version::ValueKind;
 use dynamokv_core::{Object, Sibling};
 
@@ -86,19 +88,13 @@ pub(super) async fn set(
         }
     }
     check_value(state, &value)?;
+    check_key(&key)?;
     let lifetime = lifetime.unwrap_or(Lifetime::Forever);
-    // A condition or KEEPTTL needs the key as a read at R finds it; a plain SET does not.
-    let found = if condition.is_some() || lifetime == Lifetime::Keep {
-        Some(read(state, key.clone(), None, None).await?)
-    } else {
-        None
+    // KEEPTTL needs the deadline the key has: a read at R first.
+    let found = match lifetime {
+        Lifetime::Keep => Some(read(state, key.clone(), None, None).await?),
+        _ => None,
     };
-    if let (Some(absent), Some(object)) = (condition, &found)
-        && object.live().next().is_some() == absent
-    {
-        bulk(out, None);
-        return Ok(());
-    }
     let now = now_ms();
     let ttl = match lifetime {
         Lifetime::Forever => None,
@@ -111,18 +107,32 @@ pub(super) async fn set(
             .and_then(|s| s.expires)
             .map(|d| d.saturating_sub(now).max(1)),
     };
-    match (condition, found) {
-        // Conditional: over exactly what the read found.
-        (Some(_), Some(object)) => {
-            let context = Some(object.context());
-            write(state, key, Some(value), context, false, ttl, None, None).await?;
-        }
-        // Over everything the coordinator holds, as a plain SET.
-        _ => {
-            write(state, key, Some(value), None, true, ttl, None, None).await?;
-        }
+    // NX/XX: the key's coordinator checks them against a read at R and writes with its
+    // context; a plain SET overwrites what the coordinator holds.
+    let request = ClientRequest::Put {
+        key,
+        value: Some(value),
+        context: None,
+        w: None,
+        pw: None,
+        overwrite: condition.is_none(),
+        expires_in_ms: ttl,
+        condition: condition.map(|absent| {
+            if absent {
+                Condition::Absent
+            } else {
+                Condition::Present
+            }
+        }),
+    };
+    match put(state, request).await {
+        Ok(_) => simple(out, "OK"),
+        Err(RespError::Op {
+            error: OpError::PreconditionFailed { .. },
+            ..
+        }) => bulk(out, None),
+        Err(e) => return Err(e),
     }
-    simple(out, "OK");
     Ok(())
 }
 
