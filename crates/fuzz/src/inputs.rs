@@ -6,8 +6,8 @@ use arbitrary::{Arbitrary, Result, Unstructured};
 use dynamokv_core::membership::{Delta, DigestEntry, Ended, Ending, Member, Status};
 use dynamokv_core::merkle::Range;
 use dynamokv_core::message::{
-    ClientRequest, CollectMessage, GossipMessage, HandoffMessage, HandoverMessage, KvMessage,
-    Message, OpError, QuorumKind, Reply, RootAnswer, SyncMessage, WireError,
+    ClientRequest, CollectMessage, Condition, GossipMessage, HandoffMessage, HandoverMessage,
+    KvMessage, Message, OpError, QuorumKind, Reply, RootAnswer, SyncMessage, WireError,
 };
 use dynamokv_core::{ActorId, ClockEntry, Dot, Object, VersionVector};
 use dynamokv_server::transport::Frame;
@@ -61,7 +61,17 @@ pub fn object(u: &mut Unstructured<'_>) -> Result<Object> {
             Some(bytes(u, 64)?)
         };
         let now = u.arbitrary()?;
-        o = o.merge(&o.update(actor, &context, value, now));
+        // Some values expire; some are a counter's state (arbitrary bytes, as a hostile peer
+        // may send).
+        let stamp = dynamokv_core::version::Stamp {
+            expires: u.arbitrary()?,
+            kind: if u.ratio(1, 4)? {
+                dynamokv_core::version::ValueKind::Counter
+            } else {
+                dynamokv_core::version::ValueKind::Bytes
+            },
+        };
+        o = o.merge(&o.update_stamped(actor, &context, value, now, 0, stamp));
     }
     Ok(o)
 }
@@ -115,23 +125,33 @@ fn ack(u: &mut Unstructured<'_>) -> Result<std::result::Result<(), WireError>> {
 }
 
 fn request(u: &mut Unstructured<'_>) -> Result<ClientRequest> {
-    Ok(if u.arbitrary()? {
-        ClientRequest::Get {
+    Ok(match u.int_in_range(0..=2)? {
+        0 => ClientRequest::Get {
             key: bytes(u, 32)?,
             r: u.arbitrary()?,
             pr: u.arbitrary()?,
-        }
-    } else {
-        ClientRequest::Put {
+        },
+        1 => ClientRequest::Put {
             key: bytes(u, 32)?,
             value: u.arbitrary::<bool>()?.then(|| bytes(u, 64)).transpose()?,
             context: u.arbitrary::<bool>()?.then(|| vv(u)).transpose()?,
             w: u.arbitrary()?,
             pw: u.arbitrary()?,
             overwrite: u.arbitrary()?,
-            expires_in_ms: None,
-            condition: None,
-        }
+            expires_in_ms: u.arbitrary()?,
+            condition: match u.int_in_range(0..=3)? {
+                0 => None,
+                1 => Some(Condition::Absent),
+                2 => Some(Condition::Present),
+                _ => Some(Condition::Version(vv(u)?)),
+            },
+        },
+        _ => ClientRequest::Increment {
+            key: bytes(u, 32)?,
+            by: u.arbitrary()?,
+            w: u.arbitrary()?,
+            pw: u.arbitrary()?,
+        },
     })
 }
 
