@@ -32,6 +32,9 @@
 //! generation of the same instance) that announces an epoch no higher than one already seen
 //! runs on an older copy of its data directory: values deleted since, whose tombstones may
 //! have been collected, would come back from it. Such an instance is ended as `stale`.
+//!
+//! Over 700 lines: the code is about 650 - records, endings, epochs and the rings they make are
+//! one CRDT and are merged together; the rest is the property tests of its laws.
 
 use crate::ring::{Ring, RingError};
 use serde::{Deserialize, Serialize};
