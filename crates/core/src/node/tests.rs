@@ -1381,3 +1381,52 @@ fn a_conditional_put_is_checked_by_the_coordinator_against_a_read_at_r() {
     assert_eq!(values(&o), vec![b"e".to_vec()]);
     assert_eq!(o.siblings().len(), 1, "{o:?}");
 }
+
+#[test]
+fn a_counter_and_a_value_written_at_once_are_refused_until_deleted() {
+    use crate::counter::{CounterError, PnCounter};
+    let mut c = Cluster::new(3);
+    // n2 is cut off: a value through n0 and an increment through n2 do not see each other.
+    c.cut("n2");
+    assert!(c.put("n0", b"mix", b"text", None, Some(2)).is_ok());
+    let incr = |w: Option<u8>| ClientRequest::Increment {
+        key: b"mix".to_vec(),
+        by: 1,
+        w,
+        pw: None,
+    };
+    assert!(c.request("n2", 1, incr(Some(1))).is_ok());
+    c.net.heal_all();
+    let read = ClientRequest::Get {
+        key: b"mix".to_vec(),
+        r: Some(3),
+        pr: None,
+    };
+    let Ok(Reply::Read(o)) = c.request("n0", 2, read) else {
+        panic!("read")
+    };
+    assert_eq!(o.live().count(), 2, "both kinds kept: {o:?}");
+    assert_eq!(PnCounter::of(&o, c.now), Err(CounterError::NotACounter));
+    // Neither kind of write goes over both; a delete does, and then either starts again.
+    assert!(matches!(
+        c.request("n1", 1, incr(None)),
+        Err(OpError::WrongType(_))
+    ));
+    let r = c.put("n1", b"mix", b"x", Some(o.context()), None);
+    assert!(matches!(r, Err(OpError::WrongType(_))), "{r:?}");
+    let del = ClientRequest::Put {
+        key: b"mix".to_vec(),
+        value: None,
+        context: Some(o.context()),
+        w: None,
+        pw: None,
+        overwrite: false,
+        expires_in_ms: None,
+        condition: None,
+    };
+    assert!(c.request("n1", 1, del).is_ok());
+    let Ok(Reply::Written { object, .. }) = c.request("n2", 1, incr(None)) else {
+        panic!("increment after the delete")
+    };
+    assert_eq!(PnCounter::of(&object, c.now).unwrap().value(), 1);
+}

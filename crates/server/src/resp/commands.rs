@@ -342,16 +342,23 @@ pub(super) fn newest_sibling(object: &Object) -> Option<&Sibling> {
     object.live().max_by_key(|s| (s.timestamp, s.dot))
 }
 
-/// What `GET` answers: the newest live value, or a counter's value in decimal.
-pub(super) fn newest(object: &Object) -> Option<Cow<'_, [u8]>> {
+/// What `GET` answers: the newest live value, or a counter's value in decimal. A key where a
+/// counter and a value were written concurrently (through two coordinators at once) holds both
+/// kinds: refused, naming the way out.
+pub(super) fn newest(object: &Object) -> Result<Option<Cow<'_, [u8]>>, RespError> {
     if object.live().any(|s| s.kind == ValueKind::Counter) {
         let now = crate::node::now_ms();
-        let value = PnCounter::of(object, now).map_or(0, |c| c.value());
-        return Some(Cow::Owned(value.to_string().into_bytes()));
+        let value = PnCounter::of(object, now).map_err(|_| {
+            RespError::Syntax(
+                "the key holds a counter and a value written at the same time; DEL it to start again"
+                    .into(),
+            )
+        })?;
+        return Ok(Some(Cow::Owned(value.value().to_string().into_bytes())));
     }
-    newest_sibling(object)
+    Ok(newest_sibling(object)
         .and_then(|s| s.value.as_deref())
-        .map(Cow::Borrowed)
+        .map(Cow::Borrowed))
 }
 
 /// Deletes `key` if it has a live value; whether it had one.
@@ -384,7 +391,7 @@ pub(super) async fn mget(
     let objects = futures_util::future::join_all(reads).await;
     array(out, objects.len());
     for o in objects {
-        bulk(out, newest(&o?).as_deref());
+        bulk(out, newest(&o?)?.as_deref());
     }
     Ok(())
 }

@@ -51,7 +51,7 @@ async fn keyed(
     match command.as_slice() {
         b"GET" if n == 2 => {
             let object = read(state, args.swap_remove(1), None, None).await?;
-            bulk(out, newest(&object).as_deref());
+            bulk(out, newest(&object)?.as_deref());
         }
         b"SET" if n == 3 => {
             let value = args.pop().unwrap_or_default();
