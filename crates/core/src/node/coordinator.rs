@@ -9,22 +9,25 @@
 //! Each operation owns its tally, deadline and origin; one verdict ([`Tally::verdict`]) decides
 //! reads and writes alike.
 //!
-//! Over 700 lines: admission (quorums, reachability), the read path and the write path share
-//! one operation table and tally; the read and write paths are the parts to move into modules of
-//! their own when the file next grows.
+//! What a write stores over this node's copy (puts, increments, restores, within the limits)
+//! is [`super::stamp`]. Over 700 lines: admission (quorums, reachability), the read path, the
+//! read-first writes (a delete without a context, an increment, a conditional put) and the
+//! write path share one operation table and tally; the read path is the next part to move into
+//! a module of its own.
 
 use super::NodeConfig;
 use super::info::{CoordinatorCounters, CoordinatorLatency, LatencyOp, LatencyOutcome};
 use super::outbox::{Origin, Outbox};
 use super::replica::local_read;
 use super::scheduler::LatencyWindow;
+pub use super::stamp::Local;
+use super::stamp::{self, Write};
 use crate::clock::Now;
-use crate::counter::PnCounter;
 use crate::message::{ClientRequest, KvMessage, OpError, QuorumKind, Reply, RequestId, WireError};
 use crate::preference::PreferenceList;
 use crate::quorum::{Reachability, Tally, Verdict};
 use crate::store::LocalStore;
-use crate::version::{ActorId, Dot, Object, Stamp, ValueKind, VersionVector};
+use crate::version::{Dot, Object, Stamp, ValueKind};
 use std::collections::BTreeMap;
 
 /// What each target returned to a read.
@@ -39,41 +42,6 @@ struct DeleteAfter {
     pref: PreferenceList,
     /// The write, as the client sent it.
     request: ClientRequest,
-}
-
-/// What a write stamps over the coordinator's copy.
-#[derive(Debug)]
-enum Write {
-    /// A put: a value (or a tombstone) with the client's context.
-    Put {
-        value: Option<Vec<u8>>,
-        context: Option<VersionVector>,
-        overwrite: bool,
-        stamp: Stamp,
-    },
-    /// An increment of the counter (negative: a decrement), over the coordinator's copy
-    /// merged with what a read at R found (`seen`): every increment acknowledged before is in
-    /// the new state, and in the answer.
-    Increment { by: i64, seen: Object },
-}
-
-/// The counter state `current` holds at `now` with `by` added by `actor` (a new entry, if it
-/// holds none of its own, keyed by `dot`, the counter of the write's dot), encoded.
-fn increment(
-    current: &Object,
-    now: u64,
-    actor: ActorId,
-    dot: u64,
-    by: i64,
-) -> Result<Vec<u8>, OpError> {
-    let wrong = |_| {
-        OpError::WrongType(
-            "the key holds a value that is not a counter (delete it first)".to_owned(),
-        )
-    };
-    let mut state = PnCounter::of(current, now).map_err(wrong)?;
-    state.add(actor, dot, by).map_err(|_| OpError::Overflow)?;
-    Ok(state.encode())
 }
 
 /// Siblings per key at which writes are counted as warnings.
@@ -110,20 +78,6 @@ struct Operation {
     kind: Kind,
 }
 
-/// Who this node is, for the operations it coordinates.
-pub struct Local<'a, S> {
-    /// This node's id.
-    pub id: &'a str,
-    /// The actor it stamps versions with.
-    pub actor: ActorId,
-    /// Quorums and timeouts.
-    pub config: &'a NodeConfig,
-    /// Its storage.
-    pub store: &'a S,
-    /// Whether it is rebuilding lost data (its own copy does not count towards R).
-    pub rebuilding: bool,
-}
-
 /// The operations this node coordinates, and their counters.
 #[derive(Debug, Default)]
 pub struct Coordinator {
@@ -136,40 +90,6 @@ pub struct Coordinator {
     latency: CoordinatorLatency,
     /// The latencies since the scheduler last took them.
     recent: LatencyWindow,
-}
-
-/// The key as text for an error message: lossy UTF-8, shortened.
-fn key_text(key: &[u8]) -> String {
-    let text = String::from_utf8_lossy(key);
-    match text.char_indices().nth(64) {
-        Some((i, _)) => format!("{}...", &text[..i]),
-        None => text.into_owned(),
-    }
-}
-
-/// Why `candidate` (what a write would store over `current`) is refused, if it is.
-fn over_limits(
-    config: &NodeConfig,
-    key: &[u8],
-    current: &Object,
-    candidate: &Object,
-) -> Option<OpError> {
-    let siblings = candidate.siblings().len();
-    if siblings > config.max_siblings && siblings > current.siblings().len() {
-        return Some(OpError::TooManySiblings {
-            key: key_text(key),
-            siblings: current.siblings().len() as u64,
-        });
-    }
-    let bytes = candidate.size_bytes();
-    if bytes > config.max_object_bytes && bytes > current.size_bytes() {
-        return Some(OpError::ObjectTooLarge {
-            key: key_text(key),
-            bytes: bytes as u64,
-            limit: config.max_object_bytes as u64,
-        });
-    }
-    None
 }
 
 /// The quorum for a request: the override (1..=N) or the default capped at the number of
@@ -348,7 +268,6 @@ impl Coordinator {
                 condition: _,
                 ..
             } => {
-                self.counters.writes += 1;
                 let stamp = Stamp {
                     expires: expires_in_ms.map(|ttl| now.wall.saturating_add(ttl)),
                     kind: ValueKind::Bytes,
@@ -359,7 +278,7 @@ impl Coordinator {
                     overwrite,
                     stamp,
                 };
-                match self.stamp(local, now, &key, write) {
+                match self.store_write(local, now, &key, write) {
                     Ok(object) => {
                         tally.succeed(local.id);
                         self.start_write(local, id, key, object, &pref, out)
@@ -368,9 +287,11 @@ impl Coordinator {
                 }
             }
             ClientRequest::Increment { key, by, .. } => {
-                self.counters.writes += 1;
-                let seen = seen.unwrap_or_default();
-                match self.stamp(local, now, &key, Write::Increment { by, seen }) {
+                let write = Write::Increment {
+                    by,
+                    seen: seen.unwrap_or_default(),
+                };
+                match self.store_write(local, now, &key, write) {
                     Ok(object) => {
                         tally.succeed(local.id);
                         self.start_write(local, id, key, object, &pref, out)
@@ -379,13 +300,13 @@ impl Coordinator {
                 }
             }
             ClientRequest::Restore { key, object, .. } => {
-                self.counters.writes += 1;
-                let merged = match self.restore(local, &key, &object) {
-                    Ok(object) => object,
+                match self.store_write(local, now, &key, Write::Restore(object)) {
+                    Ok(merged) => {
+                        tally.succeed(local.id);
+                        self.start_write(local, id, key, merged, &pref, out)
+                    }
                     Err(e) => return out.respond(origin, Err(e)),
-                };
-                tally.succeed(local.id);
-                self.start_write(local, id, key, merged, &pref, out)
+                }
             }
             // Refused by `admit` before it gets here.
             ClientRequest::List { .. } => return,
@@ -449,145 +370,29 @@ impl Coordinator {
         }
     }
 
-    /// Stamps the new version of `key` against this node's copy and stores it: the write of a
-    /// put (`value`, or a tombstone) with `context` - over everything this coordinator holds
-    /// when `overwrite` - or an increment of the counter this copy holds, over all of it.
-    /// Refused, and nothing stored, past the object or sibling limits, or for an increment of
-    /// a key that is not a counter or that would overflow.
-    fn stamp<S: LocalStore>(
+    /// Stores `write` over this node's copy of `key` ([`stamp::apply`]), and counts it: a
+    /// write, a refused one, a high counter, many siblings.
+    fn store_write<S: LocalStore>(
         &mut self,
         local: &Local<'_, S>,
         now: Now,
         key: &[u8],
         write: Write,
     ) -> Result<Object, OpError> {
-        let (actor, config) = (local.actor, local.config);
-        let next_counter = self.counter_floor + 1;
-        let mut write = Some(write);
-        let mut refused = None;
-        let stamped = local.store.modify(key, &mut |current| {
-            let Some(w) = write.take() else {
-                return current;
-            };
-            let (context, overwrite) = match &w {
-                Write::Put {
-                    context, overwrite, ..
-                } => (context.clone(), *overwrite),
-                // An increment supersedes every version it joined.
-                Write::Increment { .. } => (None, true),
-            };
-            let mut ctx = context.unwrap_or_default();
-            if overwrite {
-                // Over everything this coordinator holds (RESP `SET`); versions it has not seen
-                // yet still become siblings.
-                ctx.merge(current.clock());
-            }
-            // A key this node holds no entry of its own for (never written here, or its
-            // tombstone collected while some replica may still hold it) continues from the
-            // highest counter this actor ever issued, so no dot is issued twice.
-            let floor = match current.clock().get(actor).or(ctx.get(actor)) {
-                Some(_) => 0,
-                None => next_counter,
-            };
-            let (value, stamp) = match w {
-                Write::Put { value, .. }
-                    if value.is_some()
-                        && current
-                            .live_at(now.wall)
-                            .any(|s| s.kind == ValueKind::Counter) =>
-                {
-                    refused = Some(OpError::WrongType(
-                        "the key holds a counter: change it with an increment, or delete it first"
-                            .to_owned(),
-                    ));
-                    return current;
+        self.counters.writes += 1;
+        let stored = stamp::apply(local, now, key, write, self.counter_floor + 1);
+        match &stored {
+            Ok(object) => {
+                let issued = object.clock().counter(local.actor);
+                self.counter_floor = self.counter_floor.max(issued);
+                if object.siblings().len() >= SIBLING_WARNING {
+                    self.counters.sibling_warnings += 1;
                 }
-                Write::Put { value, stamp, .. } => (value, stamp),
-                Write::Increment { by, seen } => {
-                    // Over what the read found too (the one merge), so the new state holds
-                    // every increment acknowledged before this one; the new version supersedes
-                    // all of it.
-                    let joined = current.merge(&seen);
-                    ctx.merge(seen.clock());
-                    let dot =
-                        (current.clock().counter(actor).max(ctx.counter(actor)) + 1).max(floor);
-                    match increment(&joined, now.wall, actor, dot, by) {
-                        Ok(value) => (
-                            Some(value),
-                            Stamp {
-                                expires: None,
-                                kind: ValueKind::Counter,
-                            },
-                        ),
-                        Err(e) => {
-                            refused = Some(e);
-                            return current;
-                        }
-                    }
-                }
-            };
-            // The wall clock: for the timestamp the version carries, and its deadline.
-            let candidate = current.update_stamped(actor, &ctx, value, now.wall, floor, stamp);
-            refused = over_limits(config, key, &current, &candidate);
-            if refused.is_some() {
-                return current;
             }
-            candidate
-        });
-        let object = match (stamped, refused) {
-            (_, Some(e)) => {
-                self.counters.refused_writes += 1;
-                return Err(e);
-            }
-            (Ok(o), None) => o,
-            (Err(e), None) => {
-                let node = local.id.to_owned();
-                return Err(match e {
-                    crate::store::StoreError::Full(message) => {
-                        OpError::InsufficientStorage { node, message }
-                    }
-                    crate::store::StoreError::Failed(message) => OpError::Storage { node, message },
-                });
-            }
-        };
-        self.counter_floor = self.counter_floor.max(object.clock().counter(actor));
-        if object.siblings().len() >= SIBLING_WARNING {
-            self.counters.sibling_warnings += 1;
+            Err(OpError::Storage { .. } | OpError::InsufficientStorage { .. }) => {}
+            Err(_) => self.counters.refused_writes += 1,
         }
-        Ok(object)
-    }
-
-    /// A restore: `object` merged into this node's copy of `key` (the one merge: a newer
-    /// version here stays, a concurrent one becomes a sibling), within the object limits.
-    fn restore<S: LocalStore>(
-        &mut self,
-        local: &Local<'_, S>,
-        key: &[u8],
-        object: &Object,
-    ) -> Result<Object, OpError> {
-        let config = local.config;
-        let mut refused = None;
-        let merged = local.store.modify(key, &mut |current| {
-            let candidate = current.merge(object);
-            if let Some(e) = over_limits(config, key, &current, &candidate) {
-                refused = Some(e);
-                return current;
-            }
-            candidate
-        });
-        if let Some(e) = refused {
-            self.counters.refused_writes += 1;
-            return Err(e);
-        }
-        merged.map_err(|e| {
-            let node = local.id.to_owned();
-            match e {
-                crate::store::StoreError::Full(message) => {
-                    OpError::InsufficientStorage { node, message }
-                }
-                crate::store::StoreError::Failed(message) => OpError::Storage { node, message },
-            }
-        })
+        stored
     }
 
     /// The write of operation `id`, stored here: a `Replicate` to every other target (with a

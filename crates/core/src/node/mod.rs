@@ -10,6 +10,8 @@
 //! - [`cluster`]: membership view, ring, connections, failure detector, gossip;
 //! - [`forward`]: who coordinates a request, and the requests forwarded to their coordinator;
 //! - [`coordinator`]: the gets and puts coordinated here, their quorums and read repair;
+//! - [`stamp`]: the version a write stores over the coordinator's copy (puts, increments,
+//!   restores), within the object limits;
 //! - [`replica`]: what a replica does with writes, reads, repairs and returning hints;
 //! - [`trees`]: the Merkle trees of the ranges this node replicates, kept current by
 //!   [`tracked`], the store's journal of writes;
@@ -54,6 +56,7 @@ pub mod rebalance;
 pub mod replica;
 pub mod scheduler;
 pub mod scrub;
+pub mod stamp;
 pub mod startup;
 pub mod throttle;
 pub mod tracked;
