@@ -105,10 +105,10 @@ pub enum Condition {
 }
 
 impl Condition {
-    /// Why `found` (the key as a read at R found it, expired values as tombstones) fails the
-    /// condition, if it does.
-    pub fn fails(&self, found: &Object) -> Option<&'static str> {
-        let live = found.live().next().is_some();
+    /// Why `found` (the key as a read at R found it) fails the condition at wall-clock time
+    /// `now` (expired values count as absent), if it does.
+    pub fn fails(&self, found: &Object, now: u64) -> Option<&'static str> {
+        let live = found.live_at(now).next().is_some();
         match self {
             Condition::Absent if live => Some("the key has a value (If-None-Match: *, NX)"),
             Condition::Present if !live => Some("the key has no value (If-Match: *, XX)"),

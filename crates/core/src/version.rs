@@ -283,14 +283,13 @@ impl Object {
     /// This object as a client may see it at wall-clock time `now`: every sibling past its
     /// deadline reads as a tombstone (same dot, so a write with this object's context still
     /// supersedes it). What a coordinator answers; never stored.
-    pub fn visible_at(&self, now: u64) -> Object {
-        let mut o = self.clone();
-        for s in &mut o.siblings {
+    pub fn visible_at(mut self, now: u64) -> Object {
+        for s in &mut self.siblings {
             if s.expires.is_some_and(|d| now >= d) {
                 s.value = None;
             }
         }
-        o
+        self
     }
 
     /// When this object stops holding any value by expiry alone: the latest deadline of its

@@ -577,7 +577,7 @@ impl Coordinator {
                         Reply::Read(merged)
                     }
                     Kind::Write { object, dot } => Reply::Written {
-                        object: object.visible_at(wall),
+                        object: object.clone().visible_at(wall),
                         dot: *dot,
                     },
                 })),
@@ -660,7 +660,7 @@ impl Coordinator {
             } => {
                 // The condition, against what the read found as a client would see it.
                 let wall = then.now.wall + now.saturating_sub(then.now.mono);
-                if let Some(reason) = condition.fails(&seen.visible_at(wall)) {
+                if let Some(reason) = condition.fails(&seen, wall) {
                     let err = OpError::PreconditionFailed {
                         reason: reason.to_owned(),
                         context: seen.context(),
